@@ -1,0 +1,1 @@
+"""shellrent broker: renter SSH front door, host tunnels, store."""

@@ -1,0 +1,216 @@
+"""`broker` command line: builds a Config and calls the service or the server, nothing more."""
+import asyncio
+import json
+import logging
+import os
+import sys
+import time
+from functools import wraps
+from pathlib import Path
+
+import click
+
+from keys import material
+
+from . import admin, service
+from .config import Config, parse_addr
+from .errors import BrokerError
+from .server import BrokerServer
+from .store import Store
+
+
+def _fail_cleanly(fn):
+    @wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except (BrokerError, material.KeyError_, ValueError) as exc:
+            raise click.ClickException(str(exc)) from None
+    return wrapper
+
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+
+
+def _print_table(rows: list[dict], cols: list[str]) -> None:
+    if not rows:
+        click.echo("(none)")
+        return
+    cells = [[_fmt(r.get(c)) for c in cols] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(cols)]
+    click.echo("  ".join(c.upper().ljust(w) for c, w in zip(cols, widths)).rstrip())
+    for row in cells:
+        click.echo("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip())
+
+
+def _fmt(v) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float) and v > 1e9:
+        return time.strftime("%Y-%m-%d %H:%M", time.localtime(v))
+    return str(v)
+
+
+def _config(ctx) -> Config:
+    return ctx.obj
+
+
+def _store(ctx) -> Store:
+    cfg = _config(ctx)
+    if not cfg.db_path.exists():
+        raise BrokerError(f"{cfg.home} is not a broker home: run `broker --home {cfg.home} init` first")
+    return Store(cfg.db_path)
+
+
+@click.group(context_settings={"auto_envvar_prefix": "BROKER", "help_option_names": ["-h", "--help"]})
+@click.option("--home", type=click.Path(file_okay=False, path_type=Path), default="/var/lib/shellrent-broker",
+              show_default=True, help="State directory (env BROKER_HOME).")
+@click.pass_context
+def main(ctx, home):
+    """shellrent broker: renters' SSH front door and hosts' tunnel end."""
+    ctx.obj = Config(home=home.absolute())
+
+
+@main.command()
+@click.pass_context
+@_fail_cleanly
+def init(ctx):
+    """Create the state directory, keys and database (idempotent)."""
+    cfg = _config(ctx)
+    cfg.home.mkdir(parents=True, exist_ok=True)
+    os.chmod(cfg.home, 0o700)
+    host_key = material.load_or_create(cfg.host_key_path)
+    client_key = material.load_or_create(cfg.client_key_path)
+    Store(cfg.db_path).close()
+    click.echo(f"broker home {cfg.home}")
+    click.echo(f"ssh host key   {material.fingerprint(host_key)}")
+    click.echo(f"tunnel key     {material.fingerprint(client_key)}")
+
+
+@main.command()
+@click.option("--ssh", "ssh_addr", default="0.0.0.0:2222", show_default=True, help="Renter SSH address.")
+@click.option("--tunnel", "tunnel_addr", default="0.0.0.0:2223", show_default=True, help="hostd tunnel address.")
+@click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
+@click.pass_context
+@_fail_cleanly
+def serve(ctx, ssh_addr, tunnel_addr, verbose):
+    """Serve renters and hosts until SIGINT/SIGTERM."""
+    cfg = _config(ctx)
+    _store(ctx).close()
+    cfg.ssh_addr, cfg.tunnel_addr = parse_addr(ssh_addr), parse_addr(tunnel_addr)
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("asyncssh").setLevel(logging.DEBUG if verbose else logging.WARNING)
+    audit = logging.FileHandler(cfg.audit_log)
+    audit.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+    logging.getLogger("shellrent.audit").addHandler(audit)
+    asyncio.run(BrokerServer(cfg).run())
+
+
+@main.group()
+def renter():
+    """Manage renters."""
+
+
+@renter.command("add")
+@click.argument("name")
+@click.option("--key", "key_file", required=True, type=click.File("r"), help="Public key file ('-' for stdin).")
+@click.pass_context
+@_fail_cleanly
+def renter_add(ctx, name, key_file):
+    """Register renter NAME with the public key in FILE."""
+    fpr = service.add_renter(_store(ctx), name, key_file.read())
+    click.echo(f"renter {name} added, key {fpr}")
+
+
+@renter.command("list")
+@json_option
+@click.pass_context
+@_fail_cleanly
+def renter_list(ctx, as_json):
+    """List renters."""
+    rows = _store(ctx).renters()
+    click.echo(json.dumps(rows)) if as_json else _print_table(rows, ["name", "keys", "created"])
+
+
+@main.group()
+def host():
+    """Manage provider hosts."""
+
+
+@host.command("invite")
+@click.argument("name")
+@click.pass_context
+@_fail_cleanly
+def host_invite(ctx, name):
+    """Make a single-use join token for host NAME (valid 24 h); printed alone on the last line."""
+    cfg = _config(ctx)
+    store = _store(ctx)
+    broker_fpr = material.fingerprint(material.load_or_create(cfg.client_key_path))
+    token = service.invite(store, cfg, name, broker_fpr)
+    click.echo(f"On the provider's machine, within 24 hours, run: hostd join BROKER:2223 <token below>",
+               err=True)
+    click.echo(token)
+
+
+@host.command("list")
+@json_option
+@click.pass_context
+@_fail_cleanly
+def host_list(ctx, as_json):
+    """List hosts (online = connected to the running broker)."""
+    rows = _store(ctx).hosts()
+    click.echo(json.dumps(rows)) if as_json else _print_table(rows, ["name", "joined", "last_seen", "banned"])
+
+
+@host.command("ban")
+@click.argument("name")
+@click.pass_context
+@_fail_cleanly
+def host_ban(ctx, name):
+    """Refuse host NAME from now on (takes effect on its next connection)."""
+    _store(ctx).ban_host(name)
+    click.echo(f"host {name} banned")
+
+
+@main.group()
+def lease():
+    """Admin lease commands (the marketplace is `ssh ctl@broker`)."""
+
+
+@lease.command("create")
+@click.option("--renter", required=True)
+@click.option("--host", "host_name", required=True)
+@click.option("--hours", required=True, type=float)
+@click.option("--image", default=service.DEFAULT_IMAGE, show_default=True)
+@json_option
+@click.pass_context
+@_fail_cleanly
+def lease_create(ctx, renter, host_name, hours, image, as_json):
+    """Start a lease's container on a host and print the lease id."""
+    cfg = _config(ctx)
+    reply = admin.request(cfg.admin_socket, {"op": "lease.create", "renter": renter, "host": host_name,
+                                             "hours": hours, "image": image})
+    lease = reply["lease"]
+    click.echo(json.dumps(lease) if as_json else lease["id"])
+
+
+@lease.command("list")
+@json_option
+@click.pass_context
+@_fail_cleanly
+def lease_list(ctx, as_json):
+    """List leases."""
+    rows = _store(ctx).leases()
+    click.echo(json.dumps(rows)) if as_json else _print_table(
+        rows, ["id", "renter", "host", "state", "image", "ends_at"])
+
+
+@lease.command("stop")
+@click.argument("lease_id")
+@click.pass_context
+@_fail_cleanly
+def lease_stop(ctx, lease_id):
+    """End a lease now (its container stops; /workspace is kept)."""
+    admin.request(_config(ctx).admin_socket, {"op": "lease.stop", "id": lease_id})
+    click.echo(f"lease {lease_id} stopped")

@@ -1,0 +1,52 @@
+"""Broker settings: the home directory layout and tunables (env: BROKER_*)."""
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+def _env_float(name: str, default: float) -> float:
+    return float(os.environ.get(name, default))
+
+
+@dataclass
+class Config:
+    """Where the broker keeps its state, and its limits."""
+
+    home: Path
+    ssh_addr: tuple[str, int] = ("0.0.0.0", 2222)
+    tunnel_addr: tuple[str, int] = ("0.0.0.0", 2223)
+    login_timeout: float = field(default_factory=lambda: _env_float("BROKER_LOGIN_TIMEOUT", 30))
+    auth_fail_limit: int = field(default_factory=lambda: int(_env_float("BROKER_AUTH_FAIL_LIMIT", 20)))
+    auth_fail_window: float = 60.0
+    auth_block_for: float = field(default_factory=lambda: _env_float("BROKER_AUTH_BLOCK_FOR", 300))
+    keepalive: float = field(default_factory=lambda: _env_float("BROKER_KEEPALIVE", 15))
+    token_ttl: float = 24 * 3600
+    sessions_per_renter: int = 64
+
+    @property
+    def db_path(self) -> Path:
+        return self.home / "broker.db"
+
+    @property
+    def host_key_path(self) -> Path:
+        return self.home / "ssh_host_ed25519_key"
+
+    @property
+    def client_key_path(self) -> Path:
+        return self.home / "tunnel_client_ed25519_key"
+
+    @property
+    def admin_socket(self) -> Path:
+        return self.home / "admin.sock"
+
+    @property
+    def audit_log(self) -> Path:
+        return self.home / "audit.log"
+
+
+def parse_addr(text: str) -> tuple[str, int]:
+    """'HOST:PORT' (or ':PORT', '[::1]:PORT') to (host, port)."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"bad address {text!r}: expected HOST:PORT")
+    return host.strip("[]") or "0.0.0.0", int(port)

@@ -1,0 +1,13 @@
+"""Domain errors: one line each, shown to the user as is."""
+
+
+class BrokerError(Exception):
+    """Something the user asked for cannot be done; str(exc) is the one-line reason."""
+
+
+class NotFound(BrokerError):
+    """A named renter, host, lease or token does not exist."""
+
+
+class Unavailable(BrokerError):
+    """A host is offline or refused the request."""

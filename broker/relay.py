@@ -1,0 +1,244 @@
+"""Relay a renter's SSH channel to a channel on the host's tunnel connection.
+
+Each side's flow control drives the other's reading: when one channel's send window fills,
+asyncssh calls pause_writing and we stop reading the other. Data is handed straight across,
+never queued here. Exit status and exit signal are held until the host closes its channel, so
+all output reaches the renter first.
+"""
+import asyncio
+import logging
+from typing import Awaitable, Callable
+
+import asyncssh
+
+from .errors import BrokerError
+
+log = logging.getLogger("shellrent.relay")
+
+# Renter-supplied environment that may pass to the container; everything else is dropped.
+_ENV_ALLOWED = ("LANG", "LANGUAGE", "TZ", "COLORTERM", "TERM_PROGRAM")
+_ENV_PREFIXES = ("LC_",)
+
+Opener = Callable[[], Awaitable[tuple[asyncssh.SSHClientConnection, str]]]
+WINDOW = 8 * 1024 * 1024
+
+
+def filter_env(env: dict) -> dict:
+    """The renter's env minus anything not on the allow-list."""
+    return {k: v for k, v in env.items()
+            if isinstance(k, str) and (k in _ENV_ALLOWED or k.startswith(_ENV_PREFIXES))}
+
+
+class _Upstream(asyncssh.SSHClientSession):
+    """Host side of a relayed session: passes everything back to the renter's channel."""
+
+    def __init__(self, down: "RenterSession"):
+        self._down = down
+        self._status: int | None = None
+        self._signal: tuple | None = None
+
+    def data_received(self, data, datatype):
+        self._down.chan.write(data, datatype)
+
+    def eof_received(self):
+        self._down.chan.write_eof()
+        return True
+
+    def exit_status_received(self, status):
+        self._status = status
+
+    def exit_signal_received(self, signal, core_dumped, msg, lang):
+        self._signal = (signal, core_dumped, msg, lang)
+
+    def pause_writing(self):
+        self._down.chan.pause_reading()
+
+    def resume_writing(self):
+        self._down.chan.resume_reading()
+
+    def connection_lost(self, exc):
+        chan = self._down.chan
+        if self._signal:
+            chan.exit_with_signal(*self._signal)
+        elif self._status is not None:
+            chan.exit(self._status)
+        else:
+            chan.close()
+        self._down.upstream_closed()
+
+
+class RenterSession(asyncssh.SSHServerSession):
+    """Renter side of a session channel; opens the host side once the request is known."""
+
+    def __init__(self, opener: Opener, on_close: Callable[[], None]):
+        self._opener = opener
+        self._on_close = on_close
+        self.chan: asyncssh.SSHServerChannel | None = None
+        self._up: asyncssh.SSHClientChannel | None = None
+        self._req: dict = {}
+        self._pty: dict = {}
+        self._size: tuple | None = None
+        self._task: asyncio.Task | None = None
+        self._early: list[bytes] = []  # stdin that came before the host side was open
+        self._early_eof = False
+
+    def connection_made(self, chan):
+        self.chan = chan
+
+    def pty_requested(self, term_type, term_size, term_modes):
+        self._pty = {"term_type": term_type, "term_size": term_size, "term_modes": term_modes}
+        return True
+
+    def shell_requested(self):
+        return True
+
+    def exec_requested(self, command):
+        self._req = {"command": command}
+        return True
+
+    def subsystem_requested(self, subsystem):
+        self._req = {"subsystem": subsystem}
+        return True
+
+    def session_started(self):
+        self.chan.pause_reading()
+        self._task = asyncio.get_running_loop().create_task(self._open())
+
+    async def _open(self):
+        try:
+            conn, lease = await self._opener()
+            env = filter_env(self.chan.get_environment())
+            env["SHELLRENT_LEASE"] = lease
+            self._up, _ = await conn.create_session(
+                lambda: _Upstream(self), **self._req, **self._pty, env=env, encoding=None,
+                window=WINDOW)
+        except BrokerError as exc:
+            self._fail(str(exc))
+            return
+        except (OSError, asyncssh.Error) as exc:
+            log.warning("opening session on host failed: %s", exc)
+            self._fail(f"could not reach the container: {getattr(exc, 'reason', exc)}")
+            return
+        if self._size:
+            self._up.change_terminal_size(*self._size)
+        for data in self._early:
+            self._up.write(data)
+        if self._early_eof:
+            self._up.write_eof()
+        self._early = []
+        self.chan.resume_reading()
+
+    def _fail(self, message: str):
+        self.chan.write_stderr(f"shellrent: {message}\r\n".encode() if self._pty else
+                               f"shellrent: {message}\n".encode())
+        self.chan.exit(2)
+
+    def data_received(self, data, datatype):
+        if self._up:
+            self._up.write(data)
+        else:
+            self._early.append(data)
+
+    def eof_received(self):
+        if self._up:
+            self._up.write_eof()
+        else:
+            self._early_eof = True
+        return True
+
+    def pause_writing(self):
+        if self._up:
+            self._up.pause_reading()
+
+    def resume_writing(self):
+        if self._up:
+            self._up.resume_reading()
+
+    def terminal_size_changed(self, width, height, pixwidth, pixheight):
+        if self._up:
+            self._up.change_terminal_size(width, height, pixwidth, pixheight)
+        else:
+            self._size = (width, height, pixwidth, pixheight)
+
+    def signal_received(self, signal):
+        if self._up:
+            self._up.send_signal(signal)
+
+    def break_received(self, msec):
+        if self._up:
+            self._up.send_break(msec)
+        return True
+
+    def connection_lost(self, exc):
+        if self._up:
+            self._up.close()
+        elif self._task:
+            self._task.cancel()
+        self._on_close()
+
+    def upstream_closed(self):
+        self._up = None
+
+
+class _TcpUpstream(asyncssh.SSHTCPSession):
+    """Host side of a relayed port forward."""
+
+    def __init__(self, down: "RenterTcp"):
+        self._down = down
+
+    def connection_made(self, chan):
+        chan.pause_reading()  # until the renter's channel exists; RenterTcp resumes it
+
+    def data_received(self, data, datatype):
+        self._down.chan.write(data)
+
+    def eof_received(self):
+        self._down.chan.write_eof()
+        return True
+
+    def pause_writing(self):
+        self._down.chan.pause_reading()
+
+    def resume_writing(self):
+        self._down.chan.resume_reading()
+
+    def connection_lost(self, exc):
+        self._down.chan.close()
+
+
+class RenterTcp(asyncssh.SSHTCPSession):
+    """Renter side of a direct-tcpip channel (ssh -L / -D), relayed to the container."""
+
+    def __init__(self, up: asyncssh.SSHTCPChannel | None = None):
+        self.chan = None
+        self.up = up
+
+    def connection_made(self, chan):
+        self.chan = chan
+        self.up.resume_reading()
+
+    def data_received(self, data, datatype):
+        self.up.write(data)
+
+    def eof_received(self):
+        self.up.write_eof()
+        return True
+
+    def pause_writing(self):
+        self.up.pause_reading()
+
+    def resume_writing(self):
+        self.up.resume_reading()
+
+    def connection_lost(self, exc):
+        self.up.close()
+
+
+async def open_tcp(conn: asyncssh.SSHClientConnection, target: str, port: int,
+                   orig: tuple[str, int]) -> RenterTcp:
+    """Open the host side of a forward first, so a refused port is refused to the renter."""
+    down = RenterTcp()
+    up, _ = await conn.create_connection(lambda: _TcpUpstream(down), target, port, *orig,
+                                         encoding=None, window=WINDOW)
+    down.up = up
+    return down

@@ -1,0 +1,81 @@
+"""The broker process: renter SSH listener, host tunnel listener, admin socket, housekeeping."""
+import asyncio
+import json
+import logging
+import os
+import signal
+import time
+from collections import defaultdict
+
+import asyncssh
+
+from keys import material
+
+from .admin import AdminServer
+from .config import Config
+from .service import Broker
+from .sshserver import AuthLimiter, RenterServer
+from .store import Store
+from .tunnels import Tunnels
+
+log = logging.getLogger("shellrent.broker")
+
+
+class BrokerServer:
+    """Owns the listeners and background tasks; stops within a bounded time."""
+
+    def __init__(self, config: Config):
+        self.config = config
+        self._stop = asyncio.Event()
+        self._closers = []
+
+    async def start(self) -> dict:
+        cfg = self.config
+        host_key = material.load_or_create(cfg.host_key_path)
+        client_key = material.load_or_create(cfg.client_key_path)
+        self.broker = Broker(cfg, Store(cfg.db_path))
+        self.tunnels = Tunnels(client_key, self.broker.identify_host, cfg.keepalive)
+        self.broker.tunnels = self.tunnels
+        tunnel_port = await self.tunnels.listen(*cfg.tunnel_addr)
+        limiter = AuthLimiter(cfg.auth_fail_limit, cfg.auth_fail_window, cfg.auth_block_for)
+        sessions = defaultdict(int)
+        ssh = await asyncssh.create_server(
+            lambda: RenterServer(self.broker, limiter, sessions), *cfg.ssh_addr,
+            server_host_keys=[host_key], encoding=None, line_editor=False,
+            login_timeout=cfg.login_timeout, keepalive_interval=cfg.keepalive * 4,
+            x11_forwarding=False, agent_forwarding=False, allow_scp=False,
+            server_version="shellrent")
+        admin = AdminServer(cfg.admin_socket, self.broker)
+        await admin.start()
+        self._closers = [ssh.close, admin.close]
+        self._housekeeping = asyncio.get_running_loop().create_task(self._expire_loop())
+        info = {"pid": os.getpid(), "ssh": [cfg.ssh_addr[0], ssh.sockets[0].getsockname()[1]],
+                "tunnel": [cfg.tunnel_addr[0], tunnel_port]}
+        (cfg.home / "serve.json").write_text(json.dumps(info))
+        log.info("listening: renters on %s:%d, hosts on %s:%d", *info["ssh"], *info["tunnel"])
+        return info
+
+    async def _expire_loop(self):
+        while True:
+            n = await self.broker.db(self.broker.store.expire_leases, time.time())
+            if n:
+                log.info("%d lease(s) reached their end", n)
+            await asyncio.sleep(5)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    async def run(self) -> None:
+        """Serve until SIGINT/SIGTERM. Containers on hosts keep running."""
+        await self.start()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self.stop)
+        await self._stop.wait()
+        log.info("shutting down")
+        self._housekeeping.cancel()
+        for close in self._closers:
+            close()
+        await self.tunnels.close()
+        (self.config.home / "serve.json").unlink(missing_ok=True)
+        self.broker.close()

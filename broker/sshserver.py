@@ -1,0 +1,140 @@
+"""The renter-facing SSH server: an asyncssh adapter over broker.service.
+
+Public-key auth only. Logins: rent (the renter's only active lease), rent+LEASE, ctl.
+"""
+import logging
+import time
+from collections import defaultdict, deque
+
+import asyncssh
+
+from keys import material
+
+from . import service
+from .errors import BrokerError
+from .relay import RenterSession, open_tcp
+from keys import wire
+
+log = logging.getLogger("shellrent.ssh")
+audit = logging.getLogger("shellrent.audit")
+
+_LOOPBACK = {"localhost", "127.0.0.1", "::1", "ip6-localhost"}
+
+
+class AuthLimiter:
+    """Counts failed logins per source address and blocks an address that fails too often."""
+
+    def __init__(self, limit: int, window: float, block_for: float):
+        self.limit, self.window, self.block_for = limit, window, block_for
+        self._fails: dict[str, deque] = defaultdict(deque)
+        self._blocked: dict[str, float] = {}
+
+    def blocked(self, ip: str, now: float) -> bool:
+        until = self._blocked.get(ip)
+        if until and until > now:
+            return True
+        self._blocked.pop(ip, None)
+        return False
+
+    def failed(self, ip: str, now: float) -> None:
+        fails = self._fails[ip]
+        fails.append(now)
+        while fails and fails[0] < now - self.window:
+            fails.popleft()
+        if len(fails) >= self.limit:
+            self._blocked[ip] = now + self.block_for
+            fails.clear()
+            log.warning("blocking %s for %.0fs after %d failed logins", ip, self.block_for, self.limit)
+        if len(self._fails) > 10000:  # bounded memory under a scan
+            self._fails.pop(next(iter(self._fails)))
+
+
+class RenterServer(asyncssh.SSHServer):
+    """One renter connection: who they are, which lease they asked for, what they may open."""
+
+    def __init__(self, broker: service.Broker, limiter: AuthLimiter, sessions: dict):
+        self._broker = broker
+        self._limiter = limiter
+        self._sessions = sessions
+        self._conn = None
+        self._ip = "?"
+        self.renter: str | None = None
+        self.kind = "rent"
+        self.lease: str | None = None
+
+    def connection_made(self, conn):
+        self._conn = conn
+        self._ip = (conn.get_extra_info("peername") or ("?",))[0]
+
+    def connection_lost(self, exc):
+        if self.renter:
+            audit.info("disconnect renter=%s ip=%s lease=%s reason=%s", self.renter, self._ip,
+                       self.lease or "-", exc or "closed")
+
+    def begin_auth(self, username):
+        if self._limiter.blocked(self._ip, time.time()):
+            self._conn.disconnect(asyncssh.DISC_NO_MORE_AUTH_METHODS_AVAILABLE,
+                                  "too many failed logins from your address; try again later")
+            return True
+        try:
+            self.kind, self.lease = service.lease_from_username(username)
+        except BrokerError:
+            self.kind = None
+        return True
+
+    def password_auth_supported(self):
+        return False
+
+    def kbdint_auth_supported(self):
+        return False
+
+    def public_key_auth_supported(self):
+        return True
+
+    async def validate_public_key(self, username, key):
+        renter = await self._broker.renter_for_key(key) if self.kind else None
+        if not renter:
+            self._limiter.failed(self._ip, time.time())
+            audit.info("auth-fail user=%s ip=%s key=%s", username, self._ip, material.fingerprint(key))
+            return False
+        if self.renter != renter:
+            audit.info("login renter=%s user=%s ip=%s", renter, username, self._ip)
+        self.renter = renter
+        return True
+
+    def session_requested(self):
+        if self._sessions[self.renter] >= self._broker.config.sessions_per_renter:
+            raise asyncssh.ChannelOpenError(asyncssh.OPEN_RESOURCE_SHORTAGE, "too many open sessions")
+        self._sessions[self.renter] += 1
+        return RenterSession(self._target, self._session_closed)
+
+    def _session_closed(self):
+        self._sessions[self.renter] -= 1
+        if not self._sessions[self.renter]:
+            del self._sessions[self.renter]
+
+    async def _target(self):
+        if self.kind == "ctl":
+            raise BrokerError("the marketplace (ssh ctl@broker) is not available on this broker yet")
+        conn, lease = await self._broker.session_target(self.renter, self.lease)
+        if self.lease != lease:
+            self.lease = lease
+            audit.info("session renter=%s ip=%s lease=%s", self.renter, self._ip, lease)
+        return conn, lease
+
+    def connection_requested(self, dest_host, dest_port, orig_host, orig_port):
+        if dest_host.lower() not in _LOOPBACK or self.kind != "rent":
+            raise asyncssh.ChannelOpenError(
+                asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED,
+                "only ports on localhost inside your container can be forwarded")
+        return self._forward(dest_host, dest_port, orig_host, orig_port)
+
+    async def _forward(self, dest_host, dest_port, orig_host, orig_port):
+        try:
+            conn, lease = await self._target()
+        except BrokerError as exc:
+            raise asyncssh.ChannelOpenError(asyncssh.OPEN_CONNECT_FAILED, str(exc)) from None
+        return await open_tcp(conn, wire.target(lease, dest_host), dest_port, (orig_host, orig_port))
+
+    def server_requested(self, listen_host, listen_port):
+        return False

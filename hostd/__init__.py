@@ -1,0 +1,1 @@
+"""shellrent hostd: serves rentals in Docker containers on a provider's machine."""

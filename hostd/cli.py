@@ -1,0 +1,113 @@
+"""`hostd` command line: join a broker, run, report status."""
+import asyncio
+import json
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+
+import click
+
+from .agent import Agent, JoinError, join as join_broker
+from .config import Config
+from .runtime import RuntimeError_
+
+
+def _addr(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise click.ClickException(f"bad broker address {text!r}: expected HOST:PORT")
+    return host.strip("[]"), int(port)
+
+
+@click.group(context_settings={"auto_envvar_prefix": "HOSTD", "help_option_names": ["-h", "--help"]})
+@click.option("--home", type=click.Path(file_okay=False, path_type=Path), default="/var/lib/shellrent-hostd",
+              show_default=True, help="State directory (env HOSTD_HOME).")
+@click.pass_context
+def main(ctx, home):
+    """shellrent hostd: rent out this machine's GPUs through a broker."""
+    ctx.obj = Config(home=home.absolute())
+
+
+@main.command()
+@click.argument("broker")
+@click.argument("token")
+@click.pass_obj
+def join(cfg: Config, broker, token):
+    """Make this host's key, pin the broker and register with a join TOKEN."""
+    host, port = _addr(broker)
+    cfg.home.mkdir(parents=True, exist_ok=True)
+    os.chmod(cfg.home, 0o700)
+    try:
+        name = asyncio.run(join_broker(cfg, host, port, token))
+    except JoinError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"joined {host}:{port} as host {name}; now run: hostd --home {cfg.home} run")
+
+
+@main.command()
+@click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
+@click.pass_obj
+def run(cfg: Config, verbose):
+    """Stay connected to the broker and serve leases until SIGINT/SIGTERM (containers keep running)."""
+    pin = cfg.load_pin()
+    if not pin:
+        raise click.ClickException(f"{cfg.home} has not joined a broker: run `hostd join BROKER:PORT TOKEN` first")
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("asyncssh").setLevel(logging.DEBUG if verbose else logging.WARNING)
+    try:
+        asyncio.run(_run(cfg, pin))
+    except RuntimeError_ as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+async def _run(cfg: Config, pin: dict) -> None:
+    agent = Agent(cfg, pin["fingerprint"])
+    agent.open_runtime()
+    task = asyncio.current_task()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, task.cancel)
+    try:
+        await agent.run_forever(*pin["addr"])
+    except asyncio.CancelledError:
+        agent._set_status(connected=False, error="stopped")
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+@click.pass_obj
+def status(cfg: Config, as_json):
+    """Whether hostd runs and is connected to its broker."""
+    pin = cfg.load_pin()
+    try:
+        st = json.loads(cfg.status_path.read_text())
+    except (FileNotFoundError, ValueError):
+        st = {}
+    running = _alive(st.get("pid"))
+    out = {"joined": bool(pin), "host": (pin or {}).get("host"), "broker": (pin or {}).get("addr"),
+           "running": running, "connected": bool(running and st.get("connected")), "error": st.get("error")}
+    if as_json:
+        click.echo(json.dumps(out))
+        return
+    if not pin:
+        click.echo("not joined to a broker")
+        return
+    state = "connected" if out["connected"] else ("running, not connected" if running else "not running")
+    click.echo(f"host {out['host']} at broker {pin['addr'][0]}:{pin['addr'][1]}: {state}")
+    if out["error"] and not out["connected"]:
+        click.echo(f"last error: {out['error']}")
+
+
+def _alive(pid) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -1,0 +1,55 @@
+"""hostd settings: the home directory layout, the broker pin, tunables (env: HOSTD_*)."""
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+def _env(name: str, default: float) -> float:
+    return float(os.environ.get(name, default))
+
+
+@dataclass
+class Config:
+    """Where hostd keeps its state, and its timings."""
+
+    home: Path
+    backoff_base: float = field(default_factory=lambda: _env("HOSTD_BACKOFF_BASE", 1.0))
+    backoff_max: float = field(default_factory=lambda: _env("HOSTD_BACKOFF_MAX", 60.0))
+    keepalive: float = field(default_factory=lambda: _env("HOSTD_KEEPALIVE", 15.0))
+    stop_grace: float = field(default_factory=lambda: _env("HOSTD_STOP_GRACE", 30.0))
+
+    @property
+    def key_path(self) -> Path:
+        return self.home / "hostd_ed25519_key"
+
+    @property
+    def db_path(self) -> Path:
+        return self.home / "hostd.db"
+
+    @property
+    def status_path(self) -> Path:
+        return self.home / "status.json"
+
+    @property
+    def pin_path(self) -> Path:
+        return self.home / "broker.json"
+
+    def load_pin(self) -> dict | None:
+        """{'addr': [host, port], 'fingerprint': 'SHA256:...', 'host': name} once joined."""
+        try:
+            return json.loads(self.pin_path.read_text())
+        except FileNotFoundError:
+            return None
+
+    def save_pin(self, pin: dict) -> None:
+        write_private(self.pin_path, json.dumps(pin))
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write a file atomically with mode 0600."""
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)

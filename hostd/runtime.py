@@ -1,0 +1,136 @@
+"""Containers for leases, through docker-py. The only module that imports docker.
+
+One container per lease: labelled with the lease, the renter, its end and the hostd that owns it;
+/workspace on a per-lease volume; its own bridge network; docker-init as PID 1; never privileged;
+all capabilities dropped but CAPS; no-new-privileges; pids, memory, CPU and /dev/shm limits.
+"""
+import logging
+import os
+
+import docker
+from docker.errors import APIError, DockerException, ImageNotFound, NotFound
+
+log = logging.getLogger("shellrent.runtime")
+
+# What a root user in the container needs for package installs and ordinary work. Dropped from
+# Docker's default set: NET_RAW (spoofing), MKNOD, AUDIT_WRITE, SETFCAP, SETPCAP, SYS_CHROOT.
+CAPS = ["CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID", "KILL", "SETGID", "SETUID", "NET_BIND_SERVICE"]
+LABEL = "shellrent"
+
+
+class RuntimeError_(Exception):
+    """A container could not be made or controlled; str() is the reason."""
+
+
+class Runtime:
+    """Docker for one hostd, identified by owner (its key fingerprint's short form)."""
+
+    def __init__(self, owner: str, limits: dict):
+        try:
+            self.client = docker.from_env(timeout=120)
+            self.client.ping()
+        except DockerException as exc:
+            raise RuntimeError_(f"cannot reach the Docker engine: {exc}") from None
+        self.owner = owner
+        self.limits = limits
+
+    def unenforced_limits(self) -> list[str]:
+        """Limits this engine says it cannot enforce (said once at start-up)."""
+        info = self.client.info()
+        checks = {"MemoryLimit": "memory limit", "SwapLimit": "swap limit", "CpuCfsQuota": "CPU quota",
+                  "PidsLimit": "pids limit", "OomKillDisable": "OOM kill control"}
+        missing = [what for key, what in checks.items() if key in info and not info[key]]
+        return missing + [w for w in info.get("Warnings") or [] if "limit" in w.lower()]
+
+    def _labels(self, lease: dict) -> dict:
+        return {LABEL: "1", f"{LABEL}.hostd": self.owner, f"{LABEL}.lease": lease["id"],
+                f"{LABEL}.renter": lease["renter"], f"{LABEL}.ends_at": str(int(lease["ends_at"]))}
+
+    def start(self, lease: dict) -> tuple[str, str]:
+        """Create and start a lease's container; returns (container id, login shell).
+
+        On any failure nothing of this lease is left behind but a workspace that existed before.
+        """
+        name = f"shellrent-{lease['id']}"
+        labels = self._labels(lease)
+        try:
+            self.client.images.get(lease["image"])
+        except ImageNotFound:
+            raise RuntimeError_(f"image {lease['image']!r} is not present on this host") from None
+        made = []
+        try:
+            vol_name = f"shellrent-ws-{lease['id']}"
+            try:
+                self.client.volumes.get(vol_name)
+            except NotFound:
+                made.append(self.client.volumes.create(vol_name, labels=labels))
+            net = self.client.networks.create(name, driver="bridge", labels=labels)
+            made.append(net)
+            lim = self.limits
+            env = {"SHELLRENT_LEASE_ID": lease["id"], "SHELLRENT_ENDS_AT": str(int(lease["ends_at"])),
+                   "NVIDIA_VISIBLE_DEVICES": ",".join(lease.get("gpus") or []) or "void"}
+            container = self.client.containers.create(
+                lease["image"], ["sleep", "infinity"], name=name, hostname=f"rent-{lease['id']}",
+                labels=labels, environment=env, working_dir="/workspace", init=True,
+                volumes={vol_name: {"bind": "/workspace", "mode": "rw"}}, network=net.name,
+                cap_drop=["ALL"], cap_add=CAPS, security_opt=["no-new-privileges"], privileged=False,
+                pids_limit=lim["pids"], mem_limit=lim["memory"], nano_cpus=int(lim["cpus"] * 1e9),
+                shm_size=lim["shm"], device_requests=self._gpus(lease), detach=True)
+            made.append(container)
+            container.start()
+            code, _ = container.exec_run(["test", "-x", "/bin/bash"])
+            return container.id, "/bin/bash" if code == 0 else "/bin/sh"
+        except (APIError, DockerException) as exc:
+            for thing in reversed(made):
+                self._remove(thing)
+            raise RuntimeError_(f"starting the container failed: {getattr(exc, 'explanation', None) or exc}") from None
+
+    @staticmethod
+    def _gpus(lease: dict) -> list:
+        uuids = lease.get("gpus") or []
+        return [docker.types.DeviceRequest(device_ids=uuids, capabilities=[["gpu"]])] if uuids else []
+
+    @staticmethod
+    def _remove(thing) -> None:
+        try:
+            if isinstance(thing, docker.models.networks.Network):
+                thing.remove()
+            else:
+                thing.remove(force=True)
+        except (APIError, NotFound) as exc:
+            log.warning("cleanup of %s failed: %s", thing, exc)
+
+    def stop(self, lease_id: str, grace: float) -> None:
+        """Stop and remove a lease's container and network; its workspace volume stays."""
+        name = f"shellrent-{lease_id}"
+        try:
+            container = self.client.containers.get(name)
+            container.stop(timeout=int(grace))
+            container.remove(force=True)
+        except NotFound:
+            pass
+        try:
+            self.client.networks.get(name).remove()
+        except NotFound:
+            pass
+
+    def ensure_running(self, container_id: str) -> None:
+        container = self.client.containers.get(container_id)
+        if container.status != "running":
+            container.start()
+
+    def pid(self, container_id: str) -> int:
+        """Host PID of the container's init (for entering its network namespace)."""
+        return self.client.api.inspect_container(container_id)["State"]["Pid"]
+
+    def containers(self) -> list[dict]:
+        """This hostd's containers: id, lease, ends_at, running."""
+        found = self.client.containers.list(all=True, filters={"label": f"{LABEL}.hostd={self.owner}"})
+        return [{"id": c.id, "lease": c.labels.get(f"{LABEL}.lease"), "status": c.status,
+                 "ends_at": float(c.labels.get(f"{LABEL}.ends_at", 0))} for c in found]
+
+
+def default_limits() -> dict:
+    """Per-lease limits until per-GPU shares are configured: most of the machine."""
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return {"cpus": float(os.cpu_count() or 1), "memory": int(mem * 0.8), "pids": 4096, "shm": 1 << 30}

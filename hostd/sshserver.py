@@ -1,0 +1,299 @@
+"""hostd's SSH server side of the tunnel: control calls, renter sessions and port forwards.
+
+Only the broker's pinned client key may log in. A renter session names its lease in the
+SHELLRENT_LEASE env var; it becomes a `docker exec` in that lease's container, with the exec
+stream spliced to the channel (hostd.engine). Port forwards connect inside the container's
+network namespace (hostd.netns).
+"""
+import asyncio
+import logging
+import os
+import signal as signals
+
+import asyncssh
+
+from keys import material, wire
+
+from . import engine, netns
+
+log = logging.getLogger("shellrent.sessions")
+
+SFTP = ("for p in /usr/lib/openssh/sftp-server /usr/libexec/openssh/sftp-server /usr/lib/ssh/sftp-server "
+        "/usr/libexec/sftp-server; do [ -x \"$p\" ] && exec \"$p\"; done; "
+        "echo 'sftp-server is not installed in this image' >&2; exit 127")
+
+
+class SessionError(Exception):
+    """A renter session cannot start; str() goes to the renter's stderr."""
+
+
+class HostServer(asyncssh.SSHServer):
+    """Accepts only the pinned broker key; hands channels to the agent's leases."""
+
+    def __init__(self, agent):
+        self._agent = agent
+
+    def connection_made(self, conn):
+        self._agent.connection_made(conn)
+
+    def begin_auth(self, username):
+        return True
+
+    def password_auth_supported(self):
+        return False
+
+    def public_key_auth_supported(self):
+        return True
+
+    def validate_public_key(self, username, key):
+        return material.fingerprint(key) == self._agent.broker_fingerprint
+
+    def session_requested(self):
+        return HostSession(self._agent)
+
+    def connection_requested(self, dest_host, dest_port, orig_host, orig_port):
+        target = wire.parse_target(dest_host)
+        if not target:
+            raise asyncssh.ChannelOpenError(asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED, "no lease named")
+        return _forward(self._agent, *target, dest_port)
+
+    def server_requested(self, listen_host, listen_port):
+        return False
+
+
+async def _forward(agent, lease: str, host: str, port: int) -> "TcpBridge":
+    try:
+        pid = await agent.container_pid(lease)
+        sock = await netns.connect(pid, host, port)
+    except (OSError, SessionError) as exc:
+        raise asyncssh.ChannelOpenError(asyncssh.OPEN_CONNECT_FAILED,
+                                        f"cannot connect to {host}:{port} in the container: {exc}") from None
+    bridge = TcpBridge()
+    await asyncio.get_running_loop().create_connection(lambda: _Sock(bridge), sock=sock)
+    return bridge
+
+
+class _Sock(asyncio.Protocol):
+    def __init__(self, bridge: "TcpBridge"):
+        self._b = bridge
+
+    def connection_made(self, transport):
+        self._b.transport = transport
+        transport.pause_reading()  # until the SSH channel is open
+
+    def data_received(self, data):
+        self._b.chan.write(data)
+
+    def eof_received(self):
+        self._b.chan.write_eof()
+        return True
+
+    def pause_writing(self):
+        self._b.chan.pause_reading()
+
+    def resume_writing(self):
+        self._b.chan.resume_reading()
+
+    def connection_lost(self, exc):
+        if self._b.chan:
+            self._b.chan.close()
+
+
+class TcpBridge(asyncssh.SSHTCPSession):
+    """SSH direct-tcpip channel <-> TCP socket inside the container."""
+
+    def __init__(self):
+        self.chan = None
+        self.transport = None
+
+    def connection_made(self, chan):
+        self.chan = chan
+        self.transport.resume_reading()
+
+    def data_received(self, data, datatype):
+        self.transport.write(data)
+
+    def eof_received(self):
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+        return True
+
+    def pause_writing(self):
+        self.transport.pause_reading()
+
+    def resume_writing(self):
+        self.transport.resume_reading()
+
+    def connection_lost(self, exc):
+        self.transport.close()
+
+
+class HostSession(asyncssh.SSHServerSession):
+    """One channel from the broker: a control call, or a renter's session in a container."""
+
+    def __init__(self, agent):
+        self._agent = agent
+        self._chan = None
+        self._command: str | None = None
+        self._subsystem: str | None = None
+        self._pty: tuple | None = None
+        self._size: tuple | None = None
+        self._buf = b""
+        self._early: list[bytes] = []  # renter stdin that came before the exec stream was open
+        self._early_eof = False
+        self._stream: engine.ExecStream | None = None
+        self._exec_id: str | None = None
+        self._task = None
+
+    def connection_made(self, chan):
+        self._chan = chan
+
+    def pty_requested(self, term_type, term_size, term_modes):
+        self._pty = (term_type, term_size)
+        self._size = term_size
+        return True
+
+    def shell_requested(self):
+        return True
+
+    def exec_requested(self, command):
+        self._command = command
+        return True
+
+    def subsystem_requested(self, subsystem):
+        self._subsystem = subsystem
+        return subsystem in (wire.CONTROL, "sftp")
+
+    def session_started(self):
+        if self._subsystem == wire.CONTROL:
+            return
+        self._chan.pause_reading()
+        self._task = asyncio.get_running_loop().create_task(self._run_exec())
+
+    # control calls
+    def _control_line(self, final: bool):
+        if b"\n" in self._buf or (final and self._buf):
+            line, self._buf = self._buf, b""
+            self._task = asyncio.get_running_loop().create_task(self._control(line))
+
+    async def _control(self, line: bytes):
+        try:
+            reply = await self._agent.control(wire.decode(line))
+        except Exception as exc:
+            log.exception("control call failed")
+            reply = {"ok": False, "error": str(exc)}
+        self._chan.write(wire.encode(reply))
+        self._chan.exit(0)
+
+    # renter sessions
+    def _argv(self, shell: str) -> list[str]:
+        if self._subsystem == "sftp":
+            return ["/bin/sh", "-c", SFTP]
+        if self._command is not None:
+            return [shell, "-c", self._command]
+        return [shell, "-l"]
+
+    async def _run_exec(self):
+        env = dict(self._chan.get_environment())
+        lease = env.pop(wire.LEASE_ENV, None)
+        tty = self._pty is not None and self._subsystem is None
+        try:
+            rec = self._agent.session_lease(lease)
+            if tty:
+                env["TERM"] = self._pty[0] or "xterm"
+            created = await engine.api("POST", f"/containers/{rec['container']}/exec", {
+                "AttachStdin": True, "AttachStdout": True, "AttachStderr": True, "Tty": tty,
+                "Cmd": self._argv(rec["shell"]), "Env": [f"{k}={v}" for k, v in env.items()],
+                "WorkingDir": "/workspace"})
+            self._exec_id = created["Id"]
+            self._stream = await engine.exec_start(self._exec_id, self._chan, tty)
+        except (SessionError, engine.EngineError, OSError) as exc:
+            self._chan.write_stderr(f"shellrent: {exc}\r\n".encode())
+            self._chan.exit(2)
+            return
+        if tty and self._size:
+            await self._resize(*self._size[:2])
+        for data in self._early:
+            self._stream.write(data)
+        if self._early_eof and not tty:
+            self._stream.write_eof()
+        self._early = []
+        self._chan.resume_reading()
+        await self._stream.done
+        status = await self._exit_status()
+        try:
+            self._chan.write_eof()
+        except OSError:
+            return  # the renter is gone
+        sig = status - 128
+        if self._command is not None and 0 < sig < 32:
+            self._chan.exit_with_signal(signals.Signals(sig).name[3:])
+        else:
+            self._chan.exit(status)
+
+    async def _exit_status(self) -> int:
+        for _ in range(200):
+            info = await engine.api("GET", f"/exec/{self._exec_id}/json")
+            if not info["Running"] and info["ExitCode"] is not None:
+                return info["ExitCode"]
+            await asyncio.sleep(0.01)
+        return 255
+
+    async def _resize(self, width: int, height: int):
+        try:
+            await engine.api("POST", f"/exec/{self._exec_id}/resize", h=height, w=width)
+        except engine.EngineError as exc:
+            log.debug("resize failed: %s", exc)
+
+    def data_received(self, data, datatype):
+        if self._stream:
+            self._stream.write(data)
+        elif self._subsystem == wire.CONTROL:
+            self._buf += data
+            self._control_line(final=False)
+        else:
+            self._early.append(data)
+
+    def eof_received(self):
+        if self._stream:
+            if self._pty is None:
+                self._stream.write_eof()
+        elif self._subsystem == wire.CONTROL:
+            self._control_line(final=True)
+        else:
+            self._early_eof = True
+        return True
+
+    def pause_writing(self):
+        if self._stream:
+            self._stream.transport.pause_reading()
+
+    def resume_writing(self):
+        if self._stream:
+            self._stream.transport.resume_reading()
+
+    def terminal_size_changed(self, width, height, pixwidth, pixheight):
+        self._size = (width, height)
+        if self._stream:
+            asyncio.get_running_loop().create_task(self._resize(width, height))
+
+    def signal_received(self, signal):
+        if self._exec_id:
+            asyncio.get_running_loop().create_task(self._signal(signal))
+
+    async def _signal(self, name: str):
+        sig = getattr(signals, f"SIG{name}", None)
+        if sig is None:
+            return
+        info = await engine.api("GET", f"/exec/{self._exec_id}/json")
+        if info.get("Running") and info.get("Pid"):
+            os.kill(info["Pid"], sig)
+
+    def break_received(self, msec):
+        return False
+
+    def connection_lost(self, exc):
+        if self._stream:
+            self._stream.transport.close()
+        elif self._task and self._subsystem != wire.CONTROL:
+            self._task.cancel()
