@@ -114,7 +114,7 @@ class Broker:
 
     async def session_target(self, renter: str, wanted: str | None) -> tuple[asyncssh.SSHClientConnection, str]:
         """(host connection, lease id) a renter's login reaches."""
-        leases = await self.db(self.store.leases, renter, True)
+        leases = await self.db(self.store.leases, renter, not wanted)
         lease = pick_lease(leases, renter, wanted, time.time())
         link = self.tunnels.get(lease["host"])
         if not link:

@@ -1,0 +1,87 @@
+"""Interactive shells (pty, resize, Ctrl-C), tmux across disconnects, and ssh -L, through the broker."""
+import subprocess
+import urllib.request
+
+import pytest
+
+from .cluster import wait_for
+from .tty import Terminal
+
+
+@pytest.fixture
+def term(cluster):
+    terms = []
+
+    def open_(*opts, command=(), width=100, height=30):
+        t = Terminal(cluster.ssh_cmd("rent", *opts) + list(command), width, height)
+        terms.append(t)
+        return t
+    yield open_
+    for t in terms:
+        t.close()
+
+
+def test_shell_has_a_pty_that_follows_resizes(term):
+    t = term("-tt", width=100, height=30)
+    t.wait("/workspace#")
+    t.type("stty size; tty")
+    t.wait("30 100")
+    assert "/dev/pts/" in t.screen()
+    t.resize(120, 40)
+    t.type("clear; stty size")
+    t.wait("40 120")
+
+
+def test_ctrl_c_interrupts_the_program_not_the_session(term):
+    t = term("-tt")
+    t.wait("/workspace#")
+    t.type("sleep 300")
+    t.wait("sleep 300")
+    t.key("C-c")
+    t.type("echo still-here-$?")
+    t.wait("still-here-130")
+    t.type("exit 7")
+    t.wait("EXITED=7")
+
+
+def test_tmux_session_survives_disconnect_and_reattaches(cluster, term):
+    r = cluster.ssh("tmux new -d -s keep 'while true; do date +tick-%s; sleep 1; done'")
+    assert r.returncode == 0
+    assert cluster.ssh("tmux has-session -t keep").returncode == 0  # survived that connection closing
+    t = term("-t", command=["tmux", "attach", "-t", "keep"])
+    t.wait("tick-")
+    t.key("C-b")
+    t.key("d")
+    t.wait("detached")
+    assert cluster.ssh("tmux kill-session -t keep").returncode == 0
+
+
+def test_local_port_forward_reaches_a_localhost_server_in_the_container(cluster, tmp_path):
+    cluster.ssh("mkdir -p /tmp/www && echo jupyter-ish > /tmp/www/index.html && "
+                "(cd /tmp/www && nohup python3 -m http.server 8888 --bind 127.0.0.1 >/dev/null 2>&1 &)", check=True)
+    wait_for(lambda: cluster.ssh("python3 -c 'import socket; socket.create_connection((\"127.0.0.1\", 8888))'").returncode == 0,
+             what="http.server in the container")
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    fwd = subprocess.Popen(cluster.ssh_cmd("rent", "-N", "-L", f"{port}:localhost:8888"))
+    try:
+        body = wait_for(lambda: _get(f"http://127.0.0.1:{port}/index.html"), what="forwarded port")
+        assert body == b"jupyter-ish\n"
+    finally:
+        fwd.terminate()
+        fwd.wait()
+
+
+def test_forward_to_anything_but_localhost_is_refused(cluster):
+    r = cluster.ssh(opts=["-v", "-W", "10.0.0.1:80"])
+    assert r.returncode == 255
+    assert b"open failed: administratively prohibited: only ports on localhost" in r.stderr
+
+
+def _get(url):
+    try:
+        return urllib.request.urlopen(url, timeout=5).read()
+    except OSError:
+        return None
