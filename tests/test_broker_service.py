@@ -1,0 +1,116 @@
+import time
+
+import pytest
+
+from broker import service
+from broker.config import Config, parse_addr
+from broker.errors import BrokerError, NotFound
+from broker.sshserver import AuthLimiter
+from broker.store import Store
+from keys import material, tokens
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = Store(tmp_path / "b.db")
+    yield s
+    s.close()
+
+
+def _pub(tmp_path, name="k"):
+    return material.public_line(material.load_or_create(tmp_path / name)) + " someone@laptop"
+
+
+def test_add_renter_and_find_by_key(store, tmp_path):
+    fpr = service.add_renter(store, "alice", _pub(tmp_path))
+    assert store.renter_by_key(fpr) == "alice"
+    with pytest.raises(BrokerError, match="renter 'alice' already exists"):
+        service.add_renter(store, "alice", _pub(tmp_path, "k2"))
+    with pytest.raises(BrokerError, match="already belongs to renter 'alice'"):
+        service.add_renter(store, "bob", _pub(tmp_path))
+    assert [r["name"] for r in store.renters()] == ["alice"]  # the failed adds left nothing
+
+
+@pytest.mark.parametrize("name", ["Alice", "1x", "a b", "x" * 33, ""])
+def test_bad_names(store, tmp_path, name):
+    with pytest.raises(BrokerError, match="bad renter name"):
+        service.add_renter(store, name, _pub(tmp_path))
+
+
+def test_token_is_single_use_and_expires(store, tmp_path):
+    cfg = Config(home=tmp_path)
+    token = service.invite(store, cfg, "pc1", "SHA256:brokerfpr")
+    secret, fpr = tokens.split(token)
+    assert fpr == "SHA256:brokerfpr"
+    now = time.time()
+    assert store.consume_token(tokens.hash_secret(secret), "SHA256:host", "ssh-ed25519 AAAA", now) == "pc1"
+    with pytest.raises(BrokerError, match="invalid, expired or already used"):
+        store.consume_token(tokens.hash_secret(secret), "SHA256:other", "k", now)
+    assert store.host_by_key("SHA256:host")["name"] == "pc1"
+    with pytest.raises(BrokerError, match="already joined"):
+        service.invite(store, cfg, "pc1", "SHA256:brokerfpr")
+
+    late = tokens.split(service.invite(store, cfg, "pc2", "SHA256:b"))[0]
+    with pytest.raises(BrokerError, match="expired"):
+        store.consume_token(tokens.hash_secret(late), "SHA256:h2", "k", now + cfg.token_ttl + 1)
+
+
+def _lease(id_, state="active", ends_at=2e9):
+    return {"id": id_, "state": state, "ends_at": ends_at}
+
+
+def test_pick_lease():
+    now = 1e9
+    assert service.pick_lease([_lease("a")], "al", None, now)["id"] == "a"
+    assert service.pick_lease([_lease("a"), _lease("b")], "al", "b", now)["id"] == "b"
+    with pytest.raises(NotFound, match="renter al has no active lease"):
+        service.pick_lease([_lease("a", "ended")], "al", None, now)
+    with pytest.raises(NotFound, match="renter al has no active lease"):
+        service.pick_lease([_lease("a", ends_at=now - 1)], "al", None, now)
+    with pytest.raises(BrokerError, match=r"several active leases \(a b\)"):
+        service.pick_lease([_lease("a"), _lease("b")], "al", None, now)
+    with pytest.raises(NotFound, match="no lease 'zz' for renter al"):
+        service.pick_lease([_lease("a")], "al", "zz", now)
+    with pytest.raises(BrokerError, match="lease a is failed, not active"):
+        service.pick_lease([_lease("a", "failed")], "al", "a", now)
+
+
+@pytest.mark.parametrize("user, expected", [("rent", ("rent", None)), ("rent+ab12", ("rent", "ab12")),
+                                            ("ctl", ("ctl", None))])
+def test_login_names(user, expected):
+    assert service.lease_from_username(user) == expected
+
+
+@pytest.mark.parametrize("user", ["root", "ctl+x", "rent-x", ""])
+def test_bad_login_names(user):
+    with pytest.raises(BrokerError, match="unknown user"):
+        service.lease_from_username(user)
+
+
+def test_auth_limiter_blocks_then_forgets():
+    lim = AuthLimiter(limit=3, window=60, block_for=100)
+    for t in (0, 1):
+        lim.failed("1.2.3.4", t)
+    assert not lim.blocked("1.2.3.4", 2)
+    lim.failed("1.2.3.4", 2)
+    assert lim.blocked("1.2.3.4", 3) and not lim.blocked("5.6.7.8", 3)
+    assert not lim.blocked("1.2.3.4", 103)
+
+
+def test_auth_limiter_window_slides():
+    lim = AuthLimiter(limit=3, window=10, block_for=100)
+    for t in (0, 20, 40):
+        lim.failed("ip", t)
+    assert not lim.blocked("ip", 41)
+
+
+@pytest.mark.parametrize("text, addr", [("127.0.0.1:2222", ("127.0.0.1", 2222)), (":22", ("0.0.0.0", 22)),
+                                        ("[::1]:0", ("::1", 0))])
+def test_parse_addr(text, addr):
+    assert parse_addr(text) == addr
+
+
+@pytest.mark.parametrize("text", ["nohost", "h:port", "h:70000"])
+def test_parse_addr_errors(text):
+    with pytest.raises(ValueError, match="bad address"):
+        parse_addr(text)
