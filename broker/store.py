@@ -10,6 +10,7 @@ from pathlib import Path
 
 import sqlite_utils
 
+from . import ledger
 from .errors import BrokerError, NotFound
 
 LIVE_STATES = ("pending", "starting", "active", "ending")
@@ -30,6 +31,28 @@ CREATE TABLE IF NOT EXISTS leases (
 CREATE INDEX IF NOT EXISTS leases_renter ON leases(renter, state);
 """
 
+# Each step brings a database from version N to N+1 (PRAGMA user_version).
+_MIGRATIONS = [
+    """
+    ALTER TABLE leases ADD COLUMN gpus TEXT NOT NULL DEFAULT '[]';
+    ALTER TABLE leases ADD COLUMN gpu_name TEXT;
+    ALTER TABLE leases ADD COLUMN price INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE leases ADD COLUMN fee_percent INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE leases ADD COLUMN held INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE leases ADD COLUMN started REAL;
+    ALTER TABLE leases ADD COLUMN ended REAL;
+    ALTER TABLE leases ADD COLUMN extensions INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE hosts ADD COLUMN inventory TEXT;
+    CREATE TABLE uptime (host TEXT NOT NULL, up REAL NOT NULL, down REAL);
+    CREATE INDEX uptime_host ON uptime(host, up);
+    CREATE TABLE txs (id INTEGER PRIMARY KEY, key TEXT NOT NULL UNIQUE, kind TEXT NOT NULL, lease TEXT,
+                      renter TEXT, created REAL NOT NULL, memo TEXT);
+    CREATE TABLE entries (tx INTEGER NOT NULL REFERENCES txs(id), account TEXT NOT NULL,
+                          amount INTEGER NOT NULL);
+    CREATE INDEX entries_account ON entries(account);
+    """,
+]
+
 
 class Store:
     """Renters and their keys, hosts and join tokens, leases."""
@@ -39,21 +62,45 @@ class Store:
         self.db = sqlite_utils.Database(conn)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA foreign_keys=ON")
+        self._depth = 0
         self.db.conn.executescript(_SCHEMA)
+        self._migrate()
+
+    def _migrate(self) -> None:
+        version = self.db.execute("PRAGMA user_version").fetchone()[0]
+        for n, script in enumerate(_MIGRATIONS[version:], version + 1):
+            with self._tx():
+                for stmt in filter(str.strip, script.split(";")):
+                    self.db.execute(stmt)
+                self.db.execute(f"PRAGMA user_version = {n}")
 
     def close(self) -> None:
         self.db.conn.close()
 
     @contextmanager
     def _tx(self):
-        """One write transaction, taken up front so concurrent writers queue instead of failing."""
+        """One write transaction, taken up front so concurrent writers queue instead of failing.
+
+        Nested use joins the outer transaction."""
+        if self._depth:
+            self._depth += 1
+            try:
+                yield
+            finally:
+                self._depth -= 1
+            return
         self.db.execute("BEGIN IMMEDIATE")
+        self._depth = 1
         try:
             yield
         except BaseException:
             self.db.execute("ROLLBACK")
             raise
+        finally:
+            self._depth = 0
         self.db.execute("COMMIT")
+
+    tx = _tx
 
     def _insert(self, table: str, row: dict) -> None:
         cols = ", ".join(row)
@@ -164,3 +211,83 @@ class Store:
         """Mark active leases whose time is over as ended; returns how many."""
         return self.db.execute(
             "UPDATE leases SET state = 'ended' WHERE state = 'active' AND ends_at <= ?", [now]).rowcount
+
+    def leases_on(self, host: str, live_only: bool = True) -> list[dict]:
+        sql = "SELECT * FROM leases WHERE host = ?"
+        if live_only:
+            sql += f" AND state IN ({','.join('?' * len(LIVE_STATES))})"
+        return list(self.db.query(sql, [host, *(LIVE_STATES if live_only else ())]))
+
+    def live_leases(self) -> list[dict]:
+        return self.leases(live_only=True)
+
+    # hosts: inventory and uptime
+    def set_inventory(self, name: str, inventory: str) -> None:
+        self.db.execute("UPDATE hosts SET inventory = ? WHERE name = ?", [inventory, name])
+
+    def joined_hosts(self) -> list[dict]:
+        return list(self.db.query("SELECT * FROM hosts WHERE joined IS NOT NULL AND banned = 0"))
+
+    def host_up(self, name: str, now: float) -> None:
+        with self._tx():
+            self.db.execute("UPDATE uptime SET down = ? WHERE host = ? AND down IS NULL", [now, name])
+            self.db.execute("INSERT INTO uptime (host, up) VALUES (?, ?)", [name, now])
+
+    def host_down(self, name: str, now: float) -> None:
+        self.db.execute("UPDATE uptime SET down = ? WHERE host = ? AND down IS NULL", [now, name])
+
+    def close_uptimes(self) -> None:
+        """After a broker restart: an interval left open ended when the host was last seen."""
+        self.db.execute("UPDATE uptime SET down = (SELECT last_seen FROM hosts WHERE name = uptime.host) "
+                        "WHERE down IS NULL")
+
+    def uptimes(self, since: float) -> dict[str, list[tuple[float, float | None]]]:
+        out: dict[str, list] = {}
+        for host, up, down in self.db.execute(
+                "SELECT host, up, down FROM uptime WHERE down IS NULL OR down >= ? ORDER BY up", [since]):
+            out.setdefault(host, []).append((up, down))
+        return out
+
+    def touch_hosts(self, names: list[str], now: float) -> None:
+        self.db.conn.executemany("UPDATE hosts SET last_seen = ? WHERE name = ?", [(now, n) for n in names])
+
+    # ledger
+    def post(self, key: str, kind: str, entries: ledger.Entries, lease: str | None = None,
+             renter: str | None = None, memo: str = "", now: float | None = None) -> bool:
+        """Post one balanced transaction once: False (and nothing changes) if key was posted before."""
+        ledger.check(entries)
+        with self._tx():
+            if self.db.execute("SELECT 1 FROM txs WHERE key = ?", [key]).fetchone():
+                return False
+            for account, amount in entries:
+                if account.startswith(ledger.NON_NEGATIVE) and amount < 0:
+                    if self.balance(account) + amount < 0:
+                        raise ledger.LedgerError(
+                            f"not enough credit: {ledger.credits_needed(self.balance(account), -amount)}")
+            cur = self.db.execute("INSERT INTO txs (key, kind, lease, renter, created, memo) VALUES (?,?,?,?,?,?)",
+                                  [key, kind, lease, renter, now or time.time(), memo])
+            self.db.conn.executemany("INSERT INTO entries (tx, account, amount) VALUES (?, ?, ?)",
+                                     [(cur.lastrowid, a, v) for a, v in entries])
+        return True
+
+    def balance(self, account: str) -> int:
+        return self.db.execute("SELECT COALESCE(SUM(amount), 0) FROM entries WHERE account = ?",
+                               [account]).fetchone()[0]
+
+    def balances(self) -> dict[str, int]:
+        return dict(self.db.execute("SELECT account, SUM(amount) FROM entries GROUP BY account ORDER BY account"))
+
+    def journal(self, renter: str | None = None) -> list[dict]:
+        """Transactions with their entries, oldest first (only those touching renter, if given)."""
+        where, args = "", []
+        if renter:
+            where, args = "WHERE t.renter = ?", [renter]
+        rows = self.db.execute(
+            f"SELECT t.id, t.key, t.kind, t.lease, t.renter, t.created, t.memo, e.account, e.amount "
+            f"FROM txs t JOIN entries e ON e.tx = t.id {where} ORDER BY t.id, e.rowid", args).fetchall()
+        out: dict[int, dict] = {}
+        for tid, key, kind, lease, who, created, memo, account, amount in rows:
+            tx = out.setdefault(tid, {"id": tid, "key": key, "kind": kind, "lease": lease, "renter": who,
+                                      "created": created, "memo": memo, "entries": []})
+            tx["entries"].append({"account": account, "amount": amount})
+        return list(out.values())

@@ -1,8 +1,6 @@
-"""hostd's agent: dials the broker, serves its control calls, runs and ends leases.
+"""hostd's agent: dials the broker, answers its control calls, reports inventory and lease events.
 
-The agent keeps its own record of every lease (hostd.store) and ends each one at its time, also
-while the broker is unreachable. On start it reconciles the containers labelled as its own with
-that record: a container whose lease is still valid is kept (started again if it was stopped).
+Lease enforcement lives in hostd.leases and runs whether or not the broker is reachable.
 """
 import asyncio
 import json
@@ -15,13 +13,15 @@ import asyncssh
 
 from keys import material, tokens, wire
 
+from . import gpus as gpus_mod, settings as settings_mod
 from .config import Config, write_private
+from .leases import Leases
 from .runtime import Runtime, RuntimeError_, default_limits
 from .sshserver import HostServer, SessionError
 from .store import Store
 
 log = logging.getLogger("shellrent.agent")
-VERSION = "0.1.0"
+VERSION = "0.2.0"
 CIPHERS = ["aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "chacha20-poly1305@openssh.com"]
 
 
@@ -30,7 +30,7 @@ class JoinError(Exception):
 
 
 class Agent:
-    """One hostd: its key, its broker pin, its leases and its connection state."""
+    """One hostd: its key, its broker pin, its settings, GPUs and leases, its connection state."""
 
     def __init__(self, config: Config, broker_fingerprint: str, token: str | None = None):
         self.config = config
@@ -41,121 +41,199 @@ class Agent:
         self.joined = asyncio.get_running_loop().create_future()
         self.runtime: Runtime | None = None
         self.store: Store | None = None
-        self._timers: dict[str, asyncio.TimerHandle] = {}
-        self._conn = None
+        self.leases: Leases | None = None
+        self._settings = settings_mod.defaults()
+        self._settings_mtime = None
+        self._gpus = None
+        self._inventory: dict | None = None
+        self._sink = None
+        self._pending: list[dict] = []
         self._status = {"pid": os.getpid(), "connected": False}
 
     @property
     def owner(self) -> str:
         return material.fingerprint(self.key).removeprefix("SHA256:")[:16]
 
+    @property
+    def settings_path(self):
+        return self.config.home / "settings.json"
+
+    def settings(self) -> dict:
+        return self._settings
+
     def open_runtime(self) -> None:
-        """Docker and the lease record; reconcile, then arm the end of every active lease."""
+        """Settings, GPUs, Docker and the lease record; then reconcile and arm every lease."""
+        self._reload_settings()
         self.store = Store(self.config.db_path)
         self.runtime = Runtime(self.owner, default_limits())
         for what in self.runtime.unenforced_limits():
             log.warning("the Docker engine cannot enforce: %s", what)
-        self.reconcile()
+        self.leases = Leases(self.config, self.runtime, self.store, self.settings, self.emit)
+        self.leases.reconcile()
 
-    def reconcile(self) -> None:
-        now = time.time()
-        seen = set()
-        for c in self.runtime.containers():
-            rec = self.store.get(c["lease"])
-            seen.add(c["lease"])
-            if rec is None and c["ends_at"] > now:
-                log.warning("adopting container of unknown lease %s", c["lease"])
-                rec = {"id": c["lease"], "renter": "?", "image": "?", "ends_at": c["ends_at"],
-                       "state": "active", "container": c["id"], "shell": "/bin/sh"}
-                self.store.put(rec)
-            if rec is None or rec["state"] != "active" or rec["ends_at"] <= now:
-                log.info("lease %s is over: stopping its container", c["lease"])
-                self.runtime.stop(c["lease"], self.config.stop_grace)
-                if rec:
-                    self.store.set_state(rec["id"], "ended")
-                continue
-            if c["status"] != "running":
-                log.info("lease %s: starting its stopped container again", c["lease"])
-                self.runtime.ensure_running(c["id"])
-        for rec in self.store.active():
-            if rec["id"] not in seen:
-                log.warning("lease %s has no container any more", rec["id"])
-                self.store.set_state(rec["id"], "lost")
-            else:
-                self._arm(rec)
+    def _reload_settings(self) -> bool:
+        try:
+            mtime = self.settings_path.stat().st_mtime_ns
+        except FileNotFoundError:
+            mtime = None
+        if mtime == self._settings_mtime and self._gpus is not None:
+            return False
+        try:
+            new = settings_mod.load(self.settings_path)
+        except settings_mod.SettingsError as exc:
+            log.error("keeping the old settings: %s", exc)
+            self._settings_mtime = mtime
+            return False
+        if self._gpus is None or new["fake_gpus"] != self._settings["fake_gpus"]:
+            self._gpus = gpus_mod.open_source(new["fake_gpus"], self.owner)
+        self._settings, self._settings_mtime = new, mtime
+        return True
 
-    def _arm(self, rec: dict) -> None:
-        old = self._timers.pop(rec["id"], None)
-        if old:
-            old.cancel()
-        delay = max(0.0, rec["ends_at"] - time.time())
-        self._timers[rec["id"]] = asyncio.get_running_loop().call_later(
-            delay, lambda: asyncio.ensure_future(self.end_lease(rec["id"])))
+    async def watch(self) -> None:
+        """Notice settings changes and inventory drift; report them to the broker."""
+        while True:
+            self._reload_settings()
+            inv = await asyncio.to_thread(self.inventory)
+            if inv != self._inventory:
+                self._inventory = inv
+                self.emit({"type": "inventory", "inventory": inv})
+            await asyncio.sleep(1)
 
-    async def end_lease(self, lease_id: str) -> None:
-        """Stop a lease's container now (SIGTERM, SIGKILL after the grace); keep its workspace."""
-        timer = self._timers.pop(lease_id, None)
-        if timer:
-            timer.cancel()
-        await asyncio.to_thread(self.runtime.stop, lease_id, self.config.stop_grace)
-        self.store.set_state(lease_id, "ended")
-        log.info("lease %s ended", lease_id)
+    def inventory(self) -> dict:
+        s = self._settings
+        gpus = self._gpus.gpus()
+        wanted = None if s["gpus"] == "all" else {int(i) for i in s["gpus"].split(",")}
+        shared = [g["uuid"] for g in gpus if wanted is None or g["index"] in wanted]
+        n = max(1, len(shared))
+        cores = os.cpu_count() or 1
+        ram_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9
+        disk_gb = self.runtime.disk_free_gb() if self.runtime else 0.0
+        return {"gpus": gpus, "shared": shared, "gpu_source": self._gpus.kind, **self._gpus.driver(),
+                "cpu_cores": cores, "ram_gb": round(ram_gb, 1), "disk_gb": round(disk_gb),
+                "cpu_per_gpu": s["cpu_per_gpu"] or max(1, cores // n),
+                "ram_per_gpu": s["ram_per_gpu"] or round(ram_gb * 0.8 / n, 1),
+                "disk_per_gpu": s["disk_per_gpu"] or round(disk_gb / n),
+                "price": int(round(s["price"] * 1_000_000)), "window": s["window"], "paused": s["paused"],
+                "geolocation": s["geolocation"], "images": s["images"], "version": VERSION}
+
+    # events to the broker
+    def attach_sink(self, session) -> None:
+        self._sink = session
+        for event in self._pending:
+            session.send(event)
+        self._pending = []
+
+    def detach_sink(self, session) -> None:
+        if self._sink is session:
+            self._sink = None
+
+    def emit(self, event: dict) -> None:
+        if self._sink:
+            self._sink.send(event)
+        elif event["type"] != "inventory":
+            self._pending = self._pending[-999:] + [event]
 
     # what sessions need
-    def session_lease(self, lease_id: str | None) -> dict:
+    async def session_lease(self, lease_id: str | None, files_only: bool = False) -> dict:
+        """The lease record a session runs in; an ended lease serves its files during retention."""
         rec = self.store.get(lease_id) if lease_id else None
-        if not rec or rec["state"] != "active":
-            raise SessionError(f"lease {lease_id} is not running on this host")
-        return rec
+        if rec and rec["state"] == "active":
+            return rec
+        if rec and rec["state"] == "ended" and files_only:
+            container = await asyncio.to_thread(self.runtime.files_container, rec)
+            return {**rec, "container": container, "shell": "/bin/sh"}
+        state = rec["state"] if rec else "unknown"
+        raise SessionError(f"lease {lease_id} is {state} on this host")
 
     async def container_pid(self, lease_id: str) -> int:
-        rec = self.session_lease(lease_id)
+        rec = await self.session_lease(lease_id)
         return await asyncio.to_thread(self.runtime.pid, rec["container"])
 
     # control calls from the broker
     async def control(self, req: dict) -> dict:
         op = req.get("op")
-        if op == "hello":
-            leases = [r["id"] for r in self.store.active()] if self.store else []
-            return {"ok": True, "proto": wire.PROTO, "version": VERSION, "token": self._token, "leases": leases}
-        if op == "welcome":
-            self.host_name = req["host"]
-            self._set_status(connected=True, host=self.host_name, since=time.time(), error=None)
-            if not self.joined.done():
-                self.joined.set_result(self.host_name)
-            return {"ok": True}
-        if op == "reject":
-            self._set_status(connected=False, error=req.get("error"))
-            if not self.joined.done():
-                self.joined.set_exception(JoinError(req.get("error") or "the broker refused this host"))
-            return {"ok": True}
-        if op == "lease.start":
-            return await self._start(req["lease"])
-        if op == "lease.stop":
-            if not self.store.get(req["id"]):
-                return {"ok": False, "error": f"no lease {req['id']} on this host"}
-            await self.end_lease(req["id"])
-            return {"ok": True}
-        return {"ok": False, "error": f"unknown op {op!r}"}
+        handler = getattr(self, "_op_" + str(op).replace(".", "_"), None)
+        if handler is None:
+            return {"ok": False, "error": f"unknown op {op!r}"}
+        return await handler(req)
 
-    async def _start(self, lease: dict) -> dict:
+    async def _op_hello(self, req):
+        leases = {r["id"]: {"state": r["state"], "ended_at": r.get("ended_at")} for r in self.store.all()} \
+            if self.store else {}
+        inv = await asyncio.to_thread(self.inventory) if self.runtime else None
+        self._inventory = inv
+        return {"ok": True, "proto": wire.PROTO, "version": VERSION, "token": self._token, "leases": leases,
+                "inventory": inv}
+
+    async def _op_welcome(self, req):
+        self.host_name = req["host"]
+        self._set_status(connected=True, host=self.host_name, since=time.time(), error=None)
+        if not self.joined.done():
+            self.joined.set_result(self.host_name)
+        return {"ok": True}
+
+    async def _op_reject(self, req):
+        self._set_status(connected=False, error=req.get("error"))
+        if not self.joined.done():
+            self.joined.set_exception(JoinError(req.get("error") or "the broker refused this host"))
+        return {"ok": True}
+
+    async def _op_earnings(self, req):
+        self._set_status(earned=req.get("earned", 0))
+        return {"ok": True}
+
+    async def _op_lease_start(self, req):
+        lease = req["lease"]
         if self.store.get(lease["id"]):
             return {"ok": False, "error": f"lease {lease['id']} already exists on this host"}
+        allowed = [i.strip() for i in self._settings["images"].split(",")]
+        if "*" not in allowed and lease["image"] not in allowed:
+            return {"ok": False, "error": f"image {lease['image']!r} is not allowed on this host"}
+        gpus = lease.get("gpus") or []
+        known = {g["uuid"] for g in self._gpus.gpus()}
+        if not set(gpus) <= known:
+            return {"ok": False, "error": "asked for GPUs this host does not have"}
+        rec = {**{k: lease[k] for k in ("id", "renter", "image", "ends_at")}, "state": "active",
+               "gpus": json.dumps(gpus)}
+        self.leases.write_info(rec)
+        limits = None
+        if gpus:
+            inv = self._inventory or self.inventory()
+            limits = {"cpus": float(inv["cpu_per_gpu"] * len(gpus)),
+                      "memory": int(inv["ram_per_gpu"] * len(gpus) * 1e9)}
         try:
-            container, shell = await asyncio.to_thread(self.runtime.start, lease)
+            container, shell = await asyncio.to_thread(
+                self.runtime.start, lease, self._gpus.device_ids(gpus), str(self.leases.lease_dir(lease["id"])),
+                limits)
         except RuntimeError_ as exc:
             return {"ok": False, "error": str(exc)}
-        rec = {**{k: lease[k] for k in ("id", "renter", "image", "ends_at")}, "state": "active",
-               "container": container, "shell": shell}
+        rec.update(container=container, shell=shell)
         self.store.put(rec)
-        self._arm(rec)
-        log.info("lease %s started for %s (container %s)", lease["id"], lease["renter"], container[:12])
+        self.leases.arm(rec)
+        log.info("lease %s started for %s (container %s, %d GPU)", lease["id"], lease["renter"], container[:12],
+                 len(gpus))
         return {"ok": True, "container": container}
 
-    # connection
-    def connection_made(self, conn) -> None:
-        self._conn = conn
+    async def _op_lease_stop(self, req):
+        rec = self.store.get(req["id"])
+        if not rec:
+            return {"ok": False, "error": f"no lease {req['id']} on this host"}
+        await self.leases.end(req["id"])
+        rec = self.store.get(req["id"])
+        return {"ok": True, "ended_at": rec.get("ended_at")}
 
+    async def _op_lease_extend(self, req):
+        try:
+            self.leases.extend(req["id"], float(req["ends_at"]))
+        except ValueError as exc:
+            return {"ok": False, "error": str(exc)}
+        return {"ok": True}
+
+    async def _op_lease_discard(self, req):
+        await self.leases.discard(req["id"])
+        return {"ok": True}
+
+    # connection
     async def connect(self, host: str, port: int) -> asyncssh.SSHServerConnection:
         return await asyncio.wait_for(asyncssh.connect_reverse(
             host, port, server_factory=lambda: HostServer(self), server_host_keys=[self.key],
@@ -165,21 +243,25 @@ class Agent:
 
     async def run_forever(self, host: str, port: int) -> None:
         """Stay connected: reconnect after any drop, exponential backoff with full jitter."""
+        watcher = asyncio.get_running_loop().create_task(self.watch())
         attempt = 0
-        while True:
-            try:
-                conn = await self.connect(host, port)
-            except (OSError, asyncssh.Error, asyncio.TimeoutError) as exc:
-                self._set_status(connected=False, error=f"connect failed: {exc or type(exc).__name__}")
-            else:
-                await conn.wait_closed()
-                if self._status.get("connected"):
-                    attempt = 0
-                self._set_status(connected=False, error="connection closed")
-            delay = random.uniform(0, min(self.config.backoff_max, self.config.backoff_base * 2 ** attempt))
-            attempt = min(attempt + 1, 30)
-            log.info("reconnecting to %s:%d in %.1fs", host, port, delay)
-            await asyncio.sleep(delay)
+        try:
+            while True:
+                try:
+                    conn = await self.connect(host, port)
+                except (OSError, asyncssh.Error, asyncio.TimeoutError) as exc:
+                    self._set_status(connected=False, error=f"connect failed: {exc or type(exc).__name__}")
+                else:
+                    await conn.wait_closed()
+                    if self._status.get("connected"):
+                        attempt = 0
+                    self._set_status(connected=False, error="connection closed")
+                delay = random.uniform(0, min(self.config.backoff_max, self.config.backoff_base * 2 ** attempt))
+                attempt = min(attempt + 1, 30)
+                log.info("reconnecting to %s:%d in %.1fs", host, port, delay)
+                await asyncio.sleep(delay)
+        finally:
+            watcher.cancel()
 
     def _set_status(self, **fields) -> None:
         self._status.update(fields, updated=time.time())

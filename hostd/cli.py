@@ -11,6 +11,7 @@ import click
 
 from .agent import Agent, JoinError, join as join_broker
 from .config import Config
+from . import settings as settings_mod
 from .runtime import RuntimeError_
 
 
@@ -87,8 +88,11 @@ def status(cfg: Config, as_json):
     except (FileNotFoundError, ValueError):
         st = {}
     running = _alive(st.get("pid"))
+    earned = st.get("earned", 0)
     out = {"joined": bool(pin), "host": (pin or {}).get("host"), "broker": (pin or {}).get("addr"),
-           "running": running, "connected": bool(running and st.get("connected")), "error": st.get("error")}
+           "running": running, "connected": bool(running and st.get("connected")), "error": st.get("error"),
+           "earned_micro": earned, "earned": f"{earned / 1e6:.2f}",
+           "paused": settings_mod.load(cfg.home / "settings.json")["paused"]}
     if as_json:
         click.echo(json.dumps(out))
         return
@@ -99,6 +103,58 @@ def status(cfg: Config, as_json):
     click.echo(f"host {out['host']} at broker {pin['addr'][0]}:{pin['addr'][1]}: {state}")
     if out["error"] and not out["connected"]:
         click.echo(f"last error: {out['error']}")
+    click.echo(f"earnings: {out['earned']} credits" + ("; paused: taking no new rentals" if out["paused"] else ""))
+
+
+@main.group()
+def config():
+    """Sharing settings: price, GPUs, CPU/RAM/disk per GPU, window, ..."""
+
+
+@config.command("show")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+@click.pass_obj
+def config_show(cfg: Config, as_json):
+    """Show every setting (defaults included)."""
+    try:
+        values = settings_mod.load(cfg.home / "settings.json")
+    except settings_mod.SettingsError as exc:
+        raise click.ClickException(str(exc)) from None
+    if as_json:
+        click.echo(json.dumps(values))
+        return
+    for key, (_, _, help_) in settings_mod.SPEC.items():
+        click.echo(f"{key:13} {str(values[key]):20} {help_}")
+
+
+@config.command("set")
+@click.argument("key")
+@click.argument("value")
+@click.pass_obj
+def config_set(cfg: Config, key, value):
+    """Set KEY to VALUE (a running hostd picks it up within seconds)."""
+    cfg.home.mkdir(parents=True, exist_ok=True)
+    try:
+        values = settings_mod.save(cfg.home / "settings.json", key, value)
+    except settings_mod.SettingsError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"{key} = {values[key]}")
+
+
+@main.command()
+@click.pass_obj
+def pause(cfg: Config):
+    """Take no new rentals; running ones continue."""
+    settings_mod.save(cfg.home / "settings.json", "paused", "true")
+    click.echo("paused: no new rentals; running leases continue")
+
+
+@main.command()
+@click.pass_obj
+def resume(cfg: Config):
+    """Take new rentals again."""
+    settings_mod.save(cfg.home / "settings.json", "paused", "false")
+    click.echo("resumed: taking new rentals")
 
 
 def _alive(pid) -> bool:

@@ -17,7 +17,6 @@ class Config:
     backoff_base: float = field(default_factory=lambda: _env("HOSTD_BACKOFF_BASE", 1.0))
     backoff_max: float = field(default_factory=lambda: _env("HOSTD_BACKOFF_MAX", 60.0))
     keepalive: float = field(default_factory=lambda: _env("HOSTD_KEEPALIVE", 15.0))
-    stop_grace: float = field(default_factory=lambda: _env("HOSTD_STOP_GRACE", 30.0))
 
     @property
     def key_path(self) -> Path:

@@ -6,6 +6,7 @@ all capabilities dropped but CAPS; no-new-privileges; pids, memory, CPU and /dev
 """
 import logging
 import os
+import shutil
 
 import docker
 from docker.errors import APIError, DockerException, ImageNotFound, NotFound
@@ -16,6 +17,12 @@ log = logging.getLogger("shellrent.runtime")
 # Docker's default set: NET_RAW (spoofing), MKNOD, AUDIT_WRITE, SETFCAP, SETPCAP, SYS_CHROOT.
 CAPS = ["CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID", "KILL", "SETGID", "SETUID", "NET_BIND_SERVICE"]
 LABEL = "shellrent"
+# The container's main process ignores SIGTERM (inherited through exec), so that at a lease's end
+# `kill -TERM -1` reaches every renter process but leaves the container up for the grace period.
+MAIN = ["/bin/sh", "-c", "trap '' TERM; exec sleep infinity"]
+BROADCAST = ('for t in /dev/pts/[0-9]*; do printf "\\r\\n%s\\r\\n" "$1" > "$t" 2>/dev/null; done; '
+             'command -v tmux >/dev/null && tmux list-clients -F "#{client_name}" 2>/dev/null | '
+             'while read -r c; do tmux display-message -c "$c" "$1"; done; true')
 
 
 class RuntimeError_(Exception):
@@ -46,7 +53,7 @@ class Runtime:
         return {LABEL: "1", f"{LABEL}.hostd": self.owner, f"{LABEL}.lease": lease["id"],
                 f"{LABEL}.renter": lease["renter"], f"{LABEL}.ends_at": str(int(lease["ends_at"]))}
 
-    def start(self, lease: dict) -> tuple[str, str]:
+    def start(self, lease: dict, device_ids: list[str], lease_dir: str, limits: dict | None = None) -> tuple[str, str]:
         """Create and start a lease's container; returns (container id, login shell).
 
         On any failure nothing of this lease is left behind but a workspace that existed before.
@@ -66,16 +73,17 @@ class Runtime:
                 made.append(self.client.volumes.create(vol_name, labels=labels))
             net = self.client.networks.create(name, driver="bridge", labels=labels)
             made.append(net)
-            lim = self.limits
+            lim = {**self.limits, **(limits or {})}
             env = {"SHELLRENT_LEASE_ID": lease["id"], "SHELLRENT_ENDS_AT": str(int(lease["ends_at"])),
                    "NVIDIA_VISIBLE_DEVICES": ",".join(lease.get("gpus") or []) or "void"}
             container = self.client.containers.create(
-                lease["image"], ["sleep", "infinity"], name=name, hostname=f"rent-{lease['id']}",
+                lease["image"], MAIN, name=name, hostname=f"rent-{lease['id']}",
                 labels=labels, environment=env, working_dir="/workspace", init=True,
-                volumes={vol_name: {"bind": "/workspace", "mode": "rw"}}, network=net.name,
+                volumes={vol_name: {"bind": "/workspace", "mode": "rw"},
+                         lease_dir: {"bind": "/etc/shellrent", "mode": "ro"}}, network=net.name,
                 cap_drop=["ALL"], cap_add=CAPS, security_opt=["no-new-privileges"], privileged=False,
                 pids_limit=lim["pids"], mem_limit=lim["memory"], nano_cpus=int(lim["cpus"] * 1e9),
-                shm_size=lim["shm"], device_requests=self._gpus(lease), detach=True)
+                shm_size=lim["shm"], device_requests=self._gpus(device_ids), detach=True)
             made.append(container)
             container.start()
             code, _ = container.exec_run(["test", "-x", "/bin/bash"])
@@ -86,8 +94,7 @@ class Runtime:
             raise RuntimeError_(f"starting the container failed: {getattr(exc, 'explanation', None) or exc}") from None
 
     @staticmethod
-    def _gpus(lease: dict) -> list:
-        uuids = lease.get("gpus") or []
+    def _gpus(uuids: list[str]) -> list:
         return [docker.types.DeviceRequest(device_ids=uuids, capabilities=[["gpu"]])] if uuids else []
 
     @staticmethod
@@ -105,7 +112,8 @@ class Runtime:
         name = f"shellrent-{lease_id}"
         try:
             container = self.client.containers.get(name)
-            container.stop(timeout=int(grace))
+            if grace:
+                container.stop(timeout=int(grace))
             container.remove(force=True)
         except NotFound:
             pass
@@ -113,6 +121,55 @@ class Runtime:
             self.client.networks.get(name).remove()
         except NotFound:
             pass
+
+    def signal_all(self, lease_id: str, signal: str = "TERM") -> None:
+        """Send signal to every process in the lease's container but its init and main process."""
+        try:
+            self.client.containers.get(f"shellrent-{lease_id}").exec_run(["/bin/sh", "-c", f"kill -{signal} -1"])
+        except (NotFound, APIError) as exc:
+            log.info("signalling lease %s: %s", lease_id, exc)
+
+    def broadcast(self, lease_id: str, message: str) -> None:
+        """Write message on every terminal in the lease's container (sessions and tmux panes)."""
+        try:
+            self.client.containers.get(f"shellrent-{lease_id}").exec_run(
+                ["/bin/sh", "-c", BROADCAST, "sh", message])
+        except (NotFound, APIError) as exc:
+            log.info("warning lease %s: %s", lease_id, exc)
+
+    def files_container(self, lease: dict) -> str:
+        """A small container with the ended lease's workspace read-only, for sftp during retention."""
+        name = f"shellrent-{lease['id']}-files"
+        try:
+            return self.client.containers.get(name).id
+        except NotFound:
+            pass
+        container = self.client.containers.run(
+            lease["image"], MAIN, name=name, labels=self._labels(lease), detach=True, init=True,
+            working_dir="/workspace", volumes={f"shellrent-ws-{lease['id']}": {"bind": "/workspace", "mode": "ro"}},
+            network_mode="none", cap_drop=["ALL"], security_opt=["no-new-privileges"], pids_limit=64,
+            mem_limit=256 << 20)
+        return container.id
+
+    def purge(self, lease_id: str) -> None:
+        """Remove everything left of a lease: containers, network and its workspace volume."""
+        self.stop(lease_id, 0)
+        for name in (f"shellrent-{lease_id}-files",):
+            try:
+                self.client.containers.get(name).remove(force=True)
+            except NotFound:
+                pass
+        try:
+            self.client.volumes.get(f"shellrent-ws-{lease_id}").remove(force=True)
+        except NotFound:
+            pass
+
+    def disk_free_gb(self) -> float:
+        root = self.client.info().get("DockerRootDir", "/var/lib/docker")
+        try:
+            return shutil.disk_usage(root).free / 1e9
+        except OSError:
+            return shutil.disk_usage("/").free / 1e9
 
     def ensure_running(self, container_id: str) -> None:
         container = self.client.containers.get(container_id)
@@ -127,7 +184,8 @@ class Runtime:
         """This hostd's containers: id, lease, ends_at, running."""
         found = self.client.containers.list(all=True, filters={"label": f"{LABEL}.hostd={self.owner}"})
         return [{"id": c.id, "lease": c.labels.get(f"{LABEL}.lease"), "status": c.status,
-                 "ends_at": float(c.labels.get(f"{LABEL}.ends_at", 0))} for c in found]
+                 "ends_at": float(c.labels.get(f"{LABEL}.ends_at", 0))}
+                for c in found if not c.name.endswith("-files")]
 
 
 def default_limits() -> dict:

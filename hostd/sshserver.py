@@ -144,6 +144,7 @@ class HostSession(asyncssh.SSHServerSession):
         self._stream: engine.ExecStream | None = None
         self._exec_id: str | None = None
         self._task = None
+        self._lease: str | None = None
 
     def connection_made(self, chan):
         self._chan = chan
@@ -162,10 +163,13 @@ class HostSession(asyncssh.SSHServerSession):
 
     def subsystem_requested(self, subsystem):
         self._subsystem = subsystem
-        return subsystem in (wire.CONTROL, "sftp")
+        return subsystem in (wire.CONTROL, wire.EVENTS, "sftp")
 
     def session_started(self):
         if self._subsystem == wire.CONTROL:
+            return
+        if self._subsystem == wire.EVENTS:
+            self._agent.attach_sink(self)
             return
         self._chan.pause_reading()
         self._task = asyncio.get_running_loop().create_task(self._run_exec())
@@ -185,7 +189,16 @@ class HostSession(asyncssh.SSHServerSession):
         self._chan.write(wire.encode(reply))
         self._chan.exit(0)
 
+    # events to the broker
+    def send(self, event: dict) -> None:
+        self._chan.write(wire.encode(event))
+
     # renter sessions
+    def warn(self, message: str) -> None:
+        """A lease warning for a session without a terminal (terminals get it in the container)."""
+        if self._pty is None and self._subsystem is None:
+            self._chan.write_stderr(f"\n{message}\n".encode())
+
     def _argv(self, shell: str) -> list[str]:
         if self._subsystem == "sftp":
             return ["/bin/sh", "-c", SFTP]
@@ -198,7 +211,10 @@ class HostSession(asyncssh.SSHServerSession):
         lease = env.pop(wire.LEASE_ENV, None)
         tty = self._pty is not None and self._subsystem is None
         try:
-            rec = self._agent.session_lease(lease)
+            rec = await self._agent.session_lease(lease, files_only=self._subsystem == "sftp")
+            self._lease = lease
+            self._agent.leases.sessions.setdefault(lease, set()).add(self)
+            env["SHELLRENT_ENDS_AT"] = str(int(rec["ends_at"]))
             if tty:
                 env["TERM"] = self._pty[0] or "xterm"
             created = await engine.api("POST", f"/containers/{rec['container']}/exec", {
@@ -293,7 +309,11 @@ class HostSession(asyncssh.SSHServerSession):
         return False
 
     def connection_lost(self, exc):
+        if self._subsystem == wire.EVENTS:
+            self._agent.detach_sink(self)
+        if self._lease:
+            self._agent.leases.sessions.get(self._lease, set()).discard(self)
         if self._stream:
             self._stream.transport.close()
-        elif self._task and self._subsystem != wire.CONTROL:
+        elif self._task and self._subsystem not in (wire.CONTROL, wire.EVENTS):
             self._task.cancel()

@@ -4,15 +4,21 @@ from pathlib import Path
 
 import sqlite_utils
 
+_COLUMNS = {"id": str, "renter": str, "image": str, "ends_at": float, "state": str, "container": str,
+            "shell": str, "gpus": str, "ended_at": float}
+
 
 class Store:
-    """Leases this host serves: id, renter, image, ends_at, state, container, shell."""
+    """Leases this host serves. States: active, ending, ended, purged, lost."""
 
     def __init__(self, path: Path):
         self.db = sqlite_utils.Database(sqlite3.connect(str(path), timeout=10, check_same_thread=False))
         self.db.execute("PRAGMA journal_mode=WAL")
-        self.db["leases"].create({"id": str, "renter": str, "image": str, "ends_at": float, "state": str,
-                                  "container": str, "shell": str}, pk="id", if_not_exists=True)
+        table = self.db["leases"]
+        table.create(_COLUMNS, pk="id", if_not_exists=True)
+        for name, kind in _COLUMNS.items():
+            if name not in table.columns_dict:
+                table.add_column(name, kind)
 
     def put(self, lease: dict) -> None:
         self.db["leases"].upsert(lease, pk="id")
@@ -23,8 +29,11 @@ class Store:
         except sqlite_utils.db.NotFoundError:
             return None
 
-    def set_state(self, lease_id: str, state: str) -> None:
-        self.db["leases"].update(lease_id, {"state": state})
+    def update(self, lease_id: str, **fields) -> None:
+        self.db["leases"].update(lease_id, fields)
+
+    def all(self) -> list[dict]:
+        return list(self.db["leases"].rows)
 
     def active(self) -> list[dict]:
         return list(self.db["leases"].rows_where("state = 'active'"))

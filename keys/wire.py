@@ -6,7 +6,11 @@ broker as the client. The broker opens:
 - control calls: a session channel with subsystem CONTROL; it writes one JSON request line
   {"op": ..., ...} and reads one JSON reply line {"ok": true, ...} or {"ok": false, "error": "..."}.
   Ops: hello (hostd replies with its token when joining, its version and its leases),
-  welcome {"host": name} / reject {"error": ...} (the join outcome), lease.start, lease.stop.
+  welcome {"host": name} / reject {"error": ...} (the join outcome), lease.start, lease.stop,
+  lease.extend, lease.discard, earnings.
+- events: one session channel with subsystem EVENTS, opened by the broker after welcome; hostd writes
+  one JSON line per event: {"type": "inventory", "inventory": {...}}, {"type": "lease.ended", "id", "at"},
+  {"type": "lease.purged", "id"}.
 - renter sessions: a session channel carrying env LEASE_ENV=<lease id>; everything else (pty, exec,
   shell, subsystem, signals, window changes) is the renter's own request, relayed as is.
 - renter port forwards: a direct-tcpip channel whose destination host is target(lease, host).
@@ -15,6 +19,7 @@ import json
 
 PROTO = 1
 CONTROL = "shellrent-control-v1"
+EVENTS = "shellrent-events-v1"
 LEASE_ENV = "SHELLRENT_LEASE"
 _TARGET = "lease."
 

@@ -42,7 +42,7 @@ class Cluster:
         self.root = root
         self.bhome = root / "broker"
         self.env = {**os.environ, "HOSTD_BACKOFF_BASE": "0.2", "HOSTD_BACKOFF_MAX": "1",
-                    "HOSTD_KEEPALIVE": "5", "HOSTD_STOP_GRACE": "2", **(env or {})}
+                    "HOSTD_KEEPALIVE": "5", **(env or {})}
         self.procs: dict[str, subprocess.Popen] = {}
         self.hostd_homes: dict[str, Path] = {}
         self.tunnel_port = 0
@@ -80,10 +80,12 @@ class Cluster:
         proc.send_signal(sig)
         proc.wait(timeout=30)
 
-    def add_host(self, name: str) -> None:
+    def add_host(self, name: str, settings: dict | None = None) -> None:
         token = self.broker("host", "invite", name).stdout.decode().strip().splitlines()[-1]
         self.hostd(name, "join", f"127.0.0.1:{self.tunnel_port}", token)
         self.hostd_homes[name] = self.root / f"hostd-{name}"
+        for key, value in {"grace": "2s", **(settings or {})}.items():
+            self.hostd(name, "config", "set", key, value)
         self.start_hostd(name)
 
     def start_hostd(self, name: str) -> None:

@@ -1,0 +1,63 @@
+"""Double-entry bookkeeping rules, pure. The store posts what these return, atomically and once.
+
+Accounts: renter:NAME (spendable credit), hold:NAME (credit held for live leases),
+provider:HOST (earnings), platform:fees, world:deposits (where operator credit comes from).
+Every transaction's entries sum to zero; renter and hold accounts never go below zero.
+"""
+from .errors import BrokerError
+
+Entries = list[tuple[str, int]]
+NON_NEGATIVE = ("renter:", "hold:")
+
+
+class LedgerError(BrokerError):
+    """A transaction would break a ledger rule (e.g. not enough credit)."""
+
+
+def renter(name: str) -> str:
+    return f"renter:{name}"
+
+
+def hold_account(name: str) -> str:
+    return f"hold:{name}"
+
+
+def provider(host: str) -> str:
+    return f"provider:{host}"
+
+
+FEES = "platform:fees"
+WORLD = "world:deposits"
+
+
+def deposit(name: str, amount: int) -> Entries:
+    """Operator credits a renter."""
+    if amount <= 0:
+        raise LedgerError("amount must be more than zero")
+    return [(WORLD, -amount), (renter(name), amount)]
+
+
+def hold(name: str, amount: int) -> Entries:
+    """Set credit aside for a lease (or its extension)."""
+    return [(renter(name), -amount), (hold_account(name), amount)]
+
+
+def settle(name: str, host: str, held: int, charge: int, fee_percent: int) -> Entries:
+    """Close a lease's hold: the charge goes to the provider less the platform fee; the rest back."""
+    if not 0 <= charge <= held:
+        raise LedgerError(f"charge {charge} outside the hold {held}")
+    fee = charge * fee_percent // 100
+    entries = [(hold_account(name), -held), (provider(host), charge - fee), (FEES, fee),
+               (renter(name), held - charge)]
+    return [(a, v) for a, v in entries if v]
+
+
+def credits_needed(have: int, need: int) -> str:
+    from .leases import credits
+    return f"this needs {credits(need)} credits and the balance is {credits(have)}"
+
+
+def check(entries: Entries) -> None:
+    """Raise unless the entries balance."""
+    if sum(v for _, v in entries) != 0:
+        raise LedgerError(f"unbalanced transaction {entries}")

@@ -1,0 +1,174 @@
+"""hostd's own enforcement of every lease it runs, whether or not the broker is reachable.
+
+Each lease has one task that sleeps to its next moment: warnings (default T-15, T-5, T-1 min) on
+every terminal in the container and on every open session without one; at the end SIGTERM to the
+container's processes, SIGKILL after the grace; the workspace kept for the retention period, then
+purged. An extension re-arms the task. /etc/shellrent/lease in the container shows the end time and
+the time left.
+"""
+import asyncio
+import logging
+import time
+from pathlib import Path
+
+from . import settings as settings_mod
+from .config import Config, write_private
+from .runtime import Runtime
+from .store import Store
+
+log = logging.getLogger("shellrent.leases")
+
+
+def _fmt(seconds: float) -> str:
+    seconds = max(0, int(round(seconds)))
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}h{m:02d}m" if h else (f"{m}m" if m and not s else (f"{m}m{s:02d}s" if m else f"{s}s"))
+
+
+def _utc(t: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(t))
+
+
+class Leases:
+    """The leases on this host and their timers."""
+
+    def __init__(self, config: Config, runtime: Runtime, store: Store, settings, emit):
+        self.config = config
+        self.runtime = runtime
+        self.store = store
+        self._settings = settings  # callable -> current settings dict
+        self._emit = emit
+        self._tasks: dict[str, asyncio.Task] = {}
+        self.sessions: dict[str, set] = {}  # lease id -> open sessions (for warnings without a pty)
+
+    def lease_dir(self, lease_id: str) -> Path:
+        d = self.config.home / "leases" / lease_id
+        d.mkdir(parents=True, exist_ok=True)
+        return d
+
+    def write_info(self, rec: dict) -> None:
+        left = rec["ends_at"] - time.time()
+        text = (f"SHELLRENT_LEASE_ID={rec['id']}\nSHELLRENT_ENDS_AT={int(rec['ends_at'])}\n"
+                f"SHELLRENT_ENDS_AT_UTC='{_utc(rec['ends_at'])}'\nSHELLRENT_REMAINING={_fmt(left)}\n"
+                f"SHELLRENT_UPDATED={int(time.time())}\n")
+        path = self.lease_dir(rec["id"]) / "lease"
+        path.write_text(text)
+        path.chmod(0o644)
+
+    # start-up
+    def reconcile(self) -> None:
+        """Match labelled containers with the record; re-arm every lease."""
+        now = time.time()
+        seen = set()
+        for c in self.runtime.containers():
+            rec = self.store.get(c["lease"])
+            seen.add(c["lease"])
+            if rec is None and c["ends_at"] > now:
+                log.warning("adopting container of unknown lease %s", c["lease"])
+                rec = {"id": c["lease"], "renter": "?", "image": "?", "ends_at": c["ends_at"],
+                       "state": "active", "container": c["id"], "shell": "/bin/sh", "gpus": "[]"}
+                self.store.put(rec)
+            if rec is None or rec["state"] != "active":
+                log.info("container of lease %s has no live lease: removing it", c["lease"])
+                self.runtime.stop(c["lease"], 0)
+                continue
+            if c["status"] != "running" and rec["ends_at"] > now:
+                log.info("lease %s: starting its stopped container again", c["lease"])
+                self.runtime.ensure_running(c["id"])
+        for rec in self.store.all():
+            if rec["state"] == "active" and rec["id"] not in seen:
+                log.warning("lease %s has no container any more", rec["id"])
+                self.store.update(rec["id"], state="lost", ended_at=now)
+            elif rec["state"] in ("active", "ended"):
+                self.arm(rec)
+
+    def arm(self, rec: dict) -> None:
+        old = self._tasks.pop(rec["id"], None)
+        if old:
+            old.cancel()
+        self._tasks[rec["id"]] = asyncio.get_running_loop().create_task(self._life(rec["id"]))
+
+    async def _life(self, lease_id: str) -> None:
+        warned: set[float] = set()
+        while True:
+            rec = self.store.get(lease_id)
+            now = time.time()
+            cfg = self._settings()
+            if rec["state"] == "active":
+                self.write_info(rec)
+                left = rec["ends_at"] - now
+                if left <= 0:
+                    await self.end(lease_id, cancel_task=False)
+                    continue
+                due = [w for w in settings_mod.warn_offsets(cfg) if w not in warned and w >= left - 0.5]
+                if due:
+                    warned.update(due)
+                    if left > 0.5:
+                        await self.warn(rec, left)
+                    continue
+                upcoming = [left - w for w in settings_mod.warn_offsets(cfg) if w not in warned and w < left]
+                await asyncio.sleep(min([left, 30.0, *upcoming]))
+            elif rec["state"] == "ended":
+                left = rec["ended_at"] + cfg["retention"] - now
+                if left <= 0:
+                    await asyncio.to_thread(self.runtime.purge, lease_id)
+                    self.store.update(lease_id, state="purged")
+                    self._emit({"type": "lease.purged", "id": lease_id})
+                    log.info("lease %s: workspace purged", lease_id)
+                    return
+                await asyncio.sleep(min(left, 3600))
+            else:
+                return
+
+    async def warn(self, rec: dict, left: float) -> None:
+        msg = (f"*** shellrent: lease {rec['id']} ends in {_fmt(left)} (at {_utc(rec['ends_at'])}). "
+               f"Save your work to /workspace. ***")
+        log.info("lease %s: warning, %s left", rec["id"], _fmt(left))
+        for session in list(self.sessions.get(rec["id"], ())):
+            session.warn(msg)
+        await asyncio.to_thread(self.runtime.broadcast, rec["id"], msg)
+
+    async def end(self, lease_id: str, cancel_task: bool = True) -> None:
+        """End a lease now: SIGTERM to its processes, SIGKILL after the grace; keep the workspace."""
+        if cancel_task:
+            task = self._tasks.pop(lease_id, None)
+            if task and task is not asyncio.current_task():
+                task.cancel()
+        rec = self.store.get(lease_id)
+        if not rec or rec["state"] != "active":
+            return
+        self.store.update(lease_id, state="ending")
+        grace = self._settings()["grace"]
+        log.info("lease %s: ending (SIGTERM, SIGKILL after %.0fs)", lease_id, grace)
+        await asyncio.to_thread(self.runtime.signal_all, lease_id, "TERM")
+        await self._wait_quiet(lease_id, grace)
+        await asyncio.to_thread(self.runtime.stop, lease_id, 0)
+        now = time.time()
+        self.store.update(lease_id, state="ended", ended_at=now)
+        rec = self.store.get(lease_id)
+        self.write_info(rec)
+        self._emit({"type": "lease.ended", "id": lease_id, "at": now})
+        log.info("lease %s ended", lease_id)
+        if cancel_task:
+            self.arm(rec)
+
+    async def _wait_quiet(self, lease_id: str, grace: float) -> None:
+        """Wait out the grace period (a later version could stop early once all processes left)."""
+        await asyncio.sleep(grace)
+
+    async def discard(self, lease_id: str) -> None:
+        """Remove every trace of a lease that never became active for the broker."""
+        task = self._tasks.pop(lease_id, None)
+        if task:
+            task.cancel()
+        await asyncio.to_thread(self.runtime.purge, lease_id)
+        if self.store.get(lease_id):
+            self.store.update(lease_id, state="purged")
+
+    def extend(self, lease_id: str, ends_at: float) -> None:
+        rec = self.store.get(lease_id)
+        if not rec or rec["state"] != "active":
+            raise ValueError(f"lease {lease_id} is not active on this host")
+        self.store.update(lease_id, ends_at=ends_at)
+        self.arm(self.store.get(lease_id))

@@ -1,0 +1,132 @@
+"""The provider's sharing settings: a JSON file in the hostd home, validated with clear errors.
+
+`hostd config set KEY VALUE` edits it; a running hostd notices the change within a second or two
+and reports its new inventory to the broker.
+"""
+import json
+import re
+from pathlib import Path
+
+from .config import write_private
+
+
+class SettingsError(Exception):
+    """A setting's value is not valid; str() says which and why."""
+
+
+def _duration(text: str) -> float:
+    m = re.fullmatch(r"(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+(?:\.\d+)?)s)?", text.strip())
+    if not text.strip() or not m or not any(m.groups()):
+        raise ValueError("use e.g. 30s, 5m, 2h, 1d")
+    d, h, mi, s = m.groups()
+    return int(d or 0) * 86400 + int(h or 0) * 3600 + int(mi or 0) * 60 + float(s or 0)
+
+
+def _bool(text: str) -> bool:
+    if text.lower() in ("true", "yes", "1", "on"):
+        return True
+    if text.lower() in ("false", "no", "0", "off"):
+        return False
+    raise ValueError("use true or false")
+
+
+def _positive(kind):
+    def parse(text: str):
+        value = kind(text)
+        if value < 0:
+            raise ValueError("must not be negative")
+        return value
+    return parse
+
+
+def _fake_gpus(text: str) -> str:
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, sep, mem = part.rpartition(":")
+        if not sep or not name or not mem.replace(".", "", 1).isdigit():
+            raise ValueError(f"{part!r}: use MODEL:GB, e.g. 'RTX 4090:24,RTX 4090:24'")
+    return text.strip()
+
+
+def _gpus(text: str) -> str:
+    if text.strip() != "all" and not re.fullmatch(r"\d+(,\d+)*", text.strip()):
+        raise ValueError("use all, or GPU indexes like 0,2")
+    return text.strip()
+
+
+def _window(text: str) -> str:
+    if text != "always" and not re.fullmatch(r"\d{1,2}:\d{2}-\d{1,2}:\d{2}", text):
+        raise ValueError("use HH:MM-HH:MM (UTC), e.g. 22:00-08:00, or always")
+    return text
+
+
+def _schedule(text: str) -> str:
+    for part in text.split(","):
+        _duration(part)
+    return text
+
+
+# key: (parser, default, help)
+SPEC = {
+    "price": (_positive(float), 0.40, "credits per GPU-hour"),
+    "gpus": (_gpus, "all", "which GPUs to share: all, or indexes like 0,2"),
+    "fake_gpus": (_fake_gpus, "", "GPUs to pretend to have when there is no NVML, e.g. 'RTX 4090:24'"),
+    "cpu_per_gpu": (_positive(int), 0, "CPU cores per rented GPU (0: an even share)"),
+    "ram_per_gpu": (_positive(float), 0, "GB of RAM per rented GPU (0: an even share of 80%)"),
+    "disk_per_gpu": (_positive(float), 0, "GB of disk per rented GPU (0: an even share of free disk)"),
+    "window": (_window, "always", "availability window, HH:MM-HH:MM UTC, or always"),
+    "paused": (_bool, False, "take no new rentals (running ones continue)"),
+    "power_limit": (_positive(int), 0, "watts per rented GPU (0: leave as is)"),
+    "images": (str, "*", "comma-separated lease images allowed, or *"),
+    "geolocation": (str, "", "where the machine is, e.g. DE"),
+    "warnings": (_schedule, "15m,5m,1m", "when to warn before a lease ends"),
+    "grace": (_duration, 30.0, "SIGTERM to SIGKILL at a lease's end, e.g. 30s"),
+    "retention": (_duration, 172800.0, "how long /workspace is kept after a lease ends, e.g. 48h"),
+}
+
+
+def defaults() -> dict:
+    return {k: v[1] for k, v in SPEC.items()}
+
+
+def parse(key: str, text: str):
+    """The typed value of one setting; SettingsError naming the key otherwise."""
+    if key not in SPEC:
+        raise SettingsError(f"unknown setting {key!r}; known: {', '.join(SPEC)}")
+    try:
+        return SPEC[key][0](str(text))
+    except ValueError as exc:
+        raise SettingsError(f"bad value {text!r} for {key}: {exc}") from None
+
+
+def load(path: Path) -> dict:
+    """Settings from path over the defaults; SettingsError on a bad file."""
+    values = defaults()
+    try:
+        raw = json.loads(path.read_text())
+    except FileNotFoundError:
+        return values
+    except ValueError as exc:
+        raise SettingsError(f"{path}: not valid JSON: {exc}") from None
+    if not isinstance(raw, dict):
+        raise SettingsError(f"{path}: expected a JSON object")
+    for key, value in raw.items():
+        values[key] = parse(key, str(value))
+    return values
+
+
+def save(path: Path, key: str, text: str) -> dict:
+    """Validate and store one setting (as the text given); returns all settings."""
+    load(path)
+    parse(key, text)
+    try:
+        raw = json.loads(path.read_text())
+    except FileNotFoundError:
+        raw = {}
+    raw[key] = str(text)
+    write_private(path, json.dumps(raw, indent=1, sort_keys=True))
+    return load(path)
+
+
+def warn_offsets(values: dict) -> list[float]:
+    """Seconds before the end at which to warn, largest first."""
+    return sorted((_duration(p) for p in values["warnings"].split(",")), reverse=True)
