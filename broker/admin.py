@@ -10,6 +10,7 @@ import socket
 from pathlib import Path
 
 from .errors import BrokerError
+from .service import credit
 
 log = logging.getLogger("shellrent.admin")
 
@@ -49,7 +50,9 @@ class AdminServer:
             lease = await self._broker.create_lease(req["renter"], req["host"], float(req["hours"]), req["image"])
             return {"lease": lease}
         if op == "lease.stop":
-            return {"lease": await self._broker.stop_lease(req["id"])}
+            return {"lease": await self._broker.release(None, req["id"])}
+        if op == "credit":
+            return {"balance": await self._broker.db(credit, self._broker.store, req["renter"], int(req["amount"]))}
         raise BrokerError(f"unknown admin op {op!r}")
 
     def close(self) -> None:

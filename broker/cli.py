@@ -12,7 +12,7 @@ import click
 
 from keys import material
 
-from . import admin, service
+from . import admin, render, service
 from .config import Config, parse_addr
 from .errors import BrokerError
 from .server import BrokerServer
@@ -33,22 +33,7 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON f
 
 
 def _print_table(rows: list[dict], cols: list[str]) -> None:
-    if not rows:
-        click.echo("(none)")
-        return
-    cells = [[_fmt(r.get(c)) for c in cols] for r in rows]
-    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(cols)]
-    click.echo("  ".join(c.upper().ljust(w) for c, w in zip(cols, widths)).rstrip())
-    for row in cells:
-        click.echo("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip())
-
-
-def _fmt(v) -> str:
-    if v is None:
-        return "-"
-    if isinstance(v, float) and v > 1e9:
-        return time.strftime("%Y-%m-%d %H:%M", time.localtime(v))
-    return str(v)
+    click.echo(render.table(rows, cols), nl=False)
 
 
 def _config(ctx) -> Config:

@@ -22,6 +22,9 @@ class Config:
     keepalive: float = field(default_factory=lambda: _env_float("BROKER_KEEPALIVE", 15))
     token_ttl: float = 24 * 3600
     sessions_per_renter: int = 64
+    fee_percent: int = field(default_factory=lambda: int(_env_float("BROKER_FEE_PERCENT", 10)))
+    offline_grace: float = field(default_factory=lambda: _env_float("BROKER_OFFLINE_GRACE", 300))
+    housekeeping: float = field(default_factory=lambda: _env_float("BROKER_HOUSEKEEPING", 2))
 
     @property
     def db_path(self) -> Path:

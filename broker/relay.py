@@ -11,7 +11,8 @@ from typing import Awaitable, Callable
 
 import asyncssh
 
-from .errors import BrokerError
+from .errors import BrokerError, NotFound
+from .picker import LineReader
 
 log = logging.getLogger("shellrent.relay")
 
@@ -19,7 +20,8 @@ log = logging.getLogger("shellrent.relay")
 _ENV_ALLOWED = ("LANG", "LANGUAGE", "TZ", "COLORTERM", "TERM_PROGRAM")
 _ENV_PREFIXES = ("LC_",)
 
-Opener = Callable[[], Awaitable[tuple[asyncssh.SSHClientConnection, str]]]
+Opener = Callable[[bool], Awaitable[tuple[asyncssh.SSHClientConnection, str]]]
+Picker = Callable[..., Awaitable[object]]
 WINDOW = 8 * 1024 * 1024
 # Both tunnel ends are ours: bigger packets there mean fewer per-packet costs in Python.
 TUNNEL_PKTSIZE = 256 * 1024
@@ -72,9 +74,11 @@ class _Upstream(asyncssh.SSHClientSession):
 class RenterSession(asyncssh.SSHServerSession):
     """Renter side of a session channel; opens the host side once the request is known."""
 
-    def __init__(self, opener: Opener, on_close: Callable[[], None]):
+    def __init__(self, opener: Opener, on_close: Callable[[], None], picker: Picker | None = None):
         self._opener = opener
         self._on_close = on_close
+        self._picker = picker
+        self._reader: LineReader | None = None
         self.chan: asyncssh.SSHServerChannel | None = None
         self._up: asyncssh.SSHClientChannel | None = None
         self._req: dict = {}
@@ -108,7 +112,12 @@ class RenterSession(asyncssh.SSHServerSession):
 
     async def _open(self):
         try:
-            conn, lease = await self._opener()
+            try:
+                conn, lease = await self._opener(self._req.get("subsystem") == "sftp")
+            except NotFound:
+                if not (self._pty and self._picker and not self._req):
+                    raise
+                conn, lease = await self._pick()
             env = filter_env(self.chan.get_environment())
             env["SHELLRENT_LEASE"] = lease
             self._up, _ = await conn.create_session(
@@ -130,6 +139,17 @@ class RenterSession(asyncssh.SSHServerSession):
         self._early = []
         self.chan.resume_reading()
 
+    async def _pick(self):
+        """No lease, and a person at a terminal: let them rent one, then carry on into the shell."""
+        self._reader = LineReader(self.chan.write)
+        self.chan.resume_reading()
+        try:
+            await self._picker(self.chan.write, self._reader.readline)
+        finally:
+            self._reader = None
+            self.chan.pause_reading()
+        return await self._opener(False)
+
     def _fail(self, message: str):
         self.chan.write_stderr(f"shellrent: {message}\r\n".encode() if self._pty else
                                f"shellrent: {message}\n".encode())
@@ -138,6 +158,8 @@ class RenterSession(asyncssh.SSHServerSession):
     def data_received(self, data, datatype):
         if self._up:
             self._up.write(data)
+        elif self._reader:
+            self._reader.feed(data)
         else:
             self._early.append(data)
 

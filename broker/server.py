@@ -39,8 +39,10 @@ class BrokerServer:
         host_key = material.load_or_create(cfg.host_key_path)
         client_key = material.load_or_create(cfg.client_key_path)
         self.broker = Broker(cfg, Store(cfg.db_path))
-        self.tunnels = Tunnels(client_key, self.broker.identify_host, cfg.keepalive)
+        self.tunnels = Tunnels(client_key, self.broker.identify_host, cfg.keepalive,
+                               self.broker.host_connected, self.broker.host_disconnected)
         self.broker.tunnels = self.tunnels
+        await self.broker.recover()
         tunnel_port = await self.tunnels.listen(*cfg.tunnel_addr)
         limiter = AuthLimiter(cfg.auth_fail_limit, cfg.auth_fail_window, cfg.auth_block_for)
         sessions = defaultdict(int)
@@ -62,10 +64,11 @@ class BrokerServer:
 
     async def _expire_loop(self):
         while True:
-            n = await self.broker.db(self.broker.store.expire_leases, time.time())
-            if n:
-                log.info("%d lease(s) reached their end", n)
-            await asyncio.sleep(5)
+            try:
+                await self.broker.housekeeping()
+            except Exception:
+                log.exception("housekeeping failed")
+            await asyncio.sleep(self.config.housekeeping)
 
     def stop(self) -> None:
         self._stop.set()

@@ -1,8 +1,11 @@
-"""Broker use cases: renters, host invites and joins, leases, and which container a login reaches.
+"""Broker use cases: renters, host joins, the market, leases and their money.
 
-Plain code over the store and the tunnel registry; no sockets of its own.
+Plain code over the store, the tunnel registry and the pure rules (leases, ledger, offers, query);
+no sockets of its own. Store calls run on the store's one thread (Broker.db).
 """
 import asyncio
+import json
+import logging
 import re
 import secrets
 import time
@@ -10,12 +13,17 @@ from concurrent.futures import ThreadPoolExecutor
 
 import asyncssh
 
-from keys import material, tokens
+from keys import material, tokens, wire
 
+from . import ledger, offers as offers_mod, query
 from .config import Config
 from .errors import BrokerError, NotFound, Unavailable
+from .leases import advance, billable_seconds, cost, credits, format_duration, hold_for, offline_gaps, \
+    parse_window, reliability, window_end
 from .store import Store
-from .tunnels import Tunnels
+from .tunnels import HostLink, Tunnels
+
+log = logging.getLogger("shellrent.service")
 
 NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 DEFAULT_IMAGE = "shellrent-base:bookworm"
@@ -31,13 +39,17 @@ def check_name(kind: str, name: str) -> str:
 def add_renter(store: Store, name: str, key_text: str) -> str:
     """Register a renter with one public key; returns the key's fingerprint."""
     check_name("renter", name)
-    try:
-        key = material.parse_authorized_keys(key_text)[0]
-    except material.KeyError_ as exc:
-        raise BrokerError(f"renter key: {exc}") from None
+    key = _one_key(key_text)
     fpr = material.fingerprint(key)
     store.add_renter(name, fpr, material.public_line(key))
     return fpr
+
+
+def _one_key(key_text: str) -> asyncssh.SSHKey:
+    try:
+        return material.parse_authorized_keys(key_text)[0]
+    except material.KeyError_ as exc:
+        raise BrokerError(f"public key: {exc}") from None
 
 
 def invite(store: Store, config: Config, host: str, broker_fpr: str) -> str:
@@ -48,6 +60,13 @@ def invite(store: Store, config: Config, host: str, broker_fpr: str) -> str:
     return tokens.make(secret, broker_fpr)
 
 
+def credit(store: Store, renter: str, amount: int) -> int:
+    """Operator adds credit to a renter; returns the new balance."""
+    store.require_renter(renter)
+    store.post(f"deposit:{secrets.token_hex(8)}", "deposit", ledger.deposit(renter, amount), renter=renter)
+    return store.balance(ledger.renter(renter))
+
+
 def lease_from_username(username: str) -> tuple[str, str | None]:
     """('rent'|'ctl', lease or None) from the login name; BrokerError for anything else."""
     base, _, lease = username.partition("+")
@@ -56,18 +75,23 @@ def lease_from_username(username: str) -> tuple[str, str | None]:
     return base, lease or None
 
 
-def pick_lease(leases: list[dict], renter: str, wanted: str | None, now: float) -> dict:
-    """The lease a login reaches: the one named, or the only active one."""
+def pick_lease(leases: list[dict], renter: str, wanted: str | None, now: float,
+               files_only: bool = False) -> dict:
+    """The lease a login reaches: the one named, or the only active one.
+
+    With files_only (sftp), an ended lease whose workspace is still kept may be named too."""
     active = [lease for lease in leases if lease["state"] == "active" and lease["ends_at"] > now]
     if wanted:
         for lease in leases:
             if lease["id"] == wanted:
-                if lease not in active:
-                    raise BrokerError(f"lease {wanted} is {lease['state']}, not active")
-                return lease
+                if lease in active or (files_only and lease["state"] in ("ending", "ended")):
+                    return lease
+                raise BrokerError(f"lease {wanted} is {lease['state']}, not active"
+                                  + ("" if files_only or lease["state"] != "ended"
+                                     else f" (its files stay readable: sftp rent+{wanted}@...)"))
         raise NotFound(f"no lease {wanted!r} for renter {renter}")
     if not active:
-        raise NotFound(f"renter {renter} has no active lease")
+        raise NotFound(f"renter {renter} has no active lease; rent one with: ssh ctl@BROKER rent --hours 1")
     if len(active) > 1:
         ids = " ".join(lease["id"] for lease in active)
         raise BrokerError(f"several active leases ({ids}): log in as rent+LEASE")
@@ -75,13 +99,14 @@ def pick_lease(leases: list[dict], renter: str, wanted: str | None, now: float) 
 
 
 class Broker:
-    """The running broker's use cases; store calls run on one worker thread."""
+    """The running broker's use cases."""
 
     def __init__(self, config: Config, store: Store, tunnels: Tunnels | None = None):
         self.config = config
         self.store = store
         self.tunnels = tunnels
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
+        self._rent_lock = asyncio.Lock()
 
     async def db(self, fn, *args):
         """Run a store call on the store's own thread."""
@@ -91,9 +116,21 @@ class Broker:
         self._pool.shutdown()
         self.store.close()
 
+    # logins
     async def renter_for_key(self, key: asyncssh.SSHKey) -> str | None:
         return await self.db(self.store.renter_by_key, material.fingerprint(key))
 
+    async def session_target(self, renter: str, wanted: str | None,
+                             files_only: bool = False) -> tuple[asyncssh.SSHClientConnection, str]:
+        """(host connection, lease id) a renter's login reaches."""
+        leases = await self.db(self.store.leases, renter, not wanted)
+        lease = pick_lease(leases, renter, wanted, time.time(), files_only)
+        link = self.tunnels.get(lease["host"])
+        if not link:
+            raise Unavailable(f"host of lease {lease['id']} is offline; try again shortly")
+        return link.conn, lease["id"]
+
+    # hosts
     async def identify_host(self, conn: asyncssh.SSHClientConnection, key: asyncssh.SSHKey,
                             hello: dict) -> str:
         """Name of the host behind a tunnel: by its pinned key, or by joining with a token."""
@@ -112,44 +149,280 @@ class Broker:
         await self.db(self.store.touch_host, name, now)
         return name
 
-    async def session_target(self, renter: str, wanted: str | None) -> tuple[asyncssh.SSHClientConnection, str]:
-        """(host connection, lease id) a renter's login reaches."""
-        leases = await self.db(self.store.leases, renter, not wanted)
-        lease = pick_lease(leases, renter, wanted, time.time())
+    async def host_connected(self, link: HostLink, hello: dict) -> None:
+        """Record uptime and inventory, settle what changed while apart, follow the host's events."""
+        now = time.time()
+        await self.db(self.store.host_up, link.name, now)
+        if hello.get("inventory"):
+            await self.db(self.store.set_inventory, link.name, json.dumps(hello["inventory"]))
+        await self._reconcile(link, hello.get("leases") or {})
+        await self._send_earnings(link.name)
+        asyncio.get_running_loop().create_task(self._follow(link))
+
+    async def host_disconnected(self, name: str) -> None:
+        await self.db(self.store.host_down, name, time.time())
+
+    async def _reconcile(self, link: HostLink, theirs: dict) -> None:
+        ours = {lease["id"]: lease for lease in await self.db(self.store.leases_on, link.name, False)}
+        for lid, st in theirs.items():
+            lease = ours.get(lid)
+            try:
+                if lease is None or lease["state"] == "failed":
+                    if st["state"] != "purged":
+                        await link.call("lease.discard", id=lid)
+                elif lease["state"] in ("ended", "purged") and st["state"] == "active":
+                    await link.call("lease.stop", id=lid)
+                elif lease["state"] in ("active", "ending") and st["state"] in ("ended", "purged", "lost"):
+                    await self.end_lease(lid, st.get("ended_at") or time.time())
+                if lease and lease["state"] == "ended" and st["state"] == "purged":
+                    await self.db(lambda: self.store.update_lease(lid, state="purged"))
+            except (BrokerError, Unavailable) as exc:
+                log.warning("host %s, lease %s: reconcile failed: %s", link.name, lid, exc)
+        for lid, lease in ours.items():
+            if lease["state"] == "active" and lid not in theirs:
+                log.warning("host %s no longer knows lease %s: ending it", link.name, lid)
+                await self.end_lease(lid, time.time())
+
+    async def _follow(self, link: HostLink) -> None:
+        """Read the host's event channel until it closes."""
+        try:
+            writer, reader, _ = await link.conn.open_session(subsystem=wire.EVENTS, encoding=None)
+            async for line in reader:
+                await self._event(link.name, wire.decode(line))
+        except (OSError, asyncssh.Error, ValueError) as exc:
+            log.info("host %s: event channel closed: %s", link.name, exc)
+
+    async def _event(self, host: str, event: dict) -> None:
+        kind = event.get("type")
+        if kind == "inventory":
+            await self.db(self.store.set_inventory, host, json.dumps(event["inventory"]))
+        elif kind == "lease.ended":
+            await self.end_lease(event["id"], float(event["at"]))
+        elif kind == "lease.purged":
+            lease = await self.db(self.store.lease, event["id"])
+            if lease["state"] == "ended":
+                await self.db(lambda: self.store.update_lease(event["id"], state="purged"))
+
+    async def _send_earnings(self, host: str) -> None:
+        link = self.tunnels.get(host) if self.tunnels else None
+        if link:
+            earned = await self.db(self.store.balance, ledger.provider(host))
+            try:
+                await link.call("earnings", earned=earned)
+            except Unavailable:
+                pass
+
+    # the market
+    def _market(self, now: float) -> list[dict]:
+        """Offers now (runs on the store thread)."""
+        hosts = self.store.joined_hosts()
+        ups = self.store.uptimes(now - 30 * 86400)
+        rel = {h["name"]: reliability(now, h["joined"], ups.get(h["name"], [])) for h in hosts}
+        online = set(self.tunnels.links) if self.tunnels else set()
+        return offers_mod.build(hosts, online, self.store.live_leases(), rel, now)
+
+    async def offers(self, text: str = "", order: str | None = None) -> list[dict]:
+        filters, keys = query.parse(text), query.parse_order(order)
+        offers = await self.db(self._market, time.time())
+        if keys:
+            return query.select(offers, filters, keys)
+        return sorted(query.select(offers, filters), key=offers_mod.schedule_key)
+
+    # leases
+    def _open(self, lease: dict) -> dict:
+        """Insert a pending lease and hold its credit, atomically (store thread)."""
+        with self.store.tx():
+            self.store.insert_lease(lease)
+            if lease["held"]:
+                self.store.post(f"hold:{lease['id']}", "hold", ledger.hold(lease["renter"], lease["held"]),
+                                lease=lease["id"], renter=lease["renter"],
+                                memo=f"{format_duration(lease['ends_at'] - lease['created'])} on {lease['host']}")
+        return lease
+
+    def _new_lease(self, renter: str, host: str, image: str, seconds: int, gpus: list[str] = (),
+                   gpu_name: str | None = None, price: int = 0) -> dict:
+        now = time.time()
+        return {"id": secrets.token_hex(4), "renter": renter, "host": host, "image": image, "state": "pending",
+                "created": now, "ends_at": now + seconds, "gpus": json.dumps(list(gpus)), "gpu_name": gpu_name,
+                "price": price, "fee_percent": self.config.fee_percent,
+                "held": hold_for(price, len(gpus), seconds)}
+
+    async def _launch(self, lease: dict, progress=None) -> dict:
+        """Ask the host to start the lease; active only once its container runs."""
+        lid = lease["id"]
+        await self._set_state(lease, "starting")
         link = self.tunnels.get(lease["host"])
-        if not link:
-            raise Unavailable(f"host of lease {lease['id']} is offline; try again shortly")
-        return link.conn, lease["id"]
+        try:
+            if not link:
+                raise Unavailable(f"host {lease['host']!r} is offline")
+            if progress:
+                progress(f"starting the container on {lease['host']}...")
+            reply = await link.call("lease.start", lease={
+                "id": lid, "renter": lease["renter"], "image": lease["image"], "ends_at": lease["ends_at"],
+                "gpus": json.loads(lease["gpus"])})
+        except BaseException as exc:
+            await self.db(lambda: self.store.update_lease(lid, state="failed", error=str(exc)))
+            await self.db(self._settle_failed, lid)
+            raise
+        await self.db(lambda: self.store.update_lease(lid, state="active", container=reply["container"],
+                                                      started=time.time()))
+        return await self.db(self.store.lease, lid)
+
+    def _settle_failed(self, lid: str) -> None:
+        lease = self.store.lease(lid)
+        self.store.post(f"settle:{lid}", "refund", ledger.settle(lease["renter"], lease["host"], lease["held"], 0, 0),
+                        lease=lid, renter=lease["renter"], memo="lease failed to start: full refund")
+
+    async def _set_state(self, lease: dict, state: str) -> None:
+        advance(lease["state"], state)
+        lease["state"] = state
+        await self.db(lambda: self.store.update_lease(lease["id"], state=state))
 
     async def create_lease(self, renter: str, host: str, hours: float, image: str) -> dict:
-        """Start a container for renter on host; the lease is active only once it runs."""
+        """Admin: a lease on a named host, no GPUs, no charge."""
         if not 0 < hours <= 24 * 30:
             raise BrokerError(f"bad duration {hours} h: must be more than 0 and at most 720")
         await self.db(self.store.require_renter, renter)
         await self.db(self.store.host, host)
-        link = self.tunnels.get(host)
-        if not link:
+        if not self.tunnels.get(host):
             raise Unavailable(f"host {host!r} is offline")
-        now = time.time()
-        lease = {"id": secrets.token_hex(4), "renter": renter, "host": host, "image": image,
-                 "state": "starting", "created": now, "ends_at": now + hours * 3600}
-        await self.db(self.store.insert_lease, lease)
-        try:
-            reply = await link.call("lease.start", lease={k: lease[k] for k in ("id", "renter", "image", "ends_at")})
-        except BaseException as exc:
-            await self.db(lambda: self.store.update_lease(lease["id"], state="failed", error=str(exc)))
-            raise
-        await self.db(lambda: self.store.update_lease(lease["id"], state="active", container=reply["container"]))
-        return await self.db(self.store.lease, lease["id"])
+        lease = await self.db(self._open, self._new_lease(renter, host, image, int(hours * 3600)))
+        return await self._launch(lease)
 
-    async def stop_lease(self, lease_id: str) -> dict:
-        """End a lease now: hostd stops its container (the workspace volume is kept)."""
-        lease = await self.db(self.store.lease, lease_id)
-        if lease["state"] not in ("starting", "active"):
-            raise BrokerError(f"lease {lease_id} is already {lease['state']}")
+    async def rent(self, renter: str, text: str, seconds: int, gpus: int, image: str, progress=None) -> dict:
+        """Pick an offer, hold the credit, start the container; all or nothing."""
+        if gpus < 1:
+            raise BrokerError("--gpus must be at least 1")
+        async with self._rent_lock:  # GPUs are taken by the lease row, so one rent picks at a time
+            offer = offers_mod.choose(await self.offers(text), text, gpus)
+            self._check_fit(offer, seconds, image)
+            lease = self._new_lease(renter, offer["host_id"], image, seconds, offer["gpus"][:gpus],
+                                    offer["gpu_name"], offer["price"])
+            await self.db(self._open, lease)
+        return await self._launch(lease, progress)
+
+    @staticmethod
+    def _check_fit(offer: dict, seconds: int, image: str) -> None:
+        allowed = [i.strip() for i in str(offer["images"]).split(",")]
+        if "*" not in allowed and image not in allowed:
+            raise BrokerError(f"host {offer['host_id']} does not allow image {image!r}")
+        closes = offer["window_end"]
+        if closes and time.time() + seconds > closes:
+            raise BrokerError(f"host {offer['host_id']} is available for at most "
+                              f"{format_duration(closes - time.time())} from now")
+
+    async def quote(self, text: str, seconds: int, gpus: int) -> tuple[dict, int]:
+        offer = offers_mod.choose(await self.offers(text), text, gpus)
+        return offer, hold_for(offer["price"], gpus, seconds)
+
+    async def _own_lease(self, renter: str, lease_id: str | None) -> dict:
+        leases = await self.db(self.store.leases, renter, not lease_id)
+        return pick_lease(leases, renter, lease_id, time.time())
+
+    async def extend(self, renter: str, lease_id: str | None, seconds: int) -> dict:
+        """More time on an active lease, if the host has it and the credit covers it."""
+        lease = await self._own_lease(renter, lease_id)
+        lid = lease["id"]
         link = self.tunnels.get(lease["host"])
         if not link:
-            raise Unavailable(f"host {lease['host']!r} is offline; cannot stop lease {lease_id} now")
-        await link.call("lease.stop", id=lease_id)
-        await self.db(lambda: self.store.update_lease(lease_id, state="ended", ends_at=min(lease["ends_at"], time.time())))
-        return await self.db(self.store.lease, lease_id)
+            raise Unavailable(f"host {lease['host']!r} is offline; cannot extend now")
+        host = await self.db(self.store.host, lease["host"])
+        new_end = lease["ends_at"] + seconds
+        if host.get("inventory"):
+            closes = window_end(time.time(), parse_window(json.loads(host["inventory"]).get("window", "always")))
+            if closes and new_end > closes:
+                raise BrokerError(f"host {lease['host']} is available only until "
+                                  f"{time.strftime('%H:%M UTC', time.gmtime(closes))}")
+        n = lease["extensions"] + 1
+        amount = hold_for(lease["price"], len(json.loads(lease["gpus"])), seconds)
+        if amount:
+            await self.db(lambda: self.store.post(f"extend:{lid}:{n}", "hold", ledger.hold(renter, amount),
+                                                  lease=lid, renter=renter, memo=f"extend {format_duration(seconds)}"))
+        try:
+            await link.call("lease.extend", id=lid, ends_at=new_end)
+        except BaseException:
+            if amount:
+                await self.db(lambda: self.store.post(
+                    f"extend-undo:{lid}:{n}", "refund", [(ledger.hold_account(renter), -amount),
+                                                        (ledger.renter(renter), amount)],
+                    lease=lid, renter=renter, memo="extension failed"))
+            raise
+        await self.db(lambda: self.store.update_lease(lid, ends_at=new_end, held=lease["held"] + amount,
+                                                      extensions=n))
+        return await self.db(self.store.lease, lid)
+
+    async def release(self, renter: str | None, lease_id: str | None) -> dict:
+        """End a lease now; unused time is refunded."""
+        if renter:
+            lease = await self._own_lease(renter, lease_id)
+        else:
+            lease = await self.db(self.store.lease, lease_id)
+            if lease["state"] not in ("active", "starting"):
+                raise BrokerError(f"lease {lease_id} is already {lease['state']}")
+        now = time.time()
+        await self._set_state(lease, "ending")
+        link = self.tunnels.get(lease["host"])
+        if link:
+            try:
+                await link.call("lease.stop", id=lease["id"])
+            except Unavailable as exc:
+                log.warning("lease %s: host could not stop it now (%s); it will on reconnect", lease["id"], exc)
+        await self.end_lease(lease["id"], now)
+        return await self.db(self.store.lease, lease["id"])
+
+    async def end_lease(self, lid: str, at: float) -> None:
+        """Mark a lease ended at `at` and settle it; settling twice charges once."""
+        charged = await self.db(self._end, lid, at)
+        if charged is not None:
+            lease = await self.db(self.store.lease, lid)
+            log.info("lease %s ended; charged %s", lid, credits(charged))
+            await self._send_earnings(lease["host"])
+
+    def _end(self, lid: str, at: float) -> int | None:
+        with self.store.tx():
+            lease = self.store.lease(lid)
+            if lease["state"] in ("active", "ending"):
+                end = min(at, lease["ends_at"])
+                self.store.update_lease(lid, state="ended", ended=end)
+            elif lease["state"] not in ("ended", "purged"):
+                return None
+            end = lease["ended"] or min(at, lease["ends_at"])
+            start = lease["started"] or end
+            ups = self.store.uptimes(start - 1).get(lease["host"], [])
+            gaps = offline_gaps(ups, start, end)
+            seconds = billable_seconds(start, end, gaps, self.config.offline_grace)
+            charge = min(lease["held"], cost(lease["price"], len(json.loads(lease["gpus"])), seconds))
+            posted = self.store.post(
+                f"settle:{lid}", "settle",
+                ledger.settle(lease["renter"], lease["host"], lease["held"], charge, lease["fee_percent"]),
+                lease=lid, renter=lease["renter"],
+                memo=f"{format_duration(seconds)} billed of {format_duration(end - start)}")
+        return charge if posted else None
+
+    async def housekeeping(self) -> None:
+        """End leases whose time is over; keep host last-seen times fresh."""
+        now = time.time()
+        for lease in await self.db(self.store.live_leases):
+            if lease["state"] == "active" and lease["ends_at"] <= now:
+                await self.end_lease(lease["id"], lease["ends_at"])
+        if self.tunnels:
+            await self.db(self.store.touch_hosts, list(self.tunnels.links), now)
+
+    async def recover(self) -> None:
+        """After a restart: leases caught mid-start failed (refunded; their hosts discard them)."""
+        await self.db(self.store.close_uptimes)
+        for lease in await self.db(self.store.live_leases):
+            if lease["state"] in ("pending", "starting"):
+                log.warning("lease %s was %s when the broker stopped: failing it", lease["id"], lease["state"])
+                await self.db(lambda: self.store.update_lease(lease["id"], state="failed",
+                                                              error="broker restarted during start"))
+                await self.db(self._settle_failed, lease["id"])
+
+    # account
+    async def balance(self, renter: str) -> dict:
+        bal = await self.db(self.store.balance, ledger.renter(renter))
+        held = await self.db(self.store.balance, ledger.hold_account(renter))
+        return {"renter": renter, "balance": bal, "held": held}
+
+    async def history(self, renter: str) -> list[dict]:
+        return await self.db(self.store.journal, renter)

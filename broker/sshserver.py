@@ -12,6 +12,8 @@ from keys import material
 
 from . import service
 from .errors import BrokerError
+from .commands import Commands
+from .picker import CtlSession, pick_and_rent
 from .relay import RenterSession, open_tcp
 from keys import wire
 
@@ -103,20 +105,26 @@ class RenterServer(asyncssh.SSHServer):
         return True
 
     def session_requested(self):
+        if self.kind == "ctl":
+            return CtlSession(Commands(self._broker, self.renter))
         if self._sessions[self.renter] >= self._broker.config.sessions_per_renter:
             raise asyncssh.ChannelOpenError(asyncssh.OPEN_RESOURCE_SHORTAGE, "too many open sessions")
         self._sessions[self.renter] += 1
-        return RenterSession(self._target, self._session_closed)
+        picker = None if self.lease else self._pick
+        return RenterSession(self._target, self._session_closed, picker)
+
+    async def _pick(self, write, readline):
+        return await pick_and_rent(self._broker, self.renter, write, readline)
 
     def _session_closed(self):
         self._sessions[self.renter] -= 1
         if not self._sessions[self.renter]:
             del self._sessions[self.renter]
 
-    async def _target(self):
+    async def _target(self, files_only: bool = False):
         if self.kind == "ctl":
-            raise BrokerError("the marketplace (ssh ctl@broker) is not available on this broker yet")
-        conn, lease = await self._broker.session_target(self.renter, self.lease)
+            raise BrokerError("ctl@ takes commands only, e.g. ssh ctl@BROKER offers")
+        conn, lease = await self._broker.session_target(self.renter, self.lease, files_only)
         if self.lease != lease:
             self.lease = lease
             audit.info("session renter=%s ip=%s lease=%s", self.renter, self._ip, lease)

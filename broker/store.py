@@ -207,11 +207,6 @@ class Store:
         sql = "SELECT * FROM leases" + (" WHERE " + " AND ".join(where) if where else "")
         return list(self.db.query(sql + " ORDER BY created", args))
 
-    def expire_leases(self, now: float) -> int:
-        """Mark active leases whose time is over as ended; returns how many."""
-        return self.db.execute(
-            "UPDATE leases SET state = 'ended' WHERE state = 'active' AND ends_at <= ?", [now]).rowcount
-
     def leases_on(self, host: str, live_only: bool = True) -> list[dict]:
         sql = "SELECT * FROM leases WHERE host = ?"
         if live_only:
@@ -291,3 +286,23 @@ class Store:
                                       "created": created, "memo": memo, "entries": []})
             tx["entries"].append({"account": account, "amount": amount})
         return list(out.values())
+
+    # renter keys
+    def renter_keys(self, renter: str) -> list[dict]:
+        return list(self.db.query("SELECT fingerprint, key, added FROM renter_keys WHERE renter = ? ORDER BY added",
+                                  [renter]))
+
+    def add_key(self, renter: str, fingerprint: str, key: str) -> None:
+        with self._tx():
+            self._check_key_free(fingerprint)
+            self._insert("renter_keys", {"fingerprint": fingerprint, "renter": renter, "key": key,
+                                         "added": time.time()})
+
+    def remove_key(self, renter: str, fingerprint: str) -> None:
+        with self._tx():
+            keys = [k["fingerprint"] for k in self.renter_keys(renter)]
+            if fingerprint not in keys:
+                raise NotFound(f"no key {fingerprint} on your account")
+            if len(keys) == 1:
+                raise BrokerError("that is your only key; add another one first")
+            self.db.execute("DELETE FROM renter_keys WHERE fingerprint = ?", [fingerprint])

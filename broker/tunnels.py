@@ -61,9 +61,12 @@ Identify = Callable[[asyncssh.SSHClientConnection, asyncssh.SSHKey, dict], Await
 class Tunnels:
     """Listener for hostd connections and the registry of connected hosts."""
 
-    def __init__(self, client_key: asyncssh.SSHKey, identify: Identify, keepalive: float = 15):
+    def __init__(self, client_key: asyncssh.SSHKey, identify: Identify, keepalive: float = 15,
+                 connected=None, disconnected=None):
         self._key = client_key
         self._identify = identify
+        self._connected = connected  # async (link, hello) -> None, after welcome
+        self._disconnected = disconnected  # async (name) -> None
         self._keepalive = keepalive
         self.links: dict[str, HostLink] = {}
         self._acceptor = None
@@ -107,12 +110,19 @@ class Tunnels:
         log.info("host %s connected from %s", name, peer)
         await call(conn, "welcome", timeout=30, host=name)
         asyncio.get_running_loop().create_task(self._watch(name, conn))
+        if self._connected:
+            try:
+                await self._connected(self.links[name], hello)
+            except Exception:
+                log.exception("host %s: after-connect work failed", name)
 
     async def _watch(self, name: str, conn: asyncssh.SSHClientConnection) -> None:
         await conn.wait_closed()
         if self.links.get(name) and self.links[name].conn is conn:
             del self.links[name]
             log.info("host %s disconnected", name)
+            if self._disconnected:
+                await self._disconnected(name)
 
     async def close(self) -> None:
         if self._acceptor:

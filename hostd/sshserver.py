@@ -33,9 +33,6 @@ class HostServer(asyncssh.SSHServer):
     def __init__(self, agent):
         self._agent = agent
 
-    def connection_made(self, conn):
-        self._agent.connection_made(conn)
-
     def begin_auth(self, username):
         return True
 

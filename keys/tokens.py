@@ -13,8 +13,8 @@ class TokenError(Exception):
 
 
 def new_secret() -> str:
-    """A fresh 192-bit secret, URL-safe base64 (no dots)."""
-    return secrets.token_urlsafe(24)
+    """A fresh 192-bit secret in hex: no dots, and never a leading '-' that a CLI would take for an option."""
+    return secrets.token_hex(24)
 
 
 def make(secret: str, broker_fingerprint: str) -> str:

@@ -67,7 +67,8 @@ def test_login_picks_the_lease(fresh_cluster):
     c.add_host("pc1")
     r = c.ssh("true")
     assert r.returncode == 2
-    assert r.stderr.decode().strip() == "shellrent: renter alice has no active lease"
+    assert r.stderr.decode().strip() == ("shellrent: renter alice has no active lease; "
+                                        "rent one with: ssh ctl@BROKER rent --hours 1")
     first = c.create_lease()
     assert c.ssh("hostname", check=True).stdout.decode().strip() == f"rent-{first}"
     second = c.create_lease()

@@ -1,0 +1,228 @@
+"""`ssh ctl@broker <command>`: the marketplace and account commands.
+
+Each command takes the renter and its arguments and returns (exit status, output). Bad input is a
+one-line error and exit status 2; nothing changes.
+"""
+import json
+import shlex
+import time
+from dataclasses import dataclass, field
+from typing import Awaitable, Callable
+
+from keys import material
+
+from . import render
+from .errors import BrokerError
+from .leases import credits, format_duration, parse_duration
+from .service import DEFAULT_IMAGE, Broker, _one_key
+
+HELP = """\
+usage: ssh ctl@BROKER COMMAND [ARGS]   (add --json for JSON)
+  offers [QUERY] [-o ORDER]        what can be rented now, e.g. offers 'gpu_ram>=24 dph<=1' -o dph
+  rent [QUERY] --hours H [--gpus N] [--image IMG] [--yes]
+                                   rent the best matching offer; then: ssh rent@BROKER
+  ls                               your leases
+  show LEASE                       one lease and its charges
+  extend [LEASE] DURATION          more time (90m, 2h, 1h30m, 1d)
+  release [LEASE]                  end now; unused time is refunded
+  balance                          your credit and what is held for running leases
+  history                          your transactions
+  keys list | keys add (key on stdin) | keys rm FINGERPRINT
+  help                             this text
+query fields: gpu_name num_gpus gpu_ram gpu_total_ram cpu_cores cpu_ram disk_space dph reliability
+  cuda_vers driver_version geolocation host_id verified; ops < <= = != >= > in notin; _ is a space
+"""
+_VALUE_OPTS = {"--hours", "--gpus", "--image", "-o"}
+_FLAGS = {"--json", "--yes", "-y"}
+
+Ask = Callable[[str], Awaitable[str]]
+
+
+class Usage(BrokerError):
+    """The command line itself is wrong."""
+
+
+@dataclass
+class Args:
+    words: list[str] = field(default_factory=list)
+    opts: dict = field(default_factory=dict)
+    json: bool = False
+    yes: bool = False
+
+
+def parse_args(tokens: list[str]) -> Args:
+    args = Args()
+    i = 0
+    while i < len(tokens):
+        t = tokens[i]
+        name, eq, val = t.partition("=") if t.startswith("--") else (t, "", "")
+        if name in _VALUE_OPTS:
+            if not eq:
+                if i + 1 >= len(tokens):
+                    raise Usage(f"{name} needs a value")
+                val = tokens[i + 1]
+                i += 1
+            args.opts[name] = val
+        elif t in _FLAGS:
+            args.json = args.json or t == "--json"
+            args.yes = args.yes or t in ("--yes", "-y")
+        elif t.startswith("--"):
+            raise Usage(f"unknown option {t}")
+        else:
+            args.words.append(t)
+        i += 1
+    return args
+
+
+def _gpus(args: Args) -> int:
+    try:
+        n = int(args.opts.get("--gpus", "1"))
+    except ValueError:
+        raise Usage(f"bad --gpus {args.opts['--gpus']!r}: expected a whole number") from None
+    if n < 1:
+        raise Usage("--gpus must be at least 1")
+    return n
+
+
+def _lease_view(lease: dict, now: float) -> dict:
+    gpus = json.loads(lease.get("gpus") or "[]")
+    left = lease["ends_at"] - now if lease["state"] == "active" else 0
+    return {"id": lease["id"], "state": lease["state"], "host": lease["host"], "gpus": len(gpus),
+            "gpu_name": lease.get("gpu_name"), "image": lease["image"], "ends_at": lease["ends_at"],
+            "left": format_duration(left) if left > 0 else "-",
+            "price_per_hour": credits(lease["price"] * len(gpus)), "held": credits(lease["held"])}
+
+
+class Commands:
+    """One renter's ctl commands."""
+
+    def __init__(self, broker: Broker, renter: str, broker_name: str = "BROKER"):
+        self.b = broker
+        self.renter = renter
+        self.where = broker_name
+
+    async def run(self, line: str, stdin: bytes = b"", ask: Ask | None = None, progress=None) -> tuple[int, str]:
+        """Run one command line; (exit status, text to print)."""
+        try:
+            tokens = shlex.split(line)
+        except ValueError as exc:
+            return 2, f"ctl: cannot parse the command line: {exc}\n"
+        if not tokens or tokens[0] in ("help", "-h", "--help"):
+            return 0, HELP
+        name, args = tokens[0], parse_args(tokens[1:])
+        handler = getattr(self, "cmd_" + name, None)
+        if handler is None:
+            return 2, f"ctl: unknown command {name!r}; try: ssh ctl@{self.where} help\n"
+        try:
+            return 0, await handler(args, stdin=stdin, ask=ask, progress=progress)
+        except BrokerError as exc:
+            return 2, f"ctl: {exc}\n"
+
+    def _out(self, args: Args, value, text: str) -> str:
+        return render.as_json(value) if args.json else text
+
+    async def cmd_offers(self, args: Args, **_):
+        offers = await self.b.offers(" ".join(args.words), args.opts.get("-o"))
+        rows = [{**o, "dph": f"{o['dph']:.2f}", "reliability": f"{o['reliability']:.3f}"} for o in offers]
+        public = [{k: v for k, v in o.items() if k not in ("gpus", "images", "price")} for o in offers]
+        return self._out(args, public, render.table(
+            rows, ["id", "gpu_name", "num_gpus", "gpu_ram", "cpu_cores", "cpu_ram", "disk_space", "dph",
+                   "reliability", "geolocation"],
+            ["offer", "gpu", "n", "gpu_gb", "cpus", "ram_gb", "disk_gb", "$/h", "reliab", "geo"]))
+
+    async def cmd_rent(self, args: Args, ask: Ask | None = None, progress=None, **_):
+        if "--hours" not in args.opts:
+            raise Usage("rent needs --hours H (e.g. --hours 2 or --hours 90m)")
+        seconds = parse_duration(args.opts["--hours"])
+        gpus = _gpus(args)
+        image = args.opts.get("--image", DEFAULT_IMAGE)
+        text = " ".join(args.words)
+        if not args.yes:
+            offer, amount = await self.b.quote(text, seconds, gpus)
+            what = (f"{gpus}x {offer['gpu_name']} on {offer['host_id']} for {format_duration(seconds)} "
+                    f"at {credits(offer['price'] * gpus)}/h: {credits(amount)} credits held, unused time refunded")
+            if ask is None:
+                raise Usage(f"{what}; add --yes to rent")
+            if (await ask(f"Rent {what}? [y/N] ")).strip().lower() not in ("y", "yes"):
+                raise BrokerError("not rented")
+        lease = await self.b.rent(self.renter, text, seconds, gpus, image, progress)
+        view = _lease_view(lease, time.time())
+        return self._out(args, view, f"lease {lease['id']} is active: {view['gpus']}x {view['gpu_name']} on "
+                                     f"{view['host']} for {view['left']}\nconnect: ssh rent+{lease['id']}@{self.where}\n")
+
+    async def cmd_ls(self, args: Args, **_):
+        now = time.time()
+        rows = [_lease_view(lease, now) for lease in await self.b.db(self.b.store.leases, self.renter)
+                if lease["state"] != "purged" or args.json]
+        return self._out(args, rows, render.table(rows, ["id", "state", "host", "gpus", "gpu_name", "left",
+                                                         "price_per_hour", "image"]))
+
+    async def cmd_show(self, args: Args, **_):
+        if len(args.words) != 1:
+            raise Usage("usage: show LEASE")
+        lease = await self.b.db(self.b.store.lease, args.words[0])
+        if lease["renter"] != self.renter:
+            raise BrokerError(f"no lease {args.words[0]!r} for renter {self.renter}")
+        view = _lease_view(lease, time.time())
+        txs = [t for t in await self.b.history(self.renter) if t["lease"] == lease["id"]]
+        view["transactions"] = txs
+        lines = "".join(f"{k:15} {render.cell(v)}\n" for k, v in view.items() if k != "transactions")
+        return self._out(args, view, lines + "\n" + self._history_table(txs))
+
+    async def cmd_extend(self, args: Args, **_):
+        if len(args.words) not in (1, 2):
+            raise Usage("usage: extend [LEASE] DURATION")
+        lease_id = args.words[0] if len(args.words) == 2 else None
+        seconds = parse_duration(args.words[-1])
+        lease = await self.b.extend(self.renter, lease_id, seconds)
+        view = _lease_view(lease, time.time())
+        return self._out(args, view, f"lease {lease['id']} extended by {format_duration(seconds)}; "
+                                     f"{view['left']} left\n")
+
+    async def cmd_release(self, args: Args, **_):
+        if len(args.words) > 1:
+            raise Usage("usage: release [LEASE]")
+        lease = await self.b.release(self.renter, args.words[0] if args.words else None)
+        refund = await self._refund(lease["id"])
+        return self._out(args, {**_lease_view(lease, time.time()), "refunded": credits(refund)},
+                         f"lease {lease['id']} released; {credits(refund)} credits refunded\n")
+
+    async def _refund(self, lid: str) -> int:
+        for tx in await self.b.history(self.renter):
+            if tx["key"] == f"settle:{lid}":
+                return sum(e["amount"] for e in tx["entries"] if e["account"] == f"renter:{self.renter}")
+        return 0
+
+    async def cmd_balance(self, args: Args, **_):
+        b = await self.b.balance(self.renter)
+        view = {"renter": self.renter, "balance": credits(b["balance"]), "held": credits(b["held"]),
+                "balance_micro": b["balance"], "held_micro": b["held"]}
+        return self._out(args, view, f"balance {view['balance']} credits; held for running leases {view['held']}\n")
+
+    def _history_table(self, txs: list[dict]) -> str:
+        rows = []
+        for t in txs:
+            mine = {e["account"]: e["amount"] for e in t["entries"]}
+            rows.append({"when": t["created"], "kind": t["kind"], "lease": t["lease"],
+                         "balance_change": credits(mine.get(f"renter:{self.renter}", 0)),
+                         "held_change": credits(mine.get(f"hold:{self.renter}", 0)), "memo": t["memo"]})
+        return render.table(rows, ["when", "kind", "lease", "balance_change", "held_change", "memo"])
+
+    async def cmd_history(self, args: Args, **_):
+        txs = await self.b.history(self.renter)
+        return self._out(args, txs, self._history_table(txs))
+
+    async def cmd_keys(self, args: Args, stdin: bytes = b"", **_):
+        sub = args.words[0] if args.words else "list"
+        store = self.b.store
+        if sub == "list":
+            rows = await self.b.db(store.renter_keys, self.renter)
+            return self._out(args, rows, render.table(rows, ["fingerprint", "added"]))
+        if sub == "add":
+            key = _one_key(stdin.decode(errors="replace"))
+            await self.b.db(store.add_key, self.renter, material.fingerprint(key), material.public_line(key))
+            return f"key {material.fingerprint(key)} added\n"
+        if sub == "rm" and len(args.words) == 2:
+            await self.b.db(store.remove_key, self.renter, args.words[1])
+            return f"key {args.words[1]} removed\n"
+        raise Usage("usage: keys list | keys add (public key on stdin) | keys rm FINGERPRINT")

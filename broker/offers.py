@@ -1,0 +1,66 @@
+"""Offers and the scheduler, pure: free capacity of online, unpaused, in-window hosts.
+
+One offer per host and GPU model: num_gpus is how many of them are free now; renting takes some or
+all. dph is the price per hour of the whole offer, in credits.
+"""
+import json
+
+from . import query
+from .errors import BrokerError
+from .leases import MICRO, parse_window, window_end
+
+
+def host_offers(name: str, inv: dict, used: set[str], reliability: float, now: float) -> list[dict]:
+    """The offers of one connected host (empty when paused, outside its window, or full)."""
+    if inv.get("paused"):
+        return []
+    try:
+        closes = window_end(now, parse_window(inv.get("window", "always")))
+    except BrokerError:
+        return []
+    shared = set(inv.get("shared", ()))
+    groups: dict[tuple, list[str]] = {}
+    for g in inv.get("gpus", ()):
+        if g["uuid"] in shared and g["uuid"] not in used:
+            groups.setdefault((g["name"], g["memory_gb"]), []).append(g["uuid"])
+    out = []
+    for (model, mem), uuids in sorted(groups.items()):
+        n = len(uuids)
+        out.append({
+            "id": f"{name}/{model.replace(' ', '_')}", "host_id": name, "gpu_name": model, "num_gpus": n,
+            "gpu_ram": mem, "gpu_total_ram": mem * n, "cpu_cores": inv["cpu_per_gpu"] * n,
+            "cpu_ram": inv["ram_per_gpu"] * n, "disk_space": inv["disk_per_gpu"] * n,
+            "price": inv["price"], "dph": inv["price"] * n / MICRO, "reliability": reliability,
+            "cuda_vers": float(inv.get("cuda_version") or 0), "driver_version": str(inv.get("driver_version", "")),
+            "geolocation": inv.get("geolocation", ""), "verified": False, "gpus": uuids, "window_end": closes,
+            "images": inv.get("images", "*")})
+    return out
+
+
+def build(hosts: list[dict], online: set[str], live: list[dict], reliabilities: dict[str, float],
+          now: float) -> list[dict]:
+    """Every offer on the market now."""
+    used: dict[str, set] = {}
+    for lease in live:
+        used.setdefault(lease["host"], set()).update(json.loads(lease.get("gpus") or "[]"))
+    out = []
+    for h in hosts:
+        if h["name"] in online and h.get("inventory"):
+            out += host_offers(h["name"], json.loads(h["inventory"]), used.get(h["name"], set()),
+                               reliabilities.get(h["name"], 1.0), now)
+    return out
+
+
+def schedule_key(offer: dict) -> tuple:
+    """The scheduler's preference: the smallest GPU that fits, then the lowest price, then reliability."""
+    return (offer["gpu_ram"], offer["price"], -offer["reliability"], offer["host_id"])
+
+
+def choose(offers: list[dict], text: str, gpus: int) -> dict:
+    """The offer a `rent` gets: matches the query, has gpus free, best by schedule_key."""
+    filters = query.parse(text)
+    fits = [o for o in query.select(offers, filters) if o["num_gpus"] >= gpus]
+    if not fits:
+        raise BrokerError(f"no offer matches {text!r} with {gpus} free GPU(s)" if text.strip()
+                          else f"no offer has {gpus} free GPU(s) right now")
+    return min(fits, key=schedule_key)
