@@ -12,7 +12,7 @@ import click
 
 from keys import material
 
-from . import admin, render, service
+from . import admin, leases, render, service
 from .config import Config, parse_addr
 from .errors import BrokerError
 from .server import BrokerServer
@@ -75,12 +75,15 @@ def init(ctx):
 @main.command()
 @click.option("--ssh", "ssh_addr", default="0.0.0.0:2222", show_default=True, help="Renter SSH address.")
 @click.option("--tunnel", "tunnel_addr", default="0.0.0.0:2223", show_default=True, help="hostd tunnel address.")
+@click.option("--fee-percent", type=click.IntRange(0, 100), default=None, help="Platform fee (env BROKER_FEE_PERCENT, default 10).")
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 @click.pass_context
 @_fail_cleanly
-def serve(ctx, ssh_addr, tunnel_addr, verbose):
+def serve(ctx, ssh_addr, tunnel_addr, fee_percent, verbose):
     """Serve renters and hosts until SIGINT/SIGTERM."""
     cfg = _config(ctx)
+    if fee_percent is not None:
+        cfg.fee_percent = fee_percent
     _store(ctx).close()
     cfg.ssh_addr, cfg.tunnel_addr = parse_addr(ssh_addr), parse_addr(tunnel_addr)
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,
@@ -116,6 +119,41 @@ def renter_list(ctx, as_json):
     """List renters."""
     rows = _store(ctx).renters()
     click.echo(json.dumps(rows)) if as_json else _print_table(rows, ["name", "keys", "created"])
+
+
+@renter.command("credit")
+@click.argument("name")
+@click.argument("amount")
+@click.pass_context
+@_fail_cleanly
+def renter_credit(ctx, name, amount):
+    """Add AMOUNT credits (e.g. 25 or 12.50) to renter NAME."""
+    micro = leases.parse_credits(amount)
+    balance = service.credit(_store(ctx), name, micro)
+    click.echo(f"renter {name}: +{leases.credits(micro)} credits, balance {leases.credits(balance)}")
+
+
+@main.command("ledger")
+@click.option("--renter", "renter_name", help="Only transactions of this renter.")
+@json_option
+@click.pass_context
+@_fail_cleanly
+def ledger_cmd(ctx, renter_name, as_json):
+    """The double-entry journal and account balances."""
+    store = _store(ctx)
+    if renter_name:
+        store.require_renter(renter_name)
+    txs = store.journal(renter_name)
+    if as_json:
+        click.echo(json.dumps({"transactions": txs, "balances": store.balances()}))
+        return
+    rows = [{"tx": t["id"], "when": t["created"], "kind": t["kind"], "lease": t["lease"],
+             "account": e["account"], "amount": leases.credits(e["amount"]), "memo": t["memo"]}
+            for t in txs for e in t["entries"]]
+    _print_table(rows, ["tx", "when", "kind", "lease", "account", "amount", "memo"])
+    click.echo()
+    _print_table([{"account": a, "balance": leases.credits(v)} for a, v in store.balances().items()],
+                 ["account", "balance"])
 
 
 @main.group()
@@ -188,7 +226,7 @@ def lease_list(ctx, as_json):
     """List leases."""
     rows = _store(ctx).leases()
     click.echo(json.dumps(rows)) if as_json else _print_table(
-        rows, ["id", "renter", "host", "state", "image", "ends_at"])
+        rows, ["id", "renter", "host", "state", "gpu_name", "image", "ends_at"])
 
 
 @lease.command("stop")

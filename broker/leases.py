@@ -59,6 +59,8 @@ def parse_credits(text: str) -> int:
         raise BrokerError(f"bad amount {text!r}: expected a number like 12.50") from None
     if not value.is_finite() or value.as_tuple().exponent < -6:
         raise BrokerError(f"bad amount {text!r}: at most 6 decimals")
+    if abs(value) > 10**9:
+        raise BrokerError(f"bad amount {text!r}: at most 1000000000 credits")
     return int(value * MICRO)
 
 

@@ -42,6 +42,11 @@ def hold(name: str, amount: int) -> Entries:
     return [(renter(name), -amount), (hold_account(name), amount)]
 
 
+def release(name: str, amount: int) -> Entries:
+    """Give held credit back (an extension that did not happen)."""
+    return [(hold_account(name), -amount), (renter(name), amount)]
+
+
 def settle(name: str, host: str, held: int, charge: int, fee_percent: int) -> Entries:
     """Close a lease's hold: the charge goes to the provider less the platform fee; the rest back."""
     if not 0 <= charge <= held:

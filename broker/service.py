@@ -333,23 +333,38 @@ class Broker:
             if closes and new_end > closes:
                 raise BrokerError(f"host {lease['host']} is available only until "
                                   f"{time.strftime('%H:%M UTC', time.gmtime(closes))}")
-        n = lease["extensions"] + 1
-        amount = hold_for(lease["price"], len(json.loads(lease["gpus"])), seconds)
-        if amount:
-            await self.db(lambda: self.store.post(f"extend:{lid}:{n}", "hold", ledger.hold(renter, amount),
-                                                  lease=lid, renter=renter, memo=f"extend {format_duration(seconds)}"))
+        added = await self.db(self._add_time, lid, seconds)
         try:
             await link.call("lease.extend", id=lid, ends_at=new_end)
         except BaseException:
-            if amount:
-                await self.db(lambda: self.store.post(
-                    f"extend-undo:{lid}:{n}", "refund", [(ledger.hold_account(renter), -amount),
-                                                        (ledger.renter(renter), amount)],
-                    lease=lid, renter=renter, memo="extension failed"))
+            await self.db(self._undo_time, lid, seconds, added)
             raise
-        await self.db(lambda: self.store.update_lease(lid, ends_at=new_end, held=lease["held"] + amount,
-                                                      extensions=n))
         return await self.db(self.store.lease, lid)
+
+    def _add_time(self, lid: str, seconds: int) -> int:
+        """Hold credit for more time and move the end (store thread); returns the amount held."""
+        with self.store.tx():
+            lease = self.store.lease(lid)
+            if lease["state"] != "active":
+                raise BrokerError(f"lease {lid} is {lease['state']}; only active leases can be extended")
+            n = lease["extensions"] + 1
+            amount = hold_for(lease["price"], len(json.loads(lease["gpus"])), seconds)
+            if amount:
+                self.store.post(f"extend:{lid}:{n}", "hold", ledger.hold(lease["renter"], amount), lease=lid,
+                                renter=lease["renter"], memo=f"extend {format_duration(seconds)}")
+            self.store.update_lease(lid, ends_at=lease["ends_at"] + seconds, held=lease["held"] + amount,
+                                    extensions=n)
+        return amount
+
+    def _undo_time(self, lid: str, seconds: int, amount: int) -> None:
+        """Take back an extension the host refused (store thread)."""
+        with self.store.tx():
+            lease = self.store.lease(lid)
+            if amount:
+                self.store.post(f"extend-undo:{lid}:{lease['extensions']}", "refund",
+                                ledger.release(lease["renter"], amount), lease=lid, renter=lease["renter"],
+                                memo="extension refused by the host")
+            self.store.update_lease(lid, ends_at=lease["ends_at"] - seconds, held=lease["held"] - amount)
 
     async def release(self, renter: str | None, lease_id: str | None) -> dict:
         """End a lease now; unused time is refunded."""

@@ -1,0 +1,54 @@
+import json
+
+import pytest
+
+from broker import offers
+from broker.errors import BrokerError
+
+
+def inv(gpus, price=400_000, **kw):
+    base = {"gpus": [{"index": i, "uuid": f"U{i}", "name": n, "memory_gb": m} for i, (n, m) in enumerate(gpus)],
+            "cpu_per_gpu": 4, "ram_per_gpu": 16, "disk_per_gpu": 100, "price": price, "window": "always",
+            "paused": False, "geolocation": "DE", "cuda_version": 12.4, "driver_version": "550.1"}
+    base["shared"] = [g["uuid"] for g in base["gpus"]]
+    base.update(kw)
+    return json.dumps(base)
+
+
+HOSTS = [{"name": "big", "inventory": inv([("H100", 80)] * 2, price=2_000_000)},
+         {"name": "cheap", "inventory": inv([("RTX 3060", 12)], price=100_000)},
+         {"name": "mid", "inventory": inv([("RTX 4090", 24)] * 2)},
+         {"name": "paused", "inventory": inv([("RTX 3060", 12)], price=1, paused=True)},
+         {"name": "away", "inventory": inv([("RTX 3060", 12)], price=1)}]
+ONLINE = {"big", "cheap", "mid", "paused"}
+
+
+def test_offers_come_from_online_unpaused_free_gpus():
+    live = [{"host": "mid", "gpus": json.dumps(["U0"])}]
+    got = {o["id"]: o for o in offers.build(HOSTS, ONLINE, live, {}, 0)}
+    assert set(got) == {"big/H100", "cheap/RTX_3060", "mid/RTX_4090"}
+    assert got["mid/RTX_4090"]["num_gpus"] == 1 and got["mid/RTX_4090"]["gpus"] == ["U1"]
+    assert got["big/H100"]["dph"] == 4.0 and got["big/H100"]["cpu_cores"] == 8
+
+
+def test_scheduler_prefers_the_smallest_gpu_that_fits_then_price_then_reliability():
+    all_ = offers.build(HOSTS, ONLINE, [], {"cheap": 0.95}, 0)
+    assert offers.choose(all_, "", 1)["host_id"] == "cheap"
+    assert offers.choose(all_, "gpu_ram>=20", 1)["host_id"] == "mid"
+    assert offers.choose(all_, "gpu_ram>=20", 2)["host_id"] == "mid"
+    assert offers.choose(all_, "gpu_ram>=40", 1)["host_id"] == "big"
+    twins = offers.build([HOSTS[2], {"name": "mid2", "inventory": HOSTS[2]["inventory"]}], {"mid", "mid2"}, [],
+                         {"mid": 0.91, "mid2": 0.99}, 0)
+    assert offers.choose(twins, "", 1)["host_id"] == "mid2"
+
+
+def test_no_match_is_a_clear_error():
+    with pytest.raises(BrokerError, match="no offer matches 'gpu_ram>=200' with 1 free GPU"):
+        offers.choose(offers.build(HOSTS, ONLINE, [], {}, 0), "gpu_ram>=200", 1)
+
+
+def test_window_hides_a_host_outside_it():
+    day = 86400 * 10
+    h = [{"name": "night", "inventory": inv([("RTX 3060", 12)], window="22:00-08:00")}]
+    assert offers.build(h, {"night"}, [], {}, day + 12 * 3600) == []
+    assert offers.build(h, {"night"}, [], {}, day + 23 * 3600)[0]["window_end"] == day + 86400 + 8 * 3600
