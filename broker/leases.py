@@ -127,12 +127,14 @@ def window_end(now: float, window: tuple[int, int] | None) -> float | None:
 
 
 def reliability(now: float, listed_since: float, ups: list[tuple[float, float | None]], days: int = 30) -> float:
-    """Share of the time a host was connected while listed, over the last `days` days."""
+    """Share of the time a host was connected while listed, over the last `days` days.
+
+    A host listed for less than a day is judged as if it had been up before: its downtime counts
+    against a full day, so a minute's restart does not sink a new host."""
     lo = max(listed_since, now - days * 86400)
-    if now - lo < 1:
-        return 1.0
     up = sum(max(0.0, min(b if b is not None else now, now) - max(a, lo)) for a, b in ups)
-    return round(min(1.0, up / (now - lo)), 4)
+    down = max(0.0, (now - lo) - up)
+    return round(max(0.0, 1 - down / max(now - lo, 86400)), 4)
 
 
 def offline_gaps(ups: list[tuple[float, float | None]], start: float, end: float) -> list[tuple[float, float]]:

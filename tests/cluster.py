@@ -148,6 +148,22 @@ class Cluster:
                     run("docker", kind, "rm", *(["-f"] if kind != "network" else []), *ids, check=False)
         shutil.rmtree(self.root, ignore_errors=True)
 
+    def owner(self, name: str) -> str:
+        return _owner(self.hostd_homes[name])
+
+    def hostd_log_time(self, text: str, name: str = "pc1") -> float:
+        """When hostd logged a line containing text (epoch seconds)."""
+        import datetime
+        for line in self.log(f"hostd-{name}").splitlines():
+            if text in line:
+                stamp = datetime.datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f")
+                return stamp.timestamp()
+        raise AssertionError(f"hostd never logged {text!r}")
+
+    def record_ledger(self, ledger: dict) -> None:
+        """Keep one lease life's ledger for the closing note (printed with -s)."""
+        print("\nLEDGER OF ONE LEASE LIFE:", json.dumps(ledger, indent=1))
+
     def log(self, key: str) -> str:
         return (self.root / f"{key}.log").read_text(errors="replace")
 
