@@ -137,6 +137,10 @@ class Agent:
     async def session_lease(self, lease_id: str | None, files_only: bool = False) -> dict:
         """The lease record a session runs in; an ended lease serves its files during retention."""
         rec = self.store.get(lease_id) if lease_id else None
+        deadline = time.monotonic() + self._settings["grace"] + 30
+        while files_only and rec and rec["state"] == "ending" and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)  # its processes are being stopped; the files come right after
+            rec = self.store.get(lease_id)
         if rec and rec["state"] == "active":
             return rec
         if rec and rec["state"] == "ended" and files_only:

@@ -66,8 +66,9 @@ def test_full_lease_life(market, tmp_path):
     assert info.split("ENV=")[1].strip() == info.split("SHELLRENT_ENDS_AT=")[1].split()[0]
 
     # a job that survives SIGTERM (it logs it), a tmux pane, an interactive session, a plain session
-    c.ssh("tmux new -d -s job \"sh -c 'trap \\\"date +%s.%N > /workspace/term.log\\\" TERM; "
-          "while :; do sleep 0.2; done'\"; tmux new -d -s pane", check=True)
+    job = b"trap 'date +%s.%N > /workspace/term.log' TERM\nwhile :; do sleep 0.2; done\n"
+    c.ssh("cat > /workspace/job.sh && tmux new -d -s job sh /workspace/job.sh && tmux new -d -s pane",
+          input=job, check=True)
     term = Terminal(c.ssh_cmd("rent", "-tt"))
     plain = subprocess.Popen(c.ssh_cmd("rent") + ["sleep 120"], stderr=subprocess.PIPE)
     try:
@@ -82,6 +83,7 @@ def test_full_lease_life(market, tmp_path):
         plain.kill()
     assert f"*** shellrent: lease {lid} ends in" in plain_err
     wait_for(lambda: not c.containers(), timeout=60, what="the container to go at the end")
+    wait_for(lambda: ctl_json(c, "show", lid)["state"] == "ended", timeout=30, what="the lease to be ended")
 
     # /workspace stays readable by sftp during retention
     batch = tmp_path / "batch"
@@ -201,3 +203,32 @@ def test_broker_killed_mid_rent_leaves_no_container_and_no_charge(market):
     leases = json.loads(c.broker("lease", "list", "--json").stdout)
     assert [x["state"] for x in leases] == ["failed"]
     assert ctl_json(c, "balance") == {**ctl_json(c, "balance"), "balance_micro": 5_000_000, "held_micro": 0}
+
+
+def test_rent_at_login_with_the_interactive_picker(market):
+    c = market
+    term = Terminal(c.ssh_cmd("rent", "-tt"), width=120)
+    try:
+        term.wait("Offer [1-1, q to quit]:")
+        assert "RTX 4090" in term.screen()
+        term.type("7")
+        term.wait("Please type a number")
+        term.type("1")
+        term.wait("Hours")
+        term.type("2h")
+        term.wait("OK? [y/N]")
+        assert "0.80 credits held" in term.screen()
+        term.type("y")
+        term.wait("/workspace#", timeout=60)                            # straight into the new lease's shell
+        term.type("echo in-$SHELLRENT_LEASE_ID")
+        lid = ctl_json(c, "ls")[0]["id"]
+        term.wait(f"in-{lid}")
+    finally:
+        term.close()
+    assert ctl_json(c, "balance")["held_micro"] == 800_000
+
+
+def test_no_lease_without_a_terminal_names_the_rent_command(market):
+    r = market.ssh("true")
+    assert r.returncode == 2
+    assert r.stderr.decode().strip().endswith("rent one with: ssh ctl@BROKER rent --hours 1")
