@@ -123,12 +123,14 @@ class Commands:
 
     async def cmd_offers(self, args: Args, **_):
         offers = await self.b.offers(" ".join(args.words), args.opts.get("-o"))
+        if args.json:
+            hidden = ("gpus", "images", "price")
+            return render.as_json([{k: v for k, v in o.items() if k not in hidden} for o in offers])
         rows = [{**o, "dph": f"{o['dph']:.2f}", "reliability": f"{o['reliability']:.3f}"} for o in offers]
-        public = [{k: v for k, v in o.items() if k not in ("gpus", "images", "price")} for o in offers]
-        return self._out(args, public, render.table(
+        return render.table(
             rows, ["id", "gpu_name", "num_gpus", "gpu_ram", "cpu_cores", "cpu_ram", "disk_space", "dph",
                    "reliability", "geolocation"],
-            ["offer", "gpu", "n", "gpu_gb", "cpus", "ram_gb", "disk_gb", "$/h", "reliab", "geo"]))
+            ["offer", "gpu", "n", "gpu_gb", "cpus", "ram_gb", "disk_gb", "$/h", "reliab", "geo"])
 
     async def cmd_rent(self, args: Args, ask: Ask | None = None, progress=None, **_):
         if "--hours" not in args.opts:

@@ -139,9 +139,44 @@ def parse_order(text: str | None) -> list[tuple[str, bool]]:
     return out
 
 
+_PYOPS = {"<": "<", "<=": "<=", "=": "==", "==": "==", "!=": "!=", ">=": ">=", ">": ">",
+          "in": "in", "notin": "not in"}
+
+
+def compile_filters(filters: list[Filter]):
+    """One function testing all filters, for speed over many offers.
+
+    Field names are checked identifiers and values are bound as names, never pasted into the source."""
+    if not filters:
+        return lambda o: True
+    env: dict = {"__builtins__": {}, "_version": _version}
+    parts = []
+    for i, f in enumerate(filters):
+        env[f"v{i}"] = f.value
+        have = f"_version(o[{f.field!r}])" if f.field == "driver_version" else f"o[{f.field!r}]"
+        parts.append(f"{have} {_PYOPS[f.op]} v{i}")
+    test = eval("lambda o: " + " and ".join(parts), env)  # noqa: S307 - see docstring
+
+    def match(offer: dict) -> bool:
+        try:
+            return test(offer)
+        except (KeyError, TypeError):  # a missing or empty field matches nothing
+            return False
+    return match
+
+
 def select(offers: list[dict], filters: list[Filter], order: list[tuple[str, bool]] = ()) -> list[dict]:
     """Offers passing every filter, sorted by order (stable, later keys weaker)."""
-    hits = [o for o in offers if all(f(o) for f in filters)]
+    match = compile_filters(filters)
+    hits = [o for o in offers if match(o)]
+    if order and all(f in NUMERIC - {"driver_version"} for f, _ in order):
+        key = eval("lambda o: (" + "".join(f"{'-' if d else ''}o[{f!r}], " for f, d in order) + ")",
+                   {"__builtins__": {}})  # noqa: S307 - checked field names only
+        try:
+            hits.sort(key=key)
+            return hits
+        except (KeyError, TypeError):
+            pass
     for field, desc in reversed(order):
         hits.sort(key=lambda o: (o.get(field) is None, o.get(field) or 0), reverse=desc)
     return hits

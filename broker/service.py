@@ -107,7 +107,12 @@ class Broker:
         self.tunnels = tunnels
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
         self._rent_lock = asyncio.Lock()
+        self._market_cache: list[dict] | None = None
+        self._market_at = 0.0
 
+    def market_changed(self) -> None:
+        """Inventories, connections or leases changed: build the offers afresh next time."""
+        self._market_cache = None
     async def db(self, fn, *args):
         """Run a store call on the store's own thread."""
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
@@ -152,6 +157,7 @@ class Broker:
     async def host_connected(self, link: HostLink, hello: dict) -> None:
         """Record uptime and inventory, settle what changed while apart, follow the host's events."""
         now = time.time()
+        self.market_changed()
         await self.db(self.store.host_up, link.name, now)
         if hello.get("inventory"):
             await self.db(self.store.set_inventory, link.name, json.dumps(hello["inventory"]))
@@ -160,6 +166,7 @@ class Broker:
         asyncio.get_running_loop().create_task(self._follow(link))
 
     async def host_disconnected(self, name: str) -> None:
+        self.market_changed()
         await self.db(self.store.host_down, name, time.time())
 
     async def _reconcile(self, link: HostLink, theirs: dict) -> None:
@@ -196,6 +203,7 @@ class Broker:
         kind = event.get("type")
         if kind == "inventory":
             await self.db(self.store.set_inventory, host, json.dumps(event["inventory"]))
+            self.market_changed()
         elif kind == "lease.ended":
             await self.end_lease(event["id"], float(event["at"]))
         elif kind == "lease.purged":
@@ -221,9 +229,20 @@ class Broker:
         online = set(self.tunnels.links) if self.tunnels else set()
         return offers_mod.build(hosts, online, self.store.live_leases(), rel, now)
 
+    async def market(self) -> list[dict]:
+        """The offers now; rebuilt when something changed, and each minute for reliability."""
+        now = time.time()
+        if self._market_cache is None or now - self._market_at > 60:
+            self._market_cache = None
+            offers = await self.db(self._market, now)
+            if self._market_cache is None:
+                self._market_cache, self._market_at = offers, now
+            return offers
+        return self._market_cache
+
     async def offers(self, text: str = "", order: str | None = None) -> list[dict]:
         filters, keys = query.parse(text), query.parse_order(order)
-        offers = await self.db(self._market, time.time())
+        offers = await self.market()
         if keys:
             return query.select(offers, filters, keys)
         return sorted(query.select(offers, filters), key=offers_mod.schedule_key)
@@ -231,6 +250,7 @@ class Broker:
     # leases
     def _open(self, lease: dict) -> dict:
         """Insert a pending lease and hold its credit, atomically (store thread)."""
+        self.market_changed()
         with self.store.tx():
             self.store.insert_lease(lease)
             if lease["held"]:
@@ -269,6 +289,7 @@ class Broker:
         return await self.db(self.store.lease, lid)
 
     def _settle_failed(self, lid: str) -> None:
+        self.market_changed()
         lease = self.store.lease(lid)
         self.store.post(f"settle:{lid}", "refund", ledger.settle(lease["renter"], lease["host"], lease["held"], 0, 0),
                         lease=lid, renter=lease["renter"], memo="lease failed to start: full refund")
@@ -394,6 +415,7 @@ class Broker:
             await self._send_earnings(lease["host"])
 
     def _end(self, lid: str, at: float) -> int | None:
+        self.market_changed()
         with self.store.tx():
             lease = self.store.lease(lid)
             if lease["state"] in ("active", "ending"):
