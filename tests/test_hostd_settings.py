@@ -1,0 +1,64 @@
+import json
+import stat
+
+import pytest
+
+from hostd import gpus, settings
+from hostd.settings import SettingsError
+
+
+def test_defaults_and_round_trip(tmp_path):
+    path = tmp_path / "settings.json"
+    assert settings.load(path)["price"] == 0.40
+    values = settings.save(path, "fake_gpus", "RTX 4090:24,RTX 3060:12")
+    settings.save(path, "grace", "2s")
+    settings.save(path, "paused", "true")
+    values = settings.load(path)
+    assert (values["fake_gpus"], values["grace"], values["paused"]) == ("RTX 4090:24,RTX 3060:12", 2.0, True)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert json.loads(path.read_text())["grace"] == "2s"  # stored as typed by the provider
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("price", "cheap", "bad value 'cheap' for price"),
+    ("price", "-1", "must not be negative"),
+    ("fake_gpus", "RTX 4090", "use MODEL:GB"),
+    ("gpus", "first", "use all, or GPU indexes"),
+    ("window", "night", "use HH:MM-HH:MM"),
+    ("grace", "soon", "use e.g. 30s"),
+    ("paused", "maybe", "use true or false"),
+    ("colour", "red", "unknown setting 'colour'"),
+])
+def test_bad_values_are_refused_and_nothing_changes(tmp_path, key, value, message):
+    path = tmp_path / "settings.json"
+    settings.save(path, "price", "0.5")
+    with pytest.raises(SettingsError, match=message):
+        settings.save(path, key, value)
+    assert json.loads(path.read_text()) == {"price": "0.5"}
+
+
+def test_broken_file_is_a_clear_error(tmp_path):
+    path = tmp_path / "settings.json"
+    path.write_text("{nope")
+    with pytest.raises(SettingsError, match="not valid JSON"):
+        settings.load(path)
+
+
+def test_warning_schedule():
+    assert settings.warn_offsets({**settings.defaults(), "warnings": "1m,15m,5m"}) == [900, 300, 60]
+
+
+def test_fake_gpus_are_stable_per_host_and_hand_over_no_devices():
+    a = gpus.FakeSource("RTX 4090:24,RTX 3060:12", "host-a")
+    assert [(g["index"], g["name"], g["memory_gb"]) for g in a.gpus()] == [(0, "RTX 4090", 24.0), (1, "RTX 3060", 12.0)]
+    assert [g["uuid"] for g in a.gpus()] == [g["uuid"] for g in gpus.FakeSource("RTX 4090:24,RTX 3060:12", "host-a").gpus()]
+    assert a.gpus()[0]["uuid"] != gpus.FakeSource("RTX 4090:24", "host-b").gpus()[0]["uuid"]
+    assert a.device_ids([a.gpus()[0]["uuid"]]) == []
+
+
+def test_without_nvml_no_gpus_are_shared():
+    source = gpus.open_source("", "x")
+    if source.kind == "fake":  # no NVIDIA driver here: nothing is shared, nothing is made up
+        assert source.gpus() == []
+    else:                      # a GPU machine: real devices, named by UUID
+        assert source.gpus() and all(g["uuid"].startswith("GPU-") for g in source.gpus())
