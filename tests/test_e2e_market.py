@@ -65,10 +65,10 @@ def test_full_lease_life(market, tmp_path):
     assert f"SHELLRENT_LEASE_ID={lid}" in info and "SHELLRENT_REMAINING=" in info
     assert info.split("ENV=")[1].strip() == info.split("SHELLRENT_ENDS_AT=")[1].split()[0]
 
-    # a job that survives SIGTERM (it logs it), a tmux pane, an interactive session, a plain session
+    # a job that outlives SIGTERM (it logs it), a tmux pane, an interactive session, a plain session
     job = b"trap 'date +%s.%N > /workspace/term.log' TERM\nwhile :; do sleep 0.2; done\n"
-    c.ssh("cat > /workspace/job.sh && tmux new -d -s job sh /workspace/job.sh && tmux new -d -s pane",
-          input=job, check=True)
+    c.ssh("cat > /workspace/job.sh && (setsid sh /workspace/job.sh </dev/null >/dev/null 2>&1 &) && "
+          "tmux new -d -s pane", input=job, check=True)
     term = Terminal(c.ssh_cmd("rent", "-tt"))
     plain = subprocess.Popen(c.ssh_cmd("rent") + ["sleep 120"], stderr=subprocess.PIPE)
     try:
