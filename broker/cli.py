@@ -4,7 +4,6 @@ import json
 import logging
 import os
 import sys
-import time
 from functools import wraps
 from pathlib import Path
 
@@ -171,7 +170,7 @@ def host_invite(ctx, name):
     store = _store(ctx)
     broker_fpr = material.fingerprint(material.load_or_create(cfg.client_key_path))
     token = service.invite(store, cfg, name, broker_fpr)
-    click.echo(f"On the provider's machine, within 24 hours, run: hostd join BROKER:2223 <token below>",
+    click.echo("On the provider's machine, within 24 hours, run: hostd join BROKER:2223 <token below>",
                err=True)
     click.echo(token)
 

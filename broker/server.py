@@ -4,7 +4,6 @@ import json
 import logging
 import os
 import signal
-import time
 from collections import defaultdict
 
 import asyncssh

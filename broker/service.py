@@ -281,7 +281,8 @@ class Broker:
                 "id": lid, "renter": lease["renter"], "image": lease["image"], "ends_at": lease["ends_at"],
                 "gpus": json.loads(lease["gpus"])})
         except BaseException as exc:
-            await self.db(lambda: self.store.update_lease(lid, state="failed", error=str(exc)))
+            error = str(exc) or type(exc).__name__
+            await self.db(lambda: self.store.update_lease(lid, state="failed", error=error))
             await self.db(self._settle_failed, lid)
             raise
         await self.db(lambda: self.store.update_lease(lid, state="active", container=reply["container"],

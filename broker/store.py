@@ -11,9 +11,9 @@ from pathlib import Path
 import sqlite_utils
 
 from . import ledger
+from .leases import LIVE
 from .errors import BrokerError, NotFound
 
-LIVE_STATES = ("pending", "starting", "active", "ending")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS renters (name TEXT PRIMARY KEY, created REAL NOT NULL);
@@ -202,16 +202,16 @@ class Store:
             where.append("renter = ?")
             args.append(renter)
         if live_only:
-            where.append(f"state IN ({','.join('?' * len(LIVE_STATES))})")
-            args.extend(LIVE_STATES)
+            where.append(f"state IN ({','.join('?' * len(LIVE))})")
+            args.extend(LIVE)
         sql = "SELECT * FROM leases" + (" WHERE " + " AND ".join(where) if where else "")
         return list(self.db.query(sql + " ORDER BY created", args))
 
     def leases_on(self, host: str, live_only: bool = True) -> list[dict]:
         sql = "SELECT * FROM leases WHERE host = ?"
         if live_only:
-            sql += f" AND state IN ({','.join('?' * len(LIVE_STATES))})"
-        return list(self.db.query(sql, [host, *(LIVE_STATES if live_only else ())]))
+            sql += f" AND state IN ({','.join('?' * len(LIVE))})"
+        return list(self.db.query(sql, [host, *(LIVE if live_only else ())]))
 
     def live_leases(self) -> list[dict]:
         return self.leases(live_only=True)

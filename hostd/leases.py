@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from . import settings as settings_mod
-from .config import Config, write_private
+from .config import Config
 from .runtime import Runtime
 from .store import Store
 

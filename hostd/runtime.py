@@ -165,9 +165,11 @@ class Runtime:
             pass
 
     def disk_free_gb(self) -> float:
-        root = self.client.info().get("DockerRootDir", "/var/lib/docker")
+        """Free space where the engine keeps volumes (a statvfs; the path is asked once)."""
+        if not hasattr(self, "_root"):
+            self._root = self.client.info().get("DockerRootDir", "/var/lib/docker")
         try:
-            return shutil.disk_usage(root).free / 1e9
+            return shutil.disk_usage(self._root).free / 1e9
         except OSError:
             return shutil.disk_usage("/").free / 1e9
 

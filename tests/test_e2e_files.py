@@ -2,6 +2,10 @@
 import hashlib
 import os
 
+import pytest
+
+from .cluster import run
+
 
 def _sha(path):
     return hashlib.sha256(path.read_bytes()).hexdigest()
@@ -11,30 +15,18 @@ def _remote_sha(cluster, path):
     return cluster.ssh(f"sha256sum {path}", check=True).stdout.split()[0].decode()
 
 
-def test_scp_sftp_mode_both_ways(cluster, tmp_path):
+@pytest.mark.parametrize("mode", [[], ["-O"]], ids=["sftp-protocol", "legacy-scp"])
+def test_scp_both_ways(cluster, tmp_path, mode):
     src = tmp_path / "up.bin"
     src.write_bytes(os.urandom(3_000_000))
-    base = ["scp", "-P", str(cluster.ssh_port), *cluster.ssh_opts()]
-    from .cluster import run
+    base = ["scp", *mode, "-P", str(cluster.ssh_port), *cluster.ssh_opts()]
     run(*base, src, "rent@127.0.0.1:/workspace/scp.bin")
     assert _remote_sha(cluster, "/workspace/scp.bin") == _sha(src)
     run(*base, "rent@127.0.0.1:/workspace/scp.bin", tmp_path / "down.bin")
     assert _sha(tmp_path / "down.bin") == _sha(src)
 
 
-def test_scp_legacy_mode_both_ways(cluster, tmp_path):
-    from .cluster import run
-    src = tmp_path / "up.bin"
-    src.write_bytes(os.urandom(1_000_000))
-    base = ["scp", "-O", "-P", str(cluster.ssh_port), *cluster.ssh_opts()]
-    run(*base, src, "rent@127.0.0.1:/workspace/legacy.bin")
-    assert _remote_sha(cluster, "/workspace/legacy.bin") == _sha(src)
-    run(*base, "rent@127.0.0.1:/workspace/legacy.bin", tmp_path / "down.bin")
-    assert _sha(tmp_path / "down.bin") == _sha(src)
-
-
 def test_sftp_batch(cluster, tmp_path):
-    from .cluster import run
     src = tmp_path / "s.txt"
     src.write_text("sftp works\n")
     batch = tmp_path / "batch"
@@ -45,7 +37,6 @@ def test_sftp_batch(cluster, tmp_path):
 
 
 def test_sftp_runs_inside_the_container(cluster, tmp_path):
-    from .cluster import run
     # A symlink in the workspace pointing at / must resolve inside the container, never on the host.
     cluster.ssh("ln -sfn / /workspace/root && echo container > /etc/whereami", check=True)
     batch = tmp_path / "batch"
@@ -55,7 +46,6 @@ def test_sftp_runs_inside_the_container(cluster, tmp_path):
 
 
 def test_rsync_both_ways(cluster, tmp_path):
-    from .cluster import run
     src = tmp_path / "tree"
     (src / "sub").mkdir(parents=True)
     (src / "a.txt").write_text("a\n")

@@ -2,7 +2,7 @@
 import json
 import socket
 
-from .cluster import Cluster, run, wait_for
+from .cluster import Cluster, wait_for
 
 
 def _leases(c: Cluster) -> list[dict]:

@@ -2,9 +2,7 @@
 files by sftp after the end -> purge; extend/release money; a race for the last GPU; a broker killed
 mid-rent. Real broker, hostd, Docker and OpenSSH; lease timings shortened through hostd settings."""
 import json
-import signal
 import subprocess
-import time
 
 import pytest
 

@@ -1,10 +1,8 @@
 """Ledger invariants under random sequences of rent / extend / release / expire / host offline,
 driven through the broker's own store-thread operations on a real SQLite file."""
-import json
 import tempfile
 from pathlib import Path
 
-import pytest
 from hypothesis import given, settings, strategies as st
 
 from broker import ledger
