@@ -40,6 +40,7 @@ class Runtime:
             raise RuntimeError_(f"cannot reach the Docker engine: {exc}") from None
         self.owner = owner
         self.limits = limits
+        self._root: str | None = None
 
     def unenforced_limits(self) -> list[str]:
         """Limits this engine says it cannot enforce (said once at start-up)."""
@@ -166,7 +167,7 @@ class Runtime:
 
     def disk_free_gb(self) -> float:
         """Free space where the engine keeps volumes (a statvfs; the path is asked once)."""
-        if not hasattr(self, "_root"):
+        if self._root is None:
             self._root = self.client.info().get("DockerRootDir", "/var/lib/docker")
         try:
             return shutil.disk_usage(self._root).free / 1e9
