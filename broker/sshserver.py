@@ -8,14 +8,13 @@ from collections import defaultdict, deque
 
 import asyncssh
 
-from keys import material
+from keys import material, wire
 
 from . import service
-from .errors import BrokerError
 from .commands import Commands
+from .errors import BrokerError
 from .picker import CtlSession, pick_and_rent
 from .relay import RenterSession, open_tcp
-from keys import wire
 
 log = logging.getLogger("shellrent.ssh")
 audit = logging.getLogger("shellrent.audit")
