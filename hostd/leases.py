@@ -142,7 +142,7 @@ class Leases:
         grace = self._settings()["grace"]
         log.info("lease %s: ending (SIGTERM, SIGKILL after %.0fs)", lease_id, grace)
         await asyncio.to_thread(self.runtime.signal_all, lease_id, "TERM")
-        await self._wait_quiet(lease_id, grace)
+        await asyncio.sleep(grace)
         await asyncio.to_thread(self.runtime.stop, lease_id, 0)
         now = time.time()
         self.store.update(lease_id, state="ended", ended_at=now)
@@ -152,10 +152,6 @@ class Leases:
         log.info("lease %s ended", lease_id)
         if cancel_task:
             self.arm(rec)
-
-    async def _wait_quiet(self, lease_id: str, grace: float) -> None:
-        """Wait out the grace period (a later version could stop early once all processes left)."""
-        await asyncio.sleep(grace)
 
     async def discard(self, lease_id: str) -> None:
         """Remove every trace of a lease that never became active for the broker."""
