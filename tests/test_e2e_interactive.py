@@ -1,4 +1,5 @@
 """Interactive shells (pty, resize, Ctrl-C), tmux across disconnects, and ssh -L, through the broker."""
+import socket
 import subprocess
 import urllib.request
 
@@ -61,7 +62,6 @@ def test_local_port_forward_reaches_a_localhost_server_in_the_container(cluster,
                 "(cd /tmp/www && nohup python3 -m http.server 8888 --bind 127.0.0.1 >/dev/null 2>&1 &)", check=True)
     wait_for(lambda: cluster.ssh("python3 -c 'import socket; socket.create_connection((\"127.0.0.1\", 8888))'").returncode == 0,
              what="http.server in the container")
-    import socket
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -72,6 +72,44 @@ def test_local_port_forward_reaches_a_localhost_server_in_the_container(cluster,
     finally:
         fwd.terminate()
         fwd.wait()
+
+
+def test_dynamic_forward_reaches_localhost_ports_in_the_container(cluster):
+    """ssh -D (what VS Code Remote-SSH uses): a SOCKS5 CONNECT to localhost:8888 in the container."""
+    cluster.ssh("mkdir -p /tmp/www && echo socks-ok > /tmp/www/s.html && "
+                "(cd /tmp/www && nohup python3 -m http.server 8899 --bind 127.0.0.1 >/dev/null 2>&1 &)", check=True)
+    wait_for(lambda: cluster.ssh("python3 -c 'import socket; socket.create_connection((\"127.0.0.1\", 8899))'")
+             .returncode == 0, what="http.server in the container")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    fwd = subprocess.Popen(cluster.ssh_cmd("rent", "-N", "-D", f"127.0.0.1:{port}"))
+    try:
+        body = wait_for(lambda: _socks_get(port, "localhost", 8899, "/s.html"), what="SOCKS forward")
+        assert body.endswith(b"socks-ok\n")
+    finally:
+        fwd.terminate()
+        fwd.wait()
+
+
+def _socks_get(port, host, dport, path):
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+            s.sendall(b"\x05\x01\x00")
+            if s.recv(2) != b"\x05\x00":
+                return None
+            name = host.encode()
+            s.sendall(b"\x05\x01\x00\x03" + bytes([len(name)]) + name + dport.to_bytes(2, "big"))
+            reply = s.recv(10)
+            if len(reply) < 2 or reply[1] != 0:
+                return None
+            s.sendall(f"GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n".encode())
+            data = b""
+            while chunk := s.recv(65536):
+                data += chunk
+            return data
+    except OSError:
+        return None
 
 
 def test_forward_to_anything_but_localhost_is_refused(cluster):
