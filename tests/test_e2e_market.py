@@ -230,3 +230,17 @@ def test_no_lease_without_a_terminal_names_the_rent_command(market):
     r = market.ssh("true")
     assert r.returncode == 2
     assert r.stderr.decode().strip().endswith("rent one with: ssh ctl@BROKER rent --hours 1")
+
+
+def test_hostd_ends_the_lease_while_the_broker_is_down(market):
+    c = market
+    lid = ctl_json(c, "rent", "--hours", "8s", "--yes")["id"]
+    c.kill("broker")
+    wait_for(lambda: not c.containers(), timeout=60, what="hostd to end the lease on its own")
+    c.start_broker()
+    c.wait_connected("pc1")
+    wait_for(lambda: ctl_json(c, "show", lid)["state"] == "ended", timeout=30, what="the broker to settle")
+    settles = [t for t in ctl_json(c, "history") if t["kind"] == "settle"]
+    assert len(settles) == 1
+    bal = ctl_json(c, "balance")
+    assert bal["held_micro"] == 0 and 5_000_000 - bal["balance_micro"] <= 400_000 * 9 // 3600
