@@ -113,6 +113,7 @@ class Broker:
     def market_changed(self) -> None:
         """Inventories, connections or leases changed: build the offers afresh next time."""
         self._market_cache = None
+
     async def db(self, fn, *args):
         """Run a store call on the store's own thread."""
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
