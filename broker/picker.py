@@ -11,7 +11,7 @@ import asyncssh
 from . import render
 from .commands import Commands
 from .errors import BrokerError
-from .leases import credits, format_duration, parse_duration
+from .leases import credits, format_duration, hold_for, parse_duration
 from .service import DEFAULT_IMAGE, Broker
 
 
@@ -80,7 +80,7 @@ async def pick_and_rent(broker: Broker, renter: str, write, readline) -> str:
             raise BrokerError(f"bad number of GPUs {text!r}")
         gpus = int(text)
     seconds = parse_duration((await readline("Hours (e.g. 2, 90m) [1]: ")).strip() or "1")
-    cost = -(-offer["price"] * gpus * seconds // 3600)
+    cost = hold_for(offer["price"], gpus, seconds)
     answer = await readline(f"Rent {gpus}x {offer['gpu_name']} on {offer['host_id']} for {format_duration(seconds)}: "
                             f"{credits(cost)} credits held, unused time refunded. OK? [y/N] ")
     if answer.strip().lower() not in ("y", "yes"):

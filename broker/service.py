@@ -109,10 +109,12 @@ class Broker:
         self._rent_lock = asyncio.Lock()
         self._market_cache: list[dict] | None = None
         self._market_at = 0.0
+        self._market_gen = 0    # bumped by every change; a build started before a bump is not kept
+        self._market_built = -1
 
     def market_changed(self) -> None:
         """Inventories, connections or leases changed: build the offers afresh next time."""
-        self._market_cache = None
+        self._market_gen += 1
 
     async def db(self, fn, *args):
         """Run a store call on the store's own thread."""
@@ -222,24 +224,24 @@ class Broker:
                 pass
 
     # the market
-    def _market(self, now: float) -> list[dict]:
+    def _market(self, now: float, online: set[str]) -> list[dict]:
         """Offers now (runs on the store thread)."""
         hosts = self.store.joined_hosts()
         ups = self.store.uptimes(now - 30 * 86400)
         rel = {h["name"]: reliability(now, h["joined"], ups.get(h["name"], [])) for h in hosts}
-        online = set(self.tunnels.links) if self.tunnels else set()
         return offers_mod.build(hosts, online, self.store.live_leases(), rel, now)
 
     async def market(self) -> list[dict]:
         """The offers now; rebuilt when something changed, and each minute for reliability."""
         now = time.time()
-        if self._market_cache is None or now - self._market_at > 60:
-            self._market_cache = None
-            offers = await self.db(self._market, now)
-            if self._market_cache is None:
-                self._market_cache, self._market_at = offers, now
-            return offers
-        return self._market_cache
+        if self._market_built == self._market_gen and now - self._market_at <= 60:
+            return self._market_cache
+        gen = self._market_gen
+        online = set(self.tunnels.links) if self.tunnels else set()  # read on the loop, not the store thread
+        offers = await self.db(self._market, now, online)
+        if gen == self._market_gen:
+            self._market_cache, self._market_at, self._market_built = offers, now, gen
+        return offers
 
     async def offers(self, text: str = "", order: str | None = None) -> list[dict]:
         filters, keys = query.parse(text), query.parse_order(order)

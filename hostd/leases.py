@@ -42,6 +42,16 @@ class Leases:
         self._tasks: dict[str, asyncio.Task] = {}
         self.sessions: dict[str, set] = {}  # lease id -> open sessions (for warnings without a pty)
 
+    def track(self, lease_id: str, session) -> None:
+        self.sessions.setdefault(lease_id, set()).add(session)
+
+    def untrack(self, lease_id: str, session) -> None:
+        open_ = self.sessions.get(lease_id)
+        if open_ is not None:
+            open_.discard(session)
+            if not open_:
+                del self.sessions[lease_id]
+
     def lease_dir(self, lease_id: str) -> Path:
         d = self.config.home / "leases" / lease_id
         d.mkdir(parents=True, exist_ok=True)

@@ -210,7 +210,7 @@ class HostSession(asyncssh.SSHServerSession):
         try:
             rec = await self._agent.session_lease(lease, files_only=self._subsystem == "sftp")
             self._lease = lease
-            self._agent.leases.sessions.setdefault(lease, set()).add(self)
+            self._agent.leases.track(lease, self)
             env["SHELLRENT_ENDS_AT"] = str(int(rec["ends_at"]))
             if tty:
                 env["TERM"] = self._pty[0] or "xterm"
@@ -309,7 +309,7 @@ class HostSession(asyncssh.SSHServerSession):
         if self._subsystem == wire.EVENTS:
             self._agent.detach_sink(self)
         if self._lease:
-            self._agent.leases.sessions.get(self._lease, set()).discard(self)
+            self._agent.leases.untrack(self._lease, self)
         if self._stream:
             self._stream.transport.close()
         elif self._task and self._subsystem not in (wire.CONTROL, wire.EVENTS):
