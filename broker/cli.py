@@ -182,7 +182,8 @@ def host_invite(ctx, name):
 def host_list(ctx, as_json):
     """List hosts (online = connected to the running broker)."""
     rows = _store(ctx).hosts()
-    click.echo(json.dumps(rows)) if as_json else _print_table(rows, ["name", "joined", "last_seen", "banned"])
+    cols = ["name", "joined", "last_seen", "banned", "inventory_error"]
+    click.echo(json.dumps(rows)) if as_json else _print_table(rows, cols)
 
 
 @host.command("ban")

@@ -12,7 +12,7 @@ from typing import Awaitable, Callable
 from keys import material
 
 from . import render
-from .errors import BrokerError
+from .errors import BrokerError, KeyTaken
 from .leases import credits, format_duration, parse_duration
 from .service import DEFAULT_IMAGE, Broker, _one_key
 
@@ -75,12 +75,12 @@ def parse_args(tokens: list[str]) -> Args:
 
 
 def _gpus(args: Args) -> int:
-    try:
-        n = int(args.opts.get("--gpus", "1"))
-    except ValueError:
-        raise Usage(f"bad --gpus {args.opts['--gpus']!r}: expected a whole number") from None
-    if n < 1:
-        raise Usage("--gpus must be at least 1")
+    text = args.opts.get("--gpus", "1")
+    if not (text.isascii() and text.isdigit() and len(text) <= 3):
+        raise Usage(f"bad --gpus {text[:20]!r}: expected a whole number from 1 to 64")
+    n = int(text)
+    if not 1 <= n <= 64:
+        raise Usage("--gpus must be from 1 to 64")
     return n
 
 
@@ -222,7 +222,10 @@ class Commands:
             return self._out(args, rows, render.table(rows, ["fingerprint", "added"]))
         if sub == "add":
             key = _one_key(stdin.decode(errors="replace"))
-            await self.b.db(store.add_key, self.renter, material.fingerprint(key), material.public_line(key))
+            try:
+                await self.b.db(store.add_key, self.renter, material.fingerprint(key), material.public_line(key))
+            except KeyTaken:
+                raise BrokerError("that key cannot be added") from None  # never say whose it is
             return f"key {material.fingerprint(key)} added\n"
         if sub == "rm" and len(args.words) == 2:
             await self.b.db(store.remove_key, self.renter, args.words[1])

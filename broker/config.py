@@ -25,6 +25,8 @@ class Config:
     fee_percent: int = field(default_factory=lambda: int(_env_float("BROKER_FEE_PERCENT", 10)))
     offline_grace: float = field(default_factory=lambda: _env_float("BROKER_OFFLINE_GRACE", 300))
     housekeeping: float = field(default_factory=lambda: _env_float("BROKER_HOUSEKEEPING", 2))
+    # The highest price per GPU-hour a host may ask, in credits; an inventory above it is refused.
+    max_price: float = field(default_factory=lambda: _env_float("BROKER_MAX_PRICE", 100))
 
     @property
     def db_path(self) -> Path:

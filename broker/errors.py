@@ -9,5 +9,9 @@ class NotFound(BrokerError):
     """A named renter, host, lease or token does not exist."""
 
 
+class KeyTaken(BrokerError):
+    """A public key is already registered (to this renter or another)."""
+
+
 class Unavailable(BrokerError):
     """A host is offline or refused the request."""

@@ -11,7 +11,8 @@ LIVE = ("pending", "starting", "active", "ending")
 _NEXT = {"pending": {"starting", "failed"}, "starting": {"active", "failed"},
          "active": {"ending", "ended"}, "ending": {"ended"}, "ended": {"purged"},
          "purged": set(), "failed": set()}
-_DURATION = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
+_DURATION = re.compile(r"^(?:(\d{1,6})d)?(?:(\d{1,7})h)?(?:(\d{1,9})m)?(?:(\d{1,10})s)?$")
+MAX_DURATION = 366 * 86400  # no lease is asked for longer than a year
 
 
 class LeaseStateError(BrokerError):
@@ -27,18 +28,23 @@ def advance(state: str, new: str) -> str:
 
 def parse_duration(text: str) -> int:
     """Seconds from '90m', '2h', '1h30m', '1d', '45s' or a plain number of hours ('1.5')."""
-    text = str(text).strip().lower()
+    text = str(text).strip().lower()[:40]
     m = _DURATION.match(text)
     if m and any(m.groups()):
         d, h, mi, s = (int(g or 0) for g in m.groups())
         seconds = d * 86400 + h * 3600 + mi * 60 + s
     else:
         try:
-            seconds = int(Decimal(text) * 3600)
+            hours = Decimal(text)
         except InvalidOperation:
             raise BrokerError(f"bad duration {text!r}: use e.g. 90m, 2h, 1h30m, 1d") from None
+        if not hours.is_finite():
+            raise BrokerError(f"bad duration {text!r}: not a number of hours")
+        seconds = int(hours * 3600) if abs(hours) <= MAX_DURATION else MAX_DURATION + 1
     if seconds <= 0:
         raise BrokerError(f"bad duration {text!r}: must be more than zero")
+    if seconds > MAX_DURATION:
+        raise BrokerError(f"bad duration {text!r}: at most {MAX_DURATION // 86400} days")
     return seconds
 
 

@@ -8,6 +8,8 @@ import time
 
 import asyncssh
 
+from keys import wire
+
 from . import render
 from .commands import Commands
 from .errors import BrokerError
@@ -144,6 +146,7 @@ class CtlSession(asyncssh.SSHServerSession):
         self._chan.exit(code)
 
     def _text(self, text: str) -> bytes:
+        text = wire.printable(text)  # hosts' and renters' words never steer a terminal
         return _crlf(text) if self._pty else text.encode()
 
     def data_received(self, data, datatype):

@@ -6,6 +6,7 @@ Space-separated `field op value` comparisons that must all hold. `_` in a string
 `field=any` drops every filter on that field so far, defaults included. Unknown fields, bad operators,
 bad values and leftover text are errors that name the token.
 """
+import math
 import operator
 import re
 from dataclasses import dataclass
@@ -68,9 +69,12 @@ def _tokens(text: str) -> list[str]:
 def _value(field: str, raw: str, token: str):
     if field in NUMERIC:
         try:
-            return float(raw)
+            value = float(raw)
         except ValueError:
-            raise QueryError(f"bad number {raw!r} in {token!r}") from None
+            value = math.nan
+        if not math.isfinite(value):
+            raise QueryError(f"bad number {raw!r} in {token!r}")
+        return value
     if field in BOOL:
         if raw.lower() not in ("true", "false", "1", "0"):
             raise QueryError(f"bad boolean {raw!r} in {token!r}: use true or false")

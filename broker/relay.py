@@ -1,5 +1,9 @@
 """Relay a renter's SSH channel to a channel on the host's tunnel connection.
 
+Only what a renter may ask for is relayed: a pty, a shell, exec, the allow-listed env, the sftp
+subsystem, window changes, signals, break, and (RenterTcp) direct-tcpip to the container's
+localhost. Anything else is refused here with a one-line reason, whatever hostd would say.
+
 Each side's flow control drives the other's reading: when one channel's send window fills,
 asyncssh calls pause_writing and we stop reading the other. Data is handed straight across,
 never queued here. Exit status and exit signal are held until the host closes its channel, so
@@ -11,26 +15,20 @@ from typing import Awaitable, Callable
 
 import asyncssh
 
+from keys import wire
+
 from .errors import BrokerError, NotFound
 from .picker import LineReader
 
 log = logging.getLogger("shellrent.relay")
 
-# Renter-supplied environment that may pass to the container; everything else is dropped.
-_ENV_ALLOWED = ("LANG", "LANGUAGE", "TZ", "COLORTERM", "TERM_PROGRAM")
-_ENV_PREFIXES = ("LC_",)
+SUBSYSTEMS = ("sftp",)
 
 Opener = Callable[[bool], Awaitable[tuple[asyncssh.SSHClientConnection, str]]]
 Picker = Callable[..., Awaitable[object]]
 WINDOW = 8 * 1024 * 1024
 # Both tunnel ends are ours: bigger packets there mean fewer per-packet costs in Python.
 TUNNEL_PKTSIZE = 256 * 1024
-
-
-def filter_env(env: dict) -> dict:
-    """The renter's env minus anything not on the allow-list."""
-    return {k: v for k, v in env.items()
-            if isinstance(k, str) and (k in _ENV_ALLOWED or k.startswith(_ENV_PREFIXES))}
 
 
 class _Upstream(asyncssh.SSHClientSession):
@@ -62,11 +60,14 @@ class _Upstream(asyncssh.SSHClientSession):
 
     def connection_lost(self, exc):
         chan = self._down.chan
-        if self._signal:
-            chan.exit_with_signal(*self._signal)
-        elif self._status is not None:
-            chan.exit(self._status)
-        else:
+        try:
+            if self._signal:
+                chan.exit_with_signal(*self._signal)
+            elif self._status is not None:
+                chan.exit(self._status)
+            else:
+                chan.close()
+        except (OSError, asyncssh.Error):
             chan.close()
         self._down.upstream_closed()
 
@@ -74,8 +75,11 @@ class _Upstream(asyncssh.SSHClientSession):
 class RenterSession(asyncssh.SSHServerSession):
     """Renter side of a session channel; opens the host side once the request is known."""
 
-    def __init__(self, opener: Opener, on_close: Callable[[], None], picker: Picker | None = None):
+    def __init__(self, opener: Opener, on_close: Callable[["RenterSession"], None], picker: Picker | None = None,
+                 on_open: Callable[[str, "RenterSession"], None] | None = None):
         self._opener = opener
+        self._on_open = on_open
+        self._refused: str | None = None
         self._on_close = on_close
         self._picker = picker
         self._reader: LineReader | None = None
@@ -103,10 +107,18 @@ class RenterSession(asyncssh.SSHServerSession):
         return True
 
     def subsystem_requested(self, subsystem):
+        if subsystem not in SUBSYSTEMS:
+            # Accepted only to say why on stderr; nothing reaches the host.
+            self._refused = f"subsystem {wire.printable(subsystem)[:64]!r} is not available (only sftp is)"
+            log.warning("refused subsystem %r", wire.printable(subsystem)[:64])
+            return True
         self._req = {"subsystem": subsystem}
         return True
 
     def session_started(self):
+        if self._refused:
+            self._fail(self._refused)
+            return
         self.chan.pause_reading()
         self._task = asyncio.get_running_loop().create_task(self._open())
 
@@ -118,8 +130,8 @@ class RenterSession(asyncssh.SSHServerSession):
                 if not (self._pty and self._picker and not self._req):
                     raise
                 conn, lease = await self._pick()
-            env = filter_env(self.chan.get_environment())
-            env["SHELLRENT_LEASE"] = lease
+            env = wire.filter_env(self.chan.get_environment())
+            env[wire.LEASE_ENV] = lease
             self._up, _ = await conn.create_session(
                 lambda: _Upstream(self), **self._req, **self._pty, env=env, encoding=None,
                 window=WINDOW, max_pktsize=TUNNEL_PKTSIZE)
@@ -130,6 +142,8 @@ class RenterSession(asyncssh.SSHServerSession):
             log.warning("opening session on host failed: %s", exc)
             self._fail(f"could not reach the container: {getattr(exc, 'reason', exc)}")
             return
+        if self._on_open:
+            self._on_open(lease, self)
         if self._size:
             self._up.change_terminal_size(*self._size)
         for data in self._early:
@@ -151,9 +165,21 @@ class RenterSession(asyncssh.SSHServerSession):
         return await self._opener(False)
 
     def _fail(self, message: str):
+        message = wire.printable(message).replace("\n", " ")
         self.chan.write_stderr(f"shellrent: {message}\r\n".encode() if self._pty else
                                f"shellrent: {message}\n".encode())
         self.chan.exit(2)
+
+    def end(self, message: str) -> None:
+        """The lease is over: say so and close the channel (the host's side closes with it)."""
+        try:
+            self.chan.write_stderr(f"\r\nshellrent: {message}\r\n".encode())
+        except (OSError, asyncssh.Error):
+            pass
+        if self._up:
+            self._up.close()  # _Upstream.connection_lost closes the renter's channel
+        else:
+            self.chan.close()
 
     def data_received(self, data, datatype):
         if self._up:
@@ -185,7 +211,7 @@ class RenterSession(asyncssh.SSHServerSession):
             self._size = (width, height, pixwidth, pixheight)
 
     def signal_received(self, signal):
-        if self._up:
+        if self._up and signal in wire.SIGNALS:
             self._up.send_signal(signal)
 
     def break_received(self, msec):
@@ -198,7 +224,7 @@ class RenterSession(asyncssh.SSHServerSession):
             self._up.close()
         elif self._task:
             self._task.cancel()
-        self._on_close()
+        self._on_close(self)
 
     def upstream_closed(self):
         self._up = None
@@ -236,6 +262,13 @@ class RenterTcp(asyncssh.SSHTCPSession):
     def __init__(self, up: asyncssh.SSHTCPChannel | None = None):
         self.chan = None
         self.up = up
+        self.on_close: Callable[["RenterTcp"], None] | None = None
+
+    def end(self, message: str) -> None:
+        """The lease is over: close both sides."""
+        self.up.close()
+        if self.chan:
+            self.chan.close()
 
     def connection_made(self, chan):
         self.chan = chan
@@ -256,6 +289,8 @@ class RenterTcp(asyncssh.SSHTCPSession):
 
     def connection_lost(self, exc):
         self.up.close()
+        if self.on_close:
+            self.on_close(self)
 
 
 async def open_tcp(conn: asyncssh.SSHClientConnection, target: str, port: int,

@@ -2,6 +2,8 @@
 import json
 import time
 
+from keys import wire
+
 
 def cell(v) -> str:
     if v is None:
@@ -10,7 +12,7 @@ def cell(v) -> str:
         if v > 1e9:
             return time.strftime("%Y-%m-%d %H:%M", time.gmtime(v))
         return f"{v:g}"
-    return str(v)
+    return wire.printable(str(v)).replace("\n", " ")
 
 
 def table(rows: list[dict], cols: list[str], headers: list[str] | None = None) -> str:

@@ -39,7 +39,7 @@ class BrokerServer:
         client_key = material.load_or_create(cfg.client_key_path)
         self.broker = Broker(cfg, Store(cfg.db_path))
         self.tunnels = Tunnels(client_key, self.broker.identify_host, cfg.keepalive,
-                               self.broker.host_connected, self.broker.host_disconnected)
+                               self.broker.host_connected, self.broker.host_disconnected, self.broker.event)
         self.broker.tunnels = self.tunnels
         await self.broker.recover()
         tunnel_port = await self.tunnels.listen(*cfg.tunnel_addr)

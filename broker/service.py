@@ -15,7 +15,7 @@ import asyncssh
 
 from keys import material, tokens, wire
 
-from . import ledger, offers as offers_mod, query
+from . import inventory as inventory_mod, ledger, offers as offers_mod, query
 from .config import Config
 from .errors import BrokerError, NotFound, Unavailable
 from .leases import advance, billable_seconds, cost, credits, format_duration, hold_for, offline_gaps, \
@@ -111,6 +111,30 @@ class Broker:
         self._market_at = 0.0
         self._market_gen = 0    # bumped by every change; a build started before a bump is not kept
         self._market_built = -1
+        self._relayed: dict[str, set] = {}  # lease id -> its renters' open channels (each has .end())
+        self._tasks: set[asyncio.Task] = set()
+
+    # renters' channels, so that a lease's end closes them
+    def track_session(self, lease_id: str, session) -> None:
+        session.relayed_lease = lease_id
+        self._relayed.setdefault(lease_id, set()).add(session)
+
+    def untrack_session(self, session) -> None:
+        lease_id = getattr(session, "relayed_lease", None)
+        sessions = self._relayed.get(lease_id)
+        if sessions is not None:
+            sessions.discard(session)
+            if not sessions:
+                del self._relayed[lease_id]
+
+    def _close_sessions(self, lease_id: str) -> None:
+        for session in list(self._relayed.pop(lease_id, ())):
+            session.end(f"lease {lease_id} has ended")
+
+    def _background(self, coro) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def market_changed(self) -> None:
         """Inventories, connections or leases changed: build the offers afresh next time."""
@@ -162,11 +186,21 @@ class Broker:
         now = time.time()
         self.market_changed()
         await self.db(self.store.host_up, link.name, now)
-        if hello.get("inventory"):
-            await self.db(self.store.set_inventory, link.name, json.dumps(hello["inventory"]))
-        await self._reconcile(link, hello.get("leases") or {})
+        if hello.get("inventory") is not None:
+            await self._set_inventory(link.name, hello["inventory"])
+        theirs = hello.get("leases")
+        await self._reconcile(link, theirs if isinstance(theirs, dict) else {})
         await self._send_earnings(link.name)
-        asyncio.get_running_loop().create_task(self._follow(link))
+
+    async def _set_inventory(self, host: str, raw) -> None:
+        """Keep a host's inventory if every field checks out; otherwise keep the host out of offers."""
+        try:
+            inv, error = json.dumps(inventory_mod.check(raw, int(self.config.max_price * 1_000_000))), None
+        except inventory_mod.InventoryError as exc:
+            inv, error = None, str(exc)
+            log.warning("host %s: inventory refused (%s); its offers are withdrawn", host, error)
+        await self.db(self.store.set_inventory, host, inv, error)
+        self.market_changed()
 
     async def host_disconnected(self, name: str) -> None:
         self.market_changed()
@@ -175,44 +209,80 @@ class Broker:
     async def _reconcile(self, link: HostLink, theirs: dict) -> None:
         ours = {lease["id"]: lease for lease in await self.db(self.store.leases_on, link.name, False)}
         for lid, st in theirs.items():
+            if not (wire.LEASE_ID.fullmatch(lid) and isinstance(st, dict)
+                    and st.get("state") in ("active", "ending", "ended", "purged", "lost")):
+                log.warning("host %s: ignoring a malformed lease entry", link.name)
+                continue
             lease = ours.get(lid)
             try:
                 if lease is None or lease["state"] == "failed":
                     if st["state"] != "purged":
                         await link.call("lease.discard", id=lid)
                 elif lease["state"] in ("ended", "purged") and st["state"] == "active":
-                    await link.call("lease.stop", id=lid)
-                elif lease["state"] in ("active", "ending") and st["state"] in ("ended", "purged", "lost"):
-                    await self.end_lease(lid, st.get("ended_at") or time.time())
+                    self._background(self._stop_on_host(lease))
+                elif st["state"] in ("ended", "purged", "lost"):
+                    at = st.get("ended_at")
+                    await self.host_ended(link.name, lid, at if isinstance(at, (int, float)) else None)
                 if lease and lease["state"] == "ended" and st["state"] == "purged":
                     await self.db(lambda: self.store.update_lease(lid, state="purged"))
-            except (BrokerError, Unavailable) as exc:
+            except (BrokerError, Unavailable, wire.WireError) as exc:
                 log.warning("host %s, lease %s: reconcile failed: %s", link.name, lid, exc)
         for lid, lease in ours.items():
-            if lease["state"] == "active" and lid not in theirs:
+            if lid in theirs:
+                continue
+            if lease["state"] == "active":
                 log.warning("host %s no longer knows lease %s: ending it", link.name, lid)
                 await self.end_lease(lid, time.time())
+            if lease["state"] in ("active", "ended") and lease["host_ended"] is None:
+                await self._freed(lid)
 
-    async def _follow(self, link: HostLink) -> None:
-        """Read the host's event channel until it closes."""
-        try:
-            writer, reader, _ = await link.conn.open_session(subsystem=wire.EVENTS, encoding=None)
-            async for line in reader:
-                await self._event(link.name, wire.decode(line))
-        except (OSError, asyncssh.Error, ValueError) as exc:
-            log.info("host %s: event channel closed: %s", link.name, exc)
-
-    async def _event(self, host: str, event: dict) -> None:
+    async def event(self, host: str, event: dict) -> None:
+        """One event from a host's control channel: only about that host's own leases."""
         kind = event.get("type")
-        if kind == "inventory":
-            await self.db(self.store.set_inventory, host, json.dumps(event["inventory"]))
-            self.market_changed()
-        elif kind == "lease.ended":
-            await self.end_lease(event["id"], float(event["at"]))
-        elif kind == "lease.purged":
-            lease = await self.db(self.store.lease, event["id"])
-            if lease["state"] == "ended":
-                await self.db(lambda: self.store.update_lease(event["id"], state="purged"))
+        try:
+            if kind == "inventory":
+                await self._set_inventory(host, event.get("inventory"))
+            elif kind in ("lease.ended", "lease.purged"):
+                lid = wire.lease_id(event.get("id"))
+                if kind == "lease.ended":
+                    await self.host_ended(host, lid, wire.timestamp(event.get("at")))
+                else:
+                    lease = await self.db(self.store.lease, lid)
+                    if lease["host"] == host and lease["state"] == "ended":
+                        await self.db(lambda: self.store.update_lease(lid, state="purged"))
+            else:
+                log.info("host %s: ignoring an event of unknown type", host)
+        except (wire.WireError, NotFound) as exc:
+            log.warning("host %s: ignoring a bad event: %s", host, exc)
+
+    async def host_ended(self, host: str, lid: str, at: float | None) -> None:
+        """A host says one of its leases has ended (at `at`): settle it, never past what really
+        passed, and free its GPUs. Claims about other hosts' leases are refused."""
+        lease = await self.db(self.store.lease, lid)
+        if lease["host"] != host:
+            log.warning("host %s claimed lease %s of host %s: refused", host, lid, lease["host"])
+            return
+        if lease["state"] in ("active", "ending"):
+            await self.end_lease(lid, wire.timestamp(at) if at is not None else time.time())
+        await self._freed(lid)
+
+    async def _freed(self, lid: str) -> None:
+        """The host has no container for this lease any more: its GPUs may be offered again."""
+        await self.db(lambda: self.store.update_lease(lid, host_ended=time.time()))
+        self.market_changed()
+
+    async def _stop_on_host(self, lease: dict) -> None:
+        """Tell a lease's host to stop it now; the host says so when its container is gone."""
+        link = self.tunnels.get(lease["host"]) if self.tunnels else None
+        if not link:
+            return  # done on reconnect (_reconcile)
+        try:
+            reply = await link.call("lease.stop", id=lease["id"])
+        except Unavailable as exc:
+            log.warning("lease %s: host could not stop it now (%s); it will on reconnect", lease["id"], exc)
+            return
+        if reply.get("state") in ("ended", "purged"):
+            await self._freed(lease["id"])
 
     async def _send_earnings(self, host: str) -> None:
         link = self.tunnels.get(host) if self.tunnels else None
@@ -229,7 +299,7 @@ class Broker:
         hosts = self.store.joined_hosts()
         ups = self.store.uptimes(now - 30 * 86400)
         rel = {h["name"]: reliability(now, h["joined"], ups.get(h["name"], [])) for h in hosts}
-        return offers_mod.build(hosts, online, self.store.live_leases(), rel, now)
+        return offers_mod.build(hosts, online, self.store.busy_leases(), rel, now)
 
     async def market(self) -> list[dict]:
         """The offers now; rebuilt when something changed, and each minute for reliability."""
@@ -401,18 +471,16 @@ class Broker:
                 raise BrokerError(f"lease {lease_id} is already {lease['state']}")
         now = time.time()
         await self._set_state(lease, "ending")
-        link = self.tunnels.get(lease["host"])
-        if link:
-            try:
-                await link.call("lease.stop", id=lease["id"])
-            except Unavailable as exc:
-                log.warning("lease %s: host could not stop it now (%s); it will on reconnect", lease["id"], exc)
+        self._close_sessions(lease["id"])
+        await self._stop_on_host(lease)
         await self.end_lease(lease["id"], now)
         return await self.db(self.store.lease, lease["id"])
 
     async def end_lease(self, lid: str, at: float) -> None:
-        """Mark a lease ended at `at` and settle it; settling twice charges once."""
+        """Mark a lease ended at `at` (never before its start nor after now) and settle it; settling
+        twice charges once. The renters' channels to it are closed."""
         charged = await self.db(self._end, lid, at)
+        self._close_sessions(lid)
         if charged is not None:
             lease = await self.db(self.store.lease, lid)
             log.info("lease %s ended; charged %s", lid, credits(charged))
@@ -423,7 +491,7 @@ class Broker:
         with self.store.tx():
             lease = self.store.lease(lid)
             if lease["state"] in ("active", "ending"):
-                end = min(at, lease["ends_at"])
+                end = min(max(at, lease["started"] or lease["created"]), lease["ends_at"], time.time())
                 self.store.update_lease(lid, state="ended", ended=end)
             elif lease["state"] not in ("ended", "purged"):
                 return None
@@ -446,6 +514,7 @@ class Broker:
         for lease in await self.db(self.store.live_leases):
             if lease["state"] == "active" and lease["ends_at"] <= now:
                 await self.end_lease(lease["id"], lease["ends_at"])
+                self._background(self._stop_on_host(lease))  # hostd ends it too; this hears when
         if self.tunnels:
             await self.db(self.store.touch_hosts, list(self.tunnels.links), now)
 

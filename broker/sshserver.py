@@ -19,8 +19,6 @@ from .relay import RenterSession, open_tcp
 log = logging.getLogger("shellrent.ssh")
 audit = logging.getLogger("shellrent.audit")
 
-_LOOPBACK = {"localhost", "127.0.0.1", "::1", "ip6-localhost"}
-
 
 class AuthLimiter:
     """Counts failed logins per source address and blocks an address that fails too often."""
@@ -110,12 +108,13 @@ class RenterServer(asyncssh.SSHServer):
             raise asyncssh.ChannelOpenError(asyncssh.OPEN_RESOURCE_SHORTAGE, "too many open sessions")
         self._sessions[self.renter] += 1
         picker = None if self.lease else self._pick
-        return RenterSession(self._target, self._session_closed, picker)
+        return RenterSession(self._target, self._session_closed, picker, on_open=self._broker.track_session)
 
     async def _pick(self, write, readline):
         return await pick_and_rent(self._broker, self.renter, write, readline)
 
-    def _session_closed(self):
+    def _session_closed(self, session):
+        self._broker.untrack_session(session)
         self._sessions[self.renter] -= 1
         if not self._sessions[self.renter]:
             del self._sessions[self.renter]
@@ -130,7 +129,7 @@ class RenterServer(asyncssh.SSHServer):
         return conn, lease
 
     def connection_requested(self, dest_host, dest_port, orig_host, orig_port):
-        if dest_host.lower() not in _LOOPBACK or self.kind != "rent":
+        if dest_host.lower() not in wire.LOOPBACK or self.kind != "rent" or not 0 < dest_port < 65536:
             raise asyncssh.ChannelOpenError(
                 asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED,
                 "only ports on localhost inside your container can be forwarded")
@@ -141,7 +140,10 @@ class RenterServer(asyncssh.SSHServer):
             conn, lease = await self._target()
         except BrokerError as exc:
             raise asyncssh.ChannelOpenError(asyncssh.OPEN_CONNECT_FAILED, str(exc)) from None
-        return await open_tcp(conn, wire.target(lease, dest_host), dest_port, (orig_host, orig_port))
+        down = await open_tcp(conn, wire.target(lease, dest_host.lower()), dest_port, (orig_host, orig_port))
+        self._broker.track_session(lease, down)
+        down.on_close = self._broker.untrack_session
+        return down
 
     def server_requested(self, listen_host, listen_port):
         return False

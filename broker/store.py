@@ -12,7 +12,7 @@ import sqlite_utils
 
 from . import ledger
 from .leases import LIVE
-from .errors import BrokerError, NotFound
+from .errors import BrokerError, KeyTaken, NotFound
 
 
 _SCHEMA = """
@@ -50,6 +50,11 @@ _MIGRATIONS = [
     CREATE TABLE entries (tx INTEGER NOT NULL REFERENCES txs(id), account TEXT NOT NULL,
                           amount INTEGER NOT NULL);
     CREATE INDEX entries_account ON entries(account);
+    """,
+    """
+    ALTER TABLE leases ADD COLUMN host_ended REAL;
+    ALTER TABLE hosts ADD COLUMN inventory_error TEXT;
+    UPDATE leases SET host_ended = COALESCE(ended, created) WHERE state IN ('ended', 'purged');
     """,
 ]
 
@@ -120,7 +125,7 @@ class Store:
     def _check_key_free(self, fingerprint: str) -> None:
         row = self.db.execute("SELECT renter FROM renter_keys WHERE fingerprint = ?", [fingerprint]).fetchone()
         if row:
-            raise BrokerError(f"that key already belongs to renter {row[0]!r}")
+            raise KeyTaken(f"that key already belongs to renter {row[0]!r}")
 
     def renter_by_key(self, fingerprint: str) -> str | None:
         """The renter owning a key, or None."""
@@ -173,7 +178,8 @@ class Store:
         return rows[0]
 
     def hosts(self) -> list[dict]:
-        return list(self.db.query("SELECT name, fingerprint, joined, last_seen, banned FROM hosts ORDER BY name"))
+        return list(self.db.query("SELECT name, fingerprint, joined, last_seen, banned, inventory_error FROM hosts "
+                                  "ORDER BY name"))
 
     def touch_host(self, name: str, now: float) -> None:
         self.db.execute("UPDATE hosts SET last_seen = ? WHERE name = ?", [now, name])
@@ -216,9 +222,18 @@ class Store:
     def live_leases(self) -> list[dict]:
         return self.leases(live_only=True)
 
+    def busy_leases(self) -> list[dict]:
+        """Leases whose GPUs are taken: live ones, and ended ones whose host has not yet said that
+        their container is gone."""
+        return list(self.db.query(
+            f"SELECT * FROM leases WHERE state IN ({','.join('?' * len(LIVE))}) "
+            "OR (state = 'ended' AND host_ended IS NULL)", list(LIVE)))
+
     # hosts: inventory and uptime
-    def set_inventory(self, name: str, inventory: str) -> None:
-        self.db.execute("UPDATE hosts SET inventory = ? WHERE name = ?", [inventory, name])
+    def set_inventory(self, name: str, inventory: str | None, error: str | None = None) -> None:
+        """A host's checked inventory (JSON), or None and why it was refused."""
+        self.db.execute("UPDATE hosts SET inventory = ?, inventory_error = ? WHERE name = ?",
+                        [inventory, error, name])
 
     def joined_hosts(self) -> list[dict]:
         return list(self.db.query("SELECT * FROM hosts WHERE joined IS NOT NULL AND banned = 0"))

@@ -1,9 +1,12 @@
 """Host tunnels: accept hostd's outbound TCP connection and run SSH over it as the client.
 
 The broker pins each host by the hostd host key it saw at join time; an unknown key gets only the
-hello exchange, where it must present a valid join token.
+hello exchange, where it must present a valid join token. Right after authentication, before any
+renter channel exists, the broker opens the connection's one control channel (keys.wire): calls
+and replies, and the host's events, travel on it and on nothing else.
 """
 import asyncio
+import itertools
 import logging
 import time
 from typing import Awaitable, Callable
@@ -17,35 +20,93 @@ from .errors import Unavailable
 log = logging.getLogger("shellrent.tunnels")
 
 TUNNEL_CIPHERS = ["aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "chacha20-poly1305@openssh.com"]
+MAX_EVENTS = 5000  # events waiting to be handled; a host that floods more is cut off
+MAX_ERROR = 300
+
+
+class Control(asyncssh.SSHClientSession):
+    """The broker's side of one host's control channel: calls matched to replies by id, and the
+    host's events queued in order (dropped until the host is identified)."""
+
+    def __init__(self):
+        self._chan: asyncssh.SSHClientChannel | None = None
+        self._buf = b""
+        self._ids = itertools.count(1)
+        self._calls: dict[int, asyncio.Future] = {}
+        self.events: asyncio.Queue | None = None  # set once the host is known
+
+    def connection_made(self, chan):
+        self._chan = chan
+
+    def data_received(self, data, datatype):
+        self._buf += data
+        while b"\n" in self._buf:
+            line, self._buf = self._buf.split(b"\n", 1)
+            if line.strip():
+                self._line(line)
+        if len(self._buf) > wire.MAX_LINE:
+            self._cut("control line too long")
+
+    def _line(self, line: bytes) -> None:
+        try:
+            msg = wire.decode(line)
+        except wire.WireError as exc:
+            self._cut(f"bad control message: {exc}")
+            return
+        if "call" in msg:
+            fut = self._calls.pop(msg["call"], None) if isinstance(msg["call"], int) else None
+            if fut and not fut.done():
+                fut.set_result(msg)
+        elif self.events is not None:
+            if self.events.qsize() >= MAX_EVENTS:
+                self._cut("too many events")
+            else:
+                self.events.put_nowait(msg)
+
+    def _cut(self, why: str) -> None:
+        log.warning("host connection %s: %s; closing it", self._chan.get_extra_info("peername"), why)
+        self._chan.get_extra_info("connection").close()
+
+    def connection_lost(self, exc):
+        for fut in self._calls.values():
+            if not fut.done():
+                fut.set_exception(ConnectionError("control channel closed"))
+        self._calls.clear()
+        if self.events is not None:
+            self.events.put_nowait(None)
+
+    async def call(self, op: str, timeout: float = 120, **args) -> dict:
+        """One control call; raises Unavailable with hostd's message (made printable) when it fails."""
+        call_id = next(self._ids)
+        fut = asyncio.get_running_loop().create_future()
+        self._calls[call_id] = fut
+        try:
+            self._chan.write(wire.encode({**args, "op": op, "call": call_id}))
+            reply = await asyncio.wait_for(fut, timeout)
+        except (OSError, asyncssh.Error, asyncio.TimeoutError, ConnectionError, ValueError) as exc:
+            raise Unavailable(f"host did not answer {op}: {exc or type(exc).__name__}") from None
+        finally:
+            self._calls.pop(call_id, None)
+        if reply.get("ok") is not True:
+            error = reply.get("error")
+            error = wire.printable(error)[:MAX_ERROR].replace("\n", " ") if isinstance(error, str) and error \
+                else f"host refused {op}"
+            raise Unavailable(error)
+        return reply
 
 
 class HostLink:
-    """One connected host: its name and its SSH connection."""
+    """One connected host: its name, its SSH connection and its control channel."""
 
-    def __init__(self, name: str, conn: asyncssh.SSHClientConnection):
+    def __init__(self, name: str, conn: asyncssh.SSHClientConnection, control: Control):
         self.name = name
         self.conn = conn
+        self.control = control
         self.since = time.time()
 
     async def call(self, op: str, timeout: float = 120, **args) -> dict:
         """One control call; raises Unavailable with hostd's message when it fails."""
-        return await call(self.conn, op, timeout, **args)
-
-
-async def call(conn: asyncssh.SSHClientConnection, op: str, timeout: float = 120, **args) -> dict:
-    """Send one control request on conn and return the reply."""
-    try:
-        writer, reader, _ = await conn.open_session(subsystem=wire.CONTROL, encoding=None)
-        writer.write(wire.encode({"op": op, **args}))
-        writer.write_eof()
-        line = await asyncio.wait_for(reader.readline(), timeout)
-        writer.close()
-        reply = wire.decode(line)
-    except (OSError, asyncssh.Error, asyncio.TimeoutError, ValueError) as exc:
-        raise Unavailable(f"host did not answer {op}: {exc or type(exc).__name__}") from None
-    if not reply.get("ok"):
-        raise Unavailable(reply.get("error") or f"host refused {op}")
-    return reply
+        return await self.control.call(op, timeout, **args)
 
 
 class _TunnelClient(asyncssh.SSHClient):
@@ -62,11 +123,12 @@ class Tunnels:
     """Listener for hostd connections and the registry of connected hosts."""
 
     def __init__(self, client_key: asyncssh.SSHKey, identify: Identify, keepalive: float = 15,
-                 connected=None, disconnected=None):
+                 connected=None, disconnected=None, event=None):
         self._key = client_key
         self._identify = identify
         self._connected = connected  # async (link, hello) -> None, after welcome
         self._disconnected = disconnected  # async (name) -> None
+        self._event = event  # async (name, event) -> None, in the order the host sent them
         self._keepalive = keepalive
         self.links: dict[str, HostLink] = {}
         self._acceptor = None
@@ -90,31 +152,48 @@ class Tunnels:
     async def _accepted(self, conn: asyncssh.SSHClientConnection) -> None:
         peer = conn.get_extra_info("peername")
         key = conn.get_server_host_key()
+        control = Control()
         try:
-            hello = await call(conn, "hello", timeout=30)
+            await asyncio.wait_for(conn.create_session(lambda: control, subsystem=wire.CONTROL, encoding=None), 30)
+            hello = await control.call("hello", timeout=30)
             if hello.get("proto") != wire.PROTO:
-                raise Unavailable(f"unsupported protocol version {hello.get('proto')}")
+                raise Unavailable(f"unsupported protocol version {wire.printable(str(hello.get('proto')))[:20]}")
             name = await self._identify(conn, key, hello)
         except Exception as exc:  # any failure: say why, then drop the connection
             log.warning("host %s (%s) refused: %s", peer, material.fingerprint(key), exc)
             try:
-                await call(conn, "reject", timeout=10, error=str(exc))
+                await control.call("reject", timeout=10, error=str(exc))
             except Unavailable:
                 pass
             conn.close()
             return
         old = self.links.get(name)
-        self.links[name] = HostLink(name, conn)
+        link = self.links[name] = HostLink(name, conn, control)
         if old and old.conn is not conn:
             old.conn.close()
         log.info("host %s connected from %s", name, peer)
-        await call(conn, "welcome", timeout=30, host=name)
-        asyncio.get_running_loop().create_task(self._watch(name, conn))
+        control.events = asyncio.Queue()
+        try:
+            await control.call("welcome", timeout=30, host=name)
+        except Unavailable as exc:
+            log.warning("host %s: welcome failed: %s", name, exc)
+        loop = asyncio.get_running_loop()
+        loop.create_task(self._watch(name, conn))
         if self._connected:
             try:
-                await self._connected(self.links[name], hello)
+                await self._connected(link, hello)
             except Exception:
                 log.exception("host %s: after-connect work failed", name)
+        loop.create_task(self._follow(link))
+
+    async def _follow(self, link: HostLink) -> None:
+        """Hand the host's events over, one at a time and in order, until its channel closes."""
+        while (event := await link.control.events.get()) is not None:
+            if self._event:
+                try:
+                    await self._event(link.name, event)
+                except Exception:
+                    log.exception("host %s: event failed", link.name)
 
     async def _watch(self, name: str, conn: asyncssh.SSHClientConnection) -> None:
         await conn.wait_closed()

@@ -13,7 +13,7 @@ import asyncssh
 
 from keys import material, tokens, wire
 
-from . import gpus as gpus_mod, settings as settings_mod
+from . import gpus as gpus_mod, offload, settings as settings_mod
 from .config import Config, write_private
 from .leases import Leases
 from .runtime import Runtime, RuntimeError_, default_limits
@@ -93,7 +93,11 @@ class Agent:
         """Notice settings changes and inventory drift; report them to the broker."""
         while True:
             self._reload_settings()
-            inv = await asyncio.to_thread(self.inventory)
+            try:
+                inv = await offload.call(self.inventory, timeout=30)
+            except (asyncio.TimeoutError, OSError) as exc:
+                log.warning("inventory: %s", exc or "timed out")
+                inv = self._inventory
             if inv != self._inventory:
                 self._inventory = inv
                 self.emit({"type": "inventory", "inventory": inv})
@@ -136,7 +140,10 @@ class Agent:
     # what sessions need
     async def session_lease(self, lease_id: str | None, files_only: bool = False) -> dict:
         """The lease record a session runs in; an ended lease serves its files during retention."""
-        rec = self.store.get(lease_id) if lease_id else None
+        try:
+            rec = self.store.get(wire.lease_id(lease_id))
+        except wire.WireError:
+            raise SessionError("this session names no valid lease") from None
         deadline = time.monotonic() + self._settings["grace"] + 30
         while files_only and rec and rec["state"] == "ending" and time.monotonic() < deadline:
             await asyncio.sleep(0.1)  # its processes are being stopped; the files come right after
@@ -144,59 +151,77 @@ class Agent:
         if rec and rec["state"] == "active":
             return rec
         if rec and rec["state"] == "ended" and files_only:
-            container = await asyncio.to_thread(self.runtime.files_container, rec)
+            try:
+                container = await offload.call(self.runtime.files_container, rec, timeout=offload.START)
+            except (RuntimeError_, asyncio.TimeoutError) as exc:
+                raise SessionError(f"the lease's files cannot be served now: {exc or 'timed out'}") from None
             return {**rec, "container": container, "shell": "/bin/sh"}
         state = rec["state"] if rec else "unknown"
         raise SessionError(f"lease {lease_id} is {state} on this host")
 
     async def container_pid(self, lease_id: str) -> int:
         rec = await self.session_lease(lease_id)
-        return await asyncio.to_thread(self.runtime.pid, rec["container"])
+        try:
+            return await offload.call(self.runtime.pid, rec["container"], timeout=offload.QUICK)
+        except (RuntimeError_, asyncio.TimeoutError) as exc:
+            raise SessionError(f"the container did not answer: {exc or 'timed out'}") from None
 
-    # control calls from the broker
-    async def control(self, req: dict) -> dict:
+    # control calls from the broker, on the control channel only (hostd.sshserver)
+    async def control(self, req: dict, channel=None) -> dict:
         op = req.get("op")
-        handler = getattr(self, "_op_" + str(op).replace(".", "_"), None)
+        handler = _OPS.get(op) if isinstance(op, str) else None
         if handler is None:
-            return {"ok": False, "error": f"unknown op {op!r}"}
-        return await handler(req)
+            return {"ok": False, "error": f"unknown op {wire.printable(str(op))[:40]!r}"}
+        if op not in ("hello", "welcome", "reject") and self.host_name is None:
+            return {"ok": False, "error": f"{op} before welcome"}
+        reply = await handler(self, req)
+        if op == "welcome" and channel is not None:
+            self.attach_sink(channel)
+        return reply
 
     async def _op_hello(self, req):
         leases = {r["id"]: {"state": r["state"], "ended_at": r.get("ended_at")} for r in self.store.all()} \
             if self.store else {}
-        inv = await asyncio.to_thread(self.inventory) if self.runtime else None
+        inv = await offload.call(self.inventory, timeout=30) if self.runtime else None
         self._inventory = inv
         return {"ok": True, "proto": wire.PROTO, "version": VERSION, "token": self._token, "leases": leases,
                 "inventory": inv}
 
     async def _op_welcome(self, req):
-        self.host_name = req["host"]
+        self.host_name = wire.name(req.get("host"), "host name")
         self._set_status(connected=True, host=self.host_name, since=time.time(), error=None)
         if not self.joined.done():
             self.joined.set_result(self.host_name)
         return {"ok": True}
 
     async def _op_reject(self, req):
-        self._set_status(connected=False, error=req.get("error"))
+        error = wire.printable(str(req.get("error") or "the broker refused this host"))[:300]
+        self._set_status(connected=False, error=error)
         if not self.joined.done():
-            self.joined.set_exception(JoinError(req.get("error") or "the broker refused this host"))
+            self.joined.set_exception(JoinError(error))
         return {"ok": True}
 
     async def _op_earnings(self, req):
-        self._set_status(earned=req.get("earned", 0))
+        earned = req.get("earned", 0)
+        if isinstance(earned, bool) or not isinstance(earned, int):
+            raise wire.WireError("bad earnings")
+        self._set_status(earned=earned)
         return {"ok": True}
 
     async def _op_lease_start(self, req):
-        lease = req["lease"]
+        lease = wire.lease_start(req.get("lease"))
         if self.store.get(lease["id"]):
             return {"ok": False, "error": f"lease {lease['id']} already exists on this host"}
         allowed = [i.strip() for i in self._settings["images"].split(",")]
         if "*" not in allowed and lease["image"] not in allowed:
             return {"ok": False, "error": f"image {lease['image']!r} is not allowed on this host"}
-        gpus = lease.get("gpus") or []
+        gpus = lease["gpus"]
         known = {g["uuid"] for g in self._gpus.gpus()}
-        if not set(gpus) <= known:
+        if not set(gpus) <= known or len(set(gpus)) != len(gpus):
             return {"ok": False, "error": "asked for GPUs this host does not have"}
+        busy = {u for r in self.store.all() if r["state"] in ("active", "ending") for u in json.loads(r["gpus"] or "[]")}
+        if busy & set(gpus):
+            return {"ok": False, "error": "asked for GPUs that another lease holds"}
         rec = {**{k: lease[k] for k in ("id", "renter", "image", "ends_at")}, "state": "active",
                "gpus": json.dumps(gpus)}
         self.leases.write_info(rec)
@@ -206,11 +231,14 @@ class Agent:
             limits = {"cpus": float(inv["cpu_per_gpu"] * len(gpus)),
                       "memory": int(inv["ram_per_gpu"] * len(gpus) * 1e9)}
         try:
-            container, shell = await asyncio.to_thread(
+            container, shell = await offload.call(
                 self.runtime.start, lease, self._gpus.device_ids(gpus), str(self.leases.lease_dir(lease["id"])),
-                limits)
-        except RuntimeError_ as exc:
-            return {"ok": False, "error": str(exc)}
+                limits, timeout=offload.START)
+        except (RuntimeError_, asyncio.TimeoutError) as exc:
+            if isinstance(exc, asyncio.TimeoutError):
+                # The engine may still make it: remove whatever it made once it answers again.
+                asyncio.get_running_loop().create_task(self._clean_up(lease["id"]))
+            return {"ok": False, "error": str(exc) or "the Docker engine did not answer in time"}
         rec.update(container=container, shell=shell)
         self.store.put(rec)
         self.leases.arm(rec)
@@ -218,23 +246,30 @@ class Agent:
                  len(gpus))
         return {"ok": True, "container": container}
 
+    async def _clean_up(self, lease_id: str) -> None:
+        try:
+            await offload.call(self.runtime.purge, lease_id, timeout=offload.START)
+        except (RuntimeError_, asyncio.TimeoutError, OSError) as exc:
+            log.warning("lease %s: cleaning up a start that timed out failed: %s", lease_id, exc)
+
     async def _op_lease_stop(self, req):
-        rec = self.store.get(req["id"])
+        lease_id = wire.lease_id(req.get("id"))
+        rec = self.store.get(lease_id)
         if not rec:
-            return {"ok": False, "error": f"no lease {req['id']} on this host"}
-        await self.leases.end(req["id"])
-        rec = self.store.get(req["id"])
-        return {"ok": True, "ended_at": rec.get("ended_at")}
+            return {"ok": False, "error": f"no lease {lease_id} on this host"}
+        await self.leases.end(lease_id)
+        rec = self.store.get(lease_id)
+        return {"ok": True, "state": rec["state"], "ended_at": rec.get("ended_at")}
 
     async def _op_lease_extend(self, req):
         try:
-            self.leases.extend(req["id"], float(req["ends_at"]))
+            self.leases.extend(wire.lease_id(req.get("id")), wire.timestamp(req.get("ends_at"), "end time"))
         except ValueError as exc:
             return {"ok": False, "error": str(exc)}
         return {"ok": True}
 
     async def _op_lease_discard(self, req):
-        await self.leases.discard(req["id"])
+        await self.leases.discard(wire.lease_id(req.get("id")))
         return {"ok": True}
 
     # connection
@@ -270,6 +305,11 @@ class Agent:
     def _set_status(self, **fields) -> None:
         self._status.update(fields, updated=time.time())
         write_private(self.config.status_path, json.dumps(self._status))
+
+
+_OPS = {"hello": Agent._op_hello, "welcome": Agent._op_welcome, "reject": Agent._op_reject,
+        "earnings": Agent._op_earnings, "lease.start": Agent._op_lease_start, "lease.stop": Agent._op_lease_stop,
+        "lease.extend": Agent._op_lease_extend, "lease.discard": Agent._op_lease_discard}
 
 
 async def join(config: Config, host: str, port: int, token: str) -> str:

@@ -56,16 +56,23 @@ def _dechunk(body: bytes) -> bytes:
         pos = eol + 2 + size + 2
 
 
+TIMEOUT = 30.0  # every engine request here; a stuck one raises asyncio.TimeoutError
+
+
+async def _roundtrip(method: str, path: str, body: dict | None) -> bytes:
+    reader, writer = await asyncio.open_unix_connection(socket_path())
+    try:
+        writer.write(_request(method, path, body))
+        return await reader.read()
+    finally:
+        writer.close()
+
+
 async def api(method: str, path: str, body: dict | None = None, **query) -> dict | None:
     """One request on its own connection; returns the parsed JSON body (None when empty)."""
     if query:
         path += "?" + urlencode(query)
-    reader, writer = await asyncio.open_unix_connection(socket_path())
-    try:
-        writer.write(_request(method, path, body))
-        data = await reader.read()
-    finally:
-        writer.close()
+    data = await asyncio.wait_for(_roundtrip(method, path, body), TIMEOUT)
     status, headers, rest = _split_head(data)
     if headers.get("transfer-encoding") == "chunked":
         rest = _dechunk(rest)
@@ -170,6 +177,11 @@ async def exec_start(exec_id: str, chan, tty: bool) -> ExecStream:
     """Start an exec and splice its stream to chan; returns once the engine has upgraded."""
     request = _request("POST", f"/exec/{exec_id}/start", {"Detach": False, "Tty": tty}, upgrade=True)
     loop = asyncio.get_running_loop()
-    _, stream = await loop.create_unix_connection(lambda: ExecStream(chan, tty, request), socket_path())
-    await stream.ready
+    transport, stream = await asyncio.wait_for(
+        loop.create_unix_connection(lambda: ExecStream(chan, tty, request), socket_path()), TIMEOUT)
+    try:
+        await asyncio.wait_for(asyncio.shield(stream.ready), TIMEOUT)
+    except asyncio.TimeoutError:
+        transport.close()
+        raise
     return stream

@@ -3,7 +3,9 @@
 Each lease has one task that sleeps to its next moment: warnings (default T-15, T-5, T-1 min) on
 every terminal in the container and on every open session without one; at the end SIGTERM to the
 container's processes, SIGKILL after the grace; the workspace kept for the retention period, then
-purged. An extension re-arms the task. /etc/shellrent/lease in the container shows the end time and
+purged. An extension re-arms the task. Ending never runs a program inside the container (the
+renter owns them): hostd signals the processes itself and the engine kills and removes the
+container; every engine call has a deadline, and a warning that hangs never delays the end. /etc/shellrent/lease in the container shows the end time and
 the time left.
 """
 import asyncio
@@ -11,9 +13,11 @@ import logging
 import time
 from pathlib import Path
 
-from . import settings as settings_mod
+from keys import wire
+
+from . import offload, settings as settings_mod
 from .config import Config
-from .runtime import Runtime
+from .runtime import Runtime, RuntimeError_
 from .store import Store
 
 log = logging.getLogger("shellrent.leases")
@@ -40,6 +44,7 @@ class Leases:
         self._settings = settings  # callable -> current settings dict
         self._emit = emit
         self._tasks: dict[str, asyncio.Task] = {}
+        self._ending: dict[str, asyncio.Task] = {}
         self.sessions: dict[str, set] = {}  # lease id -> open sessions (for warnings without a pty)
 
     def track(self, lease_id: str, session) -> None:
@@ -53,7 +58,7 @@ class Leases:
                 del self.sessions[lease_id]
 
     def lease_dir(self, lease_id: str) -> Path:
-        d = self.config.home / "leases" / lease_id
+        d = self.config.home / "leases" / wire.lease_id(lease_id)
         d.mkdir(parents=True, exist_ok=True)
         return d
 
@@ -87,6 +92,10 @@ class Leases:
                 log.info("lease %s: starting its stopped container again", c["lease"])
                 self.runtime.ensure_running(c["id"])
         for rec in self.store.all():
+            if rec["state"] == "ending":  # hostd stopped during the grace: its container is gone now
+                self.store.update(rec["id"], state="ended", ended_at=now)
+                self._emit({"type": "lease.ended", "id": rec["id"], "at": now})
+                rec = self.store.get(rec["id"])
             if rec["state"] == "active" and rec["id"] not in seen:
                 log.warning("lease %s has no container any more", rec["id"])
                 self.store.update(rec["id"], state="lost", ended_at=now)
@@ -122,7 +131,12 @@ class Leases:
             elif rec["state"] == "ended":
                 left = rec["ended_at"] + cfg["retention"] - now
                 if left <= 0:
-                    await asyncio.to_thread(self.runtime.purge, lease_id)
+                    try:
+                        await offload.call(self.runtime.purge, lease_id, timeout=offload.STOP)
+                    except (RuntimeError_, asyncio.TimeoutError, OSError) as exc:
+                        log.warning("lease %s: purge failed, trying again in a minute: %s", lease_id, exc)
+                        await asyncio.sleep(60)
+                        continue
                     self.store.update(lease_id, state="purged")
                     self._emit({"type": "lease.purged", "id": lease_id})
                     log.info("lease %s: workspace purged", lease_id)
@@ -137,38 +151,62 @@ class Leases:
         log.info("lease %s: warning, %s left", rec["id"], _fmt(left))
         for session in list(self.sessions.get(rec["id"], ())):
             session.warn(msg)
-        await asyncio.to_thread(self.runtime.broadcast, rec["id"], msg)
+        try:
+            await offload.call(self.runtime.broadcast, rec["id"], msg, timeout=offload.QUICK)
+        except (RuntimeError_, asyncio.TimeoutError, OSError) as exc:
+            log.info("lease %s: warning in the container failed: %s", rec["id"], exc or "timed out")
 
     async def end(self, lease_id: str, cancel_task: bool = True) -> None:
-        """End a lease now: SIGTERM to its processes, SIGKILL after the grace; keep the workspace."""
+        """End a lease now: SIGTERM to its processes, the engine's kill after the grace; keep the
+        workspace. Callers that come while it is ending wait for the same ending."""
         if cancel_task:
             task = self._tasks.pop(lease_id, None)
             if task and task is not asyncio.current_task():
                 task.cancel()
-        rec = self.store.get(lease_id)
-        if not rec or rec["state"] != "active":
-            return
-        self.store.update(lease_id, state="ending")
+        ending = self._ending.get(lease_id)
+        if ending is None:
+            rec = self.store.get(lease_id)
+            if not rec or rec["state"] != "active":
+                return
+            self.store.update(lease_id, state="ending")
+            ending = self._ending[lease_id] = asyncio.get_running_loop().create_task(self._stop(lease_id))
+            ending.add_done_callback(lambda _: self._ending.pop(lease_id, None))
+        await asyncio.shield(ending)
+        if cancel_task and lease_id not in self._tasks:
+            self.arm(self.store.get(lease_id))
+
+    async def _stop(self, lease_id: str) -> None:
         grace = self._settings()["grace"]
         log.info("lease %s: ending (SIGTERM, SIGKILL after %.0fs)", lease_id, grace)
-        await asyncio.to_thread(self.runtime.signal_all, lease_id, "TERM")
+        try:
+            await offload.call(self.runtime.signal_all, lease_id, "TERM", timeout=offload.QUICK)
+        except (RuntimeError_, asyncio.TimeoutError, OSError) as exc:
+            log.warning("lease %s: SIGTERM failed (%s); the engine kills it after the grace", lease_id,
+                        exc or "timed out")
         await asyncio.sleep(grace)
-        await asyncio.to_thread(self.runtime.stop, lease_id, 0)
-        now = time.time()
+        now = time.time()  # the lease is over now, whatever the engine makes of the removal
+        for attempt in range(3):
+            try:
+                await offload.call(self.runtime.stop, lease_id, 0, timeout=offload.STOP)
+                break
+            except (RuntimeError_, asyncio.TimeoutError, OSError) as exc:
+                log.error("lease %s: removing its container failed (%s)%s", lease_id, exc or "timed out",
+                          "; trying again" if attempt < 2 else "; it is removed at hostd's next start")
         self.store.update(lease_id, state="ended", ended_at=now)
-        rec = self.store.get(lease_id)
-        self.write_info(rec)
+        self.write_info(self.store.get(lease_id))
         self._emit({"type": "lease.ended", "id": lease_id, "at": now})
         log.info("lease %s ended", lease_id)
-        if cancel_task:
-            self.arm(rec)
 
     async def discard(self, lease_id: str) -> None:
         """Remove every trace of a lease that never became active for the broker."""
         task = self._tasks.pop(lease_id, None)
         if task:
             task.cancel()
-        await asyncio.to_thread(self.runtime.purge, lease_id)
+        try:
+            await offload.call(self.runtime.purge, lease_id, timeout=offload.STOP)
+        except (RuntimeError_, asyncio.TimeoutError, OSError) as exc:
+            log.warning("lease %s: discard failed: %s", lease_id, exc or "timed out")
+            raise
         if self.store.get(lease_id):
             self.store.update(lease_id, state="purged")
 

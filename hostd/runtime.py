@@ -7,6 +7,7 @@ all capabilities dropped but CAPS; no-new-privileges; pids, memory, CPU and /dev
 import logging
 import os
 import shutil
+import signal as signals
 
 import docker
 from docker.errors import APIError, DockerException, ImageNotFound, NotFound
@@ -18,7 +19,8 @@ log = logging.getLogger("shellrent.runtime")
 CAPS = ["CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID", "KILL", "SETGID", "SETUID", "NET_BIND_SERVICE"]
 LABEL = "shellrent"
 # The container's main process ignores SIGTERM (inherited through exec), so that at a lease's end
-# `kill -TERM -1` reaches every renter process but leaves the container up for the grace period.
+# the SIGTERM hostd sends to every process reaches the renter's but leaves the container up for the
+# grace period.
 MAIN = ["/bin/sh", "-c", "trap '' TERM; exec sleep infinity"]
 BROADCAST = ('for t in /dev/pts/[0-9]*; do printf "\\r\\n%s\\r\\n" "$1" > "$t" 2>/dev/null; done; '
              'command -v tmux >/dev/null && tmux list-clients -F "#{client_name}" 2>/dev/null | '
@@ -34,7 +36,7 @@ class Runtime:
 
     def __init__(self, owner: str, limits: dict):
         try:
-            self.client = docker.from_env(timeout=120)
+            self.client = docker.from_env(timeout=60)  # per socket read: no call blocks a thread for ever
             self.client.ping()
         except DockerException as exc:
             raise RuntimeError_(f"cannot reach the Docker engine: {exc}") from None
@@ -109,33 +111,62 @@ class Runtime:
             log.warning("cleanup of %s failed: %s", thing, exc)
 
     def stop(self, lease_id: str, grace: float) -> None:
-        """Stop and remove a lease's container and network; its workspace volume stays."""
+        """Kill and remove a lease's container (the engine's SIGKILL, nothing run inside it) and its
+        network; its workspace volume stays."""
         name = f"shellrent-{lease_id}"
         try:
-            container = self.client.containers.get(name)
-            if grace:
-                container.stop(timeout=int(grace))
-            container.remove(force=True)
-        except NotFound:
-            pass
-        try:
-            self.client.networks.get(name).remove()
-        except NotFound:
-            pass
+            try:
+                container = self.client.containers.get(name)
+                if grace:
+                    container.stop(timeout=int(grace))
+                container.remove(force=True)
+            except NotFound:
+                pass
+            try:
+                self.client.networks.get(name).remove()
+            except NotFound:
+                pass
+        except (APIError, DockerException) as exc:
+            raise RuntimeError_(f"stopping lease {lease_id}: {exc}") from None
 
-    def signal_all(self, lease_id: str, signal: str = "TERM") -> None:
-        """Send signal to every process in the lease's container but its init and main process."""
+    def signal_all(self, lease_id: str, signal: str = "TERM") -> int:
+        """Send signal to every process of the lease's container but its init; returns how many.
+
+        Done from outside, by pid namespace: no program inside the container (the renter owns
+        those files) takes part."""
         try:
-            self.client.containers.get(f"shellrent-{lease_id}").exec_run(["/bin/sh", "-c", f"kill -{signal} -1"])
-        except (NotFound, APIError) as exc:
-            log.info("signalling lease %s: %s", lease_id, exc)
+            init = self.client.api.inspect_container(f"shellrent-{lease_id}")["State"]["Pid"]
+        except NotFound:
+            return 0
+        except (APIError, DockerException) as exc:
+            raise RuntimeError_(f"signalling lease {lease_id}: {exc}") from None
+        if not init:
+            return 0
+        try:
+            ns = os.readlink(f"/proc/{init}/ns/pid")
+        except OSError as exc:
+            raise RuntimeError_(f"signalling lease {lease_id}: cannot read its pid namespace: {exc}") from None
+        sig, sent = getattr(signals, f"SIG{signal}"), 0
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit() or int(entry) == init:
+                continue
+            try:
+                if os.readlink(f"/proc/{entry}/ns/pid") == ns:
+                    os.kill(int(entry), sig)
+                    sent += 1
+            except OSError:
+                continue  # gone meanwhile
+        return sent
 
     def broadcast(self, lease_id: str, message: str) -> None:
-        """Write message on every terminal in the lease's container (sessions and tmux panes)."""
+        """Write message on every terminal in the lease's container (sessions and tmux panes).
+
+        This runs the container's own programs, which the renter controls: detached, so it never
+        waits on them."""
         try:
             self.client.containers.get(f"shellrent-{lease_id}").exec_run(
-                ["/bin/sh", "-c", BROADCAST, "sh", message])
-        except (NotFound, APIError) as exc:
+                ["/bin/sh", "-c", BROADCAST, "sh", message], detach=True)
+        except (NotFound, APIError, DockerException) as exc:
             log.info("warning lease %s: %s", lease_id, exc)
 
     def files_container(self, lease: dict) -> str:
@@ -145,25 +176,31 @@ class Runtime:
             return self.client.containers.get(name).id
         except NotFound:
             pass
-        container = self.client.containers.run(
-            lease["image"], MAIN, name=name, labels=self._labels(lease), detach=True, init=True,
-            working_dir="/workspace", volumes={f"shellrent-ws-{lease['id']}": {"bind": "/workspace", "mode": "ro"}},
-            network_mode="none", cap_drop=["ALL"], security_opt=["no-new-privileges"], pids_limit=64,
-            mem_limit=256 << 20)
+        try:
+            container = self.client.containers.run(
+                lease["image"], MAIN, name=name, labels=self._labels(lease), detach=True, init=True,
+                working_dir="/workspace",
+                volumes={f"shellrent-ws-{lease['id']}": {"bind": "/workspace", "mode": "ro"}},
+                network_mode="none", cap_drop=["ALL"], security_opt=["no-new-privileges"], pids_limit=64,
+                mem_limit=256 << 20)
+        except (APIError, DockerException) as exc:
+            raise RuntimeError_(f"serving the files of lease {lease['id']}: {exc}") from None
         return container.id
 
     def purge(self, lease_id: str) -> None:
         """Remove everything left of a lease: containers, network and its workspace volume."""
         self.stop(lease_id, 0)
-        for name in (f"shellrent-{lease_id}-files",):
+        try:
             try:
-                self.client.containers.get(name).remove(force=True)
+                self.client.containers.get(f"shellrent-{lease_id}-files").remove(force=True)
             except NotFound:
                 pass
-        try:
-            self.client.volumes.get(f"shellrent-ws-{lease_id}").remove(force=True)
-        except NotFound:
-            pass
+            try:
+                self.client.volumes.get(f"shellrent-ws-{lease_id}").remove(force=True)
+            except NotFound:
+                pass
+        except (APIError, DockerException) as exc:
+            raise RuntimeError_(f"purging lease {lease_id}: {exc}") from None
 
     def disk_free_gb(self) -> float:
         """Free space where the engine keeps volumes (a statvfs; the path is asked once)."""
@@ -181,7 +218,13 @@ class Runtime:
 
     def pid(self, container_id: str) -> int:
         """Host PID of the container's init (for entering its network namespace)."""
-        return self.client.api.inspect_container(container_id)["State"]["Pid"]
+        try:
+            pid = self.client.api.inspect_container(container_id)["State"]["Pid"]
+        except (APIError, DockerException) as exc:
+            raise RuntimeError_(f"container {container_id[:12]}: {exc}") from None
+        if not pid:
+            raise RuntimeError_(f"container {container_id[:12]} is not running")
+        return pid
 
     def containers(self) -> list[dict]:
         """This hostd's containers: id, lease, ends_at, running."""

@@ -4,8 +4,11 @@
 and reports its new inventory to the broker.
 """
 import json
+import math
 import re
 from pathlib import Path
+
+from keys import wire
 
 from .config import write_private
 
@@ -19,7 +22,10 @@ def _duration(text: str) -> float:
     if not text.strip() or not m or not any(m.groups()):
         raise ValueError("use e.g. 30s, 5m, 2h, 1d")
     d, h, mi, s = m.groups()
-    return int(d or 0) * 86400 + int(h or 0) * 3600 + int(mi or 0) * 60 + float(s or 0)
+    seconds = int(d or 0) * 86400 + int(h or 0) * 3600 + int(mi or 0) * 60 + float(s or 0)
+    if seconds > 366 * 86400:
+        raise ValueError("at most 366 days")
+    return seconds
 
 
 def _bool(text: str) -> bool:
@@ -30,11 +36,16 @@ def _bool(text: str) -> bool:
     raise ValueError("use true or false")
 
 
-def _positive(kind):
+def _positive(kind, most: float):
     def parse(text: str):
-        value = kind(text)
-        if value < 0:
-            raise ValueError("must not be negative")
+        try:
+            value = kind(text)
+        except (ValueError, OverflowError):
+            raise ValueError(f"expected {'a whole number' if kind is int else 'a number'}") from None
+        if not math.isfinite(value):
+            raise ValueError("must be a finite number")
+        if not 0 <= value <= most:
+            raise ValueError(f"must be from 0 to {most:g}")
         return value
     return parse
 
@@ -59,6 +70,22 @@ def _window(text: str) -> str:
     return text
 
 
+def _images(text: str) -> str:
+    for part in (p.strip() for p in text.split(",")):
+        if part != "*":
+            try:
+                wire.image(part)
+            except wire.WireError:
+                raise ValueError(f"{part!r} is not an image name; use e.g. shellrent-base:bookworm or *") from None
+    return text.strip()
+
+
+def _label(text: str) -> str:
+    if len(text) > 32 or not re.fullmatch(r"[\x20-\x7e]*", text):
+        raise ValueError("at most 32 printable characters")
+    return text
+
+
 def _schedule(text: str) -> str:
     for part in text.split(","):
         _duration(part)
@@ -67,17 +94,17 @@ def _schedule(text: str) -> str:
 
 # key: (parser, default, help)
 SPEC = {
-    "price": (_positive(float), 0.40, "credits per GPU-hour"),
+    "price": (_positive(float, 10_000), 0.40, "credits per GPU-hour"),
     "gpus": (_gpus, "all", "which GPUs to share: all, or indexes like 0,2"),
     "fake_gpus": (_fake_gpus, "", "GPUs to pretend to have when there is no NVML, e.g. 'RTX 4090:24'"),
-    "cpu_per_gpu": (_positive(int), 0, "CPU cores per rented GPU (0: an even share)"),
-    "ram_per_gpu": (_positive(float), 0, "GB of RAM per rented GPU (0: an even share of 80%)"),
-    "disk_per_gpu": (_positive(float), 0, "GB of disk per rented GPU (0: an even share of free disk)"),
+    "cpu_per_gpu": (_positive(int, 4096), 0, "CPU cores per rented GPU (0: an even share)"),
+    "ram_per_gpu": (_positive(float, 1 << 20), 0, "GB of RAM per rented GPU (0: an even share of 80%)"),
+    "disk_per_gpu": (_positive(float, 1 << 30), 0, "GB of disk per rented GPU (0: an even share of free disk)"),
     "window": (_window, "always", "availability window, HH:MM-HH:MM UTC, or always"),
     "paused": (_bool, False, "take no new rentals (running ones continue)"),
-    "power_limit": (_positive(int), 0, "watts per rented GPU (0: leave as is)"),
-    "images": (str, "*", "comma-separated lease images allowed, or *"),
-    "geolocation": (str, "", "where the machine is, e.g. DE"),
+    "power_limit": (_positive(int, 10_000), 0, "watts per rented GPU (0: leave as is)"),
+    "images": (_images, "*", "comma-separated lease images allowed, or *"),
+    "geolocation": (_label, "", "where the machine is, e.g. DE"),
     "warnings": (_schedule, "15m,5m,1m", "when to warn before a lease ends"),
     "grace": (_duration, 30.0, "SIGTERM to SIGKILL at a lease's end, e.g. 30s"),
     "retention": (_duration, 172800.0, "how long /workspace is kept after a lease ends, e.g. 48h"),

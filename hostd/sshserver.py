@@ -1,9 +1,11 @@
-"""hostd's SSH server side of the tunnel: control calls, renter sessions and port forwards.
+"""hostd's SSH server side of the tunnel: the control channel, renter sessions and port forwards.
 
-Only the broker's pinned client key may log in. A renter session names its lease in the
-SHELLRENT_LEASE env var; it becomes a `docker exec` in that lease's container, with the exec
-stream spliced to the channel (hostd.engine). Port forwards connect inside the container's
-network namespace (hostd.netns).
+Only the broker's pinned client key may log in. The first channel of a connection must be the
+control channel (keys.wire); control is refused on every later channel, and renter channels are
+refused until the control channel is open, so no relayed channel can ever reach control. A renter
+session names its lease in the SHELLRENT_LEASE env var; it becomes a `docker exec` in that lease's
+container, with the exec stream spliced to the channel (hostd.engine). Port forwards connect to a
+loopback port inside the container's network namespace (hostd.netns).
 """
 import asyncio
 import logging
@@ -28,10 +30,13 @@ class SessionError(Exception):
 
 
 class HostServer(asyncssh.SSHServer):
-    """Accepts only the pinned broker key; hands channels to the agent's leases."""
+    """One connection from the broker: accepts only the pinned broker key; the first channel is
+    control, every later one a renter's."""
 
     def __init__(self, agent):
         self._agent = agent
+        self.opened = 0  # channels opened on this connection so far
+        self.control: "HostSession | None" = None
 
     def begin_auth(self, username):
         return True
@@ -46,12 +51,17 @@ class HostServer(asyncssh.SSHServer):
         return material.fingerprint(key) == self._agent.broker_fingerprint
 
     def session_requested(self):
-        return HostSession(self._agent)
+        self.opened += 1
+        return HostSession(self._agent, self, first=self.opened == 1)
 
     def connection_requested(self, dest_host, dest_port, orig_host, orig_port):
+        self.opened += 1
+        if self.control is None:
+            raise asyncssh.ChannelOpenError(asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED, "no control channel yet")
         target = wire.parse_target(dest_host)
-        if not target:
-            raise asyncssh.ChannelOpenError(asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED, "no lease named")
+        if not target or not 0 < dest_port < 65536:
+            raise asyncssh.ChannelOpenError(asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED,
+                                            "only loopback ports in a lease's container can be reached")
         return _forward(self._agent, *target, dest_port)
 
     def server_requested(self, listen_host, listen_port):
@@ -126,10 +136,13 @@ class TcpBridge(asyncssh.SSHTCPSession):
 
 
 class HostSession(asyncssh.SSHServerSession):
-    """One channel from the broker: a control call, or a renter's session in a container."""
+    """One channel from the broker: the connection's control channel, or a renter's session."""
 
-    def __init__(self, agent):
+    def __init__(self, agent, server: HostServer, first: bool):
         self._agent = agent
+        self._server = server
+        self._first = first
+        self._control = False
         self._chan = None
         self._command: str | None = None
         self._subsystem: str | None = None
@@ -141,6 +154,7 @@ class HostSession(asyncssh.SSHServerSession):
         self._stream: engine.ExecStream | None = None
         self._exec_id: str | None = None
         self._task = None
+        self._calls: set[asyncio.Task] = set()
         self._lease: str | None = None
 
     def connection_made(self, chan):
@@ -149,45 +163,67 @@ class HostSession(asyncssh.SSHServerSession):
     def pty_requested(self, term_type, term_size, term_modes):
         self._pty = (term_type, term_size)
         self._size = term_size
-        return True
+        return not self._control
 
     def shell_requested(self):
-        return True
+        return not self._control
 
     def exec_requested(self, command):
         self._command = command
-        return True
+        return not self._control
 
     def subsystem_requested(self, subsystem):
+        if subsystem == wire.CONTROL:
+            if not self._first or self._server.control is not None or self._pty or self._command is not None:
+                log.warning("refused a control request on a later channel of the broker's connection")
+                return False
+            self._control = True
+            self._server.control = self
+            return True
         self._subsystem = subsystem
-        return subsystem in (wire.CONTROL, wire.EVENTS, "sftp")
+        return subsystem == "sftp" and not self._control
 
     def session_started(self):
-        if self._subsystem == wire.CONTROL:
+        if self._control:
             return
-        if self._subsystem == wire.EVENTS:
-            self._agent.attach_sink(self)
+        if self._server.control is None or self._first:
+            self._chan.write_stderr(b"shellrent: this host has no control channel from the broker yet\r\n")
+            self._chan.exit(2)
             return
         self._chan.pause_reading()
         self._task = asyncio.get_running_loop().create_task(self._run_exec())
 
-    # control calls
-    def _control_line(self, final: bool):
-        if b"\n" in self._buf or (final and self._buf):
-            line, self._buf = self._buf, b""
-            self._task = asyncio.get_running_loop().create_task(self._control(line))
+    # the control channel: calls from the broker, replies and events back
+    def _control_data(self, data: bytes) -> None:
+        self._buf += data
+        while b"\n" in self._buf:
+            line, self._buf = self._buf.split(b"\n", 1)
+            if line.strip():
+                task = asyncio.get_running_loop().create_task(self._call(line))
+                self._calls.add(task)
+                task.add_done_callback(self._calls.discard)
+        if len(self._buf) > wire.MAX_LINE:
+            log.warning("control line from the broker too long: closing the connection")
+            self._chan.get_extra_info("connection").close()
 
-    async def _control(self, line: bytes):
+    async def _call(self, line: bytes):
+        call_id = None
         try:
-            reply = await self._agent.control(wire.decode(line))
+            req = wire.decode(line)
+            call_id = req.get("call")
+            reply = await self._agent.control(req, self)
+        except (wire.WireError, KeyError, TypeError, ValueError) as exc:
+            reply = {"ok": False, "error": f"bad control call: {exc}"}
         except Exception as exc:
             log.exception("control call failed")
             reply = {"ok": False, "error": str(exc)}
-        self._chan.write(wire.encode(reply))
-        self._chan.exit(0)
+        try:
+            self._chan.write(wire.encode({**reply, "call": call_id}))
+        except (OSError, asyncssh.Error):
+            pass  # the broker went away
 
-    # events to the broker
     def send(self, event: dict) -> None:
+        """An event to the broker."""
         self._chan.write(wire.encode(event))
 
     # renter sessions
@@ -206,11 +242,12 @@ class HostSession(asyncssh.SSHServerSession):
     async def _run_exec(self):
         env = dict(self._chan.get_environment())
         lease = env.pop(wire.LEASE_ENV, None)
+        env = wire.filter_env(env)
         tty = self._pty is not None and self._subsystem is None
         try:
             rec = await self._agent.session_lease(lease, files_only=self._subsystem == "sftp")
-            self._lease = lease
-            self._agent.leases.track(lease, self)
+            self._lease = rec["id"]
+            self._agent.leases.track(self._lease, self)
             env["SHELLRENT_ENDS_AT"] = str(int(rec["ends_at"]))
             if tty:
                 env["TERM"] = self._pty[0] or "xterm"
@@ -220,8 +257,8 @@ class HostSession(asyncssh.SSHServerSession):
                 "WorkingDir": "/workspace"})
             self._exec_id = created["Id"]
             self._stream = await engine.exec_start(self._exec_id, self._chan, tty)
-        except (SessionError, engine.EngineError, OSError) as exc:
-            self._chan.write_stderr(f"shellrent: {exc}\r\n".encode())
+        except (SessionError, engine.EngineError, OSError, asyncio.TimeoutError) as exc:
+            self._chan.write_stderr(f"shellrent: {exc or type(exc).__name__}\r\n".encode())
             self._chan.exit(2)
             return
         if tty and self._size:
@@ -246,7 +283,10 @@ class HostSession(asyncssh.SSHServerSession):
 
     async def _exit_status(self) -> int:
         for _ in range(200):
-            info = await engine.api("GET", f"/exec/{self._exec_id}/json")
+            try:
+                info = await engine.api("GET", f"/exec/{self._exec_id}/json")
+            except (engine.EngineError, OSError, asyncio.TimeoutError):
+                return 255
             if not info["Running"] and info["ExitCode"] is not None:
                 return info["ExitCode"]
             await asyncio.sleep(0.01)
@@ -255,24 +295,23 @@ class HostSession(asyncssh.SSHServerSession):
     async def _resize(self, width: int, height: int):
         try:
             await engine.api("POST", f"/exec/{self._exec_id}/resize", h=height, w=width)
-        except engine.EngineError as exc:
+        except (engine.EngineError, OSError, asyncio.TimeoutError) as exc:
             log.debug("resize failed: %s", exc)
 
     def data_received(self, data, datatype):
-        if self._stream:
+        if self._control:
+            self._control_data(data)
+        elif self._stream:
             self._stream.write(data)
-        elif self._subsystem == wire.CONTROL:
-            self._buf += data
-            self._control_line(final=False)
         else:
             self._early.append(data)
 
     def eof_received(self):
+        if self._control:
+            return True
         if self._stream:
             if self._pty is None:
                 self._stream.write_eof()
-        elif self._subsystem == wire.CONTROL:
-            self._control_line(final=True)
         else:
             self._early_eof = True
         return True
@@ -291,26 +330,27 @@ class HostSession(asyncssh.SSHServerSession):
             asyncio.get_running_loop().create_task(self._resize(width, height))
 
     def signal_received(self, signal):
-        if self._exec_id:
+        if self._exec_id and signal in wire.SIGNALS:
             asyncio.get_running_loop().create_task(self._signal(signal))
 
     async def _signal(self, name: str):
-        sig = getattr(signals, f"SIG{name}", None)
-        if sig is None:
-            return
-        info = await engine.api("GET", f"/exec/{self._exec_id}/json")
-        if info.get("Running") and info.get("Pid"):
-            os.kill(info["Pid"], sig)
+        try:
+            info = await engine.api("GET", f"/exec/{self._exec_id}/json")
+            if info.get("Running") and info.get("Pid"):
+                os.kill(info["Pid"], getattr(signals, f"SIG{name}"))
+        except (engine.EngineError, OSError, asyncio.TimeoutError) as exc:
+            log.debug("signal %s failed: %s", name, exc)
 
     def break_received(self, msec):
         return False
 
     def connection_lost(self, exc):
-        if self._subsystem == wire.EVENTS:
-            self._agent.detach_sink(self)
+        if self._control:
+            self._agent.detach_sink(self)  # calls under way finish; their replies go nowhere
+            return
         if self._lease:
             self._agent.leases.untrack(self._lease, self)
         if self._stream:
             self._stream.transport.close()
-        elif self._task and self._subsystem not in (wire.CONTROL, wire.EVENTS):
+        elif self._task:
             self._task.cancel()

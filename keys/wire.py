@@ -1,40 +1,131 @@
-"""The broker<->hostd wire protocol, version 1.
+"""The broker<->hostd wire protocol, version 2, and the formats of every id that crosses it.
 
 One TCP connection per host, dialled by hostd; SSH runs over it with hostd as the server and the
-broker as the client. The broker opens:
+broker as the client. Two kinds of channel, told apart by when they are opened, not by their names:
 
-- control calls: a session channel with subsystem CONTROL; it writes one JSON request line
-  {"op": ..., ...} and reads one JSON reply line {"ok": true, ...} or {"ok": false, "error": "..."}.
-  Ops: hello (hostd replies with its token when joining, its version and its leases),
-  welcome {"host": name} / reject {"error": ...} (the join outcome), lease.start, lease.stop,
-  lease.extend, lease.discard, earnings.
-- events: one session channel with subsystem EVENTS, opened by the broker after welcome; hostd writes
-  one JSON line per event: {"type": "inventory", "inventory": {...}}, {"type": "lease.ended", "id", "at"},
+- the control channel: the first channel of the connection, a session with subsystem CONTROL that
+  the broker opens right after authentication, before any renter channel exists. hostd takes
+  control calls and sends events on this channel only; it refuses the CONTROL subsystem on any
+  later channel and refuses every other channel until the control channel is open. One JSON
+  object per line, both ways:
+    broker -> hostd  {"call": N, "op": ..., ...}          a call
+    hostd -> broker  {"call": N, "ok": true, ...}         its reply (or "ok": false, "error")
+    hostd -> broker  {"type": ...}                        an event (no "call")
+  Ops: hello (hostd replies with its join token when joining, its version, its leases and its
+  inventory), welcome {"host": name} / reject {"error": ...} (the join outcome), lease.start,
+  lease.stop, lease.extend, lease.discard, earnings. Events, sent only after welcome:
+  {"type": "inventory", "inventory": {...}}, {"type": "lease.ended", "id", "at"},
   {"type": "lease.purged", "id"}.
-- renter sessions: a session channel carrying env LEASE_ENV=<lease id>; everything else (pty, exec,
-  shell, subsystem, signals, window changes) is the renter's own request, relayed as is.
-- renter port forwards: a direct-tcpip channel whose destination host is target(lease, host).
+- renter channels: a session carrying env LEASE_ENV=<lease id> plus the renter's own requests (pty,
+  exec, shell, the sftp subsystem, signals, window changes), or a direct-tcpip channel whose
+  destination host is target(lease, host) with host a loopback name.
+
+Every value that arrives over the network is checked with the functions below before any use.
 """
 import json
+import math
+import re
 
-PROTO = 1
-CONTROL = "shellrent-control-v1"
-EVENTS = "shellrent-events-v1"
+PROTO = 2
+CONTROL = "shellrent-control-v2"
 LEASE_ENV = "SHELLRENT_LEASE"
+MAX_LINE = 1 << 20  # one control line; a peer that sends more is cut off
 _TARGET = "lease."
+
+LEASE_ID = re.compile(r"[0-9a-f]{8,32}")
+NAME = re.compile(r"[a-z][a-z0-9_-]{0,31}")
+GPU_UUID = re.compile(r"(?:GPU|MIG)-[0-9A-Za-z-]{8,64}(?:/\d{1,3}/\d{1,3})?")
+_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+IMAGE = re.compile(rf"(?:[a-zA-Z0-9](?:[a-zA-Z0-9.-]*[a-zA-Z0-9])?(?::\d{{1,5}})?/)?{_COMPONENT}(?:/{_COMPONENT})*"
+                   r"(?::[\w][\w.-]{0,127})?(?:@sha256:[0-9a-f]{64})?")
+LOOPBACK = ("localhost", "127.0.0.1", "::1", "ip6-localhost")
+SIGNALS = ("ABRT", "ALRM", "FPE", "HUP", "ILL", "INT", "KILL", "PIPE", "QUIT", "SEGV", "TERM", "USR1", "USR2",
+           "CONT", "STOP", "TSTP", "WINCH")
+# Renter environment that may pass into a container; everything else is dropped (at both ends).
+ENV_ALLOWED = ("LANG", "LANGUAGE", "TZ", "COLORTERM", "TERM_PROGRAM")
+_ENV_NAME = re.compile(r"(?:LANG|LANGUAGE|TZ|COLORTERM|TERM_PROGRAM|LC_[A-Z_]{1,32})")
+MAX_TIME = 4102444800.0  # 2100-01-01: no lease end or event time beyond this is real
+
+
+class WireError(ValueError):
+    """A value from the network is not in its expected format; str() says which."""
 
 
 def encode(msg: dict) -> bytes:
     """One JSON line."""
-    return json.dumps(msg, separators=(",", ":")).encode() + b"\n"
+    return json.dumps(msg, separators=(",", ":"), allow_nan=False).encode() + b"\n"
 
 
 def decode(line: bytes) -> dict:
-    """Parse one JSON line into a dict (ValueError when it is not one)."""
-    msg = json.loads(line)
+    """Parse one JSON line into a dict (WireError when it is not one)."""
+    if len(line) > MAX_LINE:
+        raise WireError("wire message too long")
+    try:
+        msg = json.loads(line, parse_constant=_no_constant)
+    except ValueError as exc:
+        raise WireError(f"not JSON: {exc}") from None
     if not isinstance(msg, dict):
-        raise ValueError("wire message is not an object")
+        raise WireError("wire message is not an object")
     return msg
+
+
+def _no_constant(name: str):
+    raise WireError(f"{name} is not a number")
+
+
+def _match(kind: str, pattern: re.Pattern, value) -> str:
+    if not isinstance(value, str) or not pattern.fullmatch(value):
+        raise WireError(f"bad {kind} {printable(repr(value))[:80]}")
+    return value
+
+
+def lease_id(value) -> str:
+    """A lease id: 8 to 32 lowercase hex digits."""
+    return _match("lease id", LEASE_ID, value)
+
+
+def name(value, kind: str = "name") -> str:
+    """A renter or host name: lowercase letters, digits, - and _, up to 32, starting with a letter."""
+    return _match(kind, NAME, value)
+
+
+def image(value) -> str:
+    """A Docker image reference, at most 255 characters."""
+    if isinstance(value, str) and len(value) > 255:
+        raise WireError("bad image: longer than 255 characters")
+    return _match("image", IMAGE, value)
+
+
+def gpu_uuid(value) -> str:
+    """An NVML GPU or MIG UUID (or the fake source's)."""
+    return _match("GPU UUID", GPU_UUID, value)
+
+
+def timestamp(value, kind: str = "time") -> float:
+    """Seconds since the epoch: a finite number between 0 and 2100."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+            or not 0 <= value <= MAX_TIME:
+        raise WireError(f"bad {kind} {printable(repr(value))[:40]}")
+    return float(value)
+
+
+def lease_start(lease) -> dict:
+    """The checked lease of a lease.start call: id, renter, image, ends_at, gpus."""
+    if not isinstance(lease, dict):
+        raise WireError("lease.start needs a lease object")
+    gpus = lease.get("gpus") or []
+    if not isinstance(gpus, list) or len(gpus) > 64:
+        raise WireError("bad GPU list")
+    return {"id": lease_id(lease.get("id")), "renter": name(lease.get("renter"), "renter name"),
+            "image": image(lease.get("image")), "ends_at": timestamp(lease.get("ends_at"), "end time"),
+            "gpus": [gpu_uuid(g) for g in gpus]}
+
+
+def filter_env(env: dict) -> dict:
+    """The allow-listed part of a renter's environment (LANG, LC_*, TZ, ...), values without NUL."""
+    return {k: v for k, v in env.items()
+            if isinstance(k, str) and _ENV_NAME.fullmatch(k) and isinstance(v, str) and "\0" not in v
+            and len(v) <= 4096}
 
 
 def target(lease: str, host: str) -> str:
@@ -43,8 +134,21 @@ def target(lease: str, host: str) -> str:
 
 
 def parse_target(dest: str) -> tuple[str, str] | None:
-    """(lease, host) from a direct-tcpip destination, or None when it names no lease."""
-    if not dest.startswith(_TARGET) or "/" not in dest:
+    """(lease, host) from a direct-tcpip destination; None unless the lease id is well formed and
+    the host is a loopback name."""
+    if not isinstance(dest, str) or not dest.startswith(_TARGET) or "/" not in dest:
         return None
     lease, _, host = dest[len(_TARGET):].partition("/")
-    return (lease, host) if lease and host else None
+    if not LEASE_ID.fullmatch(lease) or host.lower() not in LOOPBACK:
+        return None
+    return lease, host
+
+
+_UNSAFE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2066-\u2069]")
+
+
+def printable(text: str) -> str:
+    """text with every control character (escape sequences, carriage returns, bidi overrides)
+    shown as \\xNN, safe to put on someone's terminal; newlines and tabs stay."""
+    return _UNSAFE.sub(lambda m: f"\\x{ord(m.group()):02x}" if ord(m.group()) < 0x100
+                       else f"\\u{ord(m.group()):04x}", str(text))

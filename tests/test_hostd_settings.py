@@ -21,7 +21,13 @@ def test_defaults_and_round_trip(tmp_path):
 
 @pytest.mark.parametrize("key, value, message", [
     ("price", "cheap", "bad value 'cheap' for price"),
-    ("price", "-1", "must not be negative"),
+    ("price", "-1", "must be from 0 to 10000"),
+    ("price", "nan", "must be a finite number"),
+    ("price", "-inf", "must be a finite number"),
+    ("cpu_per_gpu", "1e3", "expected a whole number"),
+    ("grace", "400d", "at most 366 days"),
+    ("images", "a;b", "not an image name"),
+    ("geolocation", "\x1b[2J", "at most 32 printable"),
     ("fake_gpus", "RTX 4090", "use MODEL:GB"),
     ("gpus", "first", "use all, or GPU indexes"),
     ("window", "night", "use HH:MM-HH:MM"),

@@ -1,0 +1,96 @@
+"""A host's inventory, checked field by field before the market sees it. Pure.
+
+A host is not trusted: every field must have its type, lie in its range and, for text, be short and
+printable. What is not listed here is dropped. check() returns a clean copy or raises
+InventoryError naming the first bad field; the broker then keeps that host out of the offers.
+"""
+import math
+import re
+
+from keys import wire
+
+from .errors import BrokerError
+from .leases import parse_window
+
+MAX_GPUS = 64
+_TEXT = re.compile(r"[\x20-\x7e]*")
+
+
+class InventoryError(BrokerError):
+    """An inventory field is missing or invalid; str() names it."""
+
+
+def _num(inv: dict, key: str, lo: float, hi: float, integer: bool = False):
+    v = inv.get(key)
+    if isinstance(v, bool) or not isinstance(v, int if integer else (int, float)) \
+            or not math.isfinite(v) or not lo <= v <= hi:
+        raise InventoryError(f"{key}: expected {'a whole number' if integer else 'a number'} "
+                             f"from {lo:g} to {hi:g}")
+    return v
+
+
+def _text(inv: dict, key: str, longest: int, default: str | None = None) -> str:
+    v = inv.get(key, default)
+    if not isinstance(v, str) or len(v) > longest or not _TEXT.fullmatch(v):
+        raise InventoryError(f"{key}: expected printable text of at most {longest} characters")
+    return v
+
+
+def _gpu(g) -> dict:
+    if not isinstance(g, dict):
+        raise InventoryError("gpus: each GPU must be an object")
+    try:
+        uuid = wire.gpu_uuid(g.get("uuid"))
+    except wire.WireError as exc:
+        raise InventoryError(f"gpus: {exc}") from None
+    return {"index": _num(g, "index", 0, 1023, integer=True), "uuid": uuid, "name": _text(g, "name", 64),
+            "memory_gb": _num(g, "memory_gb", 0, 4096)}
+
+
+def _images(text: str) -> str:
+    for part in (p.strip() for p in text.split(",")):
+        if part != "*":
+            try:
+                wire.image(part)
+            except wire.WireError as exc:
+                raise InventoryError(f"images: {exc}") from None
+    return text
+
+
+def check(inv, max_price: int) -> dict:
+    """A clean copy of a host's inventory; InventoryError on the first bad field.
+
+    max_price is the operator's ceiling in micro-credits per GPU-hour."""
+    if not isinstance(inv, dict):
+        raise InventoryError("inventory must be an object")
+    gpus = inv.get("gpus")
+    if not isinstance(gpus, list) or len(gpus) > MAX_GPUS:
+        raise InventoryError(f"gpus: expected a list of at most {MAX_GPUS}")
+    gpus = [_gpu(g) for g in gpus]
+    uuids = [g["uuid"] for g in gpus]
+    if len(set(uuids)) != len(uuids):
+        raise InventoryError("gpus: the same UUID twice")
+    shared = inv.get("shared")
+    if not isinstance(shared, list) or not all(isinstance(u, str) and u in uuids for u in shared):
+        raise InventoryError("shared: expected UUIDs of the listed GPUs")
+    window = _text(inv, "window", 16, "always")
+    try:
+        parse_window(window)
+    except BrokerError:
+        raise InventoryError("window: expected HH:MM-HH:MM or always") from None
+    paused = inv.get("paused", False)
+    if not isinstance(paused, bool):
+        raise InventoryError("paused: expected true or false")
+    cuda = inv.get("cuda_version", 0)
+    return {
+        "gpus": gpus, "shared": list(dict.fromkeys(shared)), "gpu_source": _text(inv, "gpu_source", 16, ""),
+        "driver_version": _text(inv, "driver_version", 32, ""),
+        "cuda_version": _num({"cuda_version": cuda}, "cuda_version", 0, 100),
+        "cpu_cores": _num(inv, "cpu_cores", 1, 65536, integer=True), "ram_gb": _num(inv, "ram_gb", 0, 1 << 20),
+        "disk_gb": _num(inv, "disk_gb", 0, 1 << 30),
+        "cpu_per_gpu": _num(inv, "cpu_per_gpu", 0, 65536), "ram_per_gpu": _num(inv, "ram_per_gpu", 0, 1 << 20),
+        "disk_per_gpu": _num(inv, "disk_per_gpu", 0, 1 << 30),
+        "price": _num(inv, "price", 0, max_price, integer=True), "window": window, "paused": paused,
+        "geolocation": _text(inv, "geolocation", 32, ""), "images": _images(_text(inv, "images", 1024, "*")),
+        "version": _text(inv, "version", 32, ""),
+    }
