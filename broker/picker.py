@@ -71,14 +71,14 @@ async def pick_and_rent(broker: Broker, renter: str, write, readline) -> str:
         choice = (await readline(f"Offer [1-{len(offers)}, q to quit]: ")).strip()
         if choice.lower() in ("q", "quit"):
             raise Aborted("nothing rented")
-        if choice.isdigit() and 1 <= int(choice) <= len(offers):
+        if choice.isascii() and choice.isdigit() and len(choice) < 4 and 1 <= int(choice) <= len(offers):
             offer = offers[int(choice) - 1]
             break
         write(b"Please type a number from the list.\r\n")
     gpus = 1
     if offer["num_gpus"] > 1:
         text = (await readline(f"GPUs [1-{offer['num_gpus']}, default 1]: ")).strip() or "1"
-        if not text.isdigit() or not 1 <= int(text) <= offer["num_gpus"]:
+        if not (text.isascii() and text.isdigit() and len(text) < 4) or not 1 <= int(text) <= offer["num_gpus"]:
             raise BrokerError(f"bad number of GPUs {text!r}")
         gpus = int(text)
     seconds = parse_duration((await readline("Hours (e.g. 2, 90m) [1]: ")).strip() or "1")

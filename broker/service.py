@@ -264,7 +264,8 @@ class Broker:
             return
         if lease["state"] in ("active", "ending"):
             await self.end_lease(lid, wire.timestamp(at) if at is not None else time.time())
-        await self._freed(lid)
+        if lease["host_ended"] is None:
+            await self._freed(lid)
 
     async def _freed(self, lid: str) -> None:
         """The host has no container for this lease any more: its GPUs may be offered again."""
@@ -493,9 +494,10 @@ class Broker:
             if lease["state"] in ("active", "ending"):
                 end = min(max(at, lease["started"] or lease["created"]), lease["ends_at"], time.time())
                 self.store.update_lease(lid, state="ended", ended=end)
-            elif lease["state"] not in ("ended", "purged"):
+            elif lease["state"] in ("ended", "purged"):
+                end = lease["ended"] or lease["ends_at"]
+            else:
                 return None
-            end = lease["ended"] or min(at, lease["ends_at"])
             start = lease["started"] or end
             ups = self.store.uptimes(start - 1).get(lease["host"], [])
             gaps = offline_gaps(ups, start, end)

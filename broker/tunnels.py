@@ -77,6 +77,8 @@ class Control(asyncssh.SSHClientSession):
 
     async def call(self, op: str, timeout: float = 120, **args) -> dict:
         """One control call; raises Unavailable with hostd's message (made printable) when it fails."""
+        if self._chan is None:
+            raise Unavailable(f"host has no control channel for {op}")
         call_id = next(self._ids)
         fut = asyncio.get_running_loop().create_future()
         self._calls[call_id] = fut

@@ -219,7 +219,8 @@ class Agent:
         known = {g["uuid"] for g in self._gpus.gpus()}
         if not set(gpus) <= known or len(set(gpus)) != len(gpus):
             return {"ok": False, "error": "asked for GPUs this host does not have"}
-        busy = {u for r in self.store.all() if r["state"] in ("active", "ending") for u in json.loads(r["gpus"] or "[]")}
+        busy = {u for r in self.store.all() if r["state"] in ("active", "ending")
+                for u in json.loads(r["gpus"] or "[]")}
         if busy & set(gpus):
             return {"ok": False, "error": "asked for GPUs that another lease holds"}
         rec = {**{k: lease[k] for k in ("id", "renter", "image", "ends_at")}, "state": "active",
@@ -227,7 +228,7 @@ class Agent:
         self.leases.write_info(rec)
         limits = None
         if gpus:
-            inv = self._inventory or self.inventory()
+            inv = self._inventory or await offload.call(self.inventory, timeout=30)
             limits = {"cpus": float(inv["cpu_per_gpu"] * len(gpus)),
                       "memory": int(inv["ram_per_gpu"] * len(gpus) * 1e9)}
         try:

@@ -5,8 +5,8 @@ every terminal in the container and on every open session without one; at the en
 container's processes, SIGKILL after the grace; the workspace kept for the retention period, then
 purged. An extension re-arms the task. Ending never runs a program inside the container (the
 renter owns them): hostd signals the processes itself and the engine kills and removes the
-container; every engine call has a deadline, and a warning that hangs never delays the end. /etc/shellrent/lease in the container shows the end time and
-the time left.
+container; every engine call has a deadline, and a warning that hangs never delays the end.
+/etc/shellrent/lease in the container shows the end time and the time left.
 """
 import asyncio
 import logging

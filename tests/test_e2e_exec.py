@@ -4,6 +4,8 @@ import os
 
 import pytest
 
+pytestmark = pytest.mark.docker
+
 
 def test_stdout_and_stderr_stay_apart(cluster):
     r = cluster.ssh("echo out; echo err >&2")

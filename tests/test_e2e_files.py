@@ -6,6 +6,8 @@ import pytest
 
 from .cluster import run
 
+pytestmark = pytest.mark.docker
+
 
 def _sha(path):
     return hashlib.sha256(path.read_bytes()).hexdigest()

@@ -8,6 +8,8 @@ import pytest
 from .cluster import wait_for
 from .tty import Terminal
 
+pytestmark = pytest.mark.docker
+
 
 @pytest.fixture
 def term(cluster):

@@ -2,7 +2,11 @@
 import json
 import socket
 
+import pytest
+
 from .cluster import Cluster, wait_for
+
+pytestmark = pytest.mark.docker
 
 
 def _leases(c: Cluster) -> list[dict]:

@@ -9,6 +9,8 @@ import pytest
 from .cluster import Cluster, run, wait_for
 from .tty import Terminal
 
+pytestmark = pytest.mark.docker
+
 FAST = {"fake_gpus": "RTX 4090:24", "price": "0.40", "warnings": "6s,4s,2s", "grace": "3s",
         "retention": "12s"}
 

@@ -47,7 +47,7 @@ def test_malformed_tokens(bad):
 
 
 def test_wire_targets_and_lines():
-    assert wire.parse_target(wire.target("ab12", "localhost")) == ("ab12", "localhost")
+    assert wire.parse_target(wire.target("ab12cd34", "localhost")) == ("ab12cd34", "localhost")
     assert wire.parse_target("localhost") is None
     assert wire.parse_target("lease./x") is None
     assert wire.decode(wire.encode({"op": "hello"})) == {"op": "hello"}

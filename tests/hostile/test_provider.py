@@ -13,7 +13,7 @@ from keys import wire
 from ..cluster import Cluster
 from .fakehost import GPU, FakeHost, inventory
 
-pytestmark = pytest.mark.docker
+pytestmark = [pytest.mark.docker, pytest.mark.hostile]
 
 
 async def until(predicate, what: str, timeout: float = 30):
