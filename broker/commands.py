@@ -12,7 +12,7 @@ from typing import Awaitable, Callable
 from keys import material
 
 from . import render
-from .errors import BrokerError, KeyTaken
+from .errors import BrokerError, KeyTaken, NotFound
 from .leases import credits, format_duration, parse_duration
 from .service import DEFAULT_IMAGE, Broker, _one_key
 
@@ -109,12 +109,12 @@ class Commands:
             return 2, f"ctl: cannot parse the command line: {exc}\n"
         if not tokens or tokens[0] in ("help", "-h", "--help"):
             return 0, HELP
-        name, args = tokens[0], parse_args(tokens[1:])
+        name = tokens[0]
         handler = getattr(self, "cmd_" + name, None)
         if handler is None:
             return 2, f"ctl: unknown command {name!r}; try: ssh ctl@{self.where} help\n"
         try:
-            return 0, await handler(args, stdin=stdin, ask=ask, progress=progress)
+            return 0, await handler(parse_args(tokens[1:]), stdin=stdin, ask=ask, progress=progress)
         except BrokerError as exc:
             return 2, f"ctl: {exc}\n"
 
@@ -162,8 +162,11 @@ class Commands:
     async def cmd_show(self, args: Args, **_):
         if len(args.words) != 1:
             raise Usage("usage: show LEASE")
-        lease = await self.b.db(self.b.store.lease, args.words[0])
-        if lease["renter"] != self.renter:
+        try:
+            lease = await self.b.db(self.b.store.lease, args.words[0])
+        except NotFound:
+            lease = None
+        if lease is None or lease["renter"] != self.renter:  # the same words whether it exists or not
             raise BrokerError(f"no lease {args.words[0]!r} for renter {self.renter}")
         view = _lease_view(lease, time.time())
         txs = [t for t in await self.b.history(self.renter) if t["lease"] == lease["id"]]

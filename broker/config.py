@@ -21,7 +21,7 @@ class Config:
     auth_block_for: float = field(default_factory=lambda: _env_float("BROKER_AUTH_BLOCK_FOR", 300))
     keepalive: float = field(default_factory=lambda: _env_float("BROKER_KEEPALIVE", 15))
     token_ttl: float = 24 * 3600
-    sessions_per_renter: int = 64
+    sessions_per_renter: int = field(default_factory=lambda: int(_env_float("BROKER_SESSIONS_PER_RENTER", 64)))
     fee_percent: int = field(default_factory=lambda: int(_env_float("BROKER_FEE_PERCENT", 10)))
     offline_grace: float = field(default_factory=lambda: _env_float("BROKER_OFFLINE_GRACE", 300))
     housekeeping: float = field(default_factory=lambda: _env_float("BROKER_HOUSEKEEPING", 2))

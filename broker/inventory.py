@@ -4,7 +4,6 @@ A host is not trusted: every field must have its type, lie in its range and, for
 printable. What is not listed here is dropped. check() returns a clean copy or raises
 InventoryError naming the first bad field; the broker then keeps that host out of the offers.
 """
-import math
 import re
 
 from keys import wire
@@ -22,8 +21,7 @@ class InventoryError(BrokerError):
 
 def _num(inv: dict, key: str, lo: float, hi: float, integer: bool = False):
     v = inv.get(key)
-    if isinstance(v, bool) or not isinstance(v, int if integer else (int, float)) \
-            or not math.isfinite(v) or not lo <= v <= hi:
+    if not wire.number_in(v, lo, hi, integer):
         raise InventoryError(f"{key}: expected {'a whole number' if integer else 'a number'} "
                              f"from {lo:g} to {hi:g}")
     return v

@@ -11,7 +11,7 @@ LIVE = ("pending", "starting", "active", "ending")
 _NEXT = {"pending": {"starting", "failed"}, "starting": {"active", "failed"},
          "active": {"ending", "ended"}, "ending": {"ended"}, "ended": {"purged"},
          "purged": set(), "failed": set()}
-_DURATION = re.compile(r"^(?:(\d{1,6})d)?(?:(\d{1,7})h)?(?:(\d{1,9})m)?(?:(\d{1,10})s)?$")
+_DURATION = re.compile(r"^(?:([0-9]{1,6})d)?(?:([0-9]{1,7})h)?(?:([0-9]{1,9})m)?(?:([0-9]{1,10})s)?$")
 MAX_DURATION = 366 * 86400  # no lease is asked for longer than a year
 
 
@@ -35,6 +35,8 @@ def parse_duration(text: str) -> int:
         seconds = d * 86400 + h * 3600 + mi * 60 + s
     else:
         try:
+            if not text.isascii() or "_" in text:
+                raise InvalidOperation
             hours = Decimal(text)
         except InvalidOperation:
             raise BrokerError(f"bad duration {text!r}: use e.g. 90m, 2h, 1h30m, 1d") from None

@@ -69,7 +69,7 @@ def _tokens(text: str) -> list[str]:
 def _value(field: str, raw: str, token: str):
     if field in NUMERIC:
         try:
-            value = float(raw)
+            value = float(raw) if raw.isascii() and "_" not in raw else math.nan
         except ValueError:
             value = math.nan
         if not math.isfinite(value):

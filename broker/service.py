@@ -26,6 +26,7 @@ from .tunnels import HostLink, Tunnels
 log = logging.getLogger("shellrent.service")
 
 NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
+_CONTAINER_ID = re.compile(r"[0-9a-f]{12,64}")
 DEFAULT_IMAGE = "shellrent-base:bookworm"
 
 
@@ -354,12 +355,15 @@ class Broker:
             reply = await link.call("lease.start", lease={
                 "id": lid, "renter": lease["renter"], "image": lease["image"], "ends_at": lease["ends_at"],
                 "gpus": json.loads(lease["gpus"])})
+            container = reply.get("container")
+            if not isinstance(container, str) or not _CONTAINER_ID.fullmatch(container):
+                raise Unavailable(f"host {lease['host']} answered lease.start without a container id")
         except BaseException as exc:
             error = str(exc) or type(exc).__name__
             await self.db(lambda: self.store.update_lease(lid, state="failed", error=error))
             await self.db(self._settle_failed, lid)
             raise
-        await self.db(lambda: self.store.update_lease(lid, state="active", container=reply["container"],
+        await self.db(lambda: self.store.update_lease(lid, state="active", container=container,
                                                       started=time.time()))
         return await self.db(self.store.lease, lid)
 
@@ -429,16 +433,17 @@ class Broker:
             if closes and new_end > closes:
                 raise BrokerError(f"host {lease['host']} is available only until "
                                   f"{time.strftime('%H:%M UTC', time.gmtime(closes))}")
-        added = await self.db(self._add_time, lid, seconds)
+        added, n = await self.db(self._add_time, lid, seconds)
         try:
             await link.call("lease.extend", id=lid, ends_at=new_end)
         except BaseException:
-            await self.db(self._undo_time, lid, seconds, added)
+            await self.db(self._undo_time, lid, seconds, added, n)
             raise
         return await self.db(self.store.lease, lid)
 
-    def _add_time(self, lid: str, seconds: int) -> int:
-        """Hold credit for more time and move the end (store thread); returns the amount held."""
+    def _add_time(self, lid: str, seconds: int) -> tuple[int, int]:
+        """Hold credit for more time and move the end (store thread); returns the amount held and
+        the extension's number."""
         with self.store.tx():
             lease = self.store.lease(lid)
             if lease["state"] != "active":
@@ -450,16 +455,20 @@ class Broker:
                                 renter=lease["renter"], memo=f"extend {format_duration(seconds)}")
             self.store.update_lease(lid, ends_at=lease["ends_at"] + seconds, held=lease["held"] + amount,
                                     extensions=n)
-        return amount
+        return amount, n
 
-    def _undo_time(self, lid: str, seconds: int, amount: int) -> None:
-        """Take back an extension the host refused (store thread)."""
+    def _undo_time(self, lid: str, seconds: int, amount: int, n: int) -> None:
+        """Take back extension n that the host refused (store thread). Once the lease is settled
+        there is nothing to take back: settling returned all that was held."""
         with self.store.tx():
             lease = self.store.lease(lid)
-            if amount:
-                self.store.post(f"extend-undo:{lid}:{lease['extensions']}", "refund",
-                                ledger.release(lease["renter"], amount), lease=lid, renter=lease["renter"],
-                                memo="extension refused by the host")
+            if self.store.posted(f"settle:{lid}") or lease["state"] not in ("active", "ending"):
+                log.warning("lease %s: extension %d refused after the lease ended; nothing to undo", lid, n)
+                return
+            if amount and not self.store.post(f"extend-undo:{lid}:{n}", "refund",
+                                              ledger.release(lease["renter"], amount), lease=lid,
+                                              renter=lease["renter"], memo="extension refused by the host"):
+                return  # undone before
             self.store.update_lease(lid, ends_at=lease["ends_at"] - seconds, held=lease["held"] - amount)
 
     async def release(self, renter: str | None, lease_id: str | None) -> dict:

@@ -104,20 +104,27 @@ class RenterServer(asyncssh.SSHServer):
     def session_requested(self):
         if self.kind == "ctl":
             return CtlSession(Commands(self._broker, self.renter))
-        if self._sessions[self.renter] >= self._broker.config.sessions_per_renter:
-            raise asyncssh.ChannelOpenError(asyncssh.OPEN_RESOURCE_SHORTAGE, "too many open sessions")
-        self._sessions[self.renter] += 1
+        self._take_slot()
         picker = None if self.lease else self._pick
         return RenterSession(self._target, self._session_closed, picker, on_open=self._broker.track_session)
 
     async def _pick(self, write, readline):
         return await pick_and_rent(self._broker, self.renter, write, readline)
 
-    def _session_closed(self, session):
-        self._broker.untrack_session(session)
+    def _take_slot(self) -> None:
+        """Sessions and port forwards together are limited per renter (all their connections)."""
+        if self._sessions[self.renter] >= self._broker.config.sessions_per_renter:
+            raise asyncssh.ChannelOpenError(asyncssh.OPEN_RESOURCE_SHORTAGE, "too many open sessions and forwards")
+        self._sessions[self.renter] += 1
+
+    def _free_slot(self) -> None:
         self._sessions[self.renter] -= 1
         if not self._sessions[self.renter]:
             del self._sessions[self.renter]
+
+    def _session_closed(self, session):
+        self._broker.untrack_session(session)
+        self._free_slot()
 
     async def _target(self, files_only: bool = False):
         if self.kind == "ctl":
@@ -133,16 +140,21 @@ class RenterServer(asyncssh.SSHServer):
             raise asyncssh.ChannelOpenError(
                 asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED,
                 "only ports on localhost inside your container can be forwarded")
+        self._take_slot()
         return self._forward(dest_host, dest_port, orig_host, orig_port)
 
     async def _forward(self, dest_host, dest_port, orig_host, orig_port):
         try:
             conn, lease = await self._target()
+            down = await open_tcp(conn, wire.target(lease, dest_host.lower()), dest_port, (orig_host, orig_port))
         except BrokerError as exc:
+            self._free_slot()
             raise asyncssh.ChannelOpenError(asyncssh.OPEN_CONNECT_FAILED, str(exc)) from None
-        down = await open_tcp(conn, wire.target(lease, dest_host.lower()), dest_port, (orig_host, orig_port))
+        except BaseException:
+            self._free_slot()
+            raise
         self._broker.track_session(lease, down)
-        down.on_close = self._broker.untrack_session
+        down.on_close = self._session_closed
         return down
 
     def server_requested(self, listen_host, listen_port):

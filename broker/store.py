@@ -262,6 +262,10 @@ class Store:
         self.db.conn.executemany("UPDATE hosts SET last_seen = ? WHERE name = ?", [(now, n) for n in names])
 
     # ledger
+    def posted(self, key: str) -> bool:
+        """Whether a transaction with this key exists."""
+        return self.db.execute("SELECT 1 FROM txs WHERE key = ?", [key]).fetchone() is not None
+
     def post(self, key: str, kind: str, entries: ledger.Entries, lease: str | None = None,
              renter: str | None = None, memo: str = "", now: float | None = None) -> bool:
         """Post one balanced transaction once: False (and nothing changes) if key was posted before."""

@@ -17,6 +17,7 @@ async def call(fn, *args, timeout: float):
     """fn(*args) in a new daemon thread; its result, its exception, or TimeoutError after timeout."""
     loop = asyncio.get_running_loop()
     fut = loop.create_future()
+    fut.add_done_callback(lambda f: f.cancelled() or f.exception())  # a late failure nobody awaits is not an error
 
     def settle(result, exc):
         if not fut.done():

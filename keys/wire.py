@@ -38,7 +38,7 @@ GPU_UUID = re.compile(r"(?:GPU|MIG)-[0-9A-Za-z-]{8,64}(?:/\d{1,3}/\d{1,3})?")
 _COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
 IMAGE = re.compile(rf"(?:[a-zA-Z0-9](?:[a-zA-Z0-9.-]*[a-zA-Z0-9])?(?::\d{{1,5}})?/)?{_COMPONENT}(?:/{_COMPONENT})*"
                    r"(?::[\w][\w.-]{0,127})?(?:@sha256:[0-9a-f]{64})?")
-LOOPBACK = ("localhost", "127.0.0.1", "::1", "ip6-localhost")
+LOOPBACK = ("localhost", "127.0.0.1", "::1")
 SIGNALS = ("ABRT", "ALRM", "FPE", "HUP", "ILL", "INT", "KILL", "PIPE", "QUIT", "SEGV", "TERM", "USR1", "USR2",
            "CONT", "STOP", "TSTP", "WINCH")
 # Renter environment that may pass into a container; everything else is dropped (at both ends).
@@ -61,9 +61,9 @@ def decode(line: bytes) -> dict:
     if len(line) > MAX_LINE:
         raise WireError("wire message too long")
     try:
-        msg = json.loads(line, parse_constant=_no_constant)
-    except ValueError as exc:
-        raise WireError(f"not JSON: {exc}") from None
+        msg = json.loads(line, parse_constant=_no_constant, parse_float=_finite_float)
+    except (ValueError, RecursionError) as exc:
+        raise WireError(f"not JSON: {str(exc)[:80]}") from None
     if not isinstance(msg, dict):
         raise WireError("wire message is not an object")
     return msg
@@ -71,6 +71,23 @@ def decode(line: bytes) -> dict:
 
 def _no_constant(name: str):
     raise WireError(f"{name} is not a number")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise WireError(f"{text[:20]} is out of range")
+    return value
+
+
+def number_in(value, lo: float, hi: float, integer: bool = False) -> bool:
+    """Whether value is a real number (an int, if integer) from lo to hi; never a bool, NaN or inf,
+    and no overflow for huge ints."""
+    if isinstance(value, bool) or not isinstance(value, int if integer else (int, float)):
+        return False
+    if isinstance(value, float) and not math.isfinite(value):
+        return False
+    return lo <= value <= hi
 
 
 def _match(kind: str, pattern: re.Pattern, value) -> str:
@@ -103,8 +120,7 @@ def gpu_uuid(value) -> str:
 
 def timestamp(value, kind: str = "time") -> float:
     """Seconds since the epoch: a finite number between 0 and 2100."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
-            or not 0 <= value <= MAX_TIME:
+    if not number_in(value, 0, MAX_TIME):
         raise WireError(f"bad {kind} {printable(repr(value))[:40]}")
     return float(value)
 

@@ -26,7 +26,7 @@ def test_a_good_inventory_comes_back_clean():
     ("gpus", [{"index": 0, "uuid": GPU, "name": "A" * 65, "memory_gb": 24}], "name"),
     ("gpus", [{"index": 0, "uuid": GPU, "name": "a", "memory_gb": 1}] * 2, "gpus"),
     ("shared", ["GPU-fake-ffffffffffffffffffffffff"], "shared"), ("cuda_version", "12", "cuda_version"),
-    ("version", "\u202e", "version"),
+    ("version", "\u202e", "version"), ("cpu_cores", 10**400, "cpu_cores"), ("price", -10**400, "price"),
 ])
 def test_each_bad_field_is_named(field, value, named):
     inv = copy.deepcopy(GOOD)

@@ -114,6 +114,24 @@ def test_one_full_lease_life(tmp_path):
     b.close()
 
 
+def test_an_extension_refused_after_the_lease_settled_is_not_refunded_twice(tmp_path):
+    b = _world(tmp_path)
+    b.store.host_up("pc1", 0)
+    lid = _rent(b, "alice", 1, 1000.0)
+    added, n = b._add_time(lid, 3600)           # the host is asked; meanwhile the lease is released
+    b._end(lid, 1600)
+    after_settle = b.store.balances()
+    b._undo_time(lid, 3600, added, n)          # ...and then the host refuses the extension
+    assert b.store.balances() == after_settle
+    assert [t["kind"] for t in b.store.journal("alice")] == ["deposit", "hold", "hold", "settle"]
+    lid2 = _rent(b, "alice", 1, 2000.0)         # while a refusal in time is undone once
+    added, n = b._add_time(lid2, 3600)
+    b._undo_time(lid2, 3600, added, n)
+    b._undo_time(lid2, 3600, added, n)
+    assert b.store.balance("hold:alice") == b.store.lease(lid2)["held"] == 400_000
+    b.close()
+
+
 def test_cannot_rent_beyond_credit(tmp_path):
     b = _world(tmp_path)
     assert _rent(b, "alice", 100, 0.0) is None   # 40 credits > 3

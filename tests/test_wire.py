@@ -23,14 +23,15 @@ def test_formats(check, good, bad):
             check(value)
 
 
-@pytest.mark.parametrize("value", [float("nan"), float("inf"), -1, 5e9, True, "1", None])
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -1, 5e9, True, "1", None, 10**400, -10**400])
 def test_timestamps_refuse_what_is_not_a_time(value):
     with pytest.raises(wire.WireError):
         wire.timestamp(value)
 
 
 def test_decode_refuses_nan_and_non_objects():
-    for line in (b'{"a":NaN}', b'{"a":Infinity}', b"[1]", b"nope", b"{" * (wire.MAX_LINE + 1)):
+    for line in (b'{"a":NaN}', b'{"a":Infinity}', b'{"a":1e400}', b"[1]", b"nope", b"{" * (wire.MAX_LINE + 1),
+                 b'{"a":' + b"[" * 100_000 + b"]" * 100_000 + b"}"):
         with pytest.raises(wire.WireError):
             wire.decode(line)
     assert wire.decode(b'{"a":1}') == {"a": 1}

@@ -121,6 +121,7 @@ class FakeHost:
         self.control: _HostChannel | None = None
         self.stop_state = "ended"  # what lease.stop answers
         self.start_error: str | None = None
+        self.start_reply: dict | None = None  # answer lease.start with this instead
         self.conn = None
         self.welcomed = asyncio.Event()
 
@@ -141,6 +142,8 @@ class FakeHost:
         if op == "lease.start":
             if self.start_error:
                 return {"ok": False, "error": self.start_error}
+            if self.start_reply is not None:
+                return self.start_reply
             self.leases[req["lease"]["id"]] = {"state": "active", "ended_at": None}
             return {"ok": True, "container": "f" * 64}
         if op == "lease.stop":

@@ -11,7 +11,7 @@ import pytest
 
 from keys import wire
 
-from ..cluster import IMAGE, wait_for
+from ..cluster import IMAGE, Cluster, wait_for
 from .fakehost import FakeBroker, FakeHost, inventory
 
 pytestmark = [pytest.mark.docker, pytest.mark.hostile]
@@ -137,3 +137,37 @@ async def test_broker_holds_when_the_host_accepts_anything(fresh_cluster):
     finally:
         host.close()
     wait_for(lambda: _state(c, lease) == "active", what="the lease to stay active")
+
+
+async def test_sessions_and_forwards_share_one_limit_per_renter(tmp_path):
+    c = Cluster(tmp_path / "c", env={"BROKER_SESSIONS_PER_RENTER": "4"})
+    try:
+        await asyncio.to_thread(c.start_broker)
+        await asyncio.to_thread(c.add_host, "pc1")
+        await asyncio.to_thread(c.create_lease)
+        r = await asyncio.to_thread(c.ssh, "nohup python3 -m http.server 8000 --bind 127.0.0.1 >/dev/null 2>&1 &")
+        assert r.returncode == 0
+        key = asyncssh.read_private_key(str(c.key))
+        async with asyncssh.connect("127.0.0.1", c.ssh_port, username="rent", client_keys=[key],
+                                    known_hosts=str(c.root / "known_hosts")) as conn:
+            async def forward():
+                for _ in range(100):  # until the server in the container listens
+                    try:
+                        return await conn.open_connection("localhost", 8000)
+                    except asyncssh.ChannelOpenError as exc:
+                        if exc.code == asyncssh.OPEN_RESOURCE_SHORTAGE:
+                            raise
+                        await asyncio.sleep(0.1)
+                raise AssertionError("the server in the container never listened")
+            open_ = [await forward() for _ in range(4)]
+            with pytest.raises(asyncssh.ChannelOpenError, match="too many open sessions and forwards"):
+                await forward()
+            with pytest.raises(asyncssh.ChannelOpenError):
+                await conn.open_session(command="true")
+            open_[0][1].close()
+            await asyncio.sleep(0.5)
+            open_.append(await forward())  # a closed forward gives its place back
+            for _, writer in open_[1:]:
+                writer.close()
+    finally:
+        await asyncio.to_thread(c.close)

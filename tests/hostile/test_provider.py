@@ -148,6 +148,19 @@ async def test_host_words_never_reach_a_terminal_raw(market):
     assert [x["state"] for x in _json(c, "ls")] == ["failed"]
 
 
+@pytest.mark.parametrize("reply", [{"ok": True}, {"ok": True, "container": ["x"]}, {"ok": "yes"},
+                                   {"ok": True, "container": "../../x"}], ids=["none", "list", "ok-text", "path"])
+async def test_a_start_without_a_container_fails_and_refunds(market, reply):
+    c, hosts = market
+    balance = _json(c, "balance")["balance_micro"]
+    hosts["evil"].start_reply = reply
+    r = await ctl(c, "rent", "host_id=evil", "--hours", "1", "--yes")
+    assert r.returncode == 2 and r.stderr.decode().count("\n") == 1, r.stderr
+    after = _json(c, "balance")
+    assert (after["balance_micro"], after["held_micro"]) == (balance, 0)
+    assert [x["state"] for x in _json(c, "ls")] == ["failed"]
+
+
 async def test_a_gpu_whose_container_may_still_run_is_not_offered(market):
     c, hosts = market
     honest = hosts["honest"]

@@ -13,7 +13,10 @@ BAD = [
     ("rent", "--hours", "1", "--gpus", "-1", "--yes"), ("rent", "--hours", "1", "--gpus", "1e9", "--yes"),
     ("rent", "--hours", "1", "--gpus", "9" * 5000, "--yes"), ("extend", "nan"), ("extend", "-Infinity"),
     ("extend", "1e999999"), ("offers", "gpu_ram>=nan"), ("offers", "dph<inf"), ("offers", "num_gpus>-1e999"),
-    ("rent", "gpu_ram>=NaN", "--hours", "1", "--yes"),
+    ("rent", "gpu_ram>=NaN", "--hours", "1", "--yes"), ("rent", "--hours"), ("offers", "--foo"), ("ls", "--"),
+    ("history", "-o"), ("rent", "--hours", "\u0661", "--yes"), ("rent", "--hours", "\u0661h", "--yes"),
+    ("offers", "gpu_ram>=\u0661"), ("offers", "num_gpus>=1_0"), ("rent", "--hours", "1_0", "--yes"),
+    ("show", "nosuchlease"),
 ]
 
 
