@@ -211,7 +211,7 @@ class Broker:
         ours = {lease["id"]: lease for lease in await self.db(self.store.leases_on, link.name, False)}
         for lid, st in theirs.items():
             if not (wire.LEASE_ID.fullmatch(lid) and isinstance(st, dict)
-                    and st.get("state") in ("active", "ending", "ended", "purged", "lost")):
+                    and st.get("state") in ("starting", "active", "ending", "ended", "purged", "lost")):
                 log.warning("host %s: ignoring a malformed lease entry", link.name)
                 continue
             lease = ours.get(lid)

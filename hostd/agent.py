@@ -48,6 +48,7 @@ class Agent:
         self._inventory: dict | None = None
         self._sink = None
         self._pending: list[dict] = []
+        self._starts: dict[str, asyncio.Future] = {}  # lease id -> done when its start call ends
         self._status = {"pid": os.getpid(), "connected": False}
 
     @property
@@ -219,12 +220,24 @@ class Agent:
         known = {g["uuid"] for g in self._gpus.gpus()}
         if not set(gpus) <= known or len(set(gpus)) != len(gpus):
             return {"ok": False, "error": "asked for GPUs this host does not have"}
-        busy = {u for r in self.store.all() if r["state"] in ("active", "ending")
+        busy = {u for r in self.store.all() if r["state"] in ("starting", "active", "ending")
                 for u in json.loads(r["gpus"] or "[]")}
         if busy & set(gpus):
             return {"ok": False, "error": "asked for GPUs that another lease holds"}
-        rec = {**{k: lease[k] for k in ("id", "renter", "image", "ends_at")}, "state": "active",
+        # Recorded before the container is made, so that a broker that loses the reply (a cut
+        # connection, a restart) hears of it at the next hello and can have it discarded.
+        rec = {**{k: lease[k] for k in ("id", "renter", "image", "ends_at")}, "state": "starting",
                "gpus": json.dumps(gpus)}
+        self.store.put(rec)
+        done = self._starts[lease["id"]] = asyncio.get_running_loop().create_future()
+        try:
+            return await self._start(lease, rec)
+        finally:
+            self._starts.pop(lease["id"], None)
+            done.set_result(None)
+
+    async def _start(self, lease: dict, rec: dict) -> dict:
+        gpus = lease["gpus"]
         self.leases.write_info(rec)
         limits = None
         if gpus:
@@ -236,11 +249,12 @@ class Agent:
                 self.runtime.start, lease, self._gpus.device_ids(gpus), str(self.leases.lease_dir(lease["id"])),
                 limits, timeout=offload.START)
         except (RuntimeError_, asyncio.TimeoutError) as exc:
+            self.store.update(lease["id"], state="purged")
             if isinstance(exc, asyncio.TimeoutError):
                 # The engine may still make it: remove whatever it made once it answers again.
                 asyncio.get_running_loop().create_task(self._clean_up(lease["id"]))
             return {"ok": False, "error": str(exc) or "the Docker engine did not answer in time"}
-        rec.update(container=container, shell=shell)
+        rec.update(container=container, shell=shell, state="active")
         self.store.put(rec)
         self.leases.arm(rec)
         log.info("lease %s started for %s (container %s, %d GPU)", lease["id"], lease["renter"], container[:12],
@@ -270,7 +284,10 @@ class Agent:
         return {"ok": True}
 
     async def _op_lease_discard(self, req):
-        await self.leases.discard(wire.lease_id(req.get("id")))
+        lease_id = wire.lease_id(req.get("id"))
+        if lease_id in self._starts:  # its container is being made: discard it once it is
+            await asyncio.shield(self._starts[lease_id])
+        await self.leases.discard(lease_id)
         return {"ok": True}
 
     # connection

@@ -9,7 +9,7 @@ _COLUMNS = {"id": str, "renter": str, "image": str, "ends_at": float, "state": s
 
 
 class Store:
-    """Leases this host serves. States: active, ending, ended, purged, lost."""
+    """Leases this host serves. States: starting, active, ending, ended, purged, lost."""
 
     def __init__(self, path: Path):
         self.db = sqlite_utils.Database(sqlite3.connect(str(path), timeout=10, check_same_thread=False))

@@ -125,3 +125,32 @@ def test_one_leases_stuck_engine_calls_hold_up_nothing_else(tmp_path):
         proxy.release()
         c.close()
         proxy.close()
+
+
+def test_broker_restarted_while_the_container_is_made_leaves_nothing(tmp_path):
+    proxy = StallProxy(tmp_path / "docker.sock")
+    c = Cluster(tmp_path / "c", env={"DOCKER_HOST": f"unix://{proxy.path}"})
+    try:
+        c.start_broker()
+        c.add_host("pc1", {"fake_gpus": "RTX 4090:24", "grace": "1s"})
+        c.broker("renter", "credit", "alice", "5")
+        wait_for(lambda: c.ssh("offers", "--json", user="ctl", check=True).stdout != b"[]\n", what="the offer")
+        proxy.hold("/containers/create")
+        rent = subprocess.Popen(c.ssh_cmd("ctl") + ["rent", "--hours", "1", "--yes"], stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        wait_for(lambda: proxy.held, what="hostd to be making the container")
+        c.kill("broker")                       # the broker never hears the reply
+        assert rent.wait(timeout=30) != 0
+        c.start_broker()                       # fails the lease; hostd reports it as starting
+        c.wait_connected("pc1")
+        proxy.release()                        # the container comes into being after all...
+        wait_for(lambda: not c.containers(), timeout=60, what="hostd to discard it")  # ...and goes
+        assert [x["state"] for x in json.loads(c.broker("lease", "list", "--json").stdout)] == ["failed"]
+        balance = json.loads(c.ssh("balance", "--json", user="ctl", check=True).stdout)
+        assert (balance["balance_micro"], balance["held_micro"]) == (5_000_000, 0)
+        wait_for(lambda: c.ssh("offers", "--json", user="ctl", check=True).stdout != b"[]\n",
+                 what="the GPU back on offer")
+    finally:
+        proxy.release()
+        c.close()
+        proxy.close()
