@@ -2,17 +2,19 @@
 
 Connecting from the host to the container's bridge address would miss servers bound to
 127.0.0.1 in the container (Jupyter's default), so the socket is made inside the container's
-namespace: one dedicated thread setns()es in, connects and returns. Needs CAP_SYS_ADMIN (root).
+namespace: a thread of its own per connect setns()es in, connects and returns, within a few
+seconds. One renter's slow or full listeners never delay another's forwards. Needs CAP_SYS_ADMIN
+(root).
 """
-import asyncio
 import ctypes
 import os
 import socket
-from concurrent.futures import ThreadPoolExecutor
+
+from . import offload
 
 CLONE_NEWNET = 0x40000000
+CONNECT_TIMEOUT = 5.0
 _libc = ctypes.CDLL(None, use_errno=True)
-_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="netns")
 
 
 def _setns(fd: int) -> None:
@@ -40,6 +42,6 @@ def _connect(pid: int, host: str, port: int, timeout: float) -> socket.socket:
     return sock
 
 
-async def connect(pid: int, host: str, port: int, timeout: float = 10) -> socket.socket:
+async def connect(pid: int, host: str, port: int, timeout: float = CONNECT_TIMEOUT) -> socket.socket:
     """A connected non-blocking socket to host:port as seen from inside pid's network namespace."""
-    return await asyncio.get_running_loop().run_in_executor(_thread, _connect, pid, host, port, timeout)
+    return await offload.call(_connect, pid, host, port, timeout, timeout=timeout + 1)
