@@ -140,7 +140,7 @@ class Commands:
         image = args.opts.get("--image", DEFAULT_IMAGE)
         text = " ".join(args.words)
         if not args.yes:
-            offer, amount = await self.b.quote(text, seconds, gpus)
+            offer, amount = await self.b.quote(text, seconds, gpus, image)
             what = (f"{gpus}x {offer['gpu_name']} on {offer['host_id']} for {format_duration(seconds)} "
                     f"at {credits(offer['price'] * gpus)}/h: {credits(amount)} credits held, unused time refunded")
             if ask is None:

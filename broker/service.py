@@ -394,25 +394,32 @@ class Broker:
         if gpus < 1:
             raise BrokerError("--gpus must be at least 1")
         async with self._rent_lock:  # GPUs are taken by the lease row, so one rent picks at a time
-            offer = offers_mod.choose(await self.offers(text), text, gpus)
-            self._check_fit(offer, seconds, image)
+            offer = await self._pick(text, gpus, image)
+            self._check_fit(offer, seconds)
             lease = self._new_lease(renter, offer["host_id"], image, seconds, offer["gpus"][:gpus],
                                     offer["gpu_name"], offer["price"])
             await self.db(self._open, lease)
         return await self._launch(lease, progress)
 
+    async def _pick(self, text: str, gpus: int, image: str) -> dict:
+        """The best offer for the query whose host allows the image; a one-line error naming the
+        images that are allowed when none does."""
+        offers = await self.offers(text)
+        allowing = [o for o in offers if offers_mod.allows(o, image)]
+        if offers and not allowing:
+            allowed = sorted({i for o in offers for i in offers_mod.images(o)})
+            raise BrokerError(f"image {image!r} is not allowed by the matching offers; allowed: {', '.join(allowed)}")
+        return offers_mod.choose(allowing, text, gpus)
+
     @staticmethod
-    def _check_fit(offer: dict, seconds: int, image: str) -> None:
-        allowed = [i.strip() for i in str(offer["images"]).split(",")]
-        if "*" not in allowed and image not in allowed:
-            raise BrokerError(f"host {offer['host_id']} does not allow image {image!r}")
+    def _check_fit(offer: dict, seconds: int) -> None:
         closes = offer["window_end"]
         if closes and time.time() + seconds > closes:
             raise BrokerError(f"host {offer['host_id']} is available for at most "
                               f"{format_duration(closes - time.time())} from now")
 
-    async def quote(self, text: str, seconds: int, gpus: int) -> tuple[dict, int]:
-        offer = offers_mod.choose(await self.offers(text), text, gpus)
+    async def quote(self, text: str, seconds: int, gpus: int, image: str = DEFAULT_IMAGE) -> tuple[dict, int]:
+        offer = await self._pick(text, gpus, image)
         return offer, hold_for(offer["price"], gpus, seconds)
 
     async def _own_lease(self, renter: str, lease_id: str | None) -> dict:

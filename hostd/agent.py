@@ -215,7 +215,8 @@ class Agent:
             return {"ok": False, "error": f"lease {lease['id']} already exists on this host"}
         allowed = [i.strip() for i in self._settings["images"].split(",")]
         if "*" not in allowed and lease["image"] not in allowed:
-            return {"ok": False, "error": f"image {lease['image']!r} is not allowed on this host"}
+            return {"ok": False, "error": f"image {lease['image']!r} is not allowed on this host "
+                                          f"(allowed: {self._settings['images']})"}
         gpus = lease["gpus"]
         known = {g["uuid"] for g in self._gpus.gpus()}
         if not set(gpus) <= known or len(set(gpus)) != len(gpus):

@@ -53,6 +53,17 @@ def test_offers_query_errors_and_pause(market):
     wait_for(lambda: ctl_json(c, "offers"), what="the host to come back")
 
 
+def test_only_the_images_the_provider_lists_can_be_rented(market):
+    c = market
+    for args in (["--yes"], []):
+        r = ctl(c, "rent", "--hours", "1", "--image", "debian:12", *args)
+        assert r.returncode == 2
+        assert r.stderr.decode() == ("ctl: image 'debian:12' is not allowed by the matching offers; "
+                                     "allowed: shellrent-base:bookworm\n")
+    assert ctl_json(c, "ls") == []
+    assert ctl_json(c, "balance")["held_micro"] == 0
+
+
 def test_full_lease_life(market, tmp_path):
     c = market
     r = ctl(c, "rent", "gpu_ram>=24", "--hours", "25s")
