@@ -7,13 +7,14 @@ import json
 import logging
 import os
 import random
+import subprocess
 import time
 
 import asyncssh
 
 from keys import material, tokens, wire
 
-from . import gpus as gpus_mod, offload, settings as settings_mod
+from . import firewall, gpus as gpus_mod, offload, settings as settings_mod
 from .config import Config, write_private
 from .leases import Leases
 from .runtime import Runtime, RuntimeError_, default_limits
@@ -69,8 +70,19 @@ class Agent:
         self.runtime = Runtime(self.owner, default_limits())
         for what in self.runtime.unenforced_limits():
             log.warning("the Docker engine cannot enforce: %s", what)
+        self._apply_firewall()
         self.leases = Leases(self.config, self.runtime, self.store, self.settings, self.emit)
         self.leases.reconcile()
+
+    def _apply_firewall(self) -> None:
+        allow = firewall.parse_allow(self._settings["egress_allow"])
+        try:
+            firewall.install(allow)
+        except (firewall.FirewallError, OSError, subprocess.SubprocessError) as exc:
+            log.error("egress policy NOT enforced: %s", exc)
+            return
+        log.info("egress policy installed: lease containers reach the internet only%s",
+                 f" and {self._settings['egress_allow']}" if allow else "")
 
     def _reload_settings(self) -> bool:
         try:
@@ -93,7 +105,12 @@ class Agent:
     async def watch(self) -> None:
         """Notice settings changes and inventory drift; report them to the broker."""
         while True:
-            self._reload_settings()
+            egress = self._settings["egress_allow"]
+            if self._reload_settings() and self._settings["egress_allow"] != egress and self.runtime:
+                try:
+                    await offload.call(self._apply_firewall, timeout=60)
+                except asyncio.TimeoutError:
+                    log.error("egress policy: iptables did not answer in time")
             try:
                 inv = await offload.call(self.inventory, timeout=30)
             except (asyncio.TimeoutError, OSError) as exc:

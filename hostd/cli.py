@@ -11,7 +11,7 @@ import click
 
 from .agent import Agent, JoinError, join as join_broker
 from .config import Config
-from . import settings as settings_mod
+from . import firewall, settings as settings_mod
 from .runtime import RuntimeError_
 
 
@@ -139,6 +139,24 @@ def config_set(cfg: Config, key, value):
     except settings_mod.SettingsError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"{key} = {values[key]}")
+
+
+@main.group("firewall")
+def firewall_group():
+    """The egress policy for lease containers (installed by `hostd run`)."""
+
+
+@firewall_group.command("show")
+def firewall_show():
+    """Print hostd's iptables chains."""
+    click.echo(firewall.show() or "not installed", nl=False)
+
+
+@firewall_group.command("remove")
+def firewall_remove():
+    """Remove hostd's chains (on uninstall; lease containers can then reach this machine and its LAN)."""
+    firewall.remove()
+    click.echo("egress policy removed")
 
 
 @main.command()

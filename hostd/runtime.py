@@ -12,6 +12,8 @@ import signal as signals
 import docker
 from docker.errors import APIError, DockerException, ImageNotFound, NotFound
 
+from .firewall import bridge_name
+
 log = logging.getLogger("shellrent.runtime")
 
 # What a root user in the container needs for package installs and ordinary work. Dropped from
@@ -74,7 +76,8 @@ class Runtime:
                 self.client.volumes.get(vol_name)
             except NotFound:
                 made.append(self.client.volumes.create(vol_name, labels=labels))
-            net = self.client.networks.create(name, driver="bridge", labels=labels)
+            net = self.client.networks.create(name, driver="bridge", labels=labels,
+                                              options={"com.docker.network.bridge.name": bridge_name(lease["id"])})
             made.append(net)
             lim = {**self.limits, **(limits or {})}
             env = {"SHELLRENT_LEASE_ID": lease["id"], "SHELLRENT_ENDS_AT": str(int(lease["ends_at"])),

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from keys import wire
 
+from . import firewall
 from .config import write_private
 
 
@@ -80,6 +81,11 @@ def _images(text: str) -> str:
     return text.strip()
 
 
+def _egress(text: str) -> str:
+    firewall.parse_allow(text)
+    return text.strip()
+
+
 def _label(text: str) -> str:
     if len(text) > 32 or not re.fullmatch(r"[\x20-\x7e]*", text):
         raise ValueError("at most 32 printable characters")
@@ -105,6 +111,7 @@ SPEC = {
     "power_limit": (_positive(int, 10_000), 0, "watts per rented GPU (0: leave as is)"),
     "images": (_images, "shellrent-base:bookworm",
                "comma-separated lease images allowed, or * for any image on this machine"),
+    "egress_allow": (_egress, "", "what lease containers may reach besides the internet: IP[:PORT],CIDR[:PORT]"),
     "geolocation": (_label, "", "where the machine is, e.g. DE"),
     "warnings": (_schedule, "15m,5m,1m", "when to warn before a lease ends"),
     "grace": (_duration, 30.0, "SIGTERM to SIGKILL at a lease's end, e.g. 30s"),
