@@ -21,6 +21,10 @@ class Config:
     auth_block_for: float = field(default_factory=lambda: _env_float("BROKER_AUTH_BLOCK_FOR", 300))
     keepalive: float = field(default_factory=lambda: _env_float("BROKER_KEEPALIVE", 15))
     token_ttl: float = 24 * 3600
+    # Unauthenticated connections at once, in total and per source address; key tries per connection.
+    max_startups: int = field(default_factory=lambda: int(_env_float("BROKER_MAX_STARTUPS", 100)))
+    max_startups_per_ip: int = field(default_factory=lambda: int(_env_float("BROKER_MAX_STARTUPS_PER_IP", 10)))
+    max_auth_tries: int = field(default_factory=lambda: int(_env_float("BROKER_MAX_AUTH_TRIES", 6)))
     sessions_per_renter: int = field(default_factory=lambda: int(_env_float("BROKER_SESSIONS_PER_RENTER", 64)))
     fee_percent: int = field(default_factory=lambda: int(_env_float("BROKER_FEE_PERCENT", 10)))
     offline_grace: float = field(default_factory=lambda: _env_float("BROKER_OFFLINE_GRACE", 300))

@@ -13,7 +13,7 @@ from keys import material
 from .admin import AdminServer
 from .config import Config
 from .service import Broker
-from .sshserver import AuthLimiter, RenterServer
+from .sshserver import AuthLimiter, RenterServer, Startups
 from .store import Store
 from .tunnels import Tunnels
 
@@ -40,13 +40,15 @@ class BrokerServer:
         self.broker = Broker(cfg, Store(cfg.db_path))
         self.tunnels = Tunnels(client_key, self.broker.identify_host, cfg.keepalive,
                                self.broker.host_connected, self.broker.host_disconnected, self.broker.event)
+        self.tunnels.login_timeout = cfg.login_timeout
         self.broker.tunnels = self.tunnels
         await self.broker.recover()
         tunnel_port = await self.tunnels.listen(*cfg.tunnel_addr)
         limiter = AuthLimiter(cfg.auth_fail_limit, cfg.auth_fail_window, cfg.auth_block_for)
         sessions = defaultdict(int)
+        startups = Startups(cfg.max_startups, cfg.max_startups_per_ip)
         ssh = await asyncssh.create_server(
-            lambda: RenterServer(self.broker, limiter, sessions), *cfg.ssh_addr,
+            lambda: RenterServer(self.broker, limiter, sessions, startups), *cfg.ssh_addr,
             server_host_keys=[host_key], encoding=None, line_editor=False, encryption_algs=RENTER_CIPHERS,
             login_timeout=cfg.login_timeout, keepalive_interval=cfg.keepalive * 4,
             x11_forwarding=False, agent_forwarding=False, allow_scp=False,

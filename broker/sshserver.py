@@ -2,6 +2,7 @@
 
 Public-key auth only. Logins: rent (the renter's only active lease), rent+LEASE, ctl.
 """
+import asyncio
 import logging
 import time
 from collections import defaultdict, deque
@@ -48,13 +49,42 @@ class AuthLimiter:
             self._fails.pop(next(iter(self._fails)))
 
 
+class Startups:
+    """Connections not yet authenticated, bounded in total and per source address (OpenSSH's
+    MaxStartups and PerSourceMaxStartups): past either bound a new connection is dropped at once,
+    so a flood of idle connections costs the broker a bounded amount of memory."""
+
+    def __init__(self, total: int, per_ip: int):
+        self.total, self.per_ip = total, per_ip
+        self.count = 0
+        self._by_ip: dict[str, int] = defaultdict(int)
+
+    def admit(self, ip: str) -> bool:
+        if self.count >= self.total or self._by_ip[ip] >= self.per_ip:
+            if not self._by_ip[ip]:
+                del self._by_ip[ip]
+            return False
+        self.count += 1
+        self._by_ip[ip] += 1
+        return True
+
+    def done(self, ip: str) -> None:
+        self.count -= 1
+        self._by_ip[ip] -= 1
+        if not self._by_ip[ip]:
+            del self._by_ip[ip]
+
+
 class RenterServer(asyncssh.SSHServer):
     """One renter connection: who they are, which lease they asked for, what they may open."""
 
-    def __init__(self, broker: service.Broker, limiter: AuthLimiter, sessions: dict):
+    def __init__(self, broker: service.Broker, limiter: AuthLimiter, sessions: dict, startups: Startups):
         self._broker = broker
         self._limiter = limiter
         self._sessions = sessions
+        self._startups = startups
+        self._starting = False  # counted among the unauthenticated connections
+        self._fails = 0
         self._conn = None
         self._ip = "?"
         self.renter: str | None = None
@@ -64,8 +94,21 @@ class RenterServer(asyncssh.SSHServer):
     def connection_made(self, conn):
         self._conn = conn
         self._ip = (conn.get_extra_info("peername") or ("?",))[0]
+        self._starting = self._startups.admit(self._ip)
+        if not self._starting:
+            log.info("dropping a connection from %s: too many unauthenticated connections", self._ip)
+            asyncio.get_running_loop().call_soon(conn.abort)
+
+    def auth_completed(self):
+        self._started()
+
+    def _started(self):
+        if self._starting:
+            self._starting = False
+            self._startups.done(self._ip)
 
     def connection_lost(self, exc):
+        self._started()
         if self.renter:
             audit.info("disconnect renter=%s ip=%s lease=%s reason=%s", self.renter, self._ip,
                        self.lease or "-", exc or "closed")
@@ -95,6 +138,9 @@ class RenterServer(asyncssh.SSHServer):
         if not renter:
             self._limiter.failed(self._ip, time.time())
             audit.info("auth-fail user=%s ip=%s key=%s", username, self._ip, material.fingerprint(key))
+            self._fails += 1
+            if self._fails >= self._broker.config.max_auth_tries:
+                self._conn.disconnect(asyncssh.DISC_NO_MORE_AUTH_METHODS_AVAILABLE, "too many authentication failures")
             return False
         if self.renter != renter:
             audit.info("login renter=%s user=%s ip=%s", renter, username, self._ip)

@@ -132,6 +132,7 @@ class Tunnels:
         self._disconnected = disconnected  # async (name) -> None
         self._event = event  # async (name, event) -> None, in the order the host sent them
         self._keepalive = keepalive
+        self.login_timeout = 30.0  # a connection that has not finished its handshake by then is dropped
         self.links: dict[str, HostLink] = {}
         self._acceptor = None
 
@@ -141,7 +142,8 @@ class Tunnels:
             host, port, client_factory=_TunnelClient, client_keys=[self._key],
             known_hosts=lambda h, a, p: ([], [], []), username="broker",
             encryption_algs=TUNNEL_CIPHERS, keepalive_interval=self._keepalive,
-            keepalive_count_max=3, acceptor=self._accepted, error_handler=self._failed)
+            keepalive_count_max=3, login_timeout=self.login_timeout, acceptor=self._accepted,
+            error_handler=self._failed)
         return self._acceptor.get_port()
 
     def get(self, name: str) -> HostLink | None:

@@ -1,0 +1,99 @@
+"""Strangers: unauthenticated connections are bounded in total and per address, idle ones are cut
+after the login grace time on both ports, a flood leaves the broker's memory where it was, and one
+connection cannot try keys without end. Real broker; raw sockets and OpenSSH/asyncssh clients."""
+import asyncio
+import socket
+import time
+
+import asyncssh
+import pytest
+
+from ..cluster import Cluster, wait_for
+
+pytestmark = [pytest.mark.docker, pytest.mark.hostile]
+
+
+def _open(port: int, source: str = "127.0.0.1") -> socket.socket:
+    s = socket.socket()
+    s.bind((source, 0))
+    s.connect(("127.0.0.1", port))
+    s.settimeout(0.2)
+    return s
+
+
+def _dropped(s: socket.socket) -> bool:
+    """True once the server has closed this connection (it may have sent its banner first)."""
+    try:
+        while data := s.recv(4096):
+            if not data.startswith(b"SSH-"):
+                break
+        return True
+    except socket.timeout:
+        return False
+    except OSError:
+        return True
+
+
+def _rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+@pytest.fixture
+def broker(tmp_path):
+    c = Cluster(tmp_path / "c", env={"BROKER_MAX_STARTUPS": "40", "BROKER_MAX_STARTUPS_PER_IP": "5",
+                                     "BROKER_LOGIN_TIMEOUT": "3", "BROKER_AUTH_FAIL_LIMIT": "1000"})
+    try:
+        c.start_broker()
+        yield c
+    finally:
+        c.close()
+
+
+def test_unauthenticated_connections_are_bounded_per_address_and_in_total(broker):
+    c = broker
+    flood = [_open(c.ssh_port) for _ in range(20)]
+    wait_for(lambda: sum(_dropped(s) for s in flood) >= 15, timeout=10, what="the extra connections to be dropped")
+    assert c.ssh("offers", user="ctl").returncode == 255  # this address is full: OpenSSH is turned away too
+    for s in flood:
+        s.close()
+    wait_for(lambda: c.ssh("offers", user="ctl").returncode == 0, what="logins to work again")
+    # Many addresses: the total bound holds.
+    many = [_open(c.ssh_port, f"127.0.1.{i}") for i in range(1, 61)]
+    wait_for(lambda: sum(_dropped(s) for s in many) >= 20, timeout=10, what="the total bound")
+    assert sum(not _dropped(s) for s in many) <= 40
+    # The login grace time: idle connections are cut on both ports.
+    for port in (c.ssh_port, c.tunnel_port):
+        idle = [_open(port, "127.0.2.1")]
+        started = time.monotonic()
+        wait_for(lambda: _dropped(idle[0]), timeout=15, what=f"port {port} to drop an idle connection")
+        assert time.monotonic() - started < 10
+        idle[0].close()
+    for s in many:
+        s.close()
+
+
+def test_a_flood_leaves_the_brokers_memory_where_it_was(broker):
+    c = broker
+    pid = c.procs["broker"].pid
+    before = _rss_mb(pid)
+    for round_ in range(10):
+        wave = [_open(c.ssh_port, f"127.0.3.{1 + (i % 200)}") for i in range(300)]
+        for s in wave:
+            s.close()
+    wait_for(lambda: c.ssh("offers", user="ctl").returncode == 0, what="the broker to serve again")
+    after = _rss_mb(pid)
+    print(f"broker RSS: {before:.0f} MB before 3,000 connections, {after:.0f} MB after")
+    assert after - before < 40, f"broker RSS grew from {before:.0f} to {after:.0f} MB after 3,000 connections"
+
+
+async def test_one_connection_cannot_try_keys_without_end(broker):
+    c = broker
+    keys = [asyncssh.generate_private_key("ssh-ed25519") for _ in range(10)]
+    with pytest.raises(asyncssh.DisconnectError, match="too many authentication failures"):
+        await asyncio.wait_for(asyncssh.connect("127.0.0.1", c.ssh_port, username="rent", client_keys=keys,
+                                                known_hosts=str(c.root / "known_hosts")), 30)
+    assert (c.bhome / "audit.log").read_text().count("auth-fail") == 6
