@@ -5,6 +5,7 @@ Lease enforcement lives in hostd.leases and runs whether or not the broker is re
 import asyncio
 import json
 import logging
+import math
 import os
 import random
 import subprocess
@@ -260,8 +261,10 @@ class Agent:
         limits = None
         if gpus:
             inv = self._inventory or await offload.call(self.inventory, timeout=30)
-            limits = {"cpus": float(inv["cpu_per_gpu"] * len(gpus)),
-                      "memory": int(inv["ram_per_gpu"] * len(gpus) * 1e9)}
+            cpus = float(inv["cpu_per_gpu"] * len(gpus))
+            rec["cpuset"] = self._pick_cores(cpus)
+            self.store.update(lease["id"], cpuset=rec["cpuset"])
+            limits = {"cpus": cpus, "cpuset": rec["cpuset"], "memory": int(inv["ram_per_gpu"] * len(gpus) * 1e9)}
         try:
             container, shell = await offload.call(
                 self.runtime.start, lease, self._gpus.device_ids(gpus), str(self.leases.lease_dir(lease["id"])),
@@ -278,6 +281,18 @@ class Agent:
         log.info("lease %s started for %s (container %s, %d GPU)", lease["id"], lease["renter"], container[:12],
                  len(gpus))
         return {"ok": True, "container": container}
+
+    def _pick_cores(self, cpus: float) -> str:
+        """The least used of this machine's cores for a lease's share, so that nproc and thread pools
+        inside the container see the share, not every core."""
+        mine = sorted(os.sched_getaffinity(0))
+        use = {c: 0 for c in mine}
+        for r in self.store.all():
+            if r["state"] in ("starting", "active", "ending") and r.get("cpuset"):
+                for c in map(int, r["cpuset"].split(",")):
+                    use[c] = use.get(c, 0) + 1
+        want = max(1, min(len(mine), math.ceil(cpus)))
+        return ",".join(map(str, sorted(sorted(mine, key=lambda c: (use[c], c))[:want])))
 
     async def _clean_up(self, lease_id: str) -> None:
         try:

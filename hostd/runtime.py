@@ -89,6 +89,7 @@ class Runtime:
                          lease_dir: {"bind": "/etc/shellrent", "mode": "ro"}}, network=net.name,
                 cap_drop=["ALL"], cap_add=CAPS, security_opt=["no-new-privileges"], privileged=False,
                 pids_limit=lim["pids"], mem_limit=lim["memory"], nano_cpus=int(lim["cpus"] * 1e9),
+                cpuset_cpus=lim.get("cpuset"),
                 shm_size=lim["shm"], device_requests=self._gpus(device_ids), detach=True)
             made.append(container)
             container.start()
