@@ -17,6 +17,7 @@ from keys import material, tokens, wire
 
 from . import firewall, gpus as gpus_mod, offload, settings as settings_mod
 from .config import Config, write_private
+from .disk import Workspaces
 from .leases import Leases
 from .runtime import Runtime, RuntimeError_, default_limits
 from .sshserver import HostServer, SessionError
@@ -68,7 +69,14 @@ class Agent:
         """Settings, GPUs, Docker and the lease record; then reconcile and arm every lease."""
         self._reload_settings()
         self.store = Store(self.config.db_path)
-        self.runtime = Runtime(self.owner, default_limits())
+        ws_root = self.config.home / "workspaces"
+        why = Workspaces.check(ws_root)
+        if why:
+            log.warning("disk shares NOT enforced for /workspace (%s): it is an engine volume", why)
+        else:
+            log.info("disk shares: /workspace is a filesystem of the lease's size (ENOSPC past it); "
+                     "the writable layer is watched every %.0fs", self.config.disk_check)
+        self.runtime = Runtime(self.owner, default_limits(), None if why else Workspaces(ws_root))
         for what in self.runtime.unenforced_limits():
             log.warning("the Docker engine cannot enforce: %s", what)
         self._apply_firewall()
@@ -102,6 +110,22 @@ class Agent:
             self._gpus = gpus_mod.open_source(new["fake_gpus"], self.owner)
         self._settings, self._settings_mtime = new, mtime
         return True
+
+    async def watch_disk(self) -> None:
+        """End a lease whose container's writable layer outgrows its disk share (where the engine
+        cannot size that layer itself); the renter is refunded the rest."""
+        while True:
+            await asyncio.sleep(self.config.disk_check)
+            for rec in self.store.active():
+                try:
+                    used = await offload.call(self.runtime.layer_size, rec["id"], timeout=offload.QUICK)
+                except (RuntimeError_, asyncio.TimeoutError) as exc:
+                    log.info("lease %s: cannot size its layer now: %s", rec["id"], exc or "timed out")
+                    continue
+                if rec.get("disk_gb") and used > rec["disk_gb"] * 1e9:
+                    log.warning("lease %s wrote %.1f GB outside /workspace, over its %.1f GB share: ending it",
+                                rec["id"], used / 1e9, rec["disk_gb"])
+                    asyncio.get_running_loop().create_task(self.leases.end(rec["id"]))
 
     async def watch(self) -> None:
         """Notice settings changes and inventory drift; report them to the broker."""
@@ -258,13 +282,14 @@ class Agent:
     async def _start(self, lease: dict, rec: dict) -> dict:
         gpus = lease["gpus"]
         self.leases.write_info(rec)
-        limits = None
+        inv = self._inventory or await offload.call(self.inventory, timeout=30)
+        rec["disk_gb"] = float(inv["disk_per_gpu"] * max(1, len(gpus)))
+        limits = {"disk": int(rec["disk_gb"] * 1e9)}
         if gpus:
-            inv = self._inventory or await offload.call(self.inventory, timeout=30)
             cpus = float(inv["cpu_per_gpu"] * len(gpus))
             rec["cpuset"] = self._pick_cores(cpus)
-            self.store.update(lease["id"], cpuset=rec["cpuset"])
-            limits = {"cpus": cpus, "cpuset": rec["cpuset"], "memory": int(inv["ram_per_gpu"] * len(gpus) * 1e9)}
+            limits.update(cpus=cpus, cpuset=rec["cpuset"], memory=int(inv["ram_per_gpu"] * len(gpus) * 1e9))
+        self.store.update(lease["id"], cpuset=rec.get("cpuset"), disk_gb=rec["disk_gb"])
         try:
             container, shell = await offload.call(
                 self.runtime.start, lease, self._gpus.device_ids(gpus), str(self.leases.lease_dir(lease["id"])),
@@ -334,6 +359,7 @@ class Agent:
     async def run_forever(self, host: str, port: int) -> None:
         """Stay connected: reconnect after any drop, exponential backoff with full jitter."""
         watcher = asyncio.get_running_loop().create_task(self.watch())
+        disk = asyncio.get_running_loop().create_task(self.watch_disk())
         attempt = 0
         try:
             while True:
@@ -352,6 +378,7 @@ class Agent:
                 await asyncio.sleep(delay)
         finally:
             watcher.cancel()
+            disk.cancel()
 
     def _set_status(self, **fields) -> None:
         self._status.update(fields, updated=time.time())

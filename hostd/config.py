@@ -17,6 +17,7 @@ class Config:
     backoff_base: float = field(default_factory=lambda: _env("HOSTD_BACKOFF_BASE", 1.0))
     backoff_max: float = field(default_factory=lambda: _env("HOSTD_BACKOFF_MAX", 60.0))
     keepalive: float = field(default_factory=lambda: _env("HOSTD_KEEPALIVE", 15.0))
+    disk_check: float = field(default_factory=lambda: _env("HOSTD_DISK_CHECK", 30.0))  # writable layer watch
 
     @property
     def key_path(self) -> Path:

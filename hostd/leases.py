@@ -90,7 +90,7 @@ class Leases:
                 continue
             if c["status"] != "running" and rec["ends_at"] > now:
                 log.info("lease %s: starting its stopped container again", c["lease"])
-                self.runtime.ensure_running(c["id"])
+                self.runtime.ensure_running(c["id"], c["lease"])
         for rec in self.store.all():
             if rec["state"] == "ending":  # hostd stopped during the grace: its container is gone now
                 self.store.update(rec["id"], state="ended", ended_at=now)

@@ -12,6 +12,7 @@ import signal as signals
 import docker
 from docker.errors import APIError, DockerException, ImageNotFound, NotFound
 
+from .disk import DiskError, Workspaces
 from .firewall import bridge_name
 
 log = logging.getLogger("shellrent.runtime")
@@ -36,7 +37,7 @@ class RuntimeError_(Exception):
 class Runtime:
     """Docker for one hostd, identified by owner (its key fingerprint's short form)."""
 
-    def __init__(self, owner: str, limits: dict):
+    def __init__(self, owner: str, limits: dict, workspaces: Workspaces | None = None):
         try:
             self.client = docker.from_env(timeout=60)  # per socket read: no call blocks a thread for ever
             self.client.ping()
@@ -44,6 +45,7 @@ class Runtime:
             raise RuntimeError_(f"cannot reach the Docker engine: {exc}") from None
         self.owner = owner
         self.limits = limits
+        self.workspaces = workspaces  # sized /workspace filesystems; None: plain engine volumes
         self._root: str | None = None
 
     def unenforced_limits(self) -> list[str]:
@@ -70,22 +72,26 @@ class Runtime:
         except ImageNotFound:
             raise RuntimeError_(f"image {lease['image']!r} is not present on this host") from None
         made = []
+        lim = {**self.limits, **(limits or {})}
+        new_ws = self.workspaces is not None and not self.workspaces.exists(lease["id"])
         try:
-            vol_name = f"shellrent-ws-{lease['id']}"
-            try:
-                self.client.volumes.get(vol_name)
-            except NotFound:
-                made.append(self.client.volumes.create(vol_name, labels=labels))
+            if self.workspaces:
+                workspace = self.workspaces.make(lease["id"], int(lim["disk"]))
+            else:
+                workspace = f"shellrent-ws-{lease['id']}"
+                try:
+                    self.client.volumes.get(workspace)
+                except NotFound:
+                    made.append(self.client.volumes.create(workspace, labels=labels))
             net = self.client.networks.create(name, driver="bridge", labels=labels,
                                               options={"com.docker.network.bridge.name": bridge_name(lease["id"])})
             made.append(net)
-            lim = {**self.limits, **(limits or {})}
             env = {"SHELLRENT_LEASE_ID": lease["id"], "SHELLRENT_ENDS_AT": str(int(lease["ends_at"])),
                    "NVIDIA_VISIBLE_DEVICES": ",".join(lease.get("gpus") or []) or "void"}
             container = self.client.containers.create(
                 lease["image"], MAIN, name=name, hostname=f"rent-{lease['id']}",
                 labels=labels, environment=env, working_dir="/workspace", init=True,
-                volumes={vol_name: {"bind": "/workspace", "mode": "rw"},
+                volumes={workspace: {"bind": "/workspace", "mode": "rw"},
                          lease_dir: {"bind": "/etc/shellrent", "mode": "ro"}}, network=net.name,
                 cap_drop=["ALL"], cap_add=CAPS, security_opt=["no-new-privileges"], privileged=False,
                 pids_limit=lim["pids"], mem_limit=lim["memory"], nano_cpus=int(lim["cpus"] * 1e9),
@@ -95,9 +101,11 @@ class Runtime:
             container.start()
             code, _ = container.exec_run(["test", "-x", "/bin/bash"])
             return container.id, "/bin/bash" if code == 0 else "/bin/sh"
-        except (APIError, DockerException) as exc:
+        except (APIError, DockerException, DiskError) as exc:
             for thing in reversed(made):
                 self._remove(thing)
+            if new_ws:
+                self._drop_workspace(lease["id"])
             raise RuntimeError_(f"starting the container failed: {getattr(exc, 'explanation', None) or exc}") from None
 
     @staticmethod
@@ -181,15 +189,35 @@ class Runtime:
         except NotFound:
             pass
         try:
+            workspace = self._workspace(lease["id"])
             container = self.client.containers.run(
                 lease["image"], MAIN, name=name, labels=self._labels(lease), detach=True, init=True,
-                working_dir="/workspace",
-                volumes={f"shellrent-ws-{lease['id']}": {"bind": "/workspace", "mode": "ro"}},
+                working_dir="/workspace", volumes={workspace: {"bind": "/workspace", "mode": "ro"}},
                 network_mode="none", cap_drop=["ALL"], security_opt=["no-new-privileges"], pids_limit=64,
                 mem_limit=256 << 20)
-        except (APIError, DockerException) as exc:
+        except (APIError, DockerException, DiskError) as exc:
             raise RuntimeError_(f"serving the files of lease {lease['id']}: {exc}") from None
         return container.id
+
+    def _workspace(self, lease_id: str) -> str:
+        """What to mount as /workspace: the sized filesystem (mounted again if need be) or the volume."""
+        if self.workspaces and self.workspaces.exists(lease_id):
+            return self.workspaces.mount(lease_id)
+        return f"shellrent-ws-{lease_id}"
+
+    def _drop_workspace(self, lease_id: str) -> None:
+        try:
+            self.workspaces.remove(lease_id)
+        except (DiskError, OSError) as exc:
+            log.warning("removing the workspace of lease %s: %s", lease_id, exc)
+
+    def layer_size(self, lease_id: str) -> int:
+        """Bytes the lease's container has written to its own writable layer."""
+        try:
+            found = self.client.api.containers(all=True, size=True, filters={"name": f"^/shellrent-{lease_id}$"})
+            return (found[0].get("SizeRw") or 0) if found else 0
+        except (APIError, DockerException) as exc:
+            raise RuntimeError_(f"sizing lease {lease_id}: {exc}") from None
 
     def purge(self, lease_id: str) -> None:
         """Remove everything left of a lease: containers, network and its workspace volume."""
@@ -205,6 +233,8 @@ class Runtime:
                 pass
         except (APIError, DockerException) as exc:
             raise RuntimeError_(f"purging lease {lease_id}: {exc}") from None
+        if self.workspaces:
+            self._drop_workspace(lease_id)
 
     def disk_free_gb(self) -> float:
         """Free space where the engine keeps volumes (a statvfs; the path is asked once)."""
@@ -215,7 +245,8 @@ class Runtime:
         except OSError:
             return shutil.disk_usage("/").free / 1e9
 
-    def ensure_running(self, container_id: str) -> None:
+    def ensure_running(self, container_id: str, lease_id: str) -> None:
+        self._workspace(lease_id)  # mounted again after a reboot
         container = self.client.containers.get(container_id)
         if container.status != "running":
             container.start()

@@ -5,7 +5,8 @@ from pathlib import Path
 import sqlite_utils
 
 _COLUMNS = {"id": str, "renter": str, "image": str, "ends_at": float, "state": str, "container": str,
-            "shell": str, "gpus": str, "ended_at": float, "cpuset": str}
+            "shell": str, "gpus": str, "ended_at": float, "cpuset": str,
+            "disk_gb": float}
 
 
 class Store:

@@ -141,6 +141,9 @@ class Cluster:
             except subprocess.TimeoutExpired:
                 proc.kill()
         for home in self.hostd_homes.values():
+            for mount in (home / "workspaces").glob("*"):
+                if os.path.ismount(mount):  # a lease's sized /workspace (hostd.disk)
+                    run("umount", "-l", mount, check=False)
             label = f"label=shellrent.hostd={_owner(home)}"
             for kind in ("container", "network", "volume"):
                 ids = run("docker", kind, "ls", "-q", "--filter", label, check=False).stdout.decode().split()

@@ -2,6 +2,7 @@
 pinning), and two leases get different cores. Real broker, hostd, Docker and OpenSSH."""
 import json
 import os
+import shutil
 
 import pytest
 
@@ -24,3 +25,25 @@ def test_nproc_shows_the_leases_cores(fresh_cluster):
         cores.append(cpuset.strip())
     if len(os.sched_getaffinity(0)) > 1:
         assert cores[0] != cores[1], cores  # spread over the machine, not stacked on core 0
+
+
+def test_workspace_and_writable_layer_are_held_to_the_disk_share(fresh_cluster):
+    c = fresh_cluster
+    c.env["HOSTD_DISK_CHECK"] = "1"
+    c.add_host("pc1", {"fake_gpus": "RTX 4090:24", "disk_per_gpu": "0.2"})  # 200 MB per GPU
+    c.broker("renter", "credit", "alice", "5")
+    wait_for(lambda: c.ssh("offers", "--json", user="ctl", check=True).stdout != b"[]\n", what="the offer")
+    lid = json.loads(c.ssh("rent", "--hours", "1", "--yes", "--json", user="ctl", check=True).stdout)["id"]
+    free = shutil.disk_usage(c.root).free
+    r = c.ssh("dd if=/dev/zero of=/workspace/big bs=1M count=400", user=f"rent+{lid}")
+    assert r.returncode != 0 and b"No space left on device" in r.stderr
+    size = int(c.ssh("df -B1 --output=size /workspace | tail -1", user=f"rent+{lid}", check=True).stdout)
+    assert size <= 200_000_000
+    assert free - shutil.disk_usage(c.root).free < 250_000_000  # the host kept the rest
+    assert c.ssh("rm /workspace/big && echo ok > /workspace/note", user=f"rent+{lid}").returncode == 0
+    # Outside /workspace the engine cannot size the layer here: hostd watches it and ends the lease.
+    c.ssh("head -c 300M /dev/zero > /root/big", user=f"rent+{lid}")
+    wait_for(lambda: json.loads(c.ssh("ls", "--json", user="ctl", check=True).stdout)[0]["state"] == "ended",
+             timeout=60, what="the lease to end over its share")
+    wait_for(lambda: not c.containers(), what="its container to go")
+    assert "over its 0.2 GB share" in c.log("hostd-pc1")

@@ -1,0 +1,95 @@
+"""Disk shares: each lease's /workspace is a filesystem of its own, of the lease's size.
+
+A sparse ext4 image per lease in hostd's home, loop-mounted and bound into the container: a renter
+who fills /workspace gets ENOSPC inside the container, and the host's disk keeps the rest of its
+space. The container's writable layer cannot be sized on every engine (overlay2 needs xfs with
+project quotas), so hostd watches it instead and ends a lease whose layer outgrows its share.
+"""
+import logging
+import os
+import subprocess
+import tempfile
+from pathlib import Path
+
+from keys import wire
+
+log = logging.getLogger("shellrent.disk")
+
+
+class DiskError(Exception):
+    """A workspace filesystem could not be made or mounted; str() says why."""
+
+
+def _run(*argv: str) -> None:
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    if proc.returncode:
+        raise DiskError(f"{argv[0]}: {proc.stderr.strip() or f'exit {proc.returncode}'}")
+
+
+class Workspaces:
+    """Sized /workspace filesystems under root: <lease>.img and its mount point <lease>/."""
+
+    def __init__(self, root: Path):
+        self.root = root
+
+    @staticmethod
+    def check(root: Path) -> str | None:
+        """Why sized workspaces cannot be made here (None when they can): tries a small one."""
+        root.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=root) as tmp:
+            img, mnt = Path(tmp) / "probe.img", Path(tmp) / "probe"
+            try:
+                _make(img, 16 << 20)
+                mnt.mkdir()
+                _run("mount", "-o", "loop,nodev,nosuid", str(img), str(mnt))
+                _run("umount", str(mnt))
+            except (DiskError, OSError, subprocess.SubprocessError) as exc:
+                return str(exc)
+        return None
+
+    def _paths(self, lease_id: str) -> tuple[Path, Path]:
+        lease_id = wire.lease_id(lease_id)
+        return self.root / f"{lease_id}.img", self.root / lease_id
+
+    def make(self, lease_id: str, size_bytes: int) -> str:
+        """The lease's workspace, made once and mounted; returns the mount point."""
+        img, mnt = self._paths(lease_id)
+        if not img.exists():
+            _make(img, size_bytes)
+        return self.mount(lease_id)
+
+    def mount(self, lease_id: str) -> str:
+        """Mount an existing workspace (again, e.g. after a reboot); returns the mount point."""
+        img, mnt = self._paths(lease_id)
+        if not img.exists():
+            raise DiskError(f"lease {lease_id} has no workspace image")
+        mnt.mkdir(mode=0o755, exist_ok=True)
+        if not os.path.ismount(mnt):
+            _run("mount", "-o", "loop,nodev,nosuid", str(img), str(mnt))
+        return str(mnt)
+
+    def exists(self, lease_id: str) -> bool:
+        return self._paths(lease_id)[0].exists()
+
+    def remove(self, lease_id: str) -> None:
+        """Unmount and delete a lease's workspace."""
+        img, mnt = self._paths(lease_id)
+        if os.path.ismount(mnt):
+            _run("umount", "-l", str(mnt))
+        if mnt.exists():
+            mnt.rmdir()
+        img.unlink(missing_ok=True)
+
+
+def _make(img: Path, size_bytes: int) -> None:
+    fd = os.open(img, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.ftruncate(fd, max(size_bytes, 16 << 20))
+    finally:
+        os.close(fd)
+    try:
+        _run("mkfs.ext4", "-q", "-F", "-m", "0", "-E", "lazy_itable_init=1,lazy_journal_init=1,root_owner=0:0",
+             str(img))
+    except DiskError:
+        img.unlink(missing_ok=True)
+        raise
