@@ -8,7 +8,9 @@ all leases at once:
 - SHELLRENT-IN (jumped to from INPUT): a container cannot open connections to the host itself, on
   any of its addresses (the bridge gateway, the LAN address, the public one).
 The provider's `egress_allow` setting lets chosen destinations (IP, IP:PORT, CIDR or CIDR:PORT)
-through both. Rules are rewritten as a whole at every start and settings change, and removed by
+through both. The same chains are written with ip6tables for IPv6 (ULA, link-local, multicast,
+loopback refused; the host refused), although lease networks are IPv4-only and Docker turns IPv6
+off inside their containers. Rules are rewritten as a whole at every start and settings change, and removed by
 `hostd firewall remove`. The chains are machine-wide: one hostd per machine.
 """
 import ipaddress
@@ -22,7 +24,9 @@ BRIDGE_PREFIX = "srl-"
 FWD, IN = "SHELLRENT-FWD", "SHELLRENT-IN"
 BLOCKED = ("0.0.0.0/8", "10.0.0.0/8", "100.64.0.0/10", "127.0.0.0/8", "169.254.0.0/16", "172.16.0.0/12",
            "192.0.0.0/24", "192.168.0.0/16", "198.18.0.0/15", "224.0.0.0/4", "240.0.0.0/4")
+BLOCKED6 = ("::/128", "::1/128", "fc00::/7", "fe80::/10", "ff00::/8")
 _REJECT = ["-j", "REJECT", "--reject-with", "icmp-admin-prohibited"]
+_REJECT6 = ["-j", "REJECT", "--reject-with", "icmp6-adm-prohibited"]
 
 
 class FirewallError(Exception):
@@ -50,56 +54,61 @@ def parse_allow(text: str) -> list[tuple[str, int | None]]:
     return out
 
 
-def rules(allow: list[tuple[str, int | None]]) -> dict[str, list[list[str]]]:
-    """The two chains' rules, in order (pure)."""
-    allowed = [["-d", net, *(["-p", "tcp", "--dport", str(port)] if port else []), "-j", "RETURN"]
-               for net, port in allow]
+def rules(allow: list[tuple[str, int | None]], v6: bool = False) -> dict[str, list[list[str]]]:
+    """The two chains' rules, in order (pure); IPv4, or IPv6 (where nothing is allowed)."""
+    reject = _REJECT6 if v6 else _REJECT
+    allowed = [] if v6 else [["-d", net, *(["-p", "tcp", "--dport", str(port)] if port else []), "-j", "RETURN"]
+                             for net, port in allow]
     established = [["-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED", "-j", "RETURN"]]
-    fwd = established + allowed + [["-d", net, *_REJECT] for net in BLOCKED] + \
-        [["-o", BRIDGE_PREFIX + "+", *_REJECT], ["-j", "RETURN"]]
-    inp = established + [r[:-1] + ["ACCEPT"] for r in allowed] + [_REJECT]
+    fwd = established + allowed + [["-d", net, *reject] for net in (BLOCKED6 if v6 else BLOCKED)] + \
+        [["-o", BRIDGE_PREFIX + "+", *reject], ["-j", "RETURN"]]
+    inp = established + [r[:-1] + ["ACCEPT"] for r in allowed] + [reject]
     return {FWD: fwd, IN: inp}
 
 
-def _ipt(*args: str, check: bool = True) -> bool:
-    proc = subprocess.run(["iptables", "-w", "5", *args], capture_output=True, text=True, timeout=30)
+def _tools() -> list[tuple[str, bool]]:
+    return [(tool, tool == "ip6tables") for tool in ("iptables", "ip6tables") if shutil.which(tool)]
+
+
+def _ipt(tool: str, *args: str, check: bool = True) -> bool:
+    proc = subprocess.run([tool, "-w", "5", *args], capture_output=True, text=True, timeout=30)
     if check and proc.returncode:
-        raise FirewallError(f"iptables {' '.join(args)}: {proc.stderr.strip()}")
+        raise FirewallError(f"{tool} {' '.join(args)}: {proc.stderr.strip()}")
     return proc.returncode == 0
 
 
-def _jumps() -> list[tuple[str, str]]:
-    forward = "DOCKER-USER" if _ipt("-S", "DOCKER-USER", check=False) else "FORWARD"
+def _jumps(tool: str) -> list[tuple[str, str]]:
+    forward = "DOCKER-USER" if _ipt(tool, "-S", "DOCKER-USER", check=False) else "FORWARD"
     return [(forward, FWD), ("INPUT", IN)]
 
 
 def install(allow: list[tuple[str, int | None]]) -> None:
-    """Write both chains afresh and make sure lease traffic jumps to them."""
+    """Write the chains afresh (IPv4 and, where ip6tables is, IPv6) and make lease traffic jump there."""
     if not shutil.which("iptables"):
         raise FirewallError("iptables is not installed: lease containers can reach this machine and its LAN")
-    for chain, lines in rules(allow).items():
-        if not _ipt("-N", chain, check=False):
-            _ipt("-F", chain)
-        for line in lines:
-            _ipt("-A", chain, *line)
-    for parent, chain in _jumps():
-        jump = ["-i", BRIDGE_PREFIX + "+", "-j", chain]
-        if not _ipt("-C", parent, *jump, check=False):
-            _ipt("-I", parent, "1", *jump)
+    for tool, v6 in _tools():
+        for chain, lines in rules(allow, v6).items():
+            if not _ipt(tool, "-N", chain, check=False):
+                _ipt(tool, "-F", chain)
+            for line in lines:
+                _ipt(tool, "-A", chain, *line)
+        for parent, chain in _jumps(tool):
+            jump = ["-i", BRIDGE_PREFIX + "+", "-j", chain]
+            if not _ipt(tool, "-C", parent, *jump, check=False):
+                _ipt(tool, "-I", parent, "1", *jump)
 
 
 def remove() -> None:
     """Take hostd's chains and their jumps out again."""
-    if not shutil.which("iptables"):
-        return
-    for parent, chain in _jumps():
-        while _ipt("-D", parent, "-i", BRIDGE_PREFIX + "+", "-j", chain, check=False):
-            pass
-        if _ipt("-F", chain, check=False):
-            _ipt("-X", chain, check=False)
+    for tool, _ in _tools():
+        for parent, chain in _jumps(tool):
+            while _ipt(tool, "-D", parent, "-i", BRIDGE_PREFIX + "+", "-j", chain, check=False):
+                pass
+            if _ipt(tool, "-F", chain, check=False):
+                _ipt(tool, "-X", chain, check=False)
 
 
 def show() -> str:
-    """The chains as iptables prints them."""
-    return "".join(subprocess.run(["iptables", "-w", "5", "-S", chain], capture_output=True, text=True).stdout
-                   for chain in (FWD, IN))
+    """The chains as iptables and ip6tables print them."""
+    return "".join(subprocess.run([tool, "-w", "5", "-S", chain], capture_output=True, text=True).stdout
+                   for tool, _ in _tools() for chain in (FWD, IN))

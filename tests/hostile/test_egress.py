@@ -6,6 +6,7 @@ server) and "inet" (198.51.100.2, a documentation address standing in for the in
 this host by a veth pair and serving HTTP. Probes go only to addresses those namespaces, this host
 or the test's own containers serve, and only after the route to each is checked."""
 import json
+import shutil
 import socket
 import subprocess
 import threading
@@ -120,6 +121,11 @@ def test_a_lease_reaches_the_internet_only(fresh_cluster, nets, host_server):
             f"{gateway}:{port}": "blocked", f"10.213.7.1:{port}": "blocked",   # the host, any address
             f"198.51.100.1:{port}": "blocked", f"{other}:8000": "blocked"}    # ... and another lease
     assert _probe(c, a, *want) == want
+    # No IPv6 path at all (Docker turns it off in IPv4-only networks); hostd's IPv6 chains back that up.
+    v6 = c.ssh("cat /proc/sys/net/ipv6/conf/all/disable_ipv6", user=f"rent+{a}", check=True).stdout.strip()
+    assert v6 == b"1"
+    if shutil.which("ip6tables"):
+        assert b"icmp6-adm-prohibited" in c.hostd("pc1", "firewall", "show").stdout
     # The provider lets one LAN service through; everything else stays shut.
     c.hostd("pc1", "config", "set", "egress_allow", "10.213.7.2:8000")
     wait_for(lambda: _probe(c, a, "10.213.7.2:8000")["10.213.7.2:8000"] == "open", what="the allow-list")

@@ -1,0 +1,44 @@
+"""The egress rules, pure: what is refused, what the provider lets through, and in which order."""
+import ipaddress
+
+import pytest
+
+from hostd import firewall
+
+
+def test_every_range_the_policy_names_is_refused():
+    fwd = firewall.rules([])[firewall.FWD]
+    refused = [ipaddress.ip_network(r[1]) for r in fwd if r[0] == "-d" and "REJECT" in r]
+    for addr in ("10.1.2.3", "172.20.0.1", "192.168.1.50", "100.64.0.1", "169.254.169.254", "224.0.0.1",
+                 "127.0.0.1", "0.0.0.0"):
+        assert any(ipaddress.ip_address(addr) in net for net in refused), addr
+    for addr in ("1.1.1.1", "8.8.8.8", "198.51.100.2"):
+        assert not any(ipaddress.ip_address(addr) in net for net in refused), addr
+    fwd6 = firewall.rules([], v6=True)[firewall.FWD]
+    refused6 = [ipaddress.ip_network(r[1]) for r in fwd6 if r[0] == "-d"]
+    for addr in ("fd00::1", "fe80::1", "ff02::1", "::1"):
+        assert any(ipaddress.ip_address(addr) in net for net in refused6), addr
+    assert firewall.rules([])[firewall.IN][-1][:2] == ["-j", "REJECT"]  # the host itself: nothing
+
+
+def test_allowed_destinations_come_before_the_refusals():
+    allow = firewall.parse_allow("192.168.1.50:8000, 10.9.0.0/16")
+    assert allow == [("192.168.1.50/32", 8000), ("10.9.0.0/16", None)]
+    fwd = firewall.rules(allow)[firewall.FWD]
+    first_reject = next(i for i, r in enumerate(fwd) if "REJECT" in r)
+    assert fwd[1:3] == [["-d", "192.168.1.50/32", "-p", "tcp", "--dport", "8000", "-j", "RETURN"],
+                        ["-d", "10.9.0.0/16", "-j", "RETURN"]] and first_reject == 3
+    accept = ["-d", "192.168.1.50/32", "-p", "tcp", "--dport", "8000", "-j", "ACCEPT"]
+    assert accept in firewall.rules(allow)[firewall.IN]
+    assert firewall.rules(allow, v6=True)[firewall.FWD][1][0] == "-d"  # nothing allowed over IPv6
+
+
+@pytest.mark.parametrize("text", ["example.com", "10.0.0.1:0", "10.0.0.1:70000", "10.0.0.1:x", "::1", "300.1.1.1"])
+def test_bad_allow_entries_are_named(text):
+    with pytest.raises(ValueError, match="use IP|port out of range"):
+        firewall.parse_allow(text)
+
+
+def test_bridge_names_fit_the_kernel():
+    assert firewall.bridge_name("0123abcd") == "srl-0123abcd"
+    assert len(firewall.bridge_name("f" * 32)) == 15
