@@ -112,18 +112,19 @@ class Agent:
         return True
 
     async def watch_disk(self) -> None:
-        """End a lease whose container's writable layer outgrows its disk share (where the engine
-        cannot size that layer itself); the renter is refunded the rest."""
+        """End a lease that holds more of the host's disk than its share (/workspace, where ENOSPC
+        stops it, and the writable layer, which the engine cannot size here, together); the renter
+        is refunded the rest."""
         while True:
             await asyncio.sleep(self.config.disk_check)
             for rec in self.store.active():
                 try:
-                    used = await offload.call(self.runtime.layer_size, rec["id"], timeout=offload.QUICK)
+                    used = await offload.call(self.runtime.disk_used, rec["id"], timeout=offload.QUICK)
                 except (RuntimeError_, asyncio.TimeoutError) as exc:
                     log.info("lease %s: cannot size its layer now: %s", rec["id"], exc or "timed out")
                     continue
                 if rec.get("disk_gb") and used > rec["disk_gb"] * 1e9:
-                    log.warning("lease %s wrote %.1f GB outside /workspace, over its %.1f GB share: ending it",
+                    log.warning("lease %s holds %.2f GB of disk, over its %.1f GB share: ending it",
                                 rec["id"], used / 1e9, rec["disk_gb"])
                     asyncio.get_running_loop().create_task(self.leases.end(rec["id"]))
 

@@ -8,6 +8,7 @@ import logging
 import os
 import shutil
 import signal as signals
+import stat
 
 import docker
 from docker.errors import APIError, DockerException, ImageNotFound, NotFound
@@ -146,29 +147,39 @@ class Runtime:
 
         Done from outside, by pid namespace: no program inside the container (the renter owns
         those files) takes part."""
+        init, pids = self._processes(lease_id)
+        sig, sent = getattr(signals, f"SIG{signal}"), 0
+        for pid in pids:
+            if pid != init:
+                try:
+                    os.kill(pid, sig)
+                    sent += 1
+                except OSError:
+                    continue  # gone meanwhile
+        return sent
+
+    def _processes(self, lease_id: str) -> tuple[int, list[int]]:
+        """(host pid of the container's init, host pids of every process in its pid namespace)."""
         try:
             init = self.client.api.inspect_container(f"shellrent-{lease_id}")["State"]["Pid"]
         except NotFound:
-            return 0
+            return 0, []
         except (APIError, DockerException) as exc:
-            raise RuntimeError_(f"signalling lease {lease_id}: {exc}") from None
+            raise RuntimeError_(f"lease {lease_id}: {exc}") from None
         if not init:
-            return 0
+            return 0, []
         try:
             ns = os.readlink(f"/proc/{init}/ns/pid")
         except OSError as exc:
-            raise RuntimeError_(f"signalling lease {lease_id}: cannot read its pid namespace: {exc}") from None
-        sig, sent = getattr(signals, f"SIG{signal}"), 0
+            raise RuntimeError_(f"lease {lease_id}: cannot read its pid namespace: {exc}") from None
+        pids = []
         for entry in os.listdir("/proc"):
-            if not entry.isdigit() or int(entry) == init:
-                continue
             try:
-                if os.readlink(f"/proc/{entry}/ns/pid") == ns:
-                    os.kill(int(entry), sig)
-                    sent += 1
+                if entry.isdigit() and os.readlink(f"/proc/{entry}/ns/pid") == ns:
+                    pids.append(int(entry))
             except OSError:
-                continue  # gone meanwhile
-        return sent
+                continue
+        return init, pids
 
     def broadcast(self, lease_id: str, message: str) -> None:
         """Write message on every terminal in the lease's container (sessions and tmux panes).
@@ -211,13 +222,40 @@ class Runtime:
         except (DiskError, OSError) as exc:
             log.warning("removing the workspace of lease %s: %s", lease_id, exc)
 
-    def layer_size(self, lease_id: str) -> int:
-        """Bytes the lease's container has written to its own writable layer."""
+    def disk_used(self, lease_id: str) -> int:
+        """Bytes a lease holds on the host's disk: its writable layer, files it deleted there but
+        keeps open (which the engine's size does not see), and its /workspace."""
         try:
             found = self.client.api.containers(all=True, size=True, filters={"name": f"^/shellrent-{lease_id}$"})
-            return (found[0].get("SizeRw") or 0) if found else 0
         except (APIError, DockerException) as exc:
             raise RuntimeError_(f"sizing lease {lease_id}: {exc}") from None
+        used = (found[0].get("SizeRw") or 0) if found else 0
+        if self.workspaces and self.workspaces.exists(lease_id):
+            fs = os.statvfs(self.workspaces.mount(lease_id))
+            used += (fs.f_blocks - fs.f_bfree) * fs.f_frsize
+        init, pids = self._processes(lease_id)
+        try:
+            root = os.stat(f"/proc/{init}/root").st_dev if init else None
+        except OSError:
+            root = None
+        seen = set()
+        for pid in pids:
+            try:
+                fds = os.listdir(f"/proc/{pid}/fd")
+            except OSError:
+                continue
+            for fd in fds:
+                path = f"/proc/{pid}/fd/{fd}"
+                try:
+                    if not os.readlink(path).endswith(" (deleted)"):
+                        continue
+                    st = os.stat(path)
+                except OSError:
+                    continue
+                if stat.S_ISREG(st.st_mode) and st.st_dev == root and (st.st_dev, st.st_ino) not in seen:
+                    seen.add((st.st_dev, st.st_ino))
+                    used += st.st_blocks * 512 or st.st_size  # fuse-overlayfs reports no blocks
+        return used
 
     def purge(self, lease_id: str) -> None:
         """Remove everything left of a lease: containers, network and its workspace volume."""

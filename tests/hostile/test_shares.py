@@ -47,3 +47,17 @@ def test_workspace_and_writable_layer_are_held_to_the_disk_share(fresh_cluster):
              timeout=60, what="the lease to end over its share")
     wait_for(lambda: not c.containers(), what="its container to go")
     assert "over its 0.2 GB share" in c.log("hostd-pc1")
+
+
+def test_a_deleted_file_kept_open_still_counts(fresh_cluster):
+    c = fresh_cluster
+    c.env["HOSTD_DISK_CHECK"] = "1"
+    c.add_host("pc1", {"disk_per_gpu": "0.2"})
+    lid = c.create_lease()
+    hide = ("nohup python3 -c \"import os,time; f=open('/root/x','wb'); os.unlink('/root/x'); "
+            "[f.write(bytes(1 << 20)) for _ in range(300)]; f.flush(); os.fsync(f.fileno()); time.sleep(600)\" "
+            ">/dev/null 2>&1 &")
+    c.ssh(hide, user=f"rent+{lid}")
+    wait_for(lambda: json.loads(c.broker("lease", "list", "--json").stdout)[0]["state"] == "ended", timeout=60,
+             what="the lease to end though its file has no name")
+    wait_for(lambda: not c.containers(), what="its container to go")
