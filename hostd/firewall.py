@@ -8,7 +8,10 @@ all leases at once:
 - SHELLRENT-IN (jumped to from INPUT): a container cannot open connections to the host itself, on
   any of its addresses (the bridge gateway, the LAN address, the public one).
 The provider's `egress_allow` setting lets chosen destinations (IP, IP:PORT, CIDR or CIDR:PORT)
-through both. The same chains are written with ip6tables for IPv6 (ULA, link-local, multicast,
+through both, and DNS (port 53) to the machine's own resolvers always passes: Docker forwards a
+container's lookups from inside its network namespace, and home resolvers sit on private addresses.
+Each chain is written in one iptables-restore transaction, so no packet ever meets a half-built
+chain. The same chains are written with ip6tables for IPv6 (ULA, link-local, multicast,
 loopback refused; the host refused), although lease networks are IPv4-only and Docker turns IPv6
 off inside their containers. Rules are rewritten as a whole at every start and settings change, and removed by
 `hostd firewall remove`. The chains are machine-wide: one hostd per machine.
@@ -54,11 +57,35 @@ def parse_allow(text: str) -> list[tuple[str, int | None]]:
     return out
 
 
-def rules(allow: list[tuple[str, int | None]], v6: bool = False) -> dict[str, list[list[str]]]:
+def resolvers(paths=("/etc/resolv.conf", "/run/systemd/resolve/resolv.conf")) -> list[str]:
+    """The IPv4 name servers this machine uses (loopback ones are the host's own, reached otherwise)."""
+    found = []
+    for path in paths:
+        try:
+            with open(path) as conf:
+                lines = conf.read().splitlines()
+        except OSError:
+            continue
+        for line in lines:
+            parts = line.split()
+            if len(parts) >= 2 and parts[0] == "nameserver":
+                try:
+                    addr = ipaddress.IPv4Address(parts[1])
+                except ValueError:
+                    continue
+                if not addr.is_loopback and str(addr) not in found:
+                    found.append(str(addr))
+    return found
+
+
+def rules(allow: list[tuple[str, int | None]], v6: bool = False,
+          dns: list[str] = ()) -> dict[str, list[list[str]]]:
     """The two chains' rules, in order (pure); IPv4, or IPv6 (where nothing is allowed)."""
     reject = _REJECT6 if v6 else _REJECT
     allowed = [] if v6 else [["-d", net, *(["-p", "tcp", "--dport", str(port)] if port else []), "-j", "RETURN"]
                              for net, port in allow]
+    allowed += [] if v6 else [["-d", f"{ns}/32", "-p", proto, "--dport", "53", "-j", "RETURN"]
+                              for ns in dns for proto in ("udp", "tcp")]
     established = [["-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED", "-j", "RETURN"]]
     fwd = established + allowed + [["-d", net, *reject] for net in (BLOCKED6 if v6 else BLOCKED)] + \
         [["-o", BRIDGE_PREFIX + "+", *reject], ["-j", "RETURN"]]
@@ -86,12 +113,15 @@ def install(allow: list[tuple[str, int | None]]) -> None:
     """Write the chains afresh (IPv4 and, where ip6tables is, IPv6) and make lease traffic jump there."""
     if not shutil.which("iptables"):
         raise FirewallError("iptables is not installed: lease containers can reach this machine and its LAN")
+    dns = resolvers()
     for tool, v6 in _tools():
-        for chain, lines in rules(allow, v6).items():
-            if not _ipt(tool, "-N", chain, check=False):
-                _ipt(tool, "-F", chain)
-            for line in lines:
-                _ipt(tool, "-A", chain, *line)
+        chains = rules(allow, v6, dns)
+        text = "*filter\n" + "".join(f":{chain} - [0:0]\n" for chain in chains) + \
+            "".join(f"-A {chain} {' '.join(line)}\n" for chain, lines in chains.items() for line in lines) + "COMMIT\n"
+        proc = subprocess.run([f"{tool}-restore", "--noflush", "-w", "5"], input=text, capture_output=True, text=True,
+                              timeout=30)
+        if proc.returncode:
+            raise FirewallError(f"{tool}-restore: {proc.stderr.strip()}")
         for parent, chain in _jumps(tool):
             jump = ["-i", BRIDGE_PREFIX + "+", "-j", chain]
             if not _ipt(tool, "-C", parent, *jump, check=False):

@@ -42,3 +42,13 @@ def test_bad_allow_entries_are_named(text):
 def test_bridge_names_fit_the_kernel():
     assert firewall.bridge_name("0123abcd") == "srl-0123abcd"
     assert len(firewall.bridge_name("f" * 32)) == 15
+
+
+def test_dns_to_the_machines_resolvers_passes(tmp_path):
+    conf = tmp_path / "resolv.conf"
+    conf.write_text("# home router\nnameserver 192.168.1.1\nnameserver 127.0.0.53\nnameserver ::1\nsearch lan\n")
+    assert firewall.resolvers([str(conf), str(tmp_path / "missing")]) == ["192.168.1.1"]
+    fwd = firewall.rules([], dns=["192.168.1.1"])[firewall.FWD]
+    dns = [["-d", "192.168.1.1/32", "-p", proto, "--dport", "53", "-j", "RETURN"] for proto in ("udp", "tcp")]
+    assert fwd[1:3] == dns  # before the refusal of 192.168/16; nothing else to that address passes
+    assert ["-d", "192.168.1.1/32", "-j", "RETURN"] not in fwd
