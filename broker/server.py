@@ -39,7 +39,8 @@ class BrokerServer:
         client_key = material.load_or_create(cfg.client_key_path)
         self.broker = Broker(cfg, Store(cfg.db_path))
         self.tunnels = Tunnels(client_key, self.broker.identify_host, cfg.keepalive,
-                               self.broker.host_connected, self.broker.host_disconnected, self.broker.event)
+                               self.broker.host_connected, self.broker.host_disconnected, self.broker.event,
+                               Startups(cfg.max_startups, cfg.max_startups_per_ip))
         self.tunnels.login_timeout = cfg.login_timeout
         self.broker.tunnels = self.tunnels
         await self.broker.recover()

@@ -51,28 +51,35 @@ class AuthLimiter:
 
 class Startups:
     """Connections not yet authenticated, bounded in total and per source address (OpenSSH's
-    MaxStartups and PerSourceMaxStartups): past either bound a new connection is dropped at once,
-    so a flood of idle connections costs the broker a bounded amount of memory."""
+    MaxStartups and PerSourceMaxStartups), so a flood of idle connections costs a bounded amount
+    of memory. A new connection from an address at its bound is dropped at once; when the total
+    is reached, the oldest waiting connection of the address holding the most makes room, so a
+    flood from many addresses cannot keep a newcomer out."""
 
     def __init__(self, total: int, per_ip: int):
         self.total, self.per_ip = total, per_ip
         self.count = 0
-        self._by_ip: dict[str, int] = defaultdict(int)
+        self._by_ip: dict[str, list] = {}  # address -> its unauthenticated connections, oldest first
 
-    def admit(self, ip: str) -> bool:
-        if self.count >= self.total or self._by_ip[ip] >= self.per_ip:
-            if not self._by_ip[ip]:
-                del self._by_ip[ip]
+    def admit(self, ip: str, conn) -> bool:
+        waiting = self._by_ip.get(ip, [])
+        if len(waiting) >= self.per_ip:
             return False
+        if self.count >= self.total:
+            crowded = max(self._by_ip, key=lambda a: len(self._by_ip[a]))
+            self.done(crowded, victim := self._by_ip[crowded][0])
+            asyncio.get_running_loop().call_soon(victim.abort)
+        self._by_ip.setdefault(ip, []).append(conn)
         self.count += 1
-        self._by_ip[ip] += 1
         return True
 
-    def done(self, ip: str) -> None:
-        self.count -= 1
-        self._by_ip[ip] -= 1
-        if not self._by_ip[ip]:
-            del self._by_ip[ip]
+    def done(self, ip: str, conn) -> None:
+        waiting = self._by_ip.get(ip, [])
+        if conn in waiting:
+            waiting.remove(conn)
+            self.count -= 1
+            if not waiting:
+                del self._by_ip[ip]
 
 
 class RenterServer(asyncssh.SSHServer):
@@ -83,7 +90,6 @@ class RenterServer(asyncssh.SSHServer):
         self._limiter = limiter
         self._sessions = sessions
         self._startups = startups
-        self._starting = False  # counted among the unauthenticated connections
         self._fails = 0
         self._conn = None
         self._ip = "?"
@@ -94,8 +100,7 @@ class RenterServer(asyncssh.SSHServer):
     def connection_made(self, conn):
         self._conn = conn
         self._ip = (conn.get_extra_info("peername") or ("?",))[0]
-        self._starting = self._startups.admit(self._ip)
-        if not self._starting:
+        if not self._startups.admit(self._ip, conn):
             log.info("dropping a connection from %s: too many unauthenticated connections", self._ip)
             asyncio.get_running_loop().call_soon(conn.abort)
 
@@ -103,9 +108,7 @@ class RenterServer(asyncssh.SSHServer):
         self._started()
 
     def _started(self):
-        if self._starting:
-            self._starting = False
-            self._startups.done(self._ip)
+        self._startups.done(self._ip, self._conn)
 
     def connection_lost(self, exc):
         self._started()

@@ -112,6 +112,24 @@ class HostLink:
 
 
 class _TunnelClient(asyncssh.SSHClient):
+    def __init__(self, startups):
+        self._startups = startups  # sshserver.Startups: bounds connections still in their handshake
+        self._conn = None
+        self._ip = "?"
+
+    def connection_made(self, conn):
+        self._conn = conn
+        self._ip = (conn.get_extra_info("peername") or ("?",))[0]
+        if not self._startups.admit(self._ip, conn):
+            log.info("dropping a host connection from %s: too many unauthenticated connections", self._ip)
+            asyncio.get_running_loop().call_soon(conn.abort)
+
+    def auth_completed(self):
+        self._startups.done(self._ip, self._conn)
+
+    def connection_lost(self, exc):
+        self._startups.done(self._ip, self._conn)
+
     def validate_host_public_key(self, host, addr, port, key):
         # Every key may finish the handshake; Tunnels._accepted then demands a pinned key or a
         # valid join token before the connection is used for anything.
@@ -125,13 +143,14 @@ class Tunnels:
     """Listener for hostd connections and the registry of connected hosts."""
 
     def __init__(self, client_key: asyncssh.SSHKey, identify: Identify, keepalive: float = 15,
-                 connected=None, disconnected=None, event=None):
+                 connected=None, disconnected=None, event=None, startups=None):
         self._key = client_key
         self._identify = identify
         self._connected = connected  # async (link, hello) -> None, after welcome
         self._disconnected = disconnected  # async (name) -> None
         self._event = event  # async (name, event) -> None, in the order the host sent them
         self._keepalive = keepalive
+        self._startups = startups
         self.login_timeout = 30.0  # a connection that has not finished its handshake by then is dropped
         self.links: dict[str, HostLink] = {}
         self._acceptor = None
@@ -139,7 +158,7 @@ class Tunnels:
     async def listen(self, host: str, port: int) -> int:
         """Start accepting host connections; returns the bound port."""
         self._acceptor = await asyncssh.listen_reverse(
-            host, port, client_factory=_TunnelClient, client_keys=[self._key],
+            host, port, client_factory=lambda: _TunnelClient(self._startups), client_keys=[self._key],
             known_hosts=lambda h, a, p: ([], [], []), username="broker",
             encryption_algs=TUNNEL_CIPHERS, keepalive_interval=self._keepalive,
             keepalive_count_max=3, login_timeout=self.login_timeout, acceptor=self._accepted,

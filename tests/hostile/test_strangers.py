@@ -61,10 +61,17 @@ def test_unauthenticated_connections_are_bounded_per_address_and_in_total(broker
     for s in flood:
         s.close()
     wait_for(lambda: c.ssh("offers", user="ctl").returncode == 0, what="logins to work again")
-    # Many addresses: the total bound holds.
-    many = [_open(c.ssh_port, f"127.0.1.{i}") for i in range(1, 61)]
+    # Many addresses: the total bound holds, and a newcomer still gets in (the most crowded
+    # address's oldest waiting connection makes room).
+    many = [_open(c.ssh_port, f"127.0.1.{i // 4 + 1}") for i in range(60)]
     wait_for(lambda: sum(_dropped(s) for s in many) >= 20, timeout=10, what="the total bound")
     assert sum(not _dropped(s) for s in many) <= 40
+    assert c.ssh("offers", user="ctl").returncode == 0
+    # The tunnel port has the same bounds.
+    hosts = [_open(c.tunnel_port, "127.0.4.1") for _ in range(20)]
+    wait_for(lambda: sum(_dropped(s) for s in hosts) >= 15, timeout=10, what="the tunnel port's bound")
+    for s in hosts:
+        s.close()
     # The login grace time: idle connections are cut on both ports.
     for port in (c.ssh_port, c.tunnel_port):
         idle = [_open(port, "127.0.2.1")]
