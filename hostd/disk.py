@@ -54,9 +54,16 @@ class Workspaces:
     def make(self, lease_id: str, size_bytes: int) -> str:
         """The lease's workspace, made once and mounted; returns the mount point."""
         img, mnt = self._paths(lease_id)
-        if not img.exists():
+        fresh = not img.exists()
+        if fresh:
             _make(img, size_bytes)
-        return self.mount(lease_id)
+        path = self.mount(lease_id)
+        if fresh:
+            try:
+                (mnt / "lost+found").rmdir()  # the renter's /workspace starts empty (fsck makes it again)
+            except OSError:
+                pass
+        return path
 
     def mount(self, lease_id: str) -> str:
         """Mount an existing workspace (again, e.g. after a reboot); returns the mount point."""
