@@ -46,12 +46,10 @@ def _gpu(g) -> dict:
 
 
 def _images(text: str) -> str:
-    for part in (p.strip() for p in text.split(",")):
-        if part != "*":
-            try:
-                wire.image(part)
-            except wire.WireError as exc:
-                raise InventoryError(f"images: {exc}") from None
+    try:
+        wire.image_list(text)
+    except wire.WireError as exc:
+        raise InventoryError(f"images: {exc}") from None
     return text
 
 

@@ -51,16 +51,6 @@ def build(hosts: list[dict], online: set[str], live: list[dict], reliabilities: 
     return out
 
 
-def images(offer: dict) -> list[str]:
-    """The images the offer's host allows ('*' for any)."""
-    return [i.strip() for i in str(offer["images"]).split(",") if i.strip()]
-
-
-def allows(offer: dict, image: str) -> bool:
-    allowed = images(offer)
-    return "*" in allowed or image in allowed
-
-
 def schedule_key(offer: dict) -> tuple:
     """The scheduler's preference: the smallest GPU that fits, then the lowest price, then reliability."""
     return (offer["gpu_ram"], offer["price"], -offer["reliability"], offer["host_id"])

@@ -13,7 +13,8 @@ from keys import material
 from .admin import AdminServer
 from .config import Config
 from .service import Broker
-from .sshserver import AuthLimiter, RenterServer, Startups
+from .sshserver import AuthLimiter, RenterServer
+from .startups import Startups
 from .store import Store
 from .tunnels import Tunnels
 

@@ -26,7 +26,6 @@ from .tunnels import HostLink, Tunnels
 log = logging.getLogger("shellrent.service")
 
 NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
-_CONTAINER_ID = re.compile(r"[0-9a-f]{12,64}")
 DEFAULT_IMAGE = "shellrent-base:bookworm"
 
 
@@ -355,9 +354,10 @@ class Broker:
             reply = await link.call("lease.start", lease={
                 "id": lid, "renter": lease["renter"], "image": lease["image"], "ends_at": lease["ends_at"],
                 "gpus": json.loads(lease["gpus"])})
-            container = reply.get("container")
-            if not isinstance(container, str) or not _CONTAINER_ID.fullmatch(container):
-                raise Unavailable(f"host {lease['host']} answered lease.start without a container id")
+            try:
+                container = wire.container_id(reply.get("container"))
+            except wire.WireError:
+                raise Unavailable(f"host {lease['host']} answered lease.start without a container id") from None
         except BaseException as exc:
             error = str(exc) or type(exc).__name__
             await self.db(lambda: self.store.update_lease(lid, state="failed", error=error))
@@ -405,9 +405,9 @@ class Broker:
         """The best offer for the query whose host allows the image; a one-line error naming the
         images that are allowed when none does."""
         offers = await self.offers(text)
-        allowing = [o for o in offers if offers_mod.allows(o, image)]
+        allowing = [o for o in offers if wire.image_allowed(o["images"], image)]
         if offers and not allowing:
-            allowed = sorted({i for o in offers for i in offers_mod.images(o)})
+            allowed = sorted({i for o in offers for i in wire.image_list(o["images"])})
             raise BrokerError(f"image {image!r} is not allowed by the matching offers; allowed: {', '.join(allowed)}")
         return offers_mod.choose(allowing, text, gpus)
 

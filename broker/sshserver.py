@@ -2,7 +2,6 @@
 
 Public-key auth only. Logins: rent (the renter's only active lease), rent+LEASE, ctl.
 """
-import asyncio
 import logging
 import time
 from collections import defaultdict, deque
@@ -16,6 +15,7 @@ from .commands import Commands
 from .errors import BrokerError
 from .picker import CtlSession, pick_and_rent
 from .relay import RenterSession, open_tcp
+from .startups import Startups
 
 log = logging.getLogger("shellrent.ssh")
 audit = logging.getLogger("shellrent.audit")
@@ -49,39 +49,6 @@ class AuthLimiter:
             self._fails.pop(next(iter(self._fails)))
 
 
-class Startups:
-    """Connections not yet authenticated, bounded in total and per source address (OpenSSH's
-    MaxStartups and PerSourceMaxStartups), so a flood of idle connections costs a bounded amount
-    of memory. A new connection from an address at its bound is dropped at once; when the total
-    is reached, the oldest waiting connection of the address holding the most makes room, so a
-    flood from many addresses cannot keep a newcomer out."""
-
-    def __init__(self, total: int, per_ip: int):
-        self.total, self.per_ip = total, per_ip
-        self.count = 0
-        self._by_ip: dict[str, list] = {}  # address -> its unauthenticated connections, oldest first
-
-    def admit(self, ip: str, conn) -> bool:
-        waiting = self._by_ip.get(ip, [])
-        if len(waiting) >= self.per_ip:
-            return False
-        if self.count >= self.total:
-            crowded = max(self._by_ip, key=lambda a: len(self._by_ip[a]))
-            self.done(crowded, victim := self._by_ip[crowded][0])
-            asyncio.get_running_loop().call_soon(victim.abort)
-        self._by_ip.setdefault(ip, []).append(conn)
-        self.count += 1
-        return True
-
-    def done(self, ip: str, conn) -> None:
-        waiting = self._by_ip.get(ip, [])
-        if conn in waiting:
-            waiting.remove(conn)
-            self.count -= 1
-            if not waiting:
-                del self._by_ip[ip]
-
-
 class RenterServer(asyncssh.SSHServer):
     """One renter connection: who they are, which lease they asked for, what they may open."""
 
@@ -100,18 +67,13 @@ class RenterServer(asyncssh.SSHServer):
     def connection_made(self, conn):
         self._conn = conn
         self._ip = (conn.get_extra_info("peername") or ("?",))[0]
-        if not self._startups.admit(self._ip, conn):
-            log.info("dropping a connection from %s: too many unauthenticated connections", self._ip)
-            asyncio.get_running_loop().call_soon(conn.abort)
+        self._startups.admit(conn)
 
     def auth_completed(self):
-        self._started()
-
-    def _started(self):
-        self._startups.done(self._ip, self._conn)
+        self._startups.done(self._conn)
 
     def connection_lost(self, exc):
-        self._started()
+        self._startups.done(self._conn)
         if self.renter:
             audit.info("disconnect renter=%s ip=%s lease=%s reason=%s", self.renter, self._ip,
                        self.lease or "-", exc or "closed")

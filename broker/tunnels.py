@@ -16,6 +16,7 @@ import asyncssh
 from keys import material, wire
 
 from .errors import Unavailable
+from .startups import Startups
 
 log = logging.getLogger("shellrent.tunnels")
 
@@ -112,23 +113,19 @@ class HostLink:
 
 
 class _TunnelClient(asyncssh.SSHClient):
-    def __init__(self, startups):
-        self._startups = startups  # sshserver.Startups: bounds connections still in their handshake
+    def __init__(self, startups: Startups):
+        self._startups = startups
         self._conn = None
-        self._ip = "?"
 
     def connection_made(self, conn):
         self._conn = conn
-        self._ip = (conn.get_extra_info("peername") or ("?",))[0]
-        if not self._startups.admit(self._ip, conn):
-            log.info("dropping a host connection from %s: too many unauthenticated connections", self._ip)
-            asyncio.get_running_loop().call_soon(conn.abort)
+        self._startups.admit(conn)
 
     def auth_completed(self):
-        self._startups.done(self._ip, self._conn)
+        self._startups.done(self._conn)
 
     def connection_lost(self, exc):
-        self._startups.done(self._ip, self._conn)
+        self._startups.done(self._conn)
 
     def validate_host_public_key(self, host, addr, port, key):
         # Every key may finish the handshake; Tunnels._accepted then demands a pinned key or a
@@ -143,14 +140,14 @@ class Tunnels:
     """Listener for hostd connections and the registry of connected hosts."""
 
     def __init__(self, client_key: asyncssh.SSHKey, identify: Identify, keepalive: float = 15,
-                 connected=None, disconnected=None, event=None, startups=None):
+                 connected=None, disconnected=None, event=None, startups: Startups | None = None):
         self._key = client_key
         self._identify = identify
         self._connected = connected  # async (link, hello) -> None, after welcome
         self._disconnected = disconnected  # async (name) -> None
         self._event = event  # async (name, event) -> None, in the order the host sent them
         self._keepalive = keepalive
-        self._startups = startups
+        self._startups = startups or Startups(100, 10)
         self.login_timeout = 30.0  # a connection that has not finished its handshake by then is dropped
         self.links: dict[str, HostLink] = {}
         self._acceptor = None

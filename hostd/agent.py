@@ -256,16 +256,14 @@ class Agent:
         lease = wire.lease_start(req.get("lease"))
         if self.store.get(lease["id"]):
             return {"ok": False, "error": f"lease {lease['id']} already exists on this host"}
-        allowed = [i.strip() for i in self._settings["images"].split(",")]
-        if "*" not in allowed and lease["image"] not in allowed:
+        if not wire.image_allowed(self._settings["images"], lease["image"]):
             return {"ok": False, "error": f"image {lease['image']!r} is not allowed on this host "
                                           f"(allowed: {self._settings['images']})"}
         gpus = lease["gpus"]
         known = {g["uuid"] for g in self._gpus.gpus()}
         if not set(gpus) <= known or len(set(gpus)) != len(gpus):
             return {"ok": False, "error": "asked for GPUs this host does not have"}
-        busy = {u for r in self.store.all() if r["state"] in ("starting", "active", "ending")
-                for u in json.loads(r["gpus"] or "[]")}
+        busy = {u for r in self.store.holding() for u in json.loads(r["gpus"] or "[]")}
         if busy & set(gpus):
             return {"ok": False, "error": "asked for GPUs that another lease holds"}
         # Recorded before the container is made, so that a broker that loses the reply (a cut
@@ -313,10 +311,9 @@ class Agent:
         inside the container see the share, not every core."""
         mine = sorted(os.sched_getaffinity(0))
         use = {c: 0 for c in mine}
-        for r in self.store.all():
-            if r["state"] in ("starting", "active", "ending") and r.get("cpuset"):
-                for c in map(int, r["cpuset"].split(",")):
-                    use[c] = use.get(c, 0) + 1
+        for r in self.store.holding():
+            for c in map(int, filter(None, (r.get("cpuset") or "").split(","))):
+                use[c] = use.get(c, 0) + 1
         want = max(1, min(len(mine), math.ceil(cpus)))
         return ",".join(map(str, sorted(sorted(mine, key=lambda c: (use[c], c))[:want])))
 

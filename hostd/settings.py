@@ -72,12 +72,10 @@ def _window(text: str) -> str:
 
 
 def _images(text: str) -> str:
-    for part in (p.strip() for p in text.split(",")):
-        if part != "*":
-            try:
-                wire.image(part)
-            except wire.WireError:
-                raise ValueError(f"{part!r} is not an image name; use e.g. shellrent-base:bookworm or *") from None
+    try:
+        wire.image_list(text)
+    except wire.WireError as exc:
+        raise ValueError(f"{exc}; use e.g. shellrent-base:bookworm or *") from None
     return text.strip()
 
 

@@ -36,5 +36,9 @@ class Store:
     def all(self) -> list[dict]:
         return list(self.db["leases"].rows)
 
+    def holding(self) -> list[dict]:
+        """Leases that hold their GPUs and cores: starting, active or ending."""
+        return list(self.db["leases"].rows_where("state IN ('starting', 'active', 'ending')"))
+
     def active(self) -> list[dict]:
         return list(self.db["leases"].rows_where("state = 'active'"))

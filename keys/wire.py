@@ -34,6 +34,7 @@ _TARGET = "lease."
 
 LEASE_ID = re.compile(r"[0-9a-f]{8,32}")
 NAME = re.compile(r"[a-z][a-z0-9_-]{0,31}")
+CONTAINER_ID = re.compile(r"[0-9a-f]{12,64}")
 GPU_UUID = re.compile(r"(?:GPU|MIG)-[0-9A-Za-z-]{8,64}(?:/\d{1,3}/\d{1,3})?")
 _COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
 IMAGE = re.compile(rf"(?:[a-zA-Z0-9](?:[a-zA-Z0-9.-]*[a-zA-Z0-9])?(?::\d{{1,5}})?/)?{_COMPONENT}(?:/{_COMPONENT})*"
@@ -111,6 +112,28 @@ def image(value) -> str:
     if isinstance(value, str) and len(value) > 255:
         raise WireError("bad image: longer than 255 characters")
     return _match("image", IMAGE, value)
+
+
+def image_list(text: str) -> list[str]:
+    """The entries of an image allow-list ('IMG,IMG', '*' for any image), each checked."""
+    items = [part.strip() for part in str(text).split(",") if part.strip()]
+    for item in (i for i in items if i != "*"):
+        try:
+            image(item)
+        except WireError:
+            raise WireError(f"{printable(item)[:80]!r} is not an image name") from None
+    return items
+
+
+def image_allowed(allowed: str, value: str) -> bool:
+    """Whether an allow-list (as image_list reads it) lets this image run; the rule at both ends."""
+    items = [part.strip() for part in str(allowed).split(",")]
+    return "*" in items or value in items
+
+
+def container_id(value) -> str:
+    """A Docker container id: 12 to 64 lowercase hex digits."""
+    return _match("container id", CONTAINER_ID, value)
 
 
 def gpu_uuid(value) -> str:
