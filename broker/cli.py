@@ -94,6 +94,40 @@ def serve(ctx, ssh_addr, tunnel_addr, fee_percent, verbose):
     asyncio.run(BrokerServer(cfg).run())
 
 
+@main.command()
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.pass_context
+@_fail_cleanly
+def backup(ctx, file):
+    """Copy the database to FILE, consistent and safe while the broker serves (see README to restore)."""
+    if file.exists():
+        raise BrokerError(f"{file} already exists: name a new file")
+    counts = _store(ctx).backup(file)
+    click.echo(f"backed up {_config(ctx).db_path} to {file}: {counts['leases']} leases, {counts['txs']} "
+               f"transactions, {counts['renters']} renters")
+
+
+class _Hours(click.ParamType):
+    """Hours as ctl takes them (2, 1.5, 90m, 1d); NaN, infinity and absurd values are usage errors."""
+    name = "hours"
+
+    def convert(self, value, param, ctx):
+        try:
+            return leases.parse_duration(value) / 3600
+        except BrokerError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+class _Credits(click.ParamType):
+    name = "amount"
+
+    def convert(self, value, param, ctx):
+        try:
+            return leases.parse_credits(value)
+        except BrokerError as exc:
+            self.fail(str(exc), param, ctx)
+
+
 @main.group()
 def renter():
     """Manage renters."""
@@ -122,12 +156,12 @@ def renter_list(ctx, as_json):
 
 @renter.command("credit")
 @click.argument("name")
-@click.argument("amount")
+@click.argument("amount", type=_Credits())
 @click.pass_context
 @_fail_cleanly
 def renter_credit(ctx, name, amount):
     """Add AMOUNT credits (e.g. 25 or 12.50) to renter NAME."""
-    micro = leases.parse_credits(amount)
+    micro = amount
     balance = service.credit(_store(ctx), name, micro)
     click.echo(f"renter {name}: +{leases.credits(micro)} credits, balance {leases.credits(balance)}")
 
@@ -204,7 +238,7 @@ def lease():
 @lease.command("create")
 @click.option("--renter", required=True)
 @click.option("--host", "host_name", required=True)
-@click.option("--hours", required=True, type=float)
+@click.option("--hours", required=True, type=_Hours(), help="2, 1.5, 90m, 1d")
 @click.option("--image", default=service.DEFAULT_IMAGE, show_default=True)
 @json_option
 @click.pass_context

@@ -31,6 +31,14 @@ class Config:
     housekeeping: float = field(default_factory=lambda: _env_float("BROKER_HOUSEKEEPING", 2))
     # The highest price per GPU-hour a host may ask, in credits; an inventory above it is refused.
     max_price: float = field(default_factory=lambda: _env_float("BROKER_MAX_PRICE", 100))
+    # The longest lease (with its extensions) and the most live leases one renter may hold.
+    max_lease_days: float = field(default_factory=lambda: _env_float("BROKER_MAX_LEASE_DAYS", 30))
+    max_leases: int = field(default_factory=lambda: int(_env_float("BROKER_MAX_LEASES", 10)))
+    # A host whose clock is further off than this is refused (it times leases by its clock).
+    max_skew: float = field(default_factory=lambda: _env_float("BROKER_MAX_SKEW", 30))
+    # How long a host may take to start a container (image checks, workspace) and to stop one.
+    start_timeout: float = 330.0
+    stop_timeout: float = field(default_factory=lambda: _env_float("BROKER_STOP_TIMEOUT", 120))
 
     @property
     def db_path(self) -> Path:

@@ -87,18 +87,26 @@ def hold_for(price: int, gpus: int, seconds: int) -> int:
     return -(-price * gpus * seconds // 3600)
 
 
-def billable_seconds(start: float, end: float, gaps: list[tuple[float, float]], grace: float) -> int:
-    """Active seconds in [start, end) less every host-offline gap longer than grace."""
+def billable_seconds(start: float, end: float, gaps: list[tuple[float, float]], grace: float,
+                     downs: list[tuple[float, float | None]] = ()) -> int:
+    """Active seconds in [start, end) less every host-offline gap longer than grace and every time
+    the lease's container was down (whatever its length; an open one runs to end)."""
     if end <= start:
         return 0
-    lost = 0.0
-    for g0, g1 in gaps:
-        if g1 - g0 <= grace:
-            continue
-        lo, hi = max(g0, start), min(g1, end)
-        if hi > lo:
-            lost += hi - lo
-    return max(0, math.floor(end - start - lost))
+    lost = [(g0, g1) for g0, g1 in gaps if g1 - g0 > grace]
+    lost += [(d0, end if d1 is None else d1) for d0, d1 in downs]
+    return max(0, math.floor(end - start - covered(lost, start, end)))
+
+
+def covered(intervals: list[tuple[float, float]], start: float, end: float) -> float:
+    """Seconds of [start, end) inside at least one of the intervals (overlaps counted once)."""
+    total, cursor = 0.0, start
+    for a, b in sorted(intervals):
+        a, b = max(a, cursor), min(b, end)
+        if b > a:
+            total += b - a
+            cursor = b
+    return total
 
 
 def parse_window(text: str) -> tuple[int, int] | None:
@@ -134,14 +142,16 @@ def window_end(now: float, window: tuple[int, int] | None) -> float | None:
     raise BrokerError("the host is outside its availability window")
 
 
-def reliability(now: float, listed_since: float, ups: list[tuple[float, float | None]], days: int = 30) -> float:
-    """Share of the time a host was connected while listed, over the last `days` days.
+def reliability(now: float, listed_since: float, ups: list[tuple[float, float | None]], days: int = 30,
+                downs: list[tuple[float, float | None]] = ()) -> float:
+    """Share of the time a host was connected while listed, over the last `days` days, less the
+    time its lease containers were down while it was connected.
 
     A host listed for less than a day is judged as if it had been up before: its downtime counts
     against a full day, so a minute's restart does not sink a new host."""
     lo = max(listed_since, now - days * 86400)
     up = sum(max(0.0, min(b if b is not None else now, now) - max(a, lo)) for a, b in ups)
-    down = max(0.0, (now - lo) - up)
+    down = max(0.0, (now - lo) - up) + covered([(a, now if b is None else b) for a, b in downs], lo, now)
     return round(max(0.0, 1 - down / max(now - lo, 86400)), 4)
 
 

@@ -6,14 +6,16 @@ no sockets of its own. Store calls run on the store's one thread (Broker.db).
 import asyncio
 import json
 import logging
+import math
 import re
 import secrets
+import sqlite3
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import asyncssh
 
-from keys import material, tokens, wire
+from keys import faults, material, tokens, wire
 
 from . import inventory as inventory_mod, ledger, offers as offers_mod, query
 from .config import Config
@@ -21,7 +23,7 @@ from .errors import BrokerError, NotFound, Unavailable
 from .leases import advance, billable_seconds, cost, credits, format_duration, hold_for, offline_gaps, \
     parse_window, reliability, window_end
 from .store import Store
-from .tunnels import HostLink, Tunnels
+from .tunnels import HostLink, Refused, Tunnels
 
 log = logging.getLogger("shellrent.service")
 
@@ -86,6 +88,9 @@ def pick_lease(leases: list[dict], renter: str, wanted: str | None, now: float,
             if lease["id"] == wanted:
                 if lease in active or (files_only and lease["state"] in ("ending", "ended")):
                     return lease
+                if lease["state"] == "active":  # its time is up; the broker is ending it this second
+                    raise BrokerError(f"lease {wanted} has ended: its time ran out at "
+                                      f"{time.strftime('%H:%M:%S UTC', time.gmtime(lease['ends_at']))}")
                 raise BrokerError(f"lease {wanted} is {lease['state']}, not active"
                                   + ("" if files_only or lease["state"] != "ended"
                                      else f" (its files stay readable: sftp rent+{wanted}@...)"))
@@ -113,6 +118,10 @@ class Broker:
         self._market_built = -1
         self._relayed: dict[str, set] = {}  # lease id -> its renters' open channels (each has .end())
         self._tasks: set[asyncio.Task] = set()
+        self._launching: set[str] = set()  # leases whose start call is under way in this process
+        self._syncing: dict[str, asyncio.Task] = {}  # lease id -> the task telling its host what changed
+        self._retry: dict[str, tuple[float, int]] = {}  # lease id -> (next try, tries) after a failed sync
+        self._full_logged = False
 
     # renters' channels, so that a lease's end closes them
     def track_session(self, lease_id: str, session) -> None:
@@ -131,18 +140,26 @@ class Broker:
         for session in list(self._relayed.pop(lease_id, ())):
             session.end(f"lease {lease_id} has ended")
 
-    def _background(self, coro) -> None:
+    def _background(self, coro) -> asyncio.Task:
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
 
     def market_changed(self) -> None:
         """Inventories, connections or leases changed: build the offers afresh next time."""
         self._market_gen += 1
 
     async def db(self, fn, *args):
-        """Run a store call on the store's own thread."""
-        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+        """Run a store call on the store's own thread. A full disk is one clear error; the store's
+        transaction rolled back, so nothing was half written."""
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+        except sqlite3.OperationalError as exc:
+            if "full" in str(exc) or "disk I/O" in str(exc):
+                raise Unavailable("the broker cannot write its records (its disk is full): nothing was changed; "
+                                  "try again later") from None
+            raise
 
     def close(self) -> None:
         self._pool.shutdown()
@@ -159,14 +176,26 @@ class Broker:
         lease = pick_lease(leases, renter, wanted, time.time(), files_only)
         link = self.tunnels.get(lease["host"])
         if not link:
+            host = await self.db(self.store.host, lease["host"])
+            if host["banned"]:
+                raise Unavailable(f"lease {lease['id']} has ended: the operator removed its host "
+                                  f"(the unused time is refunded)")
             raise Unavailable(f"host of lease {lease['id']} is offline; try again shortly")
         return link.conn, lease["id"]
 
     # hosts
     async def identify_host(self, conn: asyncssh.SSHClientConnection, key: asyncssh.SSHKey,
                             hello: dict) -> str:
-        """Name of the host behind a tunnel: by its pinned key, or by joining with a token."""
+        """Name of the host behind a tunnel: by its pinned key, or by joining with a token. A host
+        whose clock is off by more than max_skew is refused: it times leases by that clock."""
         fpr = material.fingerprint(key)
+        theirs = hello.get("time")
+        if isinstance(theirs, (int, float)) and not isinstance(theirs, bool) and math.isfinite(theirs):
+            skew = theirs - time.time()
+            if abs(skew) > self.config.max_skew:
+                raise BrokerError(f"the host's clock is {abs(skew):.0f} s {'ahead of' if skew > 0 else 'behind'} "
+                                  f"the broker's (at most {self.config.max_skew:.0f} s allowed): set its time "
+                                  f"(e.g. enable NTP); hostd reconnects by itself")
         host = await self.db(self.store.host_by_key, fpr)
         now = time.time()
         if host:
@@ -202,39 +231,73 @@ class Broker:
         await self.db(self.store.set_inventory, host, inv, error)
         self.market_changed()
 
-    async def host_disconnected(self, name: str) -> None:
+    async def host_disconnected(self, name: str, at: float | None = None) -> None:
         self.market_changed()
-        await self.db(self.store.host_down, name, time.time())
+        await self.db(self.store.host_down, name, min(at or time.time(), time.time()))
 
     async def _reconcile(self, link: HostLink, theirs: dict) -> None:
+        """Make the host's record and the broker's agree, lease by lease (README, "Leases"). The
+        broker's record decides everything that touches money; the host's, what really ran."""
         ours = {lease["id"]: lease for lease in await self.db(self.store.leases_on, link.name, False)}
         for lid, st in theirs.items():
             if not (wire.LEASE_ID.fullmatch(lid) and isinstance(st, dict)
                     and st.get("state") in ("starting", "active", "ending", "ended", "purged", "lost")):
                 log.warning("host %s: ignoring a malformed lease entry", link.name)
                 continue
-            lease = ours.get(lid)
             try:
-                if lease is None or lease["state"] == "failed":
-                    if st["state"] != "purged":
-                        await link.call("lease.discard", id=lid)
-                elif lease["state"] in ("ended", "purged") and st["state"] == "active":
-                    self._background(self._stop_on_host(lease))
-                elif st["state"] in ("ended", "purged", "lost"):
-                    at = st.get("ended_at")
-                    await self.host_ended(link.name, lid, at if isinstance(at, (int, float)) else None)
-                if lease and lease["state"] == "ended" and st["state"] == "purged":
-                    await self.db(lambda: self.store.update_lease(lid, state="purged"))
-            except (BrokerError, Unavailable, wire.WireError) as exc:
+                await self._reconcile_one(link, lid, ours.get(lid), st)
+            except (BrokerError, wire.WireError) as exc:
                 log.warning("host %s, lease %s: reconcile failed: %s", link.name, lid, exc)
         for lid, lease in ours.items():
             if lid in theirs:
                 continue
-            if lease["state"] == "active":
-                log.warning("host %s no longer knows lease %s: ending it", link.name, lid)
-                await self.end_lease(lid, time.time())
-            if lease["state"] in ("active", "ended") and lease["host_ended"] is None:
+            if lease["state"] == "active":  # rule 7: the host has no record of it
+                at = await self.db(self.store.last_down, link.name) or time.time()
+                log.warning("host %s no longer knows lease %s: ending it at %s", link.name, lid, at)
+                await self.end_lease(lid, at)
+            if lease["state"] in ("active", "ended", "purged", "failed") and lease["host_ended"] is None:
+                await self._freed(lid)  # rule 8: nothing of it runs there
+        self.sync(link.name)
+
+    async def _reconcile_one(self, link: HostLink, lid: str, lease: dict | None, st: dict) -> None:
+        state = st["state"]
+        if lease is None:  # rule 1: a lease the broker never made: the host removes it
+            if state != "purged":
+                await link.call("lease.discard", id=lid)
+            return
+        await self._downs(lease, st.get("downs"))
+        gone = state in ("ended", "purged", "lost")
+        if lease["state"] == "active":
+            if gone:  # rule 3: it ended there (time up, lost, disk share): it ends here at that time
+                at = st.get("ended_at")
+                await self.host_ended(link.name, lid, at if isinstance(at, (int, float)) else None)
+            elif state == "active" and st.get("ends_at") != lease["ends_at"]:
+                # rule 2: the end the broker holds wins (an extension the host was not told of)
+                await self.db(lambda: self.store.update_lease(lid, host_ends_at=None))
+        elif lease["state"] in ("ended", "purged", "failed") and gone:  # rule 4: both sides agree it is over
+            if lease["host_ended"] is None:
                 await self._freed(lid)
+            if lease["state"] == "ended" and state == "purged":
+                await self.db(lambda: self.store.update_lease(lid, state="purged"))
+        elif lease["state"] in ("ended", "purged", "failed"):  # rule 5: over here, running there: stop it
+            await self.db(lambda: self.store.update_lease(lid, host_ended=None))
+        # rule 6: starting here: the start call under way decides (or recovery fails it)
+
+    async def _downs(self, lease: dict, downs) -> None:
+        """Times the host says a lease's container was down, checked and clamped to the lease."""
+        if not isinstance(downs, list):
+            return
+        lo = lease["started"] or lease["created"]
+        for item in downs[-100:]:
+            try:
+                down = wire.timestamp(item[0])
+                up = None if item[1] is None else wire.timestamp(item[1])
+            except (wire.WireError, TypeError, IndexError, KeyError):
+                log.warning("host %s, lease %s: ignoring a malformed down time", lease["host"], lease["id"])
+                continue
+            down = min(max(down, lo), time.time())
+            up = None if up is None else min(max(up, down), time.time())
+            await self.db(self.store.set_down, lease["id"], down, up)
 
     async def event(self, host: str, event: dict) -> None:
         """One event from a host's control channel: only about that host's own leases."""
@@ -242,16 +305,22 @@ class Broker:
         try:
             if kind == "inventory":
                 await self._set_inventory(host, event.get("inventory"))
-            elif kind in ("lease.ended", "lease.purged"):
-                lid = wire.lease_id(event.get("id"))
-                if kind == "lease.ended":
-                    await self.host_ended(host, lid, wire.timestamp(event.get("at")))
-                else:
-                    lease = await self.db(self.store.lease, lid)
-                    if lease["host"] == host and lease["state"] == "ended":
-                        await self.db(lambda: self.store.update_lease(lid, state="purged"))
-            else:
+                return
+            if kind not in ("lease.ended", "lease.purged", "lease.down", "lease.up"):
                 log.info("host %s: ignoring an event of unknown type", host)
+                return
+            lid = wire.lease_id(event.get("id"))
+            lease = await self.db(self.store.lease, lid)
+            if lease["host"] != host:
+                log.warning("host %s claimed lease %s of host %s: refused", host, lid, lease["host"])
+            elif kind == "lease.ended":
+                await self.host_ended(host, lid, wire.timestamp(event.get("at")))
+            elif kind == "lease.purged":
+                if lease["state"] == "ended":
+                    await self.db(lambda: self.store.update_lease(lid, state="purged"))
+            else:
+                await self._downs(lease, [event.get("down")])
+                log.info("host %s: lease %s container %s", host, lid, "down" if kind == "lease.down" else "up again")
         except (wire.WireError, NotFound) as exc:
             log.warning("host %s: ignoring a bad event: %s", host, exc)
 
@@ -264,7 +333,7 @@ class Broker:
             return
         if lease["state"] in ("active", "ending"):
             await self.end_lease(lid, wire.timestamp(at) if at is not None else time.time())
-        if lease["host_ended"] is None:
+        if lease["host_ended"] is None and lease["state"] != "starting":
             await self._freed(lid)
 
     async def _freed(self, lid: str) -> None:
@@ -272,18 +341,60 @@ class Broker:
         await self.db(lambda: self.store.update_lease(lid, host_ended=time.time()))
         self.market_changed()
 
-    async def _stop_on_host(self, lease: dict) -> None:
-        """Tell a lease's host to stop it now; the host says so when its container is gone."""
+    # telling hosts what the broker decided: retried until they acknowledge
+    def sync(self, host: str | None = None) -> None:
+        """Start telling hosts (one, or every connected one) what they have not acknowledged yet."""
+        self._background(self._sync_all(host))
+
+    async def _sync_all(self, host: str | None) -> None:
+        now = time.monotonic()
+        for lease in await self.db(self.store.unsynced, host):
+            if self.tunnels and self.tunnels.get(lease["host"]) and lease["id"] not in self._launching \
+                    and (host or self._retry.get(lease["id"], (0, 0))[0] <= now):
+                self.sync_lease(lease["id"])
+
+    def sync_lease(self, lid: str) -> asyncio.Task:
+        """The one task that brings this lease's host in line with the broker's record."""
+        task = self._syncing.get(lid)
+        if task is None or task.done():
+            task = self._syncing[lid] = self._background(self._push(lid))
+            task.add_done_callback(lambda t: self._syncing.pop(lid, None) if self._syncing.get(lid) is t else None)
+        return task
+
+    async def _push(self, lid: str) -> bool:
+        """One round of telling the host; True once it has acknowledged everything about the lease.
+        After a failure the next round waits longer (2 s doubling to a minute), or for a reconnect."""
+        done = await self._push_once(lid)
+        if done:
+            self._retry.pop(lid, None)
+        else:
+            tries = self._retry.get(lid, (0, 0))[1] + 1
+            self._retry[lid] = (time.monotonic() + min(60, 2 ** tries), tries)
+        return done
+
+    async def _push_once(self, lid: str) -> bool:
+        lease = await self.db(self.store.lease, lid)
         link = self.tunnels.get(lease["host"]) if self.tunnels else None
         if not link:
-            return  # done on reconnect (_reconcile)
+            return False  # done when it reconnects
         try:
-            reply = await link.call("lease.stop", id=lease["id"])
+            if lease["state"] == "active" and lease["host_ends_at"] != lease["ends_at"]:
+                await link.call("lease.extend", id=lid, ends_at=lease["ends_at"])
+                await self.db(self.store.acknowledged_end, lid, lease["ends_at"])
+            elif lease["state"] in ("ended", "purged") and lease["host_ended"] is None:
+                reply = await link.call("lease.stop", id=lid, timeout=self.config.stop_timeout)
+                if reply.get("state") in ("ended", "purged", "lost", "absent"):
+                    await self._freed(lid)
+            elif lease["state"] == "failed" and lease["host_ended"] is None:
+                await link.call("lease.discard", id=lid, timeout=self.config.stop_timeout)
+                await self._freed(lid)
+        except Refused as exc:
+            log.warning("lease %s: host %s refused: %s", lid, lease["host"], exc)
+            return False
         except Unavailable as exc:
-            log.warning("lease %s: host could not stop it now (%s); it will on reconnect", lease["id"], exc)
-            return
-        if reply.get("state") in ("ended", "purged"):
-            await self._freed(lease["id"])
+            log.warning("lease %s: host %s did not acknowledge (%s); trying again", lid, lease["host"], exc)
+            return False
+        return True
 
     async def _send_earnings(self, host: str) -> None:
         link = self.tunnels.get(host) if self.tunnels else None
@@ -299,7 +410,9 @@ class Broker:
         """Offers now (runs on the store thread)."""
         hosts = self.store.joined_hosts()
         ups = self.store.uptimes(now - 30 * 86400)
-        rel = {h["name"]: reliability(now, h["joined"], ups.get(h["name"], [])) for h in hosts}
+        since = now - 30 * 86400
+        rel = {h["name"]: reliability(now, h["joined"], ups.get(h["name"], []),
+                                      downs=self.store.host_downs(h["name"], since)) for h in hosts}
         return offers_mod.build(hosts, online, self.store.busy_leases(), rel, now)
 
     async def market(self) -> list[dict]:
@@ -326,6 +439,10 @@ class Broker:
         """Insert a pending lease and hold its credit, atomically (store thread)."""
         self.market_changed()
         with self.store.tx():
+            live = self.store.live_count(lease["renter"])
+            if live >= self.config.max_leases:
+                raise BrokerError(f"you have {live} live leases, the most this broker allows per renter "
+                                  f"(operator limit BROKER_MAX_LEASES={self.config.max_leases}); release one first")
             self.store.insert_lease(lease)
             if lease["held"]:
                 self.store.post(f"hold:{lease['id']}", "hold", ledger.hold(lease["renter"], lease["held"]),
@@ -333,8 +450,15 @@ class Broker:
                                 memo=f"{format_duration(lease['ends_at'] - lease['created'])} on {lease['host']}")
         return lease
 
+    def _check_length(self, seconds: float) -> None:
+        longest = self.config.max_lease_days * 86400
+        if seconds > longest:
+            raise BrokerError(f"a lease may last at most {format_duration(longest)} on this broker "
+                              f"(operator limit BROKER_MAX_LEASE_DAYS={self.config.max_lease_days:g})")
+
     def _new_lease(self, renter: str, host: str, image: str, seconds: int, gpus: list[str] = (),
                    gpu_name: str | None = None, price: int = 0) -> dict:
+        self._check_length(seconds)
         now = time.time()
         return {"id": secrets.token_hex(4), "renter": renter, "host": host, "image": image, "state": "pending",
                 "created": now, "ends_at": now + seconds, "gpus": json.dumps(list(gpus)), "gpu_name": gpu_name,
@@ -342,36 +466,61 @@ class Broker:
                 "held": hold_for(price, len(gpus), seconds)}
 
     async def _launch(self, lease: dict, progress=None) -> dict:
-        """Ask the host to start the lease; active only once its container runs."""
+        """Start the lease on its host. It runs as a task of its own: a renter who cuts the
+        connection meanwhile does not cancel it; it completes (the lease is in `ctl ls`) or fails."""
+        self._launching.add(lease["id"])
+        task = self._background(self._start_on_host(lease, progress))
+        task.add_done_callback(lambda _: self._launching.discard(lease["id"]))
+        return await asyncio.shield(task)
+
+    async def _start_on_host(self, lease: dict, progress) -> dict:
+        """Active only once its container runs; any failure fails and refunds it in one transaction
+        and has the host discard whatever it made."""
         lid = lease["id"]
-        await self._set_state(lease, "starting")
-        link = self.tunnels.get(lease["host"])
         try:
+            await self._set_state(lease, "starting")
+            await faults.point("rent.starting")
+            link = self.tunnels.get(lease["host"])
             if not link:
                 raise Unavailable(f"host {lease['host']!r} is offline")
             if progress:
-                progress(f"starting the container on {lease['host']}...")
-            reply = await link.call("lease.start", lease={
+                try:
+                    progress(f"starting the container on {lease['host']}...")
+                except Exception:  # the renter has gone; the start goes on
+                    pass
+            reply = await link.call("lease.start", timeout=self.config.start_timeout, lease={
                 "id": lid, "renter": lease["renter"], "image": lease["image"], "ends_at": lease["ends_at"],
                 "gpus": json.loads(lease["gpus"])})
             try:
                 container = wire.container_id(reply.get("container"))
             except wire.WireError:
                 raise Unavailable(f"host {lease['host']} answered lease.start without a container id") from None
+            await faults.point("rent.started")
+            await self.db(lambda: self.store.update_lease(lid, state="active", container=container,
+                                                          started=time.time(), host_ends_at=lease["ends_at"]))
         except BaseException as exc:
             error = str(exc) or type(exc).__name__
-            await self.db(lambda: self.store.update_lease(lid, state="failed", error=error))
-            await self.db(self._settle_failed, lid)
+            try:
+                await self.db(self._fail, lid, error)
+            finally:
+                self.market_changed()
+                self.sync(lease["host"])  # the host discards what it made, now or when it is back
             raise
-        await self.db(lambda: self.store.update_lease(lid, state="active", container=container,
-                                                      started=time.time()))
+        self.market_changed()
         return await self.db(self.store.lease, lid)
 
-    def _settle_failed(self, lid: str) -> None:
-        self.market_changed()
-        lease = self.store.lease(lid)
-        self.store.post(f"settle:{lid}", "refund", ledger.settle(lease["renter"], lease["host"], lease["held"], 0, 0),
-                        lease=lid, renter=lease["renter"], memo="lease failed to start: full refund")
+    def _fail(self, lid: str, error: str) -> None:
+        """Fail a lease that did not start and refund all it held, in one transaction (store thread);
+        a failed lease not yet refunded is refunded."""
+        with self.store.tx():
+            lease = self.store.lease(lid)
+            if lease["state"] in ("pending", "starting"):
+                self.store.update_lease(lid, state="failed", error=error[:300], host_ended=None)
+            elif lease["state"] != "failed":
+                return
+            self.store.post(f"settle:{lid}", "refund",
+                            ledger.settle(lease["renter"], lease["host"], lease["held"], 0, 0),
+                            lease=lid, renter=lease["renter"], memo="lease failed to start: full refund")
 
     async def _set_state(self, lease: dict, state: str) -> None:
         advance(lease["state"], state)
@@ -380,7 +529,7 @@ class Broker:
 
     async def create_lease(self, renter: str, host: str, hours: float, image: str) -> dict:
         """Admin: a lease on a named host, no GPUs, no charge."""
-        if not 0 < hours <= 24 * 30:
+        if not (math.isfinite(hours) and 0 < hours <= 24 * 30):
             raise BrokerError(f"bad duration {hours} h: must be more than 0 and at most 720")
         await self.db(self.store.require_renter, renter)
         await self.db(self.store.host, host)
@@ -393,6 +542,7 @@ class Broker:
         """Pick an offer, hold the credit, start the container; all or nothing."""
         if gpus < 1:
             raise BrokerError("--gpus must be at least 1")
+        self._check_length(seconds)
         async with self._rent_lock:  # GPUs are taken by the lease row, so one rent picks at a time
             offer = await self._pick(text, gpus, image)
             self._check_fit(offer, seconds)
@@ -419,6 +569,7 @@ class Broker:
                               f"{format_duration(closes - time.time())} from now")
 
     async def quote(self, text: str, seconds: int, gpus: int, image: str = DEFAULT_IMAGE) -> tuple[dict, int]:
+        self._check_length(seconds)
         offer = await self._pick(text, gpus, image)
         return offer, hold_for(offer["price"], gpus, seconds)
 
@@ -427,9 +578,12 @@ class Broker:
         return pick_lease(leases, renter, lease_id, time.time())
 
     async def extend(self, renter: str, lease_id: str | None, seconds: int) -> dict:
-        """More time on an active lease, if the host has it and the credit covers it."""
+        """More time on an active lease, if the host has it and the credit covers it. The new end
+        and its hold are one transaction; telling the host runs as its own task (a cut connection
+        does not stop it). A host that refuses undoes it; one that does not answer is told later."""
         lease = await self._own_lease(renter, lease_id)
         lid = lease["id"]
+        self._check_length(lease["ends_at"] + seconds - (lease["started"] or lease["created"]))
         link = self.tunnels.get(lease["host"])
         if not link:
             raise Unavailable(f"host {lease['host']!r} is offline; cannot extend now")
@@ -441,11 +595,20 @@ class Broker:
                 raise BrokerError(f"host {lease['host']} is available only until "
                                   f"{time.strftime('%H:%M UTC', time.gmtime(closes))}")
         added, n = await self.db(self._add_time, lid, seconds)
+        await faults.point("extend.held")
+        return await asyncio.shield(self._background(self._tell_extension(link, lid, seconds, added, n)))
+
+    async def _tell_extension(self, link: HostLink, lid: str, seconds: int, added: int, n: int) -> dict:
+        lease = await self.db(self.store.lease, lid)
         try:
-            await link.call("lease.extend", id=lid, ends_at=new_end)
-        except BaseException:
+            await link.call("lease.extend", id=lid, ends_at=lease["ends_at"])
+        except Refused:
             await self.db(self._undo_time, lid, seconds, added, n)
             raise
+        except Unavailable as exc:
+            log.warning("lease %s: host did not confirm the extension (%s); it is told when it answers", lid, exc)
+            return lease
+        await self.db(self.store.acknowledged_end, lid, lease["ends_at"])
         return await self.db(self.store.lease, lid)
 
     def _add_time(self, lid: str, seconds: int) -> tuple[int, int]:
@@ -469,33 +632,39 @@ class Broker:
         there is nothing to take back: settling returned all that was held."""
         with self.store.tx():
             lease = self.store.lease(lid)
-            if self.store.posted(f"settle:{lid}") or lease["state"] not in ("active", "ending"):
+            if self.store.posted(f"settle:{lid}") or lease["state"] != "active":
                 log.warning("lease %s: extension %d refused after the lease ended; nothing to undo", lid, n)
                 return
             if amount and not self.store.post(f"extend-undo:{lid}:{n}", "refund",
                                               ledger.release(lease["renter"], amount), lease=lid,
                                               renter=lease["renter"], memo="extension refused by the host"):
                 return  # undone before
-            self.store.update_lease(lid, ends_at=lease["ends_at"] - seconds, held=lease["held"] - amount)
+            self.store.update_lease(lid, ends_at=lease["ends_at"] - seconds, held=lease["held"] - amount,
+                                    host_ends_at=None)
 
     async def release(self, renter: str | None, lease_id: str | None) -> dict:
-        """End a lease now; unused time is refunded."""
+        """End a lease now: billing stops at this moment (settled in the same transaction as the
+        end); the host then stops the container, told until it acknowledges."""
         if renter:
             lease = await self._own_lease(renter, lease_id)
         else:
             lease = await self.db(self.store.lease, lease_id)
-            if lease["state"] not in ("active", "starting"):
+            if lease["state"] in ("pending", "starting"):
+                raise BrokerError(f"lease {lease_id} is starting; stop it once it is active")
+            if lease["state"] != "active":
                 raise BrokerError(f"lease {lease_id} is already {lease['state']}")
-        now = time.time()
-        await self._set_state(lease, "ending")
-        self._close_sessions(lease["id"])
-        await self._stop_on_host(lease)
-        await self.end_lease(lease["id"], now)
-        return await self.db(self.store.lease, lease["id"])
+        lid = lease["id"]
+        await self.end_lease(lid, time.time())
+        await faults.point("release.settled")
+        try:
+            await asyncio.wait_for(asyncio.shield(self.sync_lease(lid)), self.config.stop_timeout)
+        except asyncio.TimeoutError:
+            log.warning("lease %s: host has not confirmed the stop yet; it is told until it does", lid)
+        return await self.db(self.store.lease, lid)
 
     async def end_lease(self, lid: str, at: float) -> None:
-        """Mark a lease ended at `at` (never before its start nor after now) and settle it; settling
-        twice charges once. The renters' channels to it are closed."""
+        """Mark a lease ended at `at` (never before its start nor after now) and settle it, in one
+        transaction; settling twice charges once. The renters' channels to it are closed."""
         charged = await self.db(self._end, lid, at)
         self._close_sessions(lid)
         if charged is not None:
@@ -516,8 +685,8 @@ class Broker:
                 return None
             start = lease["started"] or end
             ups = self.store.uptimes(start - 1).get(lease["host"], [])
-            gaps = offline_gaps(ups, start, end)
-            seconds = billable_seconds(start, end, gaps, self.config.offline_grace)
+            seconds = billable_seconds(start, end, offline_gaps(ups, start, end), self.config.offline_grace,
+                                       self.store.downs(lid))
             charge = min(lease["held"], cost(lease["price"], len(json.loads(lease["gpus"])), seconds))
             posted = self.store.post(
                 f"settle:{lid}", "settle",
@@ -527,24 +696,47 @@ class Broker:
         return charge if posted else None
 
     async def housekeeping(self) -> None:
-        """End leases whose time is over; keep host last-seen times fresh."""
+        """End leases whose time is over; fail starts that lost their caller; tell hosts what they
+        have not acknowledged; keep host last-seen times fresh."""
         now = time.time()
-        for lease in await self.db(self.store.live_leases):
-            if lease["state"] == "active" and lease["ends_at"] <= now:
-                await self.end_lease(lease["id"], lease["ends_at"])
-                self._background(self._stop_on_host(lease))  # hostd ends it too; this hears when
-        if self.tunnels:
-            await self.db(self.store.touch_hosts, list(self.tunnels.links), now)
+        try:
+            for lease in await self.db(self.store.on_banned_hosts):  # banned: its leases end, refunded
+                log.warning("lease %s ends: its host %s was banned", lease["id"], lease["host"])
+                await self.end_lease(lease["id"], lease["banned_at"] if lease["banned_at"] > 1 else now)
+                link = self.tunnels.get(lease["host"]) if self.tunnels else None
+                if link:
+                    link.conn.close()
+            for lease in await self.db(self.store.live_leases):
+                if lease["state"] == "active" and lease["ends_at"] <= now:
+                    await self.end_lease(lease["id"], lease["ends_at"])
+                elif lease["state"] in ("pending", "starting") and lease["id"] not in self._launching \
+                        and now - lease["created"] > 5:
+                    await self.db(self._fail, lease["id"], "the broker lost the start (restart or full disk)")
+            if self.tunnels:
+                await self._sync_all(None)
+                await self.db(self.store.touch_hosts, list(self.tunnels.links), now)
+            self._full_logged = False
+        except Unavailable as exc:
+            if not self._full_logged:
+                log.error("housekeeping: %s", exc)
+                self._full_logged = True
 
     async def recover(self) -> None:
-        """After a restart: leases caught mid-start failed (refunded; their hosts discard them)."""
+        """After a restart, every state a crash can leave: leases caught mid-start fail and are
+        refunded (their hosts discard them); ended or failed leases not yet settled are settled;
+        what hosts were not told is told when they connect (sync)."""
         await self.db(self.store.close_uptimes)
-        for lease in await self.db(self.store.live_leases):
+        for lease in await self.db(self.store.leases):
+            lid = lease["id"]
             if lease["state"] in ("pending", "starting"):
-                log.warning("lease %s was %s when the broker stopped: failing it", lease["id"], lease["state"])
-                await self.db(lambda: self.store.update_lease(lease["id"], state="failed",
-                                                              error="broker restarted during start"))
-                await self.db(self._settle_failed, lease["id"])
+                log.warning("lease %s was %s when the broker stopped: failing it", lid, lease["state"])
+                await self.db(self._fail, lid, "broker restarted during start")
+            elif lease["state"] == "ending":  # written by older brokers during a release
+                await self.end_lease(lid, lease["ended"] or time.time())
+            elif lease["state"] in ("ended", "purged") and not await self.db(self.store.posted, f"settle:{lid}"):
+                await self.end_lease(lid, lease["ended"] or lease["ends_at"])
+            elif lease["state"] == "failed" and not await self.db(self.store.posted, f"settle:{lid}"):
+                await self.db(self._fail, lid, lease["error"] or "failed")
 
     # account
     async def balance(self, renter: str) -> dict:

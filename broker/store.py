@@ -56,6 +56,12 @@ _MIGRATIONS = [
     ALTER TABLE hosts ADD COLUMN inventory_error TEXT;
     UPDATE leases SET host_ended = COALESCE(ended, created) WHERE state IN ('ended', 'purged');
     """,
+    """
+    ALTER TABLE leases ADD COLUMN host_ends_at REAL;
+    UPDATE leases SET host_ends_at = ends_at WHERE state = 'active';
+    UPDATE leases SET host_ended = COALESCE(ended, created) WHERE state = 'failed';
+    CREATE TABLE lease_downs (lease TEXT NOT NULL, down REAL NOT NULL, up REAL, PRIMARY KEY (lease, down));
+    """,
 ]
 
 
@@ -82,6 +88,20 @@ class Store:
     def close(self) -> None:
         self.db.conn.close()
 
+    def backup(self, path: Path) -> dict:
+        """A consistent copy of the whole database in a new file (SQLite's online backup: safe
+        while the broker serves); returns what it holds."""
+        tmp = path.with_name(path.name + ".part")
+        dst = sqlite3.connect(str(tmp))
+        try:
+            tmp.chmod(0o600)
+            self.db.conn.backup(dst)
+            counts = {t: dst.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in ("leases", "txs", "renters")}
+        finally:
+            dst.close()
+        tmp.rename(path)
+        return counts
+
     @contextmanager
     def _tx(self):
         """One write transaction, taken up front so concurrent writers queue instead of failing.
@@ -99,7 +119,8 @@ class Store:
         try:
             yield
         except BaseException:
-            self.db.execute("ROLLBACK")
+            if self.db.conn.in_transaction:  # SQLite has already rolled back after e.g. a full disk
+                self.db.execute("ROLLBACK")
             raise
         finally:
             self._depth = 0
@@ -186,7 +207,12 @@ class Store:
 
     def ban_host(self, name: str) -> None:
         self.host(name)
-        self.db.execute("UPDATE hosts SET banned = 1 WHERE name = ?", [name])
+        self.db.execute("UPDATE hosts SET banned = ? WHERE name = ? AND banned = 0", [time.time(), name])
+
+    def on_banned_hosts(self) -> list[dict]:
+        """Active leases whose host is banned, with the time of the ban."""
+        return list(self.db.query("SELECT l.*, h.banned AS banned_at FROM leases l JOIN hosts h ON h.name = l.host "
+                                  "WHERE l.state = 'active' AND h.banned != 0"))
 
     # leases
     def insert_lease(self, lease: dict) -> None:
@@ -222,12 +248,47 @@ class Store:
     def live_leases(self) -> list[dict]:
         return self.leases(live_only=True)
 
+    def live_count(self, renter: str) -> int:
+        return self.db["leases"].count_where(f"renter = ? AND state IN ({','.join('?' * len(LIVE))})",
+                                             [renter, *LIVE])
+
+    def unsynced(self, host: str | None = None) -> list[dict]:
+        """Leases whose host has not yet acknowledged what the broker decided: an end time it was
+        not told, an end or a failure whose container it has not confirmed gone."""
+        sql = ("SELECT * FROM leases WHERE ((state = 'active' AND (host_ends_at IS NULL OR host_ends_at != ends_at))"
+               " OR (state IN ('ended', 'purged', 'failed') AND host_ended IS NULL))")
+        return list(self.db.query(sql + (" AND host = ?" if host else ""), [host] if host else []))
+
+    def acknowledged_end(self, lease: str, ends_at: float) -> None:
+        """The host has been told this end time (unless the end has moved since)."""
+        self.db.execute("UPDATE leases SET host_ends_at = ? WHERE id = ? AND ends_at = ?", [ends_at, lease, ends_at])
+
+    def set_down(self, lease: str, down: float, up: float | None) -> None:
+        """A time a lease's container was not running (its host said so); up None while it still is not."""
+        self.db.execute("INSERT INTO lease_downs (lease, down, up) VALUES (?, ?, ?) "
+                        "ON CONFLICT (lease, down) DO UPDATE SET up = COALESCE(excluded.up, up)", [lease, down, up])
+
+    def downs(self, lease: str) -> list[tuple[float, float | None]]:
+        return [tuple(r) for r in self.db.execute("SELECT down, up FROM lease_downs WHERE lease = ? ORDER BY down",
+                                                  [lease])]
+
+    def host_downs(self, host: str, since: float) -> list[tuple[float, float | None]]:
+        """Times any of a host's lease containers was down, since `since` (for reliability)."""
+        return [tuple(r) for r in self.db.execute(
+            "SELECT d.down, d.up FROM lease_downs d JOIN leases l ON l.id = d.lease "
+            "WHERE l.host = ? AND (d.up IS NULL OR d.up >= ?)", [host, since])]
+
+    def last_down(self, host: str) -> float | None:
+        """When the host was last seen to go offline."""
+        row = self.db.execute("SELECT MAX(down) FROM uptime WHERE host = ?", [host]).fetchone()
+        return row[0] if row else None
+
     def busy_leases(self) -> list[dict]:
-        """Leases whose GPUs are taken: live ones, and ended ones whose host has not yet said that
-        their container is gone."""
+        """Leases whose GPUs are taken: live ones, and ended or failed ones whose host has not yet
+        said that their container is gone."""
         return list(self.db.query(
             f"SELECT * FROM leases WHERE state IN ({','.join('?' * len(LIVE))}) "
-            "OR (state = 'ended' AND host_ended IS NULL)", list(LIVE)))
+            "OR (state IN ('ended', 'purged', 'failed') AND host_ended IS NULL)", list(LIVE)))
 
     # hosts: inventory and uptime
     def set_inventory(self, name: str, inventory: str | None, error: str | None = None) -> None:

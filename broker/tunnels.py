@@ -25,6 +25,10 @@ MAX_EVENTS = 5000  # events waiting to be handled; a host that floods more is cu
 MAX_ERROR = 300
 
 
+class Refused(Unavailable):
+    """The host answered a call and said no (as opposed to not answering)."""
+
+
 class Control(asyncssh.SSHClientSession):
     """The broker's side of one host's control channel: calls matched to replies by id, and the
     host's events queued in order (dropped until the host is identified)."""
@@ -94,7 +98,7 @@ class Control(asyncssh.SSHClientSession):
             error = reply.get("error")
             error = wire.printable(error)[:MAX_ERROR].replace("\n", " ") if isinstance(error, str) and error \
                 else f"host refused {op}"
-            raise Unavailable(error)
+            raise Refused(error)
         return reply
 
 
@@ -116,6 +120,7 @@ class _TunnelClient(asyncssh.SSHClient):
     def __init__(self, startups: Startups):
         self._startups = startups
         self._conn = None
+        self.lost: Exception | None = None  # why the connection closed
 
     def connection_made(self, conn):
         self._conn = conn
@@ -126,6 +131,7 @@ class _TunnelClient(asyncssh.SSHClient):
 
     def connection_lost(self, exc):
         self._startups.done(self._conn)
+        self.lost = exc
 
     def validate_host_public_key(self, host, addr, port, key):
         # Every key may finish the handshake; Tunnels._accepted then demands a pinned key or a
@@ -144,7 +150,7 @@ class Tunnels:
         self._key = client_key
         self._identify = identify
         self._connected = connected  # async (link, hello) -> None, after welcome
-        self._disconnected = disconnected  # async (name) -> None
+        self._disconnected = disconnected  # async (name, when it was last heard) -> None
         self._event = event  # async (name, event) -> None, in the order the host sent them
         self._keepalive = keepalive
         self._startups = startups or Startups(100, 10)
@@ -219,9 +225,13 @@ class Tunnels:
         await conn.wait_closed()
         if self.links.get(name) and self.links[name].conn is conn:
             del self.links[name]
-            log.info("host %s disconnected", name)
+            lost = getattr(conn.get_owner(), "lost", None)
+            at = time.time()
+            if lost is not None and "keepalive" in str(lost).lower():
+                at -= self._keepalive * 3  # it went silent before the keepalives gave up on it
+            log.info("host %s disconnected (%s)", name, lost or "closed")
             if self._disconnected:
-                await self._disconnected(name)
+                await self._disconnected(name, at)
 
     async def close(self) -> None:
         if self._acceptor:

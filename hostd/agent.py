@@ -13,7 +13,7 @@ import time
 
 import asyncssh
 
-from keys import material, tokens, wire
+from keys import faults, material, tokens, wire
 
 from . import firewall, gpus as gpus_mod, offload, settings as settings_mod
 from .config import Config, write_private
@@ -22,6 +22,7 @@ from .leases import Leases
 from .runtime import Runtime, RuntimeError_, default_limits
 from .sshserver import HostServer, SessionError
 from .store import Store
+from .watch import Watch
 
 log = logging.getLogger("shellrent.agent")
 VERSION = "0.2.0"
@@ -224,12 +225,13 @@ class Agent:
         return reply
 
     async def _op_hello(self, req):
-        leases = {r["id"]: {"state": r["state"], "ended_at": r.get("ended_at")} for r in self.store.all()} \
-            if self.store else {}
+        leases = {r["id"]: {"state": r["state"], "ended_at": r.get("ended_at"), "ends_at": r.get("ends_at"),
+                            "downs": json.loads(r.get("downs") or "[]")[-100:]}
+                  for r in self.store.all()} if self.store else {}
         inv = await offload.call(self.inventory, timeout=30) if self.runtime else None
         self._inventory = inv
         return {"ok": True, "proto": wire.PROTO, "version": VERSION, "token": self._token, "leases": leases,
-                "inventory": inv}
+                "inventory": inv, "time": time.time() + faults.clock_offset()}
 
     async def _op_welcome(self, req):
         self.host_name = wire.name(req.get("host"), "host name")
@@ -253,9 +255,15 @@ class Agent:
         return {"ok": True}
 
     async def _op_lease_start(self, req):
+        """Start a lease; asked again for the same lease, the same answer (idempotent)."""
         lease = wire.lease_start(req.get("lease"))
-        if self.store.get(lease["id"]):
-            return {"ok": False, "error": f"lease {lease['id']} already exists on this host"}
+        if lease["id"] in self._starts:  # the same start is under way: its answer is this one's
+            return await asyncio.shield(self._starts[lease["id"]])
+        rec = self.store.get(lease["id"])
+        if rec and rec["state"] == "active":
+            return {"ok": True, "container": rec["container"]}
+        if rec:
+            return {"ok": False, "error": f"lease {lease['id']} is {rec['state']} on this host"}
         if not wire.image_allowed(self._settings["images"], lease["image"]):
             return {"ok": False, "error": f"image {lease['image']!r} is not allowed on this host "
                                           f"(allowed: {self._settings['images']})"}
@@ -272,11 +280,13 @@ class Agent:
                "gpus": json.dumps(gpus)}
         self.store.put(rec)
         done = self._starts[lease["id"]] = asyncio.get_running_loop().create_future()
+        reply = {"ok": False, "error": "the start was interrupted"}
         try:
-            return await self._start(lease, rec)
+            reply = await self._start(lease, rec)
+            return reply
         finally:
             self._starts.pop(lease["id"], None)
-            done.set_result(None)
+            done.set_result(reply)
 
     async def _start(self, lease: dict, rec: dict) -> dict:
         gpus = lease["gpus"]
@@ -299,6 +309,7 @@ class Agent:
                 # The engine may still make it: remove whatever it made once it answers again.
                 asyncio.get_running_loop().create_task(self._clean_up(lease["id"]))
             return {"ok": False, "error": str(exc) or "the Docker engine did not answer in time"}
+        await faults.point("hostd.start.created")
         rec.update(container=container, shell=shell, state="active")
         self.store.put(rec)
         self.leases.arm(rec)
@@ -325,9 +336,11 @@ class Agent:
 
     async def _op_lease_stop(self, req):
         lease_id = wire.lease_id(req.get("id"))
+        if lease_id in self._starts:  # stopped while its container is being made: stop it once made
+            await asyncio.shield(self._starts[lease_id])
         rec = self.store.get(lease_id)
         if not rec:
-            return {"ok": False, "error": f"no lease {lease_id} on this host"}
+            return {"ok": True, "state": "absent"}
         await self.leases.end(lease_id)
         rec = self.store.get(lease_id)
         return {"ok": True, "state": rec["state"], "ended_at": rec.get("ended_at")}
@@ -358,6 +371,8 @@ class Agent:
         """Stay connected: reconnect after any drop, exponential backoff with full jitter."""
         watcher = asyncio.get_running_loop().create_task(self.watch())
         disk = asyncio.get_running_loop().create_task(self.watch_disk())
+        containers = asyncio.get_running_loop().create_task(
+            Watch(self.runtime, self.store, self.leases, self.emit, self.config.container_check).run())
         attempt = 0
         try:
             while True:
@@ -377,6 +392,7 @@ class Agent:
         finally:
             watcher.cancel()
             disk.cancel()
+            containers.cancel()
 
     def _set_status(self, **fields) -> None:
         self._status.update(fields, updated=time.time())

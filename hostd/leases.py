@@ -13,7 +13,7 @@ import logging
 import time
 from pathlib import Path
 
-from keys import wire
+from keys import faults, wire
 
 from . import offload, settings as settings_mod
 from .config import Config
@@ -88,9 +88,7 @@ class Leases:
                 log.info("container of lease %s has no live lease: removing it", c["lease"])
                 self.runtime.stop(c["lease"], 0)
                 continue
-            if c["status"] != "running" and rec["ends_at"] > now:
-                log.info("lease %s: starting its stopped container again", c["lease"])
-                self.runtime.ensure_running(c["id"], c["lease"])
+            # a stopped container of an active lease is started again by hostd.watch, which records the gap
         for rec in self.store.all():
             if rec["state"] == "ending":  # hostd stopped during the grace: its container is gone now
                 self.store.update(rec["id"], state="ended", ended_at=now)
@@ -156,9 +154,10 @@ class Leases:
         except (RuntimeError_, asyncio.TimeoutError, OSError) as exc:
             log.info("lease %s: warning in the container failed: %s", rec["id"], exc or "timed out")
 
-    async def end(self, lease_id: str, cancel_task: bool = True) -> None:
+    async def end(self, lease_id: str, cancel_task: bool = True, dead_since: float | None = None) -> None:
         """End a lease now: SIGTERM to its processes, the engine's kill after the grace; keep the
-        workspace. Callers that come while it is ending wait for the same ending."""
+        workspace. Callers that come while it is ending wait for the same ending. A lease whose
+        container died (dead_since) ends at that moment, without a grace."""
         if cancel_task:
             task = self._tasks.pop(lease_id, None)
             if task and task is not asyncio.current_task():
@@ -169,22 +168,24 @@ class Leases:
             if not rec or rec["state"] != "active":
                 return
             self.store.update(lease_id, state="ending")
-            ending = self._ending[lease_id] = asyncio.get_running_loop().create_task(self._stop(lease_id))
+            ending = self._ending[lease_id] = asyncio.get_running_loop().create_task(
+                self._stop(lease_id, dead_since))
             ending.add_done_callback(lambda _: self._ending.pop(lease_id, None))
         await asyncio.shield(ending)
         if cancel_task and lease_id not in self._tasks:
             self.arm(self.store.get(lease_id))
 
-    async def _stop(self, lease_id: str) -> None:
-        grace = self._settings()["grace"]
+    async def _stop(self, lease_id: str, dead_since: float | None = None) -> None:
+        grace = 0 if dead_since else self._settings()["grace"]
         log.info("lease %s: ending (SIGTERM, SIGKILL after %.0fs)", lease_id, grace)
         try:
             await offload.call(self.runtime.signal_all, lease_id, "TERM", timeout=offload.QUICK)
         except (RuntimeError_, asyncio.TimeoutError, OSError) as exc:
             log.warning("lease %s: SIGTERM failed (%s); the engine kills it after the grace", lease_id,
                         exc or "timed out")
+        await faults.point("hostd.stop.signalled")
         await asyncio.sleep(grace)
-        now = time.time()  # the lease is over now, whatever the engine makes of the removal
+        now = dead_since or time.time()  # the lease is over now, whatever the engine makes of the removal
         for attempt in range(3):
             try:
                 await offload.call(self.runtime.stop, lease_id, 0, timeout=offload.STOP)
@@ -202,6 +203,8 @@ class Leases:
         task = self._tasks.pop(lease_id, None)
         if task:
             task.cancel()
+        if (self.store.get(lease_id) or {}).get("state") == "active":
+            self.store.update(lease_id, state="ending")  # its container goes on purpose: not revived
         try:
             await offload.call(self.runtime.purge, lease_id, timeout=offload.STOP)
         except (RuntimeError_, asyncio.TimeoutError, OSError) as exc:

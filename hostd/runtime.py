@@ -4,11 +4,13 @@ One container per lease: labelled with the lease, the renter, its end and the ho
 /workspace on a per-lease volume; its own bridge network; docker-init as PID 1; never privileged;
 all capabilities dropped but CAPS; no-new-privileges; pids, memory, CPU and /dev/shm limits.
 """
+import calendar
 import logging
 import os
 import shutil
 import signal as signals
 import stat
+import time
 
 import docker
 from docker.errors import APIError, DockerException, ImageNotFound, NotFound
@@ -283,11 +285,43 @@ class Runtime:
         except OSError:
             return shutil.disk_usage("/").free / 1e9
 
-    def ensure_running(self, container_id: str, lease_id: str) -> None:
-        self._workspace(lease_id)  # mounted again after a reboot
-        container = self.client.containers.get(container_id)
-        if container.status != "running":
-            container.start()
+    def state(self, lease_id: str) -> dict | None:
+        """{"status": running|paused|exited|..., "finished": epoch seconds or None} of a lease's
+        container; None when it no longer exists."""
+        try:
+            st = self.client.api.inspect_container(f"shellrent-{lease_id}")["State"]
+        except NotFound:
+            return None
+        except (APIError, DockerException) as exc:
+            raise RuntimeError_(f"lease {lease_id}: {exc}") from None
+        return {"status": st.get("Status"), "finished": _epoch(st.get("FinishedAt"))}
+
+    def revive(self, lease_id: str) -> None:
+        """Run a lease's stopped or paused container again, with the same /workspace."""
+        try:
+            self._workspace(lease_id)  # mounted again after a reboot
+            container = self.client.containers.get(f"shellrent-{lease_id}")
+            if container.status == "paused":
+                container.unpause()
+            elif container.status != "running":
+                container.start()
+        except (APIError, DockerException, DiskError) as exc:
+            raise RuntimeError_(f"lease {lease_id}: {getattr(exc, 'explanation', None) or exc}") from None
+
+    def follow_events(self, wake) -> None:
+        """Call wake() whenever one of this hostd's containers dies, stops, pauses or is removed;
+        blocks for ever (run it in a thread of its own)."""
+        client = docker.from_env(timeout=300)
+        filters = {"type": "container", "label": f"{LABEL}.hostd={self.owner}",
+                   "event": ["die", "stop", "kill", "pause", "destroy", "oom"]}
+        while True:
+            try:
+                for _ in client.events(decode=True, filters=filters):
+                    wake()
+            except Exception as exc:  # the stream broke (engine restart, idle timeout): open it again
+                log.debug("engine events: %s", exc)
+            time.sleep(1)
+            wake()
 
     def pid(self, container_id: str) -> int:
         """Host PID of the container's init (for entering its network namespace)."""
@@ -305,6 +339,17 @@ class Runtime:
         return [{"id": c.id, "lease": c.labels.get(f"{LABEL}.lease"), "status": c.status,
                  "ends_at": float(c.labels.get(f"{LABEL}.ends_at", 0))}
                 for c in found if not c.name.endswith("-files")]
+
+
+def _epoch(text: str | None) -> float | None:
+    """Seconds since the epoch from the engine's RFC 3339 times ('0001-01-01T00:00:00Z': never)."""
+    if not text or text.startswith("0001"):
+        return None
+    try:
+        head, _, frac = text.rstrip("Z").partition(".")
+        return calendar.timegm(time.strptime(head, "%Y-%m-%dT%H:%M:%S")) + float(f"0.{frac or 0}")
+    except ValueError:
+        return None
 
 
 def default_limits() -> dict:

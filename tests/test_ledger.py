@@ -69,8 +69,8 @@ def test_invariants_hold_under_any_sequence(seq):
             elif action == "fail":
                 lid = _rent(b, renter, n, now)
                 if lid:
-                    b.store.update_lease(lid, state="failed")
-                    b._settle_failed(lid)
+                    b.store.update_lease(lid, state="starting")
+                    b._fail(lid, "the host refused")
             elif action == "offline":
                 b.store.host_down("pc1", now)
                 now += n * 200

@@ -108,9 +108,10 @@ def test_one_leases_stuck_engine_calls_hold_up_nothing_else(tmp_path):
         assert c.ssh("hostname", user=f"rent+{third}", check=True).stdout.decode().strip() == f"rent-{third}"
         assert json.loads(c.hostd("pc1", "status", "--json").stdout)["connected"]
         assert time.monotonic() - started < 30
-        assert _lease(c, a)["state"] == "ending"
+        assert _lease(c, a)["state"] == "ended"             # billing stopped at the stop
+        assert _lease(c, a)["host_ended"] is None             # but the host has not confirmed it yet
         proxy.release()
-        wait_for(lambda: _lease(c, a)["state"] == "ended", timeout=90, what="lease a to end once the engine answers")
+        wait_for(lambda: _lease(c, a)["host_ended"], timeout=90, what="hostd to end lease a once the engine answers")
         # A call stuck at shutdown never holds hostd up.
         proxy.hold(third)
         stuck.append(subprocess.Popen([str(BIN / "broker"), "--home", str(c.bhome), "lease", "stop", third],
@@ -122,6 +123,7 @@ def test_one_leases_stuck_engine_calls_hold_up_nothing_else(tmp_path):
     finally:
         for p in stuck:
             p.kill()
+            p.wait()
         proxy.release()
         c.close()
         proxy.close()

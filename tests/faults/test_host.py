@@ -1,0 +1,113 @@
+"""hostd killed (kill -9) while it starts and while it stops a container, and a lease's container
+killed, stopped, paused and removed from outside (as a provider could). Afterwards broker, hostd,
+the engine and the ledger agree; no lease is billed for time its container did not run.
+Real broker, hostd, Docker and OpenSSH."""
+import subprocess
+import time
+
+import pytest
+
+from ..cluster import run, wait_for
+from .records import PRICE, _rows, broker_leases, charged, ctl, ctl_json, host_leases, market, reap, \
+    running, wait_agree
+
+pytestmark = [pytest.mark.docker, pytest.mark.faults]
+
+
+def _restart_hostd(c, faults: str = "") -> None:
+    reap(c, "hostd-pc1")
+    c.env["SHELLRENT_FAULTS"] = faults
+    c.start_hostd("pc1")
+
+
+def test_hostd_killed_while_it_starts_a_container(fresh_cluster):
+    c = fresh_cluster
+    market(c)
+    c.kill("hostd-pc1")
+    _restart_hostd(c, "hostd.start.created=kill")
+    r = ctl(c, "rent", "--hours", "1h", "--yes")
+    assert r.returncode == 2 and b"did not answer lease.start" in r.stderr   # one line, no lease
+    assert len(running(c)) == 1                                              # the container it made is left
+    _restart_hostd(c)
+    wait_agree(c)
+    (lease,) = broker_leases(c).values()
+    assert lease["state"] == "failed" and running(c) == {}
+    assert host_leases(c)[lease["id"]]["state"] == "purged"
+    assert ctl_json(c, "balance")["balance_micro"] == 100_000_000
+
+
+def test_hostd_killed_while_it_stops_a_container(fresh_cluster):
+    c = fresh_cluster
+    market(c)
+    lid = ctl_json(c, "rent", "--hours", "1h", "--yes")["id"]
+    c.kill("hostd-pc1")
+    _restart_hostd(c, "hostd.stop.signalled=kill")
+    released = time.time()
+    out = ctl_json(c, "release")                        # billing stops now, whatever hostd does next
+    assert out["state"] == "ended"
+    wait_for(lambda: "hostd-pc1" not in c.procs or c.procs["hostd-pc1"].poll() is not None, what="hostd to die")
+    assert running(c) == {lid: "running"}
+    _restart_hostd(c)
+    wait_agree(c)
+    lease = broker_leases(c)[lid]
+    assert lease["ended"] <= released + 1 and host_leases(c)[lid]["state"] == "ended" and running(c) == {}
+    assert charged(c, lid) <= (released + 1 - lease["started"]) * PRICE // 3600
+
+
+def _downs(c, lid: str) -> list[dict]:
+    return _rows(c.bhome / "broker.db", "SELECT down, up FROM lease_downs WHERE lease = ?", [lid])
+
+
+@pytest.mark.parametrize("how", [["kill"], ["stop", "-t", "0"], ["pause"]])
+def test_a_container_stopped_from_outside_comes_back_at_once(fresh_cluster, how):
+    c = fresh_cluster
+    market(c)
+    lid = ctl_json(c, "rent", "--hours", "1h", "--yes")["id"]
+    c.ssh("echo kept > /workspace/file", check=True)
+    run("docker", *how, f"shellrent-{lid}")
+    wait_for(lambda: _downs(c, lid) and _downs(c, lid)[0]["up"], timeout=30, what="the broker to hear of it")
+    (down,) = _downs(c, lid)
+    assert 0 < down["up"] - down["down"] < 10             # the engine's event woke hostd: back in seconds
+    assert running(c) == {lid: "running"}
+    assert c.ssh("cat /workspace/file", check=True).stdout == b"kept\n"
+    wait_agree(c)
+
+
+def test_the_time_a_container_was_down_is_not_billed(fresh_cluster):
+    c = fresh_cluster
+    market(c)
+    lid = ctl_json(c, "rent", "--hours", "1h", "--yes")["id"]
+    c.ssh("echo kept > /workspace/file", check=True)
+    c.kill("hostd-pc1")                                   # the container dies while hostd is away
+    stopped = time.time()
+    run("docker", "stop", "-t", "0", f"shellrent-{lid}")
+    time.sleep(6)
+    _restart_hostd(c)
+    wait_for(lambda: _downs(c, lid) and _downs(c, lid)[0]["up"], timeout=30, what="the broker to hear of it")
+    (down,) = _downs(c, lid)
+    assert abs(down["down"] - stopped) < 2 and down["up"] - down["down"] >= 6
+    assert c.ssh("cat /workspace/file", check=True).stdout == b"kept\n"
+    ctl_json(c, "release")
+    lease = broker_leases(c)[lid]
+    ran = lease["ended"] - lease["started"] - (down["up"] - down["down"])
+    assert (ran - 1) * PRICE // 3600 <= charged(c, lid) <= (ran + 1) * PRICE // 3600
+    wait_agree(c)
+
+
+def test_a_container_removed_from_outside_ends_the_lease_when_it_went(fresh_cluster):
+    c = fresh_cluster
+    market(c)
+    lid = ctl_json(c, "rent", "--hours", "1h", "--yes")["id"]
+    time.sleep(2)
+    removed = time.time()
+    run("docker", "rm", "-f", f"shellrent-{lid}")
+    time.sleep(3)
+    wait_for(lambda: broker_leases(c)[lid]["state"] == "ended", timeout=30, what="the lease to end")
+    wait_agree(c)
+    lease = broker_leases(c)[lid]
+    assert lease["ended"] <= removed + 1                  # not billed for the time after it was gone
+    assert charged(c, lid) <= (removed + 1 - lease["started"]) * PRICE // 3600
+    assert ctl_json(c, "balance")["held_micro"] == 0
+    r = ctl(c, "ls")
+    assert lid.encode() in r.stdout and b"ended" in r.stdout
+    assert subprocess.run(["docker", "inspect", f"shellrent-{lid}"], capture_output=True).returncode == 1
