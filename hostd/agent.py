@@ -52,6 +52,7 @@ class Agent:
         self._inventory: dict | None = None
         self._sink = None
         self._pending: list[dict] = []
+        self._rejected: str | None = None  # why the broker refused the last connection
         self._starts: dict[str, asyncio.Future] = {}  # lease id -> done when its start call ends
         self._status = {"pid": os.getpid(), "connected": False}
 
@@ -242,6 +243,7 @@ class Agent:
 
     async def _op_reject(self, req):
         error = wire.printable(str(req.get("error") or "the broker refused this host"))[:300]
+        self._rejected = error
         self._set_status(connected=False, error=error)
         if not self.joined.done():
             self.joined.set_exception(JoinError(error))
@@ -376,6 +378,7 @@ class Agent:
         attempt = 0
         try:
             while True:
+                self._rejected = None
                 try:
                     conn = await self.connect(host, port)
                 except (OSError, asyncssh.Error, asyncio.TimeoutError) as exc:
@@ -384,7 +387,7 @@ class Agent:
                     await conn.wait_closed()
                     if self._status.get("connected"):
                         attempt = 0
-                    self._set_status(connected=False, error="connection closed")
+                    self._set_status(connected=False, error=self._rejected or "connection closed")
                 delay = random.uniform(0, min(self.config.backoff_max, self.config.backoff_base * 2 ** attempt))
                 attempt = min(attempt + 1, 30)
                 log.info("reconnecting to %s:%d in %.1fs", host, port, delay)

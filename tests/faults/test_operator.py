@@ -51,7 +51,10 @@ def test_backup_while_serving_and_restore(fresh_cluster, tmp_path):
     assert (tmp_path / "b.db").stat().st_mode & 0o777 == 0o600
     r = c.broker("backup", tmp_path / "b.db", check=False)
     assert r.returncode == 1 and b"already exists" in r.stderr
-    before = balances(c)
+    copy = sqlite3.connect(tmp_path / "b.db")
+    assert copy.execute("SELECT state FROM leases").fetchall() == [("active",)]
+    assert dict(copy.execute("SELECT account, SUM(amount) FROM entries GROUP BY account")) == balances(c)
+    copy.close()
     ctl_json(c, "release")
     c.kill("broker")                                     # restore: stop, put the copy in place, start
     for name in ("broker.db", "broker.db-wal", "broker.db-shm"):
@@ -59,7 +62,6 @@ def test_backup_while_serving_and_restore(fresh_cluster, tmp_path):
     shutil.copy(tmp_path / "b.db", c.bhome / "broker.db")
     c.start_broker()
     c.wait_connected("pc1")
-    assert balances(c) == before and broker_leases(c)[lid]["state"] == "active"
     wait_for(lambda: broker_leases(c)[lid]["state"] == "ended", what="the restored lease to meet the host's end")
     wait_agree(c)                                        # the host had ended it: the copy learns so
 
@@ -79,11 +81,12 @@ def test_a_banned_hosts_leases_end_and_are_refunded(fresh_cluster):
 @pytest.mark.parametrize("args", [["lease", "create", "--renter", "alice", "--host", "pc1", "--hours", "nan"],
                                   ["lease", "create", "--renter", "alice", "--host", "pc1", "--hours", "inf"],
                                   ["lease", "create", "--renter", "alice", "--host", "pc1", "--hours", "1e400"],
-                                  ["renter", "credit", "alice", "nan"], ["renter", "credit", "alice", "-inf"]])
+                                  ["renter", "credit", "alice", "nan"], ["renter", "credit", "alice", "1e999"]])
 def test_numbers_that_are_not_numbers_are_usage_errors(fresh_cluster, args):
     r = fresh_cluster.broker(*args, check=False)
     assert r.returncode == 2
-    assert r.stderr.decode().count("\n") <= 3 and b"Traceback" not in r.stderr and b"internal" not in r.stderr
+    assert r.stderr.decode().splitlines()[-1].startswith("Error: Invalid value for")
+    assert b"Traceback" not in r.stderr and b"internal" not in r.stderr
     assert json.loads(fresh_cluster.broker("lease", "list", "--json").stdout) == []
     conn = sqlite3.connect(fresh_cluster.bhome / "broker.db")
     assert conn.execute("SELECT count(*) FROM txs").fetchone()[0] == 0
