@@ -47,6 +47,14 @@ def test_billable_seconds_refunds_long_outages_only():
     assert leases.billable_seconds(0, 3600, [(3000, 9000)], 300) == 3000         # clipped to the lease
 
 
+def test_container_downtime_is_never_billed_and_overlaps_count_once():
+    assert leases.billable_seconds(0, 3600, [], 300, [(100, 110)]) == 3590        # even a short one
+    assert leases.billable_seconds(0, 3600, [], 300, [(3000, None)]) == 3000      # still down at the end
+    # down inside a long outage: the same seconds are taken off once
+    assert leases.billable_seconds(0, 3600, [(100, 1000)], 300, [(500, 1200)]) == 2500
+    assert leases.covered([(0, 10), (5, 20), (30, 40)], 0, 35) == 25
+
+
 def test_offline_gaps():
     ups = [(0, 100), (400, None)]
     assert leases.offline_gaps(ups, 50, 1000) == [(100, 400)]
@@ -59,6 +67,7 @@ def test_reliability():
     assert leases.reliability(10 * day, 0, [(0, None)]) == 1.0
     assert leases.reliability(10 * day, 0, [(0, 5 * day)]) == 0.5
     assert leases.reliability(100 * day, 0, [(0, 70 * day)]) == 0.0  # only the last 30 days count
+    assert leases.reliability(10 * day, 0, [(0, None)], downs=[(day, 2 * day)]) == 0.9  # containers down
 
 
 def test_windows():
