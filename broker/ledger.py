@@ -57,6 +57,16 @@ def settle(name: str, host: str, held: int, charge: int, fee_percent: int) -> En
     return [(a, v) for a, v in entries if v]
 
 
+def adjust(name: str, host: str, charged: int, charge: int, fee_percent: int) -> Entries:
+    """Refund part of a settled charge (it was charged, it should have been charge), with the
+    provider's and the platform's shares taken back as settle split them."""
+    if not 0 <= charge < charged:
+        raise LedgerError(f"a correction from {charged} to {charge} refunds nothing")
+    fee_back = charged * fee_percent // 100 - charge * fee_percent // 100
+    entries = [(provider(host), -(charged - charge - fee_back)), (FEES, -fee_back), (renter(name), charged - charge)]
+    return [(a, v) for a, v in entries if v]
+
+
 def credits_needed(have: int, need: int) -> str:
     from .leases import credits
     return f"this needs {credits(need)} credits and the balance is {credits(have)}"

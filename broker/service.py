@@ -219,7 +219,7 @@ class Broker:
             await self._set_inventory(link.name, hello["inventory"])
         theirs = hello.get("leases")
         await self._reconcile(link, theirs if isinstance(theirs, dict) else {})
-        await self._send_earnings(link.name)
+        self._background(self._send_earnings(link.name))
 
     async def _set_inventory(self, host: str, raw) -> None:
         """Keep a host's inventory if every field checks out; otherwise keep the host out of offers."""
@@ -249,14 +249,13 @@ class Broker:
             except (BrokerError, wire.WireError) as exc:
                 log.warning("host %s, lease %s: reconcile failed: %s", link.name, lid, exc)
         for lid, lease in ours.items():
-            if lid in theirs:
-                continue
+            if lid in theirs or lid in self._launching or (lease["started"] or lease["created"]) >= link.hello_at:
+                continue  # started after the host listed its leases: not its to know yet
             if lease["state"] == "active":  # rule 7: the host has no record of it
                 at = await self.db(self.store.last_down, link.name) or time.time()
                 log.warning("host %s no longer knows lease %s: ending it at %s", link.name, lid, at)
                 await self.end_lease(lid, at)
-            if lease["state"] in ("active", "ended", "purged", "failed") and lease["host_ended"] is None:
-                await self._freed(lid)  # rule 8: nothing of it runs there
+            # rule 8: over here, unknown there: the sync's stop or discard hears "absent" and frees it
         self.sync(link.name)
 
     async def _reconcile_one(self, link: HostLink, lid: str, lease: dict | None, st: dict) -> None:
@@ -275,8 +274,8 @@ class Broker:
                 # rule 2: the end the broker holds wins (an extension the host was not told of)
                 await self.db(lambda: self.store.update_lease(lid, host_ends_at=None))
         elif lease["state"] in ("ended", "purged", "failed") and gone:  # rule 4: both sides agree it is over
-            if lease["host_ended"] is None:
-                await self._freed(lid)
+            at = st.get("ended_at")
+            await self.host_ended(link.name, lid, at if isinstance(at, (int, float)) else None)
             if lease["state"] == "ended" and state == "purged":
                 await self.db(lambda: self.store.update_lease(lid, state="purged"))
         elif lease["state"] in ("ended", "purged", "failed"):  # rule 5: over here, running there: stop it
@@ -284,20 +283,22 @@ class Broker:
         # rule 6: starting here: the start call under way decides (or recovery fails it)
 
     async def _downs(self, lease: dict, downs) -> None:
-        """Times the host says a lease's container was down, checked and clamped to the lease."""
+        """Times the host says a lease's container was down, kept as the host stamped them (a down
+        and its up must meet on the same key, whatever the clocks' skew); billing clips them to the
+        lease. Learned after the lease settled, they refund what they cover."""
         if not isinstance(downs, list):
             return
-        lo = lease["started"] or lease["created"]
+        new = False
         for item in downs[-100:]:
             try:
                 down = wire.timestamp(item[0])
-                up = None if item[1] is None else wire.timestamp(item[1])
+                up = None if item[1] is None else max(wire.timestamp(item[1]), down)
             except (wire.WireError, TypeError, IndexError, KeyError):
                 log.warning("host %s, lease %s: ignoring a malformed down time", lease["host"], lease["id"])
                 continue
-            down = min(max(down, lo), time.time())
-            up = None if up is None else min(max(up, down), time.time())
-            await self.db(self.store.set_down, lease["id"], down, up)
+            new = await self.db(self.store.set_down, lease["id"], down, up) or new
+        if new and lease["state"] in ("ended", "purged"):
+            await self.db(self._reprice, lease["id"])
 
     async def event(self, host: str, event: dict) -> None:
         """One event from a host's control channel: only about that host's own leases."""
@@ -333,6 +334,8 @@ class Broker:
             return
         if lease["state"] in ("active", "ending"):
             await self.end_lease(lid, wire.timestamp(at) if at is not None else time.time())
+        elif lease["state"] in ("ended", "purged") and at is not None and wire.timestamp(at) < lease["ended"]:
+            await self.db(self._end_earlier, lid, wire.timestamp(at))  # it stopped before the broker's end
         if lease["host_ended"] is None and lease["state"] != "starting":
             await self._freed(lid)
 
@@ -383,8 +386,9 @@ class Broker:
                 await self.db(self.store.acknowledged_end, lid, lease["ends_at"])
             elif lease["state"] in ("ended", "purged") and lease["host_ended"] is None:
                 reply = await link.call("lease.stop", id=lid, timeout=self.config.stop_timeout)
-                if reply.get("state") in ("ended", "purged", "lost", "absent"):
-                    await self._freed(lid)
+                if reply.get("state") not in ("ended", "purged", "lost", "absent"):
+                    return False
+                await self._freed(lid)
             elif lease["state"] == "failed" and lease["host_ended"] is None:
                 await link.call("lease.discard", id=lid, timeout=self.config.stop_timeout)
                 await self._freed(lid)
@@ -401,7 +405,7 @@ class Broker:
         if link:
             earned = await self.db(self.store.balance, ledger.provider(host))
             try:
-                await link.call("earnings", earned=earned)
+                await link.call("earnings", timeout=10, earned=earned)
             except Unavailable:
                 pass
 
@@ -583,18 +587,13 @@ class Broker:
         does not stop it). A host that refuses undoes it; one that does not answer is told later."""
         lease = await self._own_lease(renter, lease_id)
         lid = lease["id"]
-        self._check_length(lease["ends_at"] + seconds - (lease["started"] or lease["created"]))
         link = self.tunnels.get(lease["host"])
         if not link:
             raise Unavailable(f"host {lease['host']!r} is offline; cannot extend now")
         host = await self.db(self.store.host, lease["host"])
-        new_end = lease["ends_at"] + seconds
-        if host.get("inventory"):
-            closes = window_end(time.time(), parse_window(json.loads(host["inventory"]).get("window", "always")))
-            if closes and new_end > closes:
-                raise BrokerError(f"host {lease['host']} is available only until "
-                                  f"{time.strftime('%H:%M UTC', time.gmtime(closes))}")
-        added, n = await self.db(self._add_time, lid, seconds)
+        window = json.loads(host["inventory"]).get("window", "always") if host.get("inventory") else "always"
+        closes = window_end(time.time(), parse_window(window))
+        added, n = await self.db(self._add_time, lid, seconds, closes)
         await faults.point("extend.held")
         return await asyncio.shield(self._background(self._tell_extension(link, lid, seconds, added, n)))
 
@@ -611,13 +610,18 @@ class Broker:
         await self.db(self.store.acknowledged_end, lid, lease["ends_at"])
         return await self.db(self.store.lease, lid)
 
-    def _add_time(self, lid: str, seconds: int) -> tuple[int, int]:
+    def _add_time(self, lid: str, seconds: int, closes: float | None = None) -> tuple[int, int]:
         """Hold credit for more time and move the end (store thread); returns the amount held and
-        the extension's number."""
+        the extension's number. The limits are checked again here, on the row as it is now, so that
+        concurrent extensions cannot pass them together."""
         with self.store.tx():
             lease = self.store.lease(lid)
             if lease["state"] != "active":
                 raise BrokerError(f"lease {lid} is {lease['state']}; only active leases can be extended")
+            self._check_length(lease["ends_at"] + seconds - (lease["started"] or lease["created"]))
+            if closes and lease["ends_at"] + seconds > closes:
+                raise BrokerError(f"host {lease['host']} is available only until "
+                                  f"{time.strftime('%H:%M UTC', time.gmtime(closes))}")
             n = lease["extensions"] + 1
             amount = hold_for(lease["price"], len(json.loads(lease["gpus"])), seconds)
             if amount:
@@ -653,8 +657,10 @@ class Broker:
                 raise BrokerError(f"lease {lease_id} is starting; stop it once it is active")
             if lease["state"] != "active":
                 raise BrokerError(f"lease {lease_id} is already {lease['state']}")
-        lid = lease["id"]
-        await self.end_lease(lid, time.time())
+        return await asyncio.shield(self._background(self._release(lease["id"], time.time())))
+
+    async def _release(self, lid: str, at: float) -> dict:
+        await self.end_lease(lid, at)
         await faults.point("release.settled")
         try:
             await asyncio.wait_for(asyncio.shield(self.sync_lease(lid)), self.config.stop_timeout)
@@ -670,7 +676,7 @@ class Broker:
         if charged is not None:
             lease = await self.db(self.store.lease, lid)
             log.info("lease %s ended; charged %s", lid, credits(charged))
-            await self._send_earnings(lease["host"])
+            self._background(self._send_earnings(lease["host"]))
 
     def _end(self, lid: str, at: float) -> int | None:
         self.market_changed()
@@ -684,16 +690,46 @@ class Broker:
             else:
                 return None
             start = lease["started"] or end
-            ups = self.store.uptimes(start - 1).get(lease["host"], [])
-            seconds = billable_seconds(start, end, offline_gaps(ups, start, end), self.config.offline_grace,
-                                       self.store.downs(lid))
-            charge = min(lease["held"], cost(lease["price"], len(json.loads(lease["gpus"])), seconds))
+            seconds, charge = self._charge(lease, start, end)
             posted = self.store.post(
                 f"settle:{lid}", "settle",
                 ledger.settle(lease["renter"], lease["host"], lease["held"], charge, lease["fee_percent"]),
                 lease=lid, renter=lease["renter"],
                 memo=f"{format_duration(seconds)} billed of {format_duration(end - start)}")
         return charge if posted else None
+
+    def _charge(self, lease: dict, start: float, end: float) -> tuple[int, int]:
+        """(billable seconds, charge) of a lease that ran from start to end (store thread)."""
+        ups = self.store.uptimes(start - 1).get(lease["host"], [])
+        seconds = billable_seconds(start, end, offline_gaps(ups, start, end), self.config.offline_grace,
+                                   self.store.downs(lease["id"]))
+        return seconds, min(lease["held"], cost(lease["price"], len(json.loads(lease["gpus"])), seconds))
+
+    def _end_earlier(self, lid: str, at: float) -> None:
+        """The host says a settled lease's container stopped before the broker's end (store thread)."""
+        with self.store.tx():
+            lease = self.store.lease(lid)
+            end = max(at, lease["started"] or lease["created"])
+            if lease["state"] in ("ended", "purged") and end < lease["ended"]:
+                self.store.update_lease(lid, ended=end)
+                self._reprice(lid)
+
+    def _reprice(self, lid: str) -> None:
+        """Charge a settled lease again with what is known now (down times or an earlier end the host
+        reported late); refund what was charged too much, in one transaction keyed by the new charge.
+        A charge never goes up after settling (store thread)."""
+        with self.store.tx():
+            lease = self.store.lease(lid)
+            if lease["state"] not in ("ended", "purged") or not lease["started"]:
+                return
+            charged = self.store.charged(lid)
+            seconds, charge = self._charge(lease, lease["started"], lease["ended"])
+            if charge < charged:
+                self.store.post(f"adjust:{lid}:{charge}", "refund",
+                                ledger.adjust(lease["renter"], lease["host"], charged, charge, lease["fee_percent"]),
+                                lease=lid, renter=lease["renter"],
+                                memo=f"corrected: {format_duration(seconds)} billed of "
+                                     f"{format_duration(lease['ended'] - lease['started'])}")
 
     async def housekeeping(self) -> None:
         """End leases whose time is over; fail starts that lost their caller; tell hosts what they

@@ -263,10 +263,25 @@ class Store:
         """The host has been told this end time (unless the end has moved since)."""
         self.db.execute("UPDATE leases SET host_ends_at = ? WHERE id = ? AND ends_at = ?", [ends_at, lease, ends_at])
 
-    def set_down(self, lease: str, down: float, up: float | None) -> None:
-        """A time a lease's container was not running (its host said so); up None while it still is not."""
-        self.db.execute("INSERT INTO lease_downs (lease, down, up) VALUES (?, ?, ?) "
-                        "ON CONFLICT (lease, down) DO UPDATE SET up = COALESCE(excluded.up, up)", [lease, down, up])
+    def set_down(self, lease: str, down: float, up: float | None) -> bool:
+        """A time a lease's container was not running (its host said so); up None while it still is
+        not. True when this is news (a new down, or its up)."""
+        with self._tx():
+            row = self.db.execute("SELECT up FROM lease_downs WHERE lease = ? AND down = ?", [lease, down]).fetchone()
+            if row and (row[0] is not None or up is None):
+                return False
+            if row:
+                self.db.execute("UPDATE lease_downs SET up = ? WHERE lease = ? AND down = ?", [up, lease, down])
+            else:
+                self.db.execute("INSERT INTO lease_downs (lease, down, up) VALUES (?, ?, ?)", [lease, down, up])
+        return True
+
+    def charged(self, lease: str) -> int:
+        """What a lease's renter has paid so far: provider and platform shares of its settlement and
+        corrections."""
+        return self.db.execute(
+            "SELECT COALESCE(SUM(e.amount), 0) FROM txs t JOIN entries e ON e.tx = t.id WHERE t.lease = ? "
+            "AND (e.account LIKE 'provider:%' OR e.account = ?)", [lease, ledger.FEES]).fetchone()[0]
 
     def downs(self, lease: str) -> list[tuple[float, float | None]]:
         return [tuple(r) for r in self.db.execute("SELECT down, up FROM lease_downs WHERE lease = ? ORDER BY down",

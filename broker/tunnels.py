@@ -110,6 +110,7 @@ class HostLink:
         self.conn = conn
         self.control = control
         self.since = time.time()
+        self.hello_at = self.since
 
     async def call(self, op: str, timeout: float = 120, **args) -> dict:
         """One control call; raises Unavailable with hostd's message when it fails."""
@@ -181,6 +182,7 @@ class Tunnels:
         control = Control()
         try:
             await asyncio.wait_for(conn.create_session(lambda: control, subsystem=wire.CONTROL, encoding=None), 30)
+            asked = time.time()
             hello = await control.call("hello", timeout=30)
             if hello.get("proto") != wire.PROTO:
                 raise Unavailable(f"unsupported protocol version {wire.printable(str(hello.get('proto')))[:20]}")
@@ -195,6 +197,7 @@ class Tunnels:
             return
         old = self.links.get(name)
         link = self.links[name] = HostLink(name, conn, control)
+        link.hello_at = asked  # the host's list of leases is as of this moment
         if old and old.conn is not conn:
             old.conn.close()
         log.info("host %s connected from %s", name, peer)

@@ -41,6 +41,7 @@ class Host:
         self.broker: Broker | None = None
         self.name = "pc1"
         self.conn = self
+        self.hello_at = clock()
 
     def is_closed(self):
         return not self.online
@@ -70,6 +71,7 @@ class Host:
         return {"ok": True}
 
     def hello(self) -> dict:
+        self.hello_at = self.clock()
         return {"leases": {lid: {**r, "downs": []} for lid, r in self.leases.items()}}
 
     async def tick(self):
@@ -119,9 +121,7 @@ def _check(b: Broker, host: Host) -> None:
         settled = store.posted(f"settle:{lease['id']}")
         assert settled == (lease not in live), lease
         if lease["state"] in ("ended", "purged"):
-            charged = sum(e["amount"] for t in store.journal() if t["key"] == f"settle:{lease['id']}"
-                          for e in t["entries"] if e["account"] in ("provider:pc1", ledger.FEES))
-            assert charged <= cost(lease["price"], 1, lease["ended"] - lease["started"])
+            assert 0 <= store.charged(lease["id"]) <= cost(lease["price"], 1, lease["ended"] - lease["started"])
             assert lease["ended"] <= lease["ends_at"]
     if host.online and not store.unsynced():
         ours = {lease["id"]: lease for lease in leases if lease["state"] == "active"}
@@ -244,3 +244,116 @@ async def _extension_replayed(tmp: Path, clock: Clock) -> None:
     assert held == b.store.lease(lease["id"])["held"] == 600_000
     b._pool.shutdown()
     b.store.close()
+
+
+# Found by attacking the above; each was a bug.
+def _world(tmp: Path, clock: Clock, **cfg) -> tuple[Broker, Host]:
+    host = Host(clock)
+    b = Broker(Config(home=tmp, fee_percent=10, offline_grace=300, **cfg), Store(tmp / "b.db"), Tunnels(host))
+    host.broker = b
+    b.store.add_renter("alice", "SHA256:alice", "k")
+    b.store.post("dep", "deposit", ledger.deposit("alice", 1_000_000_000), renter="alice")
+    b.store.add_token("pc1", "h", 2e9)
+    b.store.consume_token("h", "SHA256:pc1", "k", clock())
+    b.store.host_up("pc1", clock())
+    return b, host
+
+
+def _with_clock(scenario):
+    clock = Clock()
+    real_time, time.time = time.time, clock
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            asyncio.run(scenario(Path(tmp), clock))
+    finally:
+        time.time = real_time
+
+
+async def _lease(b: Broker, seconds: int = 3600) -> str:
+    lease = b._new_lease("alice", "pc1", "img", seconds, ["GPU-1"], "RTX", PRICE)
+    b._open(lease)
+    await b._launch(lease)
+    return lease["id"]
+
+
+def test_a_down_and_its_up_meet_whatever_the_host_clock_says():
+    async def scenario(tmp, clock):
+        b, _ = _world(tmp, clock)
+        lid = await _lease(b)
+        clock.now += 600
+        down = clock() + 10                               # the host's clock runs 10 s ahead
+        await b.event("pc1", {"type": "lease.down", "id": lid, "down": [down, None]})
+        clock.now += 2
+        await b.event("pc1", {"type": "lease.up", "id": lid, "down": [down, down + 2]})
+        clock.now += 2398
+        await b.release("alice", lid)
+        assert b.store.downs(lid) == [(down, down + 2)]
+        assert b.store.charged(lid) == cost(PRICE, 1, 3000 - 2)
+    _with_clock(scenario)
+
+
+def test_down_time_learned_after_the_lease_settled_is_refunded():
+    async def scenario(tmp, clock):
+        b, host = _world(tmp, clock)
+        lid = await _lease(b)
+        clock.now += 600
+        host.online = False
+        await b.host_disconnected("pc1", clock())
+        died = clock()                                    # the container dies while the host is away
+        clock.now += 200
+        await b.release("alice", lid)                     # settled: 800 s (the gap is under the grace)
+        assert b.store.charged(lid) == cost(PRICE, 1, 800)
+        clock.now += 30
+        host.online = True
+        hello = host.hello()
+        hello["leases"][lid]["downs"] = [[died, None]]
+        await b.host_connected(host, hello)
+        await _settle(b)
+        assert b.store.charged(lid) == cost(PRICE, 1, 600)
+        assert [t["kind"] for t in b.store.journal("alice")][-2:] == ["settle", "refund"]
+        await b.host_connected(host, hello)              # told twice: refunded once
+        assert b.store.charged(lid) == cost(PRICE, 1, 600)
+        assert sum(b.store.balances().values()) == 0
+    _with_clock(scenario)
+
+
+def test_a_host_that_never_answers_earnings_holds_up_nothing():
+    async def scenario(tmp, clock):
+        b, host = _world(tmp, clock)
+        await _lease(b)
+        answer = host.call
+
+        async def call(op, timeout=120, **args):
+            if op == "earnings":
+                await asyncio.sleep(3600)
+            return await answer(op, timeout, **args)
+        host.call = call
+        clock.now += 3601
+        await asyncio.wait_for(b.housekeeping(), 3)
+        for task in b._tasks:
+            task.cancel()
+    _with_clock(scenario)
+
+
+def test_concurrent_extensions_cannot_pass_the_longest_lease_together():
+    async def scenario(tmp, clock):
+        b, _ = _world(tmp, clock, max_lease_days=2)
+        lid = await _lease(b)
+        results = await asyncio.gather(*[b.extend("alice", lid, 86400) for _ in range(5)], return_exceptions=True)
+        assert sum(not isinstance(r, Exception) for r in results) == 1
+        lease = b.store.lease(lid)
+        assert lease["ends_at"] - lease["started"] <= 2 * 86400
+        assert b.store.balance("hold:alice") == lease["held"]
+    _with_clock(scenario)
+
+
+def test_a_lease_started_after_the_hosts_hello_is_not_ended_by_it():
+    async def scenario(tmp, clock):
+        b, host = _world(tmp, clock)
+        hello = host.hello()                              # the host lists its leases...
+        clock.now += 0.5
+        lid = await _lease(b)                             # ...a lease starts meanwhile...
+        await b.host_connected(host, hello)               # ...and the old list arrives
+        await _settle(b)
+        assert b.store.lease(lid)["state"] == "active" and host.leases[lid]["state"] == "active"
+    _with_clock(scenario)

@@ -3,6 +3,8 @@ check that they agree (the convergence rules in README's "Leases")."""
 import json
 import sqlite3
 import subprocess
+from contextlib import contextmanager
+from pathlib import Path
 
 from ..cluster import Cluster, wait_for
 
@@ -125,3 +127,18 @@ def reap(c: Cluster, key: str) -> None:
     proc = c.procs.pop(key, None)
     if proc:
         proc.wait(timeout=30)
+
+
+@contextmanager
+def own_cluster(root: Path, env: dict | None = None, with_market: bool = True):
+    """A cluster with settings of its own: broker running, and (by default) pc1 offering two GPUs."""
+    from ..conftest import _require_docker
+    _require_docker()
+    c = Cluster(root, env=env)
+    try:
+        c.start_broker()
+        if with_market:
+            market(c)
+        yield c
+    finally:
+        c.close()

@@ -10,7 +10,8 @@ import pytest
 
 from ..cluster import BIN, Cluster, run, wait_for
 from .blackhole import BlackHole
-from .records import FAST, PRICE, balances, broker_leases, charged, ctl, ctl_json, market, running, wait_agree
+from .records import FAST, PRICE, balances, broker_leases, charged, ctl, ctl_json, own_cluster, running, \
+    wait_agree
 
 pytestmark = [pytest.mark.docker, pytest.mark.faults]
 
@@ -41,10 +42,6 @@ def behind_proxy(tmp_path):
             proxy.release()
             proxy.close()
         c.close()
-
-
-def _connected(c) -> bool:
-    return json.loads(c.broker("host", "list", "--json").stdout)[0]["last_seen"] > time.time() - 3
 
 
 @pytest.mark.parametrize("hold, billed", [(1.5, "all"), (15, "less the gap")])
@@ -93,17 +90,12 @@ def test_a_host_with_a_clock_ten_minutes_off_is_refused_with_the_reason(fresh_cl
 @pytest.fixture
 def small_disk(tmp_path):
     """A cluster whose broker keeps its home (and database) on a 16 MB filesystem."""
-    from ..conftest import _require_docker
-    _require_docker()
     (tmp_path / "c" / "broker").mkdir(parents=True)
     run("mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", tmp_path / "c" / "broker")
-    c = Cluster(tmp_path / "c")
     try:
-        c.start_broker()
-        market(c)
-        yield c
+        with own_cluster(tmp_path / "c") as c:
+            yield c
     finally:
-        c.close()
         run("umount", "-l", tmp_path / "c" / "broker", check=False)
 
 

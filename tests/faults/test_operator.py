@@ -6,23 +6,16 @@ import sqlite3
 
 import pytest
 
-from ..cluster import Cluster, wait_for
-from .records import balances, broker_leases, ctl, ctl_json, market, running, wait_agree
+from ..cluster import wait_for
+from .records import balances, broker_leases, ctl, ctl_json, market, own_cluster, running, wait_agree
 
 pytestmark = [pytest.mark.docker, pytest.mark.faults]
 
 
 @pytest.fixture
 def limited(tmp_path):
-    from ..conftest import _require_docker
-    _require_docker()
-    c = Cluster(tmp_path / "c", env={"BROKER_MAX_LEASES": "1", "BROKER_MAX_LEASE_DAYS": "2"})
-    try:
-        c.start_broker()
-        market(c)
+    with own_cluster(tmp_path / "c", {"BROKER_MAX_LEASES": "1", "BROKER_MAX_LEASE_DAYS": "2"}) as c:
         yield c
-    finally:
-        c.close()
 
 
 def test_each_limit_says_which_it_is(limited):
