@@ -150,8 +150,7 @@ def reliability(now: float, listed_since: float, ups: list[tuple[float, float | 
     A host listed for less than a day is judged as if it had been up before: its downtime counts
     against a full day, so a minute's restart does not sink a new host."""
     lo = max(listed_since, now - days * 86400)
-    up = sum(max(0.0, min(b if b is not None else now, now) - max(a, lo)) for a, b in ups)
-    down = max(0.0, (now - lo) - up) + covered([(a, now if b is None else b) for a, b in downs], lo, now)
+    down = covered(offline_gaps(ups, lo, now) + [(a, now if b is None else b) for a, b in downs], lo, now)
     return round(max(0.0, 1 - down / max(now - lo, 86400)), 4)
 
 

@@ -334,7 +334,8 @@ class Broker:
             return
         if lease["state"] in ("active", "ending"):
             await self.end_lease(lid, wire.timestamp(at) if at is not None else time.time())
-        elif lease["state"] in ("ended", "purged") and at is not None and wire.timestamp(at) < lease["ended"]:
+        elif lease["state"] in ("ended", "purged") and at is not None \
+                and wire.timestamp(at) < (lease["ended"] or lease["ends_at"]):
             await self.db(self._end_earlier, lid, wire.timestamp(at))  # it stopped before the broker's end
         if lease["host_ended"] is None and lease["state"] != "starting":
             await self._freed(lid)
@@ -663,8 +664,13 @@ class Broker:
         await self.end_lease(lid, at)
         await faults.point("release.settled")
         try:
-            await asyncio.wait_for(asyncio.shield(self.sync_lease(lid)), self.config.stop_timeout)
-        except asyncio.TimeoutError:
+            async with asyncio.timeout(self.config.stop_timeout):
+                # a push already under way (an extension being told) may come first: then the stop
+                for _ in range(2):
+                    if await asyncio.shield(self.sync_lease(lid)) and \
+                            (await self.db(self.store.lease, lid))["host_ended"] is not None:
+                        break
+        except TimeoutError:
             log.warning("lease %s: host has not confirmed the stop yet; it is told until it does", lid)
         return await self.db(self.store.lease, lid)
 
@@ -710,7 +716,7 @@ class Broker:
         with self.store.tx():
             lease = self.store.lease(lid)
             end = max(at, lease["started"] or lease["created"])
-            if lease["state"] in ("ended", "purged") and end < lease["ended"]:
+            if lease["state"] in ("ended", "purged") and end < (lease["ended"] or lease["ends_at"]):
                 self.store.update_lease(lid, ended=end)
                 self._reprice(lid)
 
@@ -739,9 +745,10 @@ class Broker:
             for lease in await self.db(self.store.on_banned_hosts):  # banned: its leases end, refunded
                 log.warning("lease %s ends: its host %s was banned", lease["id"], lease["host"])
                 await self.end_lease(lease["id"], lease["banned_at"] if lease["banned_at"] > 1 else now)
-                link = self.tunnels.get(lease["host"]) if self.tunnels else None
-                if link:
-                    link.conn.close()
+            for name in (await self.db(self.store.banned)) & set(self.tunnels.links if self.tunnels else ()):
+                log.warning("host %s is banned: closing its tunnel", name)
+                self.market_changed()
+                self.tunnels.links[name].conn.close()
             for lease in await self.db(self.store.live_leases):
                 if lease["state"] == "active" and lease["ends_at"] <= now:
                     await self.end_lease(lease["id"], lease["ends_at"])

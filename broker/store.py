@@ -15,6 +15,8 @@ from .leases import LIVE
 from .errors import BrokerError, KeyTaken, NotFound
 
 
+MAX_DOWNS = 200  # down times kept per lease
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS renters (name TEXT PRIMARY KEY, created REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS renter_keys (
@@ -209,6 +211,9 @@ class Store:
         self.host(name)
         self.db.execute("UPDATE hosts SET banned = ? WHERE name = ? AND banned = 0", [time.time(), name])
 
+    def banned(self) -> set[str]:
+        return {r[0] for r in self.db.execute("SELECT name FROM hosts WHERE banned != 0")}
+
     def on_banned_hosts(self) -> list[dict]:
         """Active leases whose host is banned, with the time of the ban."""
         return list(self.db.query("SELECT l.*, h.banned AS banned_at FROM leases l JOIN hosts h ON h.name = l.host "
@@ -272,6 +277,8 @@ class Store:
                 return False
             if row:
                 self.db.execute("UPDATE lease_downs SET up = ? WHERE lease = ? AND down = ?", [up, lease, down])
+            elif self.db["lease_downs"].count_where("lease = ?", [lease]) >= MAX_DOWNS:
+                return False  # a host reporting more is not believed further
             else:
                 self.db.execute("INSERT INTO lease_downs (lease, down, up) VALUES (?, ?, ?)", [lease, down, up])
         return True
@@ -289,9 +296,11 @@ class Store:
 
     def host_downs(self, host: str, since: float) -> list[tuple[float, float | None]]:
         """Times any of a host's lease containers was down, since `since` (for reliability)."""
+        now = time.time()  # a down never outlasts its lease: a lease ended while down stops counting then
         return [tuple(r) for r in self.db.execute(
-            "SELECT d.down, d.up FROM lease_downs d JOIN leases l ON l.id = d.lease "
-            "WHERE l.host = ? AND (d.up IS NULL OR d.up >= ?)", [host, since])]
+            "SELECT d.down, MIN(COALESCE(d.up, l.ended, ?), COALESCE(l.ended, ?)) AS up FROM lease_downs d "
+            "JOIN leases l ON l.id = d.lease WHERE l.host = ? AND (d.up IS NULL OR d.up >= ?)",
+            [now, now, host, since])]
 
     def last_down(self, host: str) -> float | None:
         """When the host was last seen to go offline."""

@@ -9,6 +9,7 @@ container; every engine call has a deadline, and a warning that hangs never dela
 /etc/shellrent/lease in the container shows the end time and the time left.
 """
 import asyncio
+import json
 import logging
 import time
 from pathlib import Path
@@ -186,6 +187,10 @@ class Leases:
         await faults.point("hostd.stop.signalled")
         await asyncio.sleep(grace)
         now = dead_since or time.time()  # the lease is over now, whatever the engine makes of the removal
+        downs = json.loads((self.store.get(lease_id) or {}).get("downs") or "[]")
+        if downs and downs[-1][1] is None:  # down when it ended: the down ends with the lease
+            downs[-1][1] = max(now, downs[-1][0])
+            self.store.update(lease_id, downs=json.dumps(downs))
         for attempt in range(3):
             try:
                 await offload.call(self.runtime.stop, lease_id, 0, timeout=offload.STOP)

@@ -357,3 +357,17 @@ def test_a_lease_started_after_the_hosts_hello_is_not_ended_by_it():
         await _settle(b)
         assert b.store.lease(lid)["state"] == "active" and host.leases[lid]["state"] == "active"
     _with_clock(scenario)
+
+
+def test_a_lease_that_ends_while_its_container_is_down_stops_counting_against_the_host_then():
+    async def scenario(tmp, clock):
+        b, _ = _world(tmp, clock)
+        lid = await _lease(b)
+        clock.now += 600
+        died = clock()
+        await b.event("pc1", {"type": "lease.down", "id": lid, "down": [died, None]})
+        await b.event("pc1", {"type": "lease.ended", "id": lid, "at": died})   # it could not be brought back
+        clock.now += 40 * 86400
+        assert b.store.host_downs("pc1", 0) == [(died, died)]
+        assert b.store.charged(lid) == cost(PRICE, 1, 600)
+    _with_clock(scenario)
