@@ -73,6 +73,9 @@ def test_pick_lease():
         service.pick_lease([_lease("a")], "al", "zz", now)
     with pytest.raises(BrokerError, match="lease a is failed, not active"):
         service.pick_lease([_lease("a", "failed")], "al", "a", now)
+    with pytest.raises(BrokerError) as err:  # in the seconds between its end and the broker ending it
+        service.pick_lease([_lease("a", ends_at=now - 1)], "al", "a", now)
+    assert str(err.value) == "lease a has ended: its time ran out at 01:46:39 UTC"
 
 
 @pytest.mark.parametrize("user, expected", [("rent", ("rent", None)), ("rent+ab12", ("rent", "ab12")),
