@@ -22,6 +22,7 @@ from .config import Config
 from .errors import BrokerError, NotFound, Unavailable
 from .leases import advance, billable_seconds, cost, credits, format_duration, hold_for, offline_gaps, \
     parse_window, reliability, window_end
+from .hostsync import HostSync
 from .store import Store
 from .tunnels import HostLink, Refused, Tunnels
 
@@ -103,7 +104,7 @@ def pick_lease(leases: list[dict], renter: str, wanted: str | None, now: float,
     return active[0]
 
 
-class Broker:
+class Broker(HostSync):
     """The running broker's use cases."""
 
     def __init__(self, config: Config, store: Store, tunnels: Tunnels | None = None):
@@ -234,172 +235,6 @@ class Broker:
     async def host_disconnected(self, name: str, at: float | None = None) -> None:
         self.market_changed()
         await self.db(self.store.host_down, name, min(at or time.time(), time.time()))
-
-    async def _reconcile(self, link: HostLink, theirs: dict) -> None:
-        """Make the host's record and the broker's agree, lease by lease (README, "Leases"). The
-        broker's record decides everything that touches money; the host's, what really ran."""
-        ours = {lease["id"]: lease for lease in await self.db(self.store.leases_on, link.name, False)}
-        for lid, st in theirs.items():
-            if not (wire.LEASE_ID.fullmatch(lid) and isinstance(st, dict)
-                    and st.get("state") in ("starting", "active", "ending", "ended", "purged", "lost")):
-                log.warning("host %s: ignoring a malformed lease entry", link.name)
-                continue
-            try:
-                await self._reconcile_one(link, lid, ours.get(lid), st)
-            except (BrokerError, wire.WireError) as exc:
-                log.warning("host %s, lease %s: reconcile failed: %s", link.name, lid, exc)
-        for lid, lease in ours.items():
-            if lid in theirs or lid in self._launching or (lease["started"] or lease["created"]) >= link.hello_at:
-                continue  # started after the host listed its leases: not its to know yet
-            if lease["state"] == "active":  # rule 7: the host has no record of it
-                at = await self.db(self.store.last_down, link.name) or time.time()
-                log.warning("host %s no longer knows lease %s: ending it at %s", link.name, lid, at)
-                await self.end_lease(lid, at)
-            # rule 8: over here, unknown there: the sync's stop or discard hears "absent" and frees it
-        self.sync(link.name)
-
-    async def _reconcile_one(self, link: HostLink, lid: str, lease: dict | None, st: dict) -> None:
-        state = st["state"]
-        if lease is None:  # rule 1: a lease the broker never made: the host removes it
-            if state != "purged":
-                await link.call("lease.discard", id=lid)
-            return
-        await self._downs(lease, st.get("downs"))
-        gone = state in ("ended", "purged", "lost")
-        if lease["state"] == "active":
-            if gone:  # rule 3: it ended there (time up, lost, disk share): it ends here at that time
-                at = st.get("ended_at")
-                await self.host_ended(link.name, lid, at if isinstance(at, (int, float)) else None)
-            elif state == "active" and st.get("ends_at") != lease["ends_at"]:
-                # rule 2: the end the broker holds wins (an extension the host was not told of)
-                await self.db(lambda: self.store.update_lease(lid, host_ends_at=None))
-        elif lease["state"] in ("ended", "purged", "failed") and gone:  # rule 4: both sides agree it is over
-            at = st.get("ended_at")
-            await self.host_ended(link.name, lid, at if isinstance(at, (int, float)) else None)
-            if lease["state"] == "ended" and state == "purged":
-                await self.db(lambda: self.store.update_lease(lid, state="purged"))
-        elif lease["state"] in ("ended", "purged", "failed"):  # rule 5: over here, running there: stop it
-            await self.db(lambda: self.store.update_lease(lid, host_ended=None))
-        # rule 6: starting here: the start call under way decides (or recovery fails it)
-
-    async def _downs(self, lease: dict, downs) -> None:
-        """Times the host says a lease's container was down, kept as the host stamped them (a down
-        and its up must meet on the same key, whatever the clocks' skew); billing clips them to the
-        lease. Learned after the lease settled, they refund what they cover."""
-        if not isinstance(downs, list):
-            return
-        new = False
-        for item in downs[-100:]:
-            try:
-                down = wire.timestamp(item[0])
-                up = None if item[1] is None else max(wire.timestamp(item[1]), down)
-            except (wire.WireError, TypeError, IndexError, KeyError):
-                log.warning("host %s, lease %s: ignoring a malformed down time", lease["host"], lease["id"])
-                continue
-            new = await self.db(self.store.set_down, lease["id"], down, up) or new
-        if new and lease["state"] in ("ended", "purged"):
-            await self.db(self._reprice, lease["id"])
-
-    async def event(self, host: str, event: dict) -> None:
-        """One event from a host's control channel: only about that host's own leases."""
-        kind = event.get("type")
-        try:
-            if kind == "inventory":
-                await self._set_inventory(host, event.get("inventory"))
-                return
-            if kind not in ("lease.ended", "lease.purged", "lease.down", "lease.up"):
-                log.info("host %s: ignoring an event of unknown type", host)
-                return
-            lid = wire.lease_id(event.get("id"))
-            lease = await self.db(self.store.lease, lid)
-            if lease["host"] != host:
-                log.warning("host %s claimed lease %s of host %s: refused", host, lid, lease["host"])
-            elif kind == "lease.ended":
-                await self.host_ended(host, lid, wire.timestamp(event.get("at")))
-            elif kind == "lease.purged":
-                if lease["state"] == "ended":
-                    await self.db(lambda: self.store.update_lease(lid, state="purged"))
-            else:
-                await self._downs(lease, [event.get("down")])
-                log.info("host %s: lease %s container %s", host, lid, "down" if kind == "lease.down" else "up again")
-        except (wire.WireError, NotFound) as exc:
-            log.warning("host %s: ignoring a bad event: %s", host, exc)
-
-    async def host_ended(self, host: str, lid: str, at: float | None) -> None:
-        """A host says one of its leases has ended (at `at`): settle it, never past what really
-        passed, and free its GPUs. Claims about other hosts' leases are refused."""
-        lease = await self.db(self.store.lease, lid)
-        if lease["host"] != host:
-            log.warning("host %s claimed lease %s of host %s: refused", host, lid, lease["host"])
-            return
-        if lease["state"] in ("active", "ending"):
-            await self.end_lease(lid, wire.timestamp(at) if at is not None else time.time())
-        elif lease["state"] in ("ended", "purged") and at is not None \
-                and wire.timestamp(at) < (lease["ended"] or lease["ends_at"]):
-            await self.db(self._end_earlier, lid, wire.timestamp(at))  # it stopped before the broker's end
-        if lease["host_ended"] is None and lease["state"] != "starting":
-            await self._freed(lid)
-
-    async def _freed(self, lid: str) -> None:
-        """The host has no container for this lease any more: its GPUs may be offered again."""
-        await self.db(lambda: self.store.update_lease(lid, host_ended=time.time()))
-        self.market_changed()
-
-    # telling hosts what the broker decided: retried until they acknowledge
-    def sync(self, host: str | None = None) -> None:
-        """Start telling hosts (one, or every connected one) what they have not acknowledged yet."""
-        self._background(self._sync_all(host))
-
-    async def _sync_all(self, host: str | None) -> None:
-        now = time.monotonic()
-        for lease in await self.db(self.store.unsynced, host):
-            if self.tunnels and self.tunnels.get(lease["host"]) and lease["id"] not in self._launching \
-                    and (host or self._retry.get(lease["id"], (0, 0))[0] <= now):
-                self.sync_lease(lease["id"])
-
-    def sync_lease(self, lid: str) -> asyncio.Task:
-        """The one task that brings this lease's host in line with the broker's record."""
-        task = self._syncing.get(lid)
-        if task is None or task.done():
-            task = self._syncing[lid] = self._background(self._push(lid))
-            task.add_done_callback(lambda t: self._syncing.pop(lid, None) if self._syncing.get(lid) is t else None)
-        return task
-
-    async def _push(self, lid: str) -> bool:
-        """One round of telling the host; True once it has acknowledged everything about the lease.
-        After a failure the next round waits longer (2 s doubling to a minute), or for a reconnect."""
-        done = await self._push_once(lid)
-        if done:
-            self._retry.pop(lid, None)
-        else:
-            tries = self._retry.get(lid, (0, 0))[1] + 1
-            self._retry[lid] = (time.monotonic() + min(60, 2 ** tries), tries)
-        return done
-
-    async def _push_once(self, lid: str) -> bool:
-        lease = await self.db(self.store.lease, lid)
-        link = self.tunnels.get(lease["host"]) if self.tunnels else None
-        if not link:
-            return False  # done when it reconnects
-        try:
-            if lease["state"] == "active" and lease["host_ends_at"] != lease["ends_at"]:
-                await link.call("lease.extend", id=lid, ends_at=lease["ends_at"])
-                await self.db(self.store.acknowledged_end, lid, lease["ends_at"])
-            elif lease["state"] in ("ended", "purged") and lease["host_ended"] is None:
-                reply = await link.call("lease.stop", id=lid, timeout=self.config.stop_timeout)
-                if reply.get("state") not in ("ended", "purged", "lost", "absent"):
-                    return False
-                await self._freed(lid)
-            elif lease["state"] == "failed" and lease["host_ended"] is None:
-                await link.call("lease.discard", id=lid, timeout=self.config.stop_timeout)
-                await self._freed(lid)
-        except Refused as exc:
-            log.warning("lease %s: host %s refused: %s", lid, lease["host"], exc)
-            return False
-        except Unavailable as exc:
-            log.warning("lease %s: host %s did not acknowledge (%s); trying again", lid, lease["host"], exc)
-            return False
-        return True
 
     async def _send_earnings(self, host: str) -> None:
         link = self.tunnels.get(host) if self.tunnels else None
