@@ -312,7 +312,7 @@ class Agent:
                 asyncio.get_running_loop().create_task(self._clean_up(lease["id"]))
             return {"ok": False, "error": str(exc) or "the Docker engine did not answer in time"}
         await faults.point("hostd.start.created")
-        rec.update(container=container, shell=shell, state="active")
+        rec.update(container=container, shell=shell, state="active", seen=time.time())
         self.store.put(rec)
         self.leases.arm(rec)
         log.info("lease %s started for %s (container %s, %d GPU)", lease["id"], lease["renter"], container[:12],

@@ -97,7 +97,8 @@ class Leases:
                 rec = self.store.get(rec["id"])
             if rec["state"] == "active" and rec["id"] not in seen:
                 log.warning("lease %s has no container any more", rec["id"])
-                self.store.update(rec["id"], state="lost", ended_at=now)
+                gone = min(now, rec.get("seen") or now)  # last seen running: it went after that
+                self.store.update(rec["id"], state="lost", ended_at=gone)
             elif rec["state"] in ("active", "ended"):
                 self.arm(rec)
 

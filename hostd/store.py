@@ -6,7 +6,7 @@ import sqlite_utils
 
 _COLUMNS = {"id": str, "renter": str, "image": str, "ends_at": float, "state": str, "container": str,
             "shell": str, "gpus": str, "ended_at": float, "cpuset": str,
-            "disk_gb": float, "downs": str}
+            "disk_gb": float, "downs": str, "seen": float}
 
 
 class Store:

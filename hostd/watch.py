@@ -4,7 +4,8 @@ The engine's event stream wakes the check at once when one of hostd's containers
 pauses or is removed; a periodic check is the backstop for events missed. A container that stopped
 (killed, stopped, exited, OOM) is started again, a paused one unpaused, with the same /workspace;
 the time it was down is recorded on the lease (hostd's store and an event to the broker), which
-bills none of it. A lease whose container is gone, cannot be started, or went down more than
+bills none of it. Each check stores when it last saw the container running, so a container paused
+or removed while hostd itself was away counts as down from then, not from hostd's return. A lease whose container is gone, cannot be started, or went down more than
 MAX_RESTARTS times in RESTART_WINDOW is ended at the moment it went down.
 """
 import asyncio
@@ -56,6 +57,7 @@ class Watch:
             if rec["state"] != "active":
                 continue  # it is being ended: its container stops on purpose
             if state is not None and state["status"] == "running":
+                self.store.update(rec["id"], seen=time.time())
                 self._up(rec)
             else:
                 await self._revive(rec, state)
@@ -75,8 +77,12 @@ class Watch:
         lid, now = rec["id"], time.time()
         downs = self._downs(rec)
         if not downs or downs[-1][1] is not None:
-            at = min(now, (state or {}).get("finished") or now) if (state or {}).get("status") != "paused" else now
-            downs.append([max(at, now - 3600), None])
+            # When it went down: the engine's stop time if it stopped since last seen running, else
+            # the last time seen running (a pause or a removal leaves no time of its own).
+            seen = rec.get("seen") or now
+            finished = (state or {}).get("finished") if (state or {}).get("status") != "paused" else None
+            at = min(now, max(seen, finished or 0))
+            downs.append([at, None])
             self.store.update(lid, downs=json.dumps(downs))
             self._emit({"type": "lease.down", "id": lid, "down": downs[-1]})
             log.warning("lease %s: its container is %s", lid, state["status"] if state else "gone")

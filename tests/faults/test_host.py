@@ -111,3 +111,27 @@ def test_a_container_removed_from_outside_ends_the_lease_when_it_went(fresh_clus
     r = ctl(c, "ls")
     assert lid.encode() in r.stdout and b"ended" in r.stdout
     assert subprocess.run(["docker", "inspect", f"shellrent-{lid}"], capture_output=True).returncode == 1
+
+
+@pytest.mark.parametrize("how", ["pause", "rm"])
+def test_a_container_paused_or_removed_while_hostd_is_away_counts_from_when_it_went(fresh_cluster, how):
+    c = fresh_cluster
+    market(c, {"grace": "1s"})
+    lid = ctl_json(c, "rent", "--hours", "1h", "--yes")["id"]
+    time.sleep(6)                                         # hostd has seen it running (checks every 5 s)
+    c.kill("hostd-pc1")
+    went = time.time()
+    run("docker", *(["pause"] if how == "pause" else ["rm", "-f"]), f"shellrent-{lid}")
+    time.sleep(8)
+    _restart_hostd(c)
+    if how == "pause":
+        wait_for(lambda: _downs(c, lid) and _downs(c, lid)[0]["up"], timeout=30, what="the broker to hear of it")
+        (down,) = _downs(c, lid)
+        assert went - 6 <= down["down"] <= went and down["up"] - down["down"] >= 8
+        ctl_json(c, "release")
+        lease = broker_leases(c)[lid]
+        assert charged(c, lid) <= (lease["ended"] - lease["started"] - 8 + 1) * PRICE // 3600
+    else:
+        wait_for(lambda: broker_leases(c)[lid]["state"] == "ended", timeout=30, what="the lease to end")
+        assert went - 6 <= broker_leases(c)[lid]["ended"] <= went
+    wait_agree(c)
