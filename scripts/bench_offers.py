@@ -59,6 +59,14 @@ async def _ctl(market: list[dict], line: str) -> float:
     return statistics.median(samples)
 
 
+def bench_query(n: int) -> float:
+    """Median ms of one query (filter + order) over the offers of n hosts (for scripts/bench)."""
+    hosts = inventories(n)
+    market = offers.build(hosts, {h["name"] for h in hosts}, [], {}, time.time())[:n]
+    filters = query.parse("gpu_ram>=24 num_gpus>=2 dph<=10 geolocation in [DE,FR]")
+    return timed(lambda: query.select(market, filters, query.parse_order("dph,gpu_ram-")))[0]
+
+
 def main(n: int) -> None:
     hosts = inventories(n)
     online = {h["name"] for h in hosts}
