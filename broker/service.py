@@ -604,16 +604,16 @@ class Broker(HostSync):
         refunded (their hosts discard them); ended or failed leases not yet settled are settled;
         what hosts were not told is told when they connect (sync)."""
         await self.db(self.store.close_uptimes)
-        for lease in await self.db(self.store.leases):
+        for lease in await self.db(self.store.to_recover):
             lid = lease["id"]
             if lease["state"] in ("pending", "starting"):
                 log.warning("lease %s was %s when the broker stopped: failing it", lid, lease["state"])
                 await self.db(self._fail, lid, "broker restarted during start")
             elif lease["state"] == "ending":  # written by older brokers during a release
                 await self.end_lease(lid, lease["ended"] or time.time())
-            elif lease["state"] in ("ended", "purged") and not await self.db(self.store.posted, f"settle:{lid}"):
+            elif lease["state"] in ("ended", "purged"):
                 await self.end_lease(lid, lease["ended"] or lease["ends_at"])
-            elif lease["state"] == "failed" and not await self.db(self.store.posted, f"settle:{lid}"):
+            elif lease["state"] == "failed":
                 await self.db(self._fail, lid, lease["error"] or "failed")
 
     # account

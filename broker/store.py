@@ -253,6 +253,14 @@ class Store:
     def live_leases(self) -> list[dict]:
         return self.leases(live_only=True)
 
+    def to_recover(self) -> list[dict]:
+        """Leases a crash may have left half done: caught mid-start or mid-release, and leases over
+        whose settlement is missing (one query, not one per lease in the whole history)."""
+        return list(self.db.query(
+            "SELECT * FROM leases WHERE state IN ('pending', 'starting', 'ending') OR "
+            "(state IN ('ended', 'purged', 'failed') AND NOT EXISTS "
+            "(SELECT 1 FROM txs WHERE txs.key = 'settle:' || leases.id))"))
+
     def live_count(self, renter: str) -> int:
         return self.db["leases"].count_where(f"renter = ? AND state IN ({','.join('?' * len(LIVE))})",
                                              [renter, *LIVE])
