@@ -85,15 +85,29 @@ class Agent:
         self.leases = Leases(self.config, self.runtime, self.store, self.settings, self.emit)
         self.leases.reconcile()
 
-    def _apply_firewall(self) -> None:
+    def _apply_firewall(self) -> str | None:
+        """Install the egress policy; None, or why it is not in force (no lease starts until it is)."""
         allow = firewall.parse_allow(self._settings["egress_allow"])
         try:
             firewall.install(allow)
         except (firewall.FirewallError, OSError, subprocess.SubprocessError) as exc:
-            log.error("egress policy NOT enforced: %s", exc)
-            return
+            log.error("egress policy NOT in force, no lease starts until it is: %s", exc)
+            return str(exc) or type(exc).__name__
         log.info("egress policy installed: lease containers reach the internet only%s",
                  f" and {self._settings['egress_allow']}" if allow else "")
+        return None
+
+    def _egress_in_force(self) -> str | None:
+        """Check the egress rules are all there (another tool's firewall reload can flush them) and
+        put them back if not; None, or why they are not in force."""
+        try:
+            why = firewall.missing()
+        except (OSError, subprocess.SubprocessError) as exc:
+            why = str(exc) or type(exc).__name__
+        if why is None:
+            return None
+        log.warning("egress rules were not in place (%s): installing them again", why)
+        return self._apply_firewall() or firewall.missing()
 
     def _reload_settings(self) -> bool:
         try:
@@ -132,13 +146,16 @@ class Agent:
 
     async def watch(self) -> None:
         """Notice settings changes and inventory drift; report them to the broker."""
+        tick = 0
         while True:
             egress = self._settings["egress_allow"]
-            if self._reload_settings() and self._settings["egress_allow"] != egress and self.runtime:
+            changed = self._reload_settings() and self._settings["egress_allow"] != egress
+            if self.runtime and (changed or tick % 10 == 0):
                 try:
-                    await offload.call(self._apply_firewall, timeout=60)
+                    await offload.call(self._apply_firewall if changed else self._egress_in_force, timeout=60)
                 except asyncio.TimeoutError:
                     log.error("egress policy: iptables did not answer in time")
+            tick += 1
             try:
                 inv = await offload.call(self.inventory, timeout=30)
             except (asyncio.TimeoutError, OSError) as exc:
@@ -292,6 +309,13 @@ class Agent:
 
     async def _start(self, lease: dict, rec: dict) -> dict:
         gpus = lease["gpus"]
+        try:
+            why = await offload.call(self._egress_in_force, timeout=60)
+        except asyncio.TimeoutError:
+            why = "iptables did not answer in time"
+        if why:  # fail closed: a container without the egress policy could reach the provider's LAN
+            self.store.update(lease["id"], state="purged")
+            return {"ok": False, "error": f"this host cannot enforce its egress policy now: {why}"}
         self.leases.write_info(rec)
         inv = self._inventory or await offload.call(self.inventory, timeout=30)
         rec["disk_gb"] = float(inv["disk_per_gpu"] * max(1, len(gpus)))

@@ -98,7 +98,7 @@ def _tools() -> list[tuple[str, bool]]:
 
 
 def _ipt(tool: str, *args: str, check: bool = True) -> bool:
-    proc = subprocess.run([tool, "-w", "5", *args], capture_output=True, text=True, timeout=30)
+    proc = subprocess.run([tool, "-w", "20", *args], capture_output=True, text=True, timeout=30)
     if check and proc.returncode:
         raise FirewallError(f"{tool} {' '.join(args)}: {proc.stderr.strip()}")
     return proc.returncode == 0
@@ -118,7 +118,7 @@ def install(allow: list[tuple[str, int | None]]) -> None:
         chains = rules(allow, v6, dns)
         text = "*filter\n" + "".join(f":{chain} - [0:0]\n" for chain in chains) + \
             "".join(f"-A {chain} {' '.join(line)}\n" for chain, lines in chains.items() for line in lines) + "COMMIT\n"
-        proc = subprocess.run([f"{tool}-restore", "--noflush", "-w", "5"], input=text, capture_output=True, text=True,
+        proc = subprocess.run([f"{tool}-restore", "--noflush", "-w", "20"], input=text, capture_output=True, text=True,
                               timeout=30)
         if proc.returncode:
             raise FirewallError(f"{tool}-restore: {proc.stderr.strip()}")
@@ -126,6 +126,22 @@ def install(allow: list[tuple[str, int | None]]) -> None:
             jump = ["-i", BRIDGE_PREFIX + "+", "-j", chain]
             if not _ipt(tool, "-C", parent, *jump, check=False):
                 _ipt(tool, "-I", parent, "1", *jump)
+
+
+def missing() -> str | None:
+    """What of hostd's rules is not in place now (another tool's firewall reload flushes them), or None."""
+    if not shutil.which("iptables"):
+        return "iptables is not installed"
+    for tool, v6 in _tools():
+        reject = _REJECT6 if v6 else _REJECT
+        for parent, chain in _jumps(tool):
+            if not _ipt(tool, "-C", parent, "-i", BRIDGE_PREFIX + "+", "-j", chain, check=False):
+                return f"{tool}: no jump from {parent} to {chain}"
+        # The last refusal of each chain: present only when the chain was written whole.
+        for chain, rule in ((FWD, ["-o", BRIDGE_PREFIX + "+", *reject]), (IN, reject)):
+            if not _ipt(tool, "-C", chain, *rule, check=False):
+                return f"{tool}: {chain} is not whole"
+    return None
 
 
 def remove() -> None:

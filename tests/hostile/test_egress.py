@@ -14,7 +14,8 @@ import uuid
 
 import pytest
 
-from ..cluster import run, wait_for
+from ..cluster import IMAGE, run, wait_for
+from ..faults.records import balances, broker_leases
 
 pytestmark = [pytest.mark.docker, pytest.mark.hostile]
 
@@ -133,3 +134,40 @@ def test_a_lease_reaches_the_internet_only(fresh_cluster, nets, host_server):
     # Removed on uninstall.
     c.hostd("pc1", "firewall", "remove")
     assert c.hostd("pc1", "firewall", "show").stdout == b"not installed"
+
+
+def test_rules_flushed_by_another_tool_come_back_before_a_start(fresh_cluster, nets, host_server):
+    c = fresh_cluster
+    c.add_host("pc1")
+    # A firewall reload by another tool (ufw, firewalld, a script) drops hostd's jump and chain.
+    run("iptables", "-w", "20", "-D", "INPUT", "-i", "srl-+", "-j", "SHELLRENT-IN")
+    run("iptables", "-w", "20", "-F", "SHELLRENT-IN")
+    a = c.create_lease()  # the start checks the rules and puts them back before the container exists
+    target = f"198.51.100.1:{host_server}"
+    assert _probe(c, a, target) == {target: "blocked"}
+    assert "egress rules were not in place" in c.log("hostd-pc1")
+    # While leases run, hostd notices a flush on its own within seconds.
+    run("iptables", "-w", "20", "-F", "SHELLRENT-IN")
+    wait_for(lambda: b"icmp-admin-prohibited" in run("iptables", "-w", "20", "-S", "SHELLRENT-IN").stdout,
+             what="hostd to put its rules back")
+    assert _probe(c, a, target) == {target: "blocked"}
+
+
+def test_a_host_that_cannot_install_its_rules_starts_nothing(fresh_cluster, tmp_path):
+    c = fresh_cluster
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    for tool in ("iptables", "iptables-restore", "ip6tables", "ip6tables-restore"):
+        (fake / tool).write_text("#!/bin/sh\necho 'iptables: lock held by another program' >&2\nexit 4\n")
+        (fake / tool).chmod(0o755)
+    c.env["PATH"] = f"{fake}:{c.env['PATH']}"
+    c.add_host("pc1")
+    before = balances(c)
+    out = c.broker("lease", "create", "--renter", "alice", "--host", "pc1", "--hours", "1", "--image", IMAGE,
+                   check=False)
+    assert out.returncode != 0
+    assert b"cannot enforce its egress policy" in out.stderr, out.stderr
+    assert c.containers() == []
+    assert balances(c) == before
+    assert {r["state"] for r in broker_leases(c).values()} == {"failed"}
+    assert "egress policy NOT in force" in c.log("hostd-pc1")
