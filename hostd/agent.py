@@ -15,7 +15,7 @@ import asyncssh
 
 from keys import faults, material, tokens, wire
 
-from . import firewall, gpus as gpus_mod, offload, settings as settings_mod
+from . import firewall, gpus as gpus_mod, offload, settings as settings_mod, spawn
 from .config import Config, write_private
 from .disk import Workspaces
 from .leases import Leases
@@ -46,6 +46,7 @@ class Agent:
         self.runtime: Runtime | None = None
         self.store: Store | None = None
         self.leases: Leases | None = None
+        self.sessions: spawn.Sessions | None = None
         self._settings = settings_mod.defaults()
         self._settings_mtime = None
         self._gpus = None
@@ -83,6 +84,7 @@ class Agent:
             log.warning("the Docker engine cannot enforce: %s", what)
         self._apply_firewall()
         self.leases = Leases(self.config, self.runtime, self.store, self.settings, self.emit)
+        self.sessions = spawn.Sessions(self.runtime, self.leases.lease_dir)
         self.leases.reconcile()
 
     def _apply_firewall(self) -> str | None:
@@ -339,6 +341,7 @@ class Agent:
         rec.update(container=container, shell=shell, state="active", seen=time.time())
         self.store.put(rec)
         self.leases.arm(rec)
+        self.sessions.start_helper(rec)
         log.info("lease %s started for %s (container %s, %d GPU)", lease["id"], lease["renter"], container[:12],
                  len(gpus))
         return {"ok": True, "container": container}

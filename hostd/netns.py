@@ -1,4 +1,5 @@
-"""Open a TCP connection from inside a container's network namespace (for ssh -L / -D).
+"""Open a TCP connection (or a unix socket to the session helper) from
+inside a container's network namespace (for ssh -L / -D).
 
 Connecting from the host to the container's bridge address would miss servers bound to
 127.0.0.1 in the container (Jupyter's default), so the socket is made inside the container's
@@ -23,23 +24,43 @@ def _setns(fd: int) -> None:
         raise OSError(err, f"setns: {os.strerror(err)}")
 
 
-def _connect(pid: int, host: str, port: int, timeout: float) -> socket.socket:
+def _inside(pid: int, make):
+    """make() run with this thread inside pid's network namespace; its result."""
     own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
     try:
         target = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY)
         try:
             _setns(target)
             try:
-                sock = socket.create_connection((host, port), timeout)
+                return make()
             finally:
                 _setns(own)
         finally:
             os.close(target)
     finally:
         os.close(own)
+
+
+def _connect(pid: int, host: str, port: int, timeout: float) -> socket.socket:
+    sock = _inside(pid, lambda: socket.create_connection((host, port), timeout))
     sock.setblocking(False)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     return sock
+
+
+def unix_connect(pid: int, name: str, timeout: float) -> socket.socket:
+    """A blocking socket connected to the abstract unix socket @name in pid's network namespace
+    (abstract names belong to a network namespace); call from a thread of its own."""
+    def make():
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(timeout)
+        try:
+            sock.connect("\0" + name)
+        except OSError:
+            sock.close()
+            raise
+        return sock
+    return _inside(pid, make)
 
 
 async def connect(pid: int, host: str, port: int, timeout: float = CONNECT_TIMEOUT) -> socket.socket:

@@ -3,20 +3,19 @@
 Only the broker's pinned client key may log in. The first channel of a connection must be the
 control channel (keys.wire); control is refused on every later channel, and renter channels are
 refused until the control channel is open, so no relayed channel can ever reach control. A renter
-session names its lease in the SHELLRENT_LEASE env var; it becomes a `docker exec` in that lease's
-container, with the exec stream spliced to the channel (hostd.engine). Port forwards connect to a
+session names its lease in the SHELLRENT_LEASE env var; it starts in that lease's container through
+the lease's session helper, or as a `docker exec` where the helper cannot (hostd.spawn). Port forwards connect to a
 loopback port inside the container's network namespace (hostd.netns).
 """
 import asyncio
 import logging
-import os
 import signal as signals
 
 import asyncssh
 
 from keys import material, wire
 
-from . import engine, netns
+from . import engine, netns, spawn
 
 log = logging.getLogger("shellrent.sessions")
 
@@ -151,8 +150,7 @@ class HostSession(asyncssh.SSHServerSession):
         self._buf = b""
         self._early: list[bytes] = []  # renter stdin that came before the exec stream was open
         self._early_eof = False
-        self._stream: engine.ExecStream | None = None
-        self._exec_id: str | None = None
+        self._stream: spawn.HelperSession | spawn.ExecSession | None = None
         self._task = None
         self._calls: set[asyncio.Task] = set()
         self._lease: str | None = None
@@ -251,26 +249,25 @@ class HostSession(asyncssh.SSHServerSession):
             env["SHELLRENT_ENDS_AT"] = str(int(rec["ends_at"]))
             if tty:
                 env["TERM"] = self._pty[0] or "xterm"
-            created = await engine.api("POST", f"/containers/{rec['container']}/exec", {
-                "AttachStdin": True, "AttachStdout": True, "AttachStderr": True, "Tty": tty,
-                "Cmd": self._argv(rec["shell"]), "Env": [f"{k}={v}" for k, v in env.items()],
-                "WorkingDir": "/workspace"})
-            self._exec_id = created["Id"]
-            self._stream = await engine.exec_start(self._exec_id, self._chan, tty)
+            argv, size = self._argv(rec["shell"]), self._size[:2] if tty and self._size else None
+            if rec["state"] == "active":
+                self._stream = await self._agent.sessions.open(rec, self._chan, argv, env, tty, size)
+            else:  # an ended lease's files, in a container of their own
+                self._stream = await spawn.ExecSession(self._chan, tty).start(rec["container"], argv, env, size)
         except (SessionError, engine.EngineError, OSError, asyncio.TimeoutError) as exc:
             self._chan.write_stderr(f"shellrent: {exc or type(exc).__name__}\r\n".encode())
             self._chan.exit(2)
             return
-        if tty and self._size:
-            await self._resize(*self._size[:2])
+        if tty and self._size and self._size[:2] != size:
+            await self._stream.resize(*self._size[:2])  # resized while it started
         for data in self._early:
             self._stream.write(data)
-        if self._early_eof and not tty:
+        if self._early_eof:
             self._stream.write_eof()
         self._early = []
         self._chan.resume_reading()
         await self._stream.done
-        status = await self._exit_status()
+        status = self._stream.status
         try:
             self._chan.write_eof()
         except OSError:
@@ -280,23 +277,6 @@ class HostSession(asyncssh.SSHServerSession):
             self._chan.exit_with_signal(signals.Signals(sig).name[3:])
         else:
             self._chan.exit(status)
-
-    async def _exit_status(self) -> int:
-        for _ in range(200):
-            try:
-                info = await engine.api("GET", f"/exec/{self._exec_id}/json")
-            except (engine.EngineError, OSError, asyncio.TimeoutError):
-                return 255
-            if not info["Running"] and info["ExitCode"] is not None:
-                return info["ExitCode"]
-            await asyncio.sleep(0.01)
-        return 255
-
-    async def _resize(self, width: int, height: int):
-        try:
-            await engine.api("POST", f"/exec/{self._exec_id}/resize", h=height, w=width)
-        except (engine.EngineError, OSError, asyncio.TimeoutError) as exc:
-            log.debug("resize failed: %s", exc)
 
     def data_received(self, data, datatype):
         if self._control:
@@ -310,36 +290,27 @@ class HostSession(asyncssh.SSHServerSession):
         if self._control:
             return True
         if self._stream:
-            if self._pty is None:
-                self._stream.write_eof()
+            self._stream.write_eof()
         else:
             self._early_eof = True
         return True
 
     def pause_writing(self):
         if self._stream:
-            self._stream.transport.pause_reading()
+            self._stream.pause_reading()
 
     def resume_writing(self):
         if self._stream:
-            self._stream.transport.resume_reading()
+            self._stream.resume_reading()
 
     def terminal_size_changed(self, width, height, pixwidth, pixheight):
         self._size = (width, height)
         if self._stream:
-            asyncio.get_running_loop().create_task(self._resize(width, height))
+            asyncio.get_running_loop().create_task(self._stream.resize(width, height))
 
     def signal_received(self, signal):
-        if self._exec_id and signal in wire.SIGNALS:
-            asyncio.get_running_loop().create_task(self._signal(signal))
-
-    async def _signal(self, name: str):
-        try:
-            info = await engine.api("GET", f"/exec/{self._exec_id}/json")
-            if info.get("Running") and info.get("Pid"):
-                os.kill(info["Pid"], getattr(signals, f"SIG{name}"))
-        except (engine.EngineError, OSError, asyncio.TimeoutError) as exc:
-            log.debug("signal %s failed: %s", name, exc)
+        if self._stream and signal in wire.SIGNALS:
+            asyncio.get_running_loop().create_task(self._stream.signal(signal))
 
     def break_received(self, msec):
         return False
@@ -351,6 +322,6 @@ class HostSession(asyncssh.SSHServerSession):
         if self._lease:
             self._agent.leases.untrack(self._lease, self)
         if self._stream:
-            self._stream.transport.close()
+            self._stream.close()
         elif self._task:
             self._task.cancel()

@@ -1,0 +1,122 @@
+"""The session helper (hostd.inside): sessions it starts are confined exactly as a `docker exec` is,
+and a renter who kills, replaces or starves it costs only their own lease a slower session."""
+import json
+import time
+
+import pytest
+
+from .cluster import run, wait_for
+
+pytestmark = pytest.mark.docker
+
+# Everything that confines a process, as the process itself sees it.
+CONFINEMENT = r"""
+grep -E '^(Uid|Gid|Groups|Cap...|NoNewPrivs|Seccomp|Seccomp_filters|SigBlk|SigIgn):' /proc/self/status
+for ns in cgroup ipc mnt net pid uts user; do echo "$ns $(readlink /proc/self/ns/$ns)"; done
+cat /proc/self/cgroup
+echo "apparmor $(cat /proc/self/attr/current 2>/dev/null)"
+echo "limits $(grep -E 'processes|open files' /proc/self/limits | tr -s ' ')"
+"""
+
+
+def _via(c, lease: str) -> list[str]:
+    return ["helper" if line.split(" via ", 1)[1].startswith("helper") else "docker exec"
+            for line in c.log("hostd-pc1").splitlines() if f"lease {lease}: session via" in line]
+
+
+def _session(c, lease: str, command: str, **kw):
+    before = len(_via(c, lease))
+    out = c.ssh(command, user=f"rent+{lease}", **kw)
+    wait_for(lambda: len(_via(c, lease)) > before, what="hostd to log the session")
+    return out, _via(c, lease)[-1]
+
+
+def _helper_up(c, lease: str):
+    wait_for(lambda: _session(c, lease, "true")[1] == "helper", what="the helper to serve sessions")
+
+
+def test_a_helper_session_is_confined_exactly_as_docker_exec(cluster):
+    c = cluster
+    _helper_up(c, c.lease)
+    out, via = _session(c, c.lease, CONFINEMENT, check=True)
+    assert via == "helper"
+    reference = run("docker", "exec", f"shellrent-{c.lease}", "sh", "-c", CONFINEMENT).stdout
+    assert out.stdout == reference
+    assert b"NoNewPrivs:\t1" in reference and b"Seccomp:\t2" in reference  # the test sees real confinement
+    # ... and it runs where a session should, with what a session should see.
+    env, via = _session(c, c.lease, "pwd; id -un; echo $SHELLRENT_LEASE_ID $HOME; tty || true", check=True)
+    assert env.stdout.decode().split() == ["/workspace", "root", c.lease, "/root", "not", "a", "tty"]
+
+
+def test_a_terminal_through_the_helper(cluster):
+    c = cluster
+    _helper_up(c, c.lease)
+    out, via = _session(c, c.lease, "tty; stty size; echo $TERM", opts=["-tt"], check=True)
+    lines = out.stdout.decode().split("\r\n")
+    assert via == "helper" and lines[0].startswith("/dev/pts/") and lines[2] == "xterm", lines
+
+
+def test_a_killed_helper_means_docker_exec_then_a_new_helper(cluster):
+    c = cluster
+    _helper_up(c, c.lease)
+    c.ssh("pkill -KILL -f 'shellrent/helpe[r].py'", user=f"rent+{c.lease}")
+    out, via = _session(c, c.lease, "echo still; exit 3")
+    assert (out.stdout, out.returncode, via) == (b"still\n", 3, "docker exec")
+    _helper_up(c, c.lease)  # hostd started another
+
+
+FAKE = r"""
+import array, json, socket, sys, time
+name = open('/etc/shellrent/helper.key').read().strip()
+s = socket.socket(socket.AF_UNIX); s.bind('\0' + name); s.listen(8)
+print('listening', flush=True)
+while True:
+    conn, _ = s.accept()
+    mode = sys.argv[1]
+    if mode == 'hang':
+        time.sleep(60)
+    elif mode == 'notpty':
+        f = open('/etc/passwd', 'rb')
+        conn.sendmsg([b'{"pid": 1}\n'], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+                                           array.array('i', [f.fileno()] * 3).tobytes())])
+    else:
+        conn.sendall(b'\xff' * 100 + b'\n')
+    conn.close()
+"""
+
+
+@pytest.mark.parametrize("mode", ["garbage", "notpty", "hang"])
+def test_a_fake_helper_costs_only_a_slower_session(fresh_cluster, mode):
+    c = fresh_cluster
+    c.add_host("pc1")
+    a, b = c.create_lease(), c.create_lease()
+    _helper_up(c, a)
+    _helper_up(c, b)
+    # In one session, so that hostd has no moment to start a new helper in between.
+    c.ssh(f"cat >/tmp/fake.py; pkill -KILL -f 'shellrent/helpe[r].py'; "
+          f"nohup python3 /tmp/fake.py {mode} >/tmp/fake.log 2>&1 &", user=f"rent+{a}", input=FAKE.encode())
+    wait_for(lambda: b"listening" in c.ssh("cat /tmp/fake.log", user=f"rent+{a}").stdout, what="the fake helper")
+    before = len(_via(c, a))
+    for flags in ([], ["-tt"]):
+        out, via = _session(c, a, "echo mine; tty >/dev/null && echo tty; true", opts=flags)
+        assert out.returncode == 0 and out.stdout.replace(b"\r", b"") == b"mine\n" + (b"tty\n" if flags else b"")
+        assert via == "docker exec"
+    assert len(_via(c, a)) == before + 2
+    # The other lease and hostd go on as before.
+    out, via = _session(c, b, "echo theirs", check=True)
+    assert (out.stdout, via) == (b"theirs\n", "helper")
+    status = json.loads(c.hostd("pc1", "status", "--json").stdout)
+    assert status["connected"]
+
+
+def test_an_image_without_python_uses_docker_exec(fresh_cluster):
+    c = fresh_cluster
+    c.add_host("pc1")
+    a = c.create_lease()
+    _helper_up(c, a)
+    c.ssh("rm -f $(command -v python3) /usr/bin/python3*; pkill -KILL -f 'shellrent/helpe[r].py'",
+          user=f"rent+{a}")
+    for _ in range(3):
+        out, via = _session(c, a, "echo ok", check=True)
+        assert (out.stdout, via) == (b"ok\n", "docker exec")
+        time.sleep(1)
