@@ -24,6 +24,7 @@ import asyncssh
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]
+import bench_scale  # noqa: E402
 from bench_offers import bench_query  # noqa: E402
 from tests.cluster import Cluster, wait_for  # noqa: E402  (the suite's launcher of real processes)
 
@@ -101,9 +102,8 @@ async def keystrokes(port: int, key: Path, user: str, n: int, jump: int | None =
     opts = dict(known_hosts=None, client_keys=[str(key)], username=user)  # loopback only
     tunnel = await asyncssh.connect("127.0.0.1", jump, **opts) if jump else None
     async with asyncssh.connect("127.0.0.1", port, tunnel=tunnel, **opts) as conn:
-        proc = await conn.create_process("stty raw -echo; cat", term_type="xterm", encoding=None)
-        proc.stdin.write(b"x")
-        await proc.stdout.readexactly(1)
+        proc = await conn.create_process("stty raw -echo; echo ready; cat", term_type="xterm", encoding=None)
+        await proc.stdout.readuntil(b"ready\n")  # nothing typed before the terminal is raw (no echo)
         samples = []
         for _ in range(n):
             t = time.perf_counter()
@@ -118,6 +118,23 @@ async def keystrokes(port: int, key: Path, user: str, n: int, jump: int | None =
 
 def p99(xs: list[float]) -> float:
     return sorted(xs)[min(len(xs) - 1, int(len(xs) * 0.99))]
+
+
+def scale(work: Path, n: int) -> dict:
+    """bench_scale's figures for n light hosts and n sessions on a broker of its own; the JSON keys
+    say 1000 whatever n is (scale_n says what it was)."""
+    c = Cluster(work / "scale", env=bench_scale.ENV)
+    try:
+        c.start_broker()
+        c.broker("renter", "credit", "alice", "100000")
+        got = asyncio.run(bench_scale.measure(c, c.procs["broker"].pid, n))
+    finally:
+        c.close()
+    return {"scale_n": n, "hosts_1000_rss_mb": got[f"hosts_{n}_rss_mb"], "bytes_per_host": got["bytes_per_host"],
+            "sessions_1000_rss_mb": got[f"sessions_{n}_rss_mb"], "bytes_per_session": got["bytes_per_session"],
+            "sessions_1000_open_ms": got["session_open_load_ms"], "session_open_idle_ms": got["session_open_idle_ms"],
+            "sessions_cpu_pct": got[f"sessions_{n}_cpu_pct"],
+            "scale": got}
 
 
 def main() -> int:
@@ -206,9 +223,16 @@ def main() -> int:
         hosts = 1000 if args.quick else 10_000
         out["offers_10000_query_ms"] = round(bench_query(hosts), 3)
         rows.append((f"{hosts:,} offers: one query", f"{out['offers_10000_query_ms']:.2f}", "-", "-", "ms"))
-        for key in ("sessions_1000_rss_mb", "sessions_1000_open_ms", "hosts_1000_rss_mb"):
-            out[key] = None                   # not measured yet
-        rows.append(("1,000 sessions / 1,000 hosts", "not measured yet", "-", "-", ""))
+        n = 50 if args.quick else 1000
+        out.update(scale(work, n))
+        rows.append((f"{n:,} hosts: broker RSS", f"{out['hosts_1000_rss_mb']:.0f} MiB, "
+                     f"{out['bytes_per_host'] / 1024:.0f} KiB/host", "-", "-", "MiB"))
+        rows.append((f"{n:,} sessions on them: broker RSS", f"{out['sessions_1000_rss_mb']:.0f} MiB, "
+                     f"{out['bytes_per_session'] / 1024:.0f} KiB/session", "-", "-", "MiB"))
+        rows.append(("open one session: idle, at that load", f"{out['session_open_idle_ms']:.1f}, "
+                     f"{out['sessions_1000_open_ms']:.1f}", "-",
+                     f"{out['sessions_1000_open_ms'] / out['session_open_idle_ms']:.2f}", "ms"))
+        rows.append(("broker CPU at rest with them", f"{out['sessions_cpu_pct']:.1f}", "-", "-", "%"))
     finally:
         if sshj:
             sshj.close()
