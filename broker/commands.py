@@ -18,7 +18,8 @@ from .service import DEFAULT_IMAGE, Broker, _one_key
 
 HELP = """\
 usage: ssh ctl@BROKER COMMAND [ARGS]   (add --json for JSON)
-  offers [QUERY] [-o ORDER]        what can be rented now, e.g. offers 'gpu_ram>=24 dph<=1' -o dph
+  offers [QUERY] [-o ORDER] [--all]  what can be rented now (the best 50 unless --all),
+                                   e.g. offers 'gpu_ram>=24 dph<=1' -o dph
   rent [QUERY] --hours H [--gpus N] [--image IMG] [--yes]
                                    rent the best matching offer; then: ssh rent@BROKER
   ls                               your leases
@@ -33,7 +34,8 @@ query fields: gpu_name num_gpus gpu_ram gpu_total_ram cpu_cores cpu_ram disk_spa
   cuda_vers driver_version geolocation host_id verified; ops < <= = != >= > in notin; _ is a space
 """
 _VALUE_OPTS = {"--hours", "--gpus", "--image", "-o"}
-_FLAGS = {"--json", "--yes", "-y"}
+_FLAGS = {"--json", "--yes", "-y", "--all"}
+SHOWN = 50  # offers in the table unless --all: the best ones, then a line saying how many more
 
 Ask = Callable[[str], Awaitable[str]]
 
@@ -48,6 +50,7 @@ class Args:
     opts: dict = field(default_factory=dict)
     json: bool = False
     yes: bool = False
+    all: bool = False
 
 
 def parse_args(tokens: list[str]) -> Args:
@@ -66,6 +69,7 @@ def parse_args(tokens: list[str]) -> Args:
         elif t in _FLAGS:
             args.json = args.json or t == "--json"
             args.yes = args.yes or t in ("--yes", "-y")
+            args.all = args.all or t == "--all"
         elif t.startswith("--"):
             raise Usage(f"unknown option {t}")
         else:
@@ -126,11 +130,14 @@ class Commands:
         if args.json:
             hidden = ("gpus", "images", "price")
             return render.as_json([{k: v for k, v in o.items() if k not in hidden} for o in offers])
-        rows = [{**o, "dph": f"{o['dph']:.2f}", "reliability": f"{o['reliability']:.3f}"} for o in offers]
+        shown = offers if args.all else offers[:SHOWN]
+        rows = [{**o, "dph": f"{o['dph']:.2f}", "reliability": f"{o['reliability']:.3f}"} for o in shown]
+        more = len(offers) - len(shown)
         return render.table(
             rows, ["id", "gpu_name", "num_gpus", "gpu_ram", "cpu_cores", "cpu_ram", "disk_space", "dph",
                    "reliability", "geolocation"],
-            ["offer", "gpu", "n", "gpu_gb", "cpus", "ram_gb", "disk_gb", "$/h", "reliab", "geo"])
+            ["offer", "gpu", "n", "gpu_gb", "cpus", "ram_gb", "disk_gb", "$/h", "reliab", "geo"]) + \
+            (f"... and {more:,} more: narrow the query, or add --all (or --json)\n" if more else "")
 
     async def cmd_rent(self, args: Args, ask: Ask | None = None, progress=None, **_):
         if "--hours" not in args.opts:

@@ -38,16 +38,32 @@ def host_offers(name: str, inv: dict, used: set[str], reliability: float, now: f
 
 
 def build(hosts: list[dict], online: set[str], live: list[dict], reliabilities: dict[str, float],
-          now: float) -> list[dict]:
-    """Every offer on the market now."""
+          now: float, memo: dict | None = None) -> list[dict]:
+    """Every offer on the market now.
+
+    memo (the caller's, kept between calls) holds each host's last inventory and offers: a host
+    whose inventory, used GPUs and reliability are unchanged and whose window is always open gets
+    the same offers without parsing or building them again."""
     used: dict[str, set] = {}
     for lease in live:
         used.setdefault(lease["host"], set()).update(json.loads(lease.get("gpus") or "[]"))
+    memo = {} if memo is None else memo
     out = []
     for h in hosts:
-        if h["name"] in online and h.get("inventory"):
-            out += host_offers(h["name"], json.loads(h["inventory"]), used.get(h["name"], set()),
-                               reliabilities.get(h["name"], 1.0), now)
+        name, text = h["name"], h.get("inventory")
+        if name not in online or not text:
+            continue
+        key = (text, frozenset(used.get(name, ())), reliabilities.get(name, 1.0))
+        hit = memo.get(name)
+        if hit and hit[0] == key and hit[2]:
+            out += hit[1]
+            continue
+        inv = hit[3] if hit and hit[0][0] == text else json.loads(text)
+        offers = host_offers(name, inv, key[1], key[2], now)
+        memo[name] = (key, offers, inv.get("window", "always") == "always", inv)
+        out += offers
+    for name in memo.keys() - online:
+        del memo[name]
     return out
 
 

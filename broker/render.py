@@ -8,11 +8,16 @@ from keys import wire
 def cell(v) -> str:
     if v is None:
         return "-"
+    if type(v) is int:
+        return str(v)
     if isinstance(v, float):
         if v > 1e9:
             return time.strftime("%Y-%m-%d %H:%M", time.gmtime(v))
         return f"{v:g}"
-    return wire.printable(str(v)).replace("\n", " ")
+    text = str(v)
+    if text.isprintable():  # no control, format or separator character: nothing to escape (the usual case)
+        return text
+    return wire.printable(text).replace("\n", " ")
 
 
 def table(rows: list[dict], cols: list[str], headers: list[str] | None = None) -> str:
@@ -22,9 +27,8 @@ def table(rows: list[dict], cols: list[str], headers: list[str] | None = None) -
     cells = [[cell(r.get(c)) for c in cols] for r in rows]
     heads = [h.upper() for h in (headers or cols)]
     widths = [max(len(h), *(len(row[i]) for row in cells)) for i, h in enumerate(heads)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(heads, widths)).rstrip()]
-    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip() for row in cells]
-    return "\n".join(lines) + "\n"
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths).format
+    return "\n".join(fmt(*row).rstrip() for row in [heads, *cells]) + "\n"
 
 
 def as_json(value) -> str:

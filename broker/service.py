@@ -115,6 +115,7 @@ class Broker(HostSync):
         self._rent_lock = asyncio.Lock()
         self._market_cache: list[dict] | None = None
         self._market_at = 0.0
+        self._offer_memo: dict = {}  # offers.build keeps each host's offers here between builds
         self._market_gen = 0    # bumped by every change; a build started before a bump is not kept
         self._market_built = -1
         self._relayed: dict[str, set] = {}  # lease id -> its renters' open channels (each has .end())
@@ -249,11 +250,11 @@ class Broker(HostSync):
     def _market(self, now: float, online: set[str]) -> list[dict]:
         """Offers now (runs on the store thread)."""
         hosts = self.store.joined_hosts()
-        ups = self.store.uptimes(now - 30 * 86400)
         since = now - 30 * 86400
-        rel = {h["name"]: reliability(now, h["joined"], ups.get(h["name"], []),
-                                      downs=self.store.host_downs(h["name"], since)) for h in hosts}
-        return offers_mod.build(hosts, online, self.store.busy_leases(), rel, now)
+        ups, downs = self.store.uptimes(since), self.store.downs_by_host(since)
+        rel = {h["name"]: reliability(now, h["joined"], ups.get(h["name"], []), downs=downs.get(h["name"], []))
+               for h in hosts if h["name"] in online}
+        return offers_mod.build(hosts, online, self.store.busy_leases(), rel, now, self._offer_memo)
 
     async def market(self) -> list[dict]:
         """The offers now; rebuilt when something changed, and each minute for reliability."""

@@ -304,11 +304,18 @@ class Store:
 
     def host_downs(self, host: str, since: float) -> list[tuple[float, float | None]]:
         """Times any of a host's lease containers was down, since `since` (for reliability)."""
+        return self.downs_by_host(since, host).get(host, [])
+
+    def downs_by_host(self, since: float, host: str | None = None) -> dict[str, list[tuple[float, float]]]:
+        """host_downs of every host (or of one), in one query."""
         now = time.time()  # a down never outlasts its lease: a lease ended while down stops counting then
-        return [tuple(r) for r in self.db.execute(
-            "SELECT d.down, MIN(COALESCE(d.up, l.ended, ?), COALESCE(l.ended, ?)) AS up FROM lease_downs d "
-            "JOIN leases l ON l.id = d.lease WHERE l.host = ? AND (d.up IS NULL OR d.up >= ?)",
-            [now, now, host, since])]
+        out: dict[str, list] = {}
+        for name, down, up in self.db.execute(
+                "SELECT l.host, d.down, MIN(COALESCE(d.up, l.ended, ?), COALESCE(l.ended, ?)) AS up FROM lease_downs d "
+                "JOIN leases l ON l.id = d.lease WHERE (d.up IS NULL OR d.up >= ?) AND (? IS NULL OR l.host = ?)",
+                [now, now, since, host, host]):
+            out.setdefault(name, []).append((down, up))
+        return out
 
     def last_down(self, host: str) -> float | None:
         """When the host was last seen to go offline."""

@@ -133,7 +133,8 @@ def scale(work: Path, n: int) -> dict:
     return {"scale_n": n, "hosts_1000_rss_mb": got[f"hosts_{n}_rss_mb"], "bytes_per_host": got["bytes_per_host"],
             "sessions_1000_rss_mb": got[f"sessions_{n}_rss_mb"], "bytes_per_session": got["bytes_per_session"],
             "sessions_1000_open_ms": got["session_open_load_ms"], "session_open_idle_ms": got["session_open_idle_ms"],
-            "sessions_cpu_pct": got[f"sessions_{n}_cpu_pct"],
+            "sessions_cpu_pct": got[f"sessions_{n}_cpu_pct"], "ctl_offers_ms": got["ctl_offers_ms"],
+            "ctl_offers_after_change_ms": got["ctl_offers_after_change_ms"], "live_offers": got["offers"],
             "scale": got}
 
 
@@ -233,6 +234,8 @@ def main() -> int:
                      f"{out['sessions_1000_open_ms']:.1f}", "-",
                      f"{out['sessions_1000_open_ms'] / out['session_open_idle_ms']:.2f}", "ms"))
         rows.append(("broker CPU at rest with them", f"{out['sessions_cpu_pct']:.1f}", "-", "-", "%"))
+        rows.append((f"ssh ctl@ offers, {out['live_offers']:,} live offers: as is, after a change",
+                     f"{out['ctl_offers_ms']:.1f}, {out['ctl_offers_after_change_ms']:.1f}", "-", "-", "ms"))
     finally:
         if sshj:
             sshj.close()

@@ -30,9 +30,16 @@ ENV = {"BROKER_MAX_LEASES": "5000", "BROKER_SESSIONS_PER_RENTER": "5000", "BROKE
 AT_ONCE = 20  # connections opened at a time
 
 
+MODELS = [("RTX 3060", 12), ("RTX 3090", 24), ("RTX 4090", 24), ("L4", 24), ("A10", 24), ("L40S", 48),
+          ("A6000", 48), ("A100", 80), ("H100", 80), ("H200", 141)]
+
+
 def _inventory(i: int) -> dict:
-    return {"gpus": [{"index": 0, "uuid": f"GPU-bench{i:08d}", "name": "RTX 4090", "memory_gb": 24}],
-            "shared": [f"GPU-bench{i:08d}"], "gpu_source": "fake", "driver_version": "550", "cuda_version": 12.4,
+    """Ten GPUs of ten models: ten offers per host, 10,000 on 1,000 hosts."""
+    gpus = [{"index": j, "uuid": f"GPU-bench{i:08d}-{j}", "name": name, "memory_gb": mem}
+            for j, (name, mem) in enumerate(MODELS)]
+    return {"gpus": gpus, "shared": [g["uuid"] for g in gpus], "gpu_source": "fake", "driver_version": "550",
+            "cuda_version": 12.4,
             "cpu_cores": 16, "ram_gb": 64, "disk_gb": 1000, "cpu_per_gpu": 16, "ram_per_gpu": 64,
             "disk_per_gpu": 1000, "price": 100_000, "window": "always", "paused": False, "geolocation": "",
             "images": "*", "version": "bench"}
@@ -136,7 +143,7 @@ class Scale:
                 keepalive_interval=0, server_version="shellrent-bench-host")
             self.hosts.append(conn)
         await _gather(one(i) for i in range(first, first + n))
-        want = first + n - self.rented  # a rented host's one GPU is not on offer
+        want = len(MODELS) * (first + n) - self.rented  # a rented GPU is not on offer
         await self._until(lambda offers: len(offers) >= want, f"{want} offers")
 
     async def _until(self, done, what: str, timeout: float = 120) -> None:
@@ -160,7 +167,7 @@ class Scale:
 
     async def rent(self, host: int) -> str:
         self.rented += 1
-        return json.loads(await self.ctl(f"rent host_id=b{host} --hours 1 --yes --json"))["id"]
+        return json.loads(await self.ctl(f"rent host_id=b{host} gpu_name=RTX_3060 --hours 1 --yes --json"))["id"]
 
     async def open_sessions(self, leases: list[str], n: int) -> None:
         async def one(lease):
@@ -175,6 +182,22 @@ class Scale:
             t = time.perf_counter()
             async with await self._connect(f"rent+{lease}") as conn:
                 await conn.run("true", check=True)
+            times.append((time.perf_counter() - t) * 1000)
+        return statistics.median(times)
+
+    async def offers_ms(self, change: bool, runs: int = 5) -> float:
+        """The whole `ssh ctl@broker offers` with OpenSSH's client, as the market is (or right after a
+        change, which makes the broker build it again)."""
+        times = []
+        for i in range(runs):
+            if change:
+                lease = await self.rent(len(self.hosts) - 1 - i)
+                await self.ctl(f"release {lease}")
+            t = time.perf_counter()
+            proc = await asyncio.create_subprocess_exec(*self.c.ssh_cmd("ctl", "-F", "/dev/null"), "offers",
+                                                        stdout=asyncio.subprocess.DEVNULL)
+            if await proc.wait():
+                raise RuntimeError("ssh ctl@ offers failed")
             times.append((time.perf_counter() - t) * 1000)
         return statistics.median(times)
 
@@ -207,6 +230,9 @@ async def measure(cluster, broker_pid: int, n: int) -> dict:
         rss_half, _ = await s.at_rest(2)
         await s.add_hosts(n - half)
         rss_hosts, cpu_hosts = await s.at_rest(5)
+        out["offers"] = len(json.loads(await s.ctl("offers --json")))
+        out["ctl_offers_ms"] = round(await s.offers_ms(change=False), 1)
+        out["ctl_offers_after_change_ms"] = round(await s.offers_ms(change=True), 1)
         leases = [first] + await _gather(s.rent(i) for i in range(1, max(1, n // 4)))
         await s.open_sessions(leases, half)
         rss_s_half, _ = await s.at_rest(2)

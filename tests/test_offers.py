@@ -52,3 +52,20 @@ def test_window_hides_a_host_outside_it():
     h = [{"name": "night", "inventory": inv([("RTX 3060", 12)], window="22:00-08:00")}]
     assert offers.build(h, {"night"}, [], {}, day + 12 * 3600) == []
     assert offers.build(h, {"night"}, [], {}, day + 23 * 3600)[0]["window_end"] == day + 86400 + 8 * 3600
+
+
+def test_a_memo_between_builds_changes_nothing_but_the_work():
+    memo = {}
+    night = {"name": "night", "inventory": inv([("RTX 3060", 12)], window="22:00-08:00")}
+    hosts, online, day = HOSTS + [night], ONLINE | {"night"}, 86400 * 10
+    steps = [([], {}, day + 23 * 3600),                                   # all fresh
+             ([], {}, day + 23 * 3600),                                   # all from the memo
+             ([{"host": "mid", "gpus": json.dumps(["U0"])}], {}, day + 23 * 3600),  # a lease takes a GPU
+             ([], {"cheap": 0.5}, day + 23 * 3600),                       # reliability falls
+             ([], {}, day + 12 * 3600)]                                   # the window closes
+    for live, rel, now in steps:
+        assert offers.build(hosts, online, live, rel, now, memo) == offers.build(hosts, online, live, rel, now)
+    hosts[1] = {"name": "cheap", "inventory": inv([("RTX 3060", 12)], price=99)}  # a new inventory
+    assert [o["price"] for o in offers.build(hosts, online, [], {}, 0, memo) if o["host_id"] == "cheap"] == [99]
+    offers.build(hosts, online - {"big"}, [], {}, 0, memo)
+    assert "big" not in memo and "away" not in memo  # hosts that left are forgotten
