@@ -197,6 +197,8 @@ class Agent:
             self._sink = None
 
     def emit(self, event: dict) -> None:
+        if event["type"] in ("lease.ended", "lease.purged") and self.sessions:
+            self.sessions.forget(event["id"])
         if self._sink:
             self._sink.send(event)
         elif event["type"] != "inventory":

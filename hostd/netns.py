@@ -48,17 +48,13 @@ def _connect(pid: int, host: str, port: int, timeout: float) -> socket.socket:
     return sock
 
 
-def unix_connect(pid: int, name: str, timeout: float) -> socket.socket:
-    """A blocking socket connected to the abstract unix socket @name in pid's network namespace
-    (abstract names belong to a network namespace); call from a thread of its own."""
+def unix_socket(pid: int) -> socket.socket:
+    """A non-blocking unbound unix datagram socket made in pid's network namespace, where it sends
+    to that namespace's abstract names (it has no address: nothing can be sent back to it); call
+    from a thread of its own."""
     def make():
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(timeout)
-        try:
-            sock.connect("\0" + name)
-        except OSError:
-            sock.close()
-            raise
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        sock.setblocking(False)
         return sock
     return _inside(pid, make)
 

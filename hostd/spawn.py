@@ -1,15 +1,16 @@
 """Renter sessions: through the lease's session helper (hostd.inside) where it runs, else `docker exec`.
 
-The helper path costs one unix-socket round trip into the container's network namespace instead of
-three or four Docker API calls, and the session's bytes then flow through pipes (or a pty master)
-straight between hostd and the process, with no engine or shim copying them. Both paths give the
-session the same confinement: the helper is itself a `docker exec`.
+The helper path costs one datagram into the container's network namespace instead of three or four
+Docker API calls, and the session's bytes then flow through pipes straight between hostd and the
+process (or the helper's keeper, for a terminal), with no engine or shim copying them. Both paths
+give the session the same confinement: the helper is itself a `docker exec`.
 
-The helper is the renter's (they can kill or replace it), so nothing it says is trusted: the name
-it listens on is a per-lease secret (no other lease can answer for it), every answer is checked, a
-pty master must be one, extra fds are closed, and any failure or delay past HELPER_WAIT makes this
-session a `docker exec` (logged) and asks for a new helper. Signals go to the helper, never to a PID
-it names.
+The helper is the renter's (they can kill or replace it), so hostd takes nothing from it but bytes
+in pipes hostd made: the request goes out as one datagram from an unbound socket (nothing can be
+sent back on it), with duplicates of the pipes' far ends that only the sending thread holds and
+closes; answers are bounded JSON lines, checked; signals and window sizes go to the helper as lines,
+never to a PID it names. Any failure, or no answer within HELPER_WAIT, makes this session a
+`docker exec` (logged) and asks for a new helper.
 """
 import array
 import asyncio
@@ -20,9 +21,6 @@ import os
 import secrets
 import signal as signals
 import socket
-import stat
-import struct
-import termios
 import time
 from pathlib import Path
 
@@ -55,55 +53,35 @@ def install(lease_dir: Path) -> None:
         (lease_dir / name).chmod(0o644)
 
 
-def _is_pty_master(fd: int) -> bool:
-    st = os.fstat(fd)
-    return stat.S_ISCHR(st.st_mode) and (os.major(st.st_rdev), os.minor(st.st_rdev)) == (5, 2)
-
-
-def _ask(pid: int, name: str, req: bytes, fds: list[int]) -> tuple[socket.socket, int | None]:
-    """Connect to the helper inside pid's network namespace, send the request, read its answer."""
-    deadline = time.monotonic() + HELPER_WAIT
-    sock = netns.unix_connect(pid, name, HELPER_WAIT)
-    got: list[int] = []
+def _send(pid: int, name: str, req: bytes, fds: list[int]) -> None:
+    """Send the request datagram, with fds, to the helper in pid's network namespace (in a thread of
+    its own). The fds are this call's own duplicates: it closes them whatever happens, so a caller
+    that gave up (a timeout, a closed channel) can close its fds without this sending a reused number."""
     try:
-        sock.sendmsg([req], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds).tobytes())] if fds else [])
-        data = b""
-        while not data.endswith(b"\n"):
-            sock.settimeout(max(0.01, deadline - time.monotonic()))
-            msg, anc, _, _ = sock.recvmsg(4096, socket.CMSG_SPACE(4 * 4))
-            for level, kind, payload in anc:
-                if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-                    got += array.array("i", payload[:len(payload) - len(payload) % 4]).tolist()
-            if not msg or len(data) > 4096:
-                raise HelperError("the helper hung up")
-            data += msg
-        reply = json.loads(data)
-        if not isinstance(reply, dict) or not isinstance(reply.get("pid"), int):
-            raise HelperError(f"the helper answered {str(reply)[:80]!r}")
-        if got and not _is_pty_master(got[0]):
-            raise HelperError("the helper sent something that is not a pty master")
-        master = got.pop(0) if got else None
-        for fd in got:
+        sock = netns.unix_socket(pid)
+        try:
+            rights = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds).tobytes())]
+            sock.sendmsg([req], rights, 0, "\0" + name)
+        finally:
+            sock.close()
+    finally:
+        for fd in fds:
             os.close(fd)
-        sock.setblocking(False)
-        return sock, master
-    except BaseException:
-        for fd in got:
-            os.close(fd)
-        sock.close()
-        raise
 
 
 class _Out(asyncio.Protocol):
-    """A pipe or pty master from the session to the channel."""
+    """A pipe from the session to the channel (stdout, stderr) or from the helper (ctl)."""
 
-    def __init__(self, owner: "HelperSession", datatype=None):
-        self._owner, self._datatype = owner, datatype
+    def __init__(self, owner: "HelperSession", datatype=None, ctl: bool = False):
+        self._owner, self._datatype, self._ctl = owner, datatype, ctl
         self.closed = asyncio.get_running_loop().create_future()
 
     def data_received(self, data):
-        self._owner._seen += 1
-        self._owner.chan.write(data, self._datatype)
+        if self._ctl:
+            self._owner.ctl_data(data)
+        else:
+            self._owner.seen += 1
+            self._owner.chan.write(data, self._datatype)
 
     def eof_received(self):
         return False
@@ -111,132 +89,150 @@ class _Out(asyncio.Protocol):
     def connection_lost(self, exc):
         if not self.closed.done():
             self.closed.set_result(None)
+        if self._ctl:
+            self._owner.ctl_closed()
 
 
 class _In(asyncio.BaseProtocol):
-    def __init__(self, owner: "HelperSession"):
-        self._owner = owner
+    def __init__(self, chan=None):
+        self._chan = chan
 
     def pause_writing(self):
-        self._owner.chan.pause_reading()
+        if self._chan:
+            self._chan.pause_reading()
 
     def resume_writing(self):
-        self._owner.chan.resume_reading()
-
-
-class _Ctl(asyncio.Protocol):
-    """The helper's end of one session: the exit, and signals to it."""
-
-    def __init__(self):
-        self.buf = b""
-        self.status: int | None = None
-        self.closed = asyncio.get_running_loop().create_future()
-        self.transport = None
-
-    def connection_made(self, transport):
-        self.transport = transport
-
-    def data_received(self, data):
-        self.buf += data
-        if len(self.buf) > 4096:
-            self.transport.close()
-            return
-        while b"\n" in self.buf:
-            line, self.buf = self.buf.split(b"\n", 1)
-            try:
-                msg = json.loads(line)
-                code, sig = msg.get("exit"), msg.get("signal")
-            except (ValueError, AttributeError):
-                continue
-            if isinstance(code, int) and 0 <= code <= 255:
-                self.status = code
-            elif isinstance(sig, int) and 0 < sig < 65:
-                self.status = 128 + sig
-
-    def connection_lost(self, exc):
-        if not self.closed.done():
-            self.closed.set_result(None)
+        if self._chan:
+            self._chan.resume_reading()
 
 
 class HelperSession:
-    """One session the helper started, spliced to an SSH channel; the same face as ExecSession."""
+    """One session the helper started, spliced to an SSH channel; the same face as ExecSession.
+
+    Only pipes connect hostd to the helper: hostd makes them all and sends their far ends, so it
+    never receives a file descriptor (or anything but bytes) from the renter's side."""
 
     via = "helper"
 
     def __init__(self, chan, tty: bool):
         self.chan, self.tty = chan, tty
         self.done = asyncio.get_running_loop().create_future()
+        self.status: int = 255
+        self.seen = 0          # reads of output so far
+        self._paused = False   # the channel is full: output waits, it is not quiet
+        self._transports: list[asyncio.BaseTransport] = []
         self._outs: list[tuple[asyncio.ReadTransport, _Out]] = []
         self._in: asyncio.WriteTransport | None = None
-        self._ctl: _Ctl | None = None
-        self._master: int | None = None
-        self._seen = 0         # reads so far
-        self._paused = False   # the channel is full: output waits, it is not quiet
+        self._sig: asyncio.WriteTransport | None = None
+        self._ctl: _Out | None = None
+        self._buf = b""
+        self._exit: int | None = None
+        self._started = asyncio.get_running_loop().create_future()
+        self._started.add_done_callback(lambda f: f.cancelled() or f.exception())  # read even if nobody waits
 
     async def start(self, pid: int, name: str, argv: list[str], env: dict, size) -> "HelperSession":
         loop = asyncio.get_running_loop()
         req = {"argv": argv, "env": env, "cwd": "/workspace", "tty": self.tty, "size": list(size or (80, 24))}
-        mine, theirs = [], []
-        if not self.tty:
-            for child_reads in (True, False, False):
-                r, w = os.pipe()
-                try:
-                    fcntl.fcntl(w, F_SETPIPE_SZ, PIPE_SIZE)
-                except OSError:
-                    pass
-                mine.append(w if child_reads else r)
-                theirs.append(r if child_reads else w)
+        # (ours, theirs) per pipe: stdin, stdout, [stderr], ctl (theirs writes), sig (ours writes)
+        kinds = ["in", "out"] + ([] if self.tty else ["err"]) + ["ctl", "sig"]
+        pipes = {}
         try:
-            sock, master = await offload.call(_ask, pid, name, (json.dumps(req) + "\n").encode(), theirs,
-                                              timeout=HELPER_WAIT + 1)
+            for kind in kinds:
+                r, w = os.pipe()
+                pipes[kind] = (w, r) if kind in ("in", "sig") else (r, w)
+                if kind in ("in", "out"):
+                    try:
+                        fcntl.fcntl(w, F_SETPIPE_SZ, PIPE_SIZE)
+                    except OSError:
+                        pass
+            theirs = [os.dup(pipes[k][1]) for k in kinds]
+            try:
+                await offload.call(_send, pid, name, (json.dumps(req) + "\n").encode(), theirs,
+                                   timeout=HELPER_WAIT)
+            finally:
+                for kind in kinds:  # ours no more: the helper has them (or nobody does)
+                    os.close(pipes[kind][1])
+                    pipes[kind] = (pipes[kind][0], None)
+            await self._connect(loop, pipes)
+            await asyncio.wait_for(asyncio.shield(self._started), HELPER_WAIT)
         except BaseException:
-            for fd in mine:
-                os.close(fd)
+            for ours, _ in pipes.values():
+                if ours is not None:  # not yet a transport's
+                    os.close(ours)
+            self.close()
             raise
-        finally:
-            for fd in theirs:
-                os.close(fd)
-        _, self._ctl = await loop.create_unix_connection(_Ctl, sock=sock)
-        if self.tty:
-            if master is None:
-                self._ctl.transport.close()
-                raise HelperError("the helper sent no pty")
-            self._master = os.dup(master)  # for resizes, ours until close()
-            mine = [os.dup(master), master]
-        elif master is not None:
-            os.close(master)
-        self._in, _ = await loop.connect_write_pipe(lambda: _In(self), os.fdopen(mine[0], "wb", 0))
-        kinds = [None] if self.tty else [None, asyncssh.EXTENDED_DATA_STDERR]
-        for fd, datatype in zip(mine[1:], kinds):
-            out = _Out(self, datatype)
-            transport, _ = await loop.connect_read_pipe(lambda o=out: o, os.fdopen(fd, "rb", 0))
-            self._outs.append((transport, out))
         loop.create_task(self._finish())
         return self
 
+    async def _connect(self, loop, pipes: dict) -> None:
+        """Our ends of the pipes, each to a transport (which owns and closes it from now on)."""
+        def own(kind):
+            fd = pipes[kind][0]
+            pipes[kind] = (None, None)
+            return fd
+        self._ctl = _Out(self, ctl=True)
+        transport, _ = await loop.connect_read_pipe(lambda: self._ctl, os.fdopen(own("ctl"), "rb", 0))
+        self._transports.append(transport)
+        self._sig, _ = await loop.connect_write_pipe(_In, os.fdopen(own("sig"), "wb", 0))
+        self._transports.append(self._sig)
+        self._in, _ = await loop.connect_write_pipe(lambda: _In(self.chan), os.fdopen(own("in"), "wb", 0))
+        self._transports.append(self._in)
+        for kind, datatype in (("out", None), ("err", asyncssh.EXTENDED_DATA_STDERR)):
+            if kind in pipes:
+                out = _Out(self, datatype)
+                transport, _ = await loop.connect_read_pipe(lambda o=out: o, os.fdopen(own(kind), "rb", 0))
+                self._outs.append((transport, out))
+                self._transports.append(transport)
+
+    def ctl_data(self, data: bytes) -> None:
+        """The helper's lines: checked, bounded; anything else is ignored."""
+        self._buf += data
+        if len(self._buf) > 4096:
+            self._buf = b""
+            self.close()
+            return
+        while b"\n" in self._buf:
+            line, self._buf = self._buf.split(b"\n", 1)
+            try:
+                msg = json.loads(line)
+                pid, code, sig = msg.get("pid"), msg.get("exit"), msg.get("signal")
+            except (ValueError, RecursionError, AttributeError):
+                continue
+            if not self._started.done():
+                if isinstance(pid, int):
+                    self._started.set_result(None)
+                else:
+                    self._started.set_exception(HelperError(f"the helper answered {line[:80]!r}"))
+            elif isinstance(code, int) and 0 <= code <= 255:
+                self._exit = code
+            elif isinstance(sig, int) and 0 < sig < 65:
+                self._exit = 128 + sig
+
+    def ctl_closed(self) -> None:
+        if not self._started.done():
+            self._started.set_exception(HelperError("the helper hung up"))
+
     async def _finish(self):
-        """Done once the process has exited and its output is read: up to the end of its pipes, or,
-        where a background job holds them open, until they stay quiet for DRAIN seconds (as with
-        `docker exec`, `cmd &` returns). A helper killed mid-session reports no exit: then the
-        output's end ends the session."""
+        """Done once the keeper has reported the end and the output is read: up to the end of its
+        pipes, or, where a background job holds them open, until they stay quiet for DRAIN seconds
+        (as with `docker exec`, `cmd &` returns). A helper killed mid-session reports no end: then
+        the output's end ends the session."""
         outputs = asyncio.gather(*(out.closed for _, out in self._outs))
         await self._ctl.closed
-        while self._ctl.status is not None:
-            seen = self._seen
+        while self._exit is not None:
+            seen = self.seen
             try:
                 await asyncio.wait_for(asyncio.shield(outputs), DRAIN)
                 break
             except asyncio.TimeoutError:
-                if self._seen == seen and not self._paused:
+                if self.seen == seen and not self._paused:
                     break
-        if self._ctl.status is None:
+        if self._exit is None:
             await outputs
+        else:
+            self.status = self._exit
         if not self.done.done():
             self.done.set_result(None)
-
-    @property
-    def status(self) -> int:
-        return 255 if self._ctl.status is None else self._ctl.status
 
     def write(self, data: bytes) -> None:
         if not self._in.is_closing():
@@ -256,24 +252,20 @@ class HelperSession:
         for transport, _ in self._outs:
             transport.resume_reading()
 
+    def _tell(self, msg: dict) -> None:
+        if self._sig and not self._sig.is_closing() and self._sig.get_write_buffer_size() < 65536:
+            self._sig.write(json.dumps(msg).encode() + b"\n")
+
     async def resize(self, width: int, height: int) -> None:
-        if self._master is not None:
-            try:
-                fcntl.ioctl(self._master, termios.TIOCSWINSZ, struct.pack("HHHH", height, width, 0, 0))
-            except OSError as exc:
-                log.debug("resize failed: %s", exc)
+        if self.tty:
+            self._tell({"size": [width, height]})
 
     async def signal(self, name: str) -> None:
-        if not self._ctl.transport.is_closing():
-            self._ctl.transport.write(json.dumps({"signal": name}).encode() + b"\n")
+        self._tell({"signal": name})
 
     def close(self) -> None:
-        for transport in [self._in, self._ctl.transport, *(t for t, _ in self._outs)]:
-            if transport:
-                transport.close()
-        if self._master is not None:
-            os.close(self._master)
-            self._master = None
+        for transport in self._transports:
+            transport.close()
 
 
 class ExecSession:
@@ -351,7 +343,13 @@ class Sessions:
         self._runtime = runtime
         self._lease_dir = lease_dir      # lease id -> its host directory (/etc/shellrent inside)
         self._pids: dict[str, int] = {}  # container id -> its init's host PID
+        self._containers: dict[str, str] = {}  # lease id -> container id (to forget the PID)
         self._tried: dict[str, float] = {}
+
+    def forget(self, lease_id: str) -> None:
+        """A lease ended: nothing of it is kept here."""
+        self._tried.pop(lease_id, None)
+        self._pids.pop(self._containers.pop(lease_id, None), None)
 
     def start_helper(self, rec: dict) -> None:
         """(Re)start the lease's helper, at most once per HELPER_RETRY; never waits for it."""
@@ -384,7 +382,7 @@ class Sessions:
             name = (self._lease_dir(rec["id"]) / "helper.key").read_text().strip()
             pid = self._pids.get(container) or await offload.call(self._runtime.pid, container,
                                                                   timeout=offload.QUICK)
-            self._pids[container] = pid
+            self._pids[container], self._containers[rec["id"]] = pid, container
             session = await HelperSession(chan, tty).start(pid, name, argv, env, size)
         except (HelperError, RuntimeError_, OSError, ValueError, asyncio.TimeoutError) as exc:
             self._pids.pop(container, None)

@@ -1,6 +1,7 @@
 """The session helper (hostd.inside): sessions it starts are confined exactly as a `docker exec` is,
 and a renter who kills, replaces or starves it costs only their own lease a slower session."""
 import json
+import os
 import time
 
 import pytest
@@ -66,26 +67,44 @@ def test_a_killed_helper_means_docker_exec_then_a_new_helper(cluster):
 
 
 FAKE = r"""
-import array, json, socket, sys, time
+import array, os, socket, sys, time
 name = open('/etc/shellrent/helper.key').read().strip()
-s = socket.socket(socket.AF_UNIX); s.bind('\0' + name); s.listen(8)
+mode = sys.argv[1]
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM if mode == 'stream' else socket.SOCK_DGRAM)
+s.bind('\0' + name)
+if mode == 'stream':
+    s.listen(8)
 print('listening', flush=True)
+held = []
 while True:
-    conn, _ = s.accept()
-    mode = sys.argv[1]
+    if mode == 'stream':
+        held.append(s.accept()[0])
+        continue
+    msg, anc, _, _ = s.recvmsg(1 << 18, socket.CMSG_SPACE(64))
+    fds = array.array('i', anc[0][2]).tolist() if anc else []
     if mode == 'hang':
-        time.sleep(60)
-    elif mode == 'notpty':
-        f = open('/etc/passwd', 'rb')
-        conn.sendmsg([b'{"pid": 1}\n'], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
-                                           array.array('i', [f.fileno()] * 3).tobytes())])
-    else:
-        conn.sendall(b'\xff' * 100 + b'\n')
-    conn.close()
+        held += fds  # never answers, never lets go
+        continue
+    answer = {'garbage': b'\xff' * 100, 'nested': b'[' * 4000, 'badpid': b'{"pid": "1"}'}[mode]
+    os.write(fds[-2], answer + b'\n')
+    for fd in fds:
+        os.close(fd)
 """
 
 
-@pytest.mark.parametrize("mode", ["garbage", "notpty", "hang"])
+def _hostd_pipes_threads(c) -> tuple[int, int]:
+    """hostd's open pipes (what a session through the helper holds) and threads."""
+    pid = c.procs["hostd-pc1"].pid
+    pipes = 0
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            pipes += os.readlink(f"/proc/{pid}/fd/{fd}").startswith("pipe:")
+        except FileNotFoundError:
+            pass
+    return pipes, len(os.listdir(f"/proc/{pid}/task"))
+
+
+@pytest.mark.parametrize("mode", ["garbage", "nested", "badpid", "hang", "stream"])
 def test_a_fake_helper_costs_only_a_slower_session(fresh_cluster, mode):
     c = fresh_cluster
     c.add_host("pc1")
@@ -97,11 +116,14 @@ def test_a_fake_helper_costs_only_a_slower_session(fresh_cluster, mode):
           f"nohup python3 /tmp/fake.py {mode} >/tmp/fake.log 2>&1 &", user=f"rent+{a}", input=FAKE.encode())
     wait_for(lambda: b"listening" in c.ssh("cat /tmp/fake.log", user=f"rent+{a}").stdout, what="the fake helper")
     before = len(_via(c, a))
-    for flags in ([], ["-tt"]):
+    pipes, threads = _hostd_pipes_threads(c)
+    for flags in ([], ["-tt"]) * 3:
         out, via = _session(c, a, "echo mine; tty >/dev/null && echo tty; true", opts=flags)
         assert out.returncode == 0 and out.stdout.replace(b"\r", b"") == b"mine\n" + (b"tty\n" if flags else b"")
         assert via == "docker exec"
-    assert len(_via(c, a)) == before + 2
+    assert len(_via(c, a)) == before + 6
+    # hostd holds nothing of those sessions: no fd, no thread
+    wait_for(lambda: _hostd_pipes_threads(c) == (pipes, threads), what="hostd to hold what it held")
     # The other lease and hostd go on as before.
     out, via = _session(c, b, "echo theirs", check=True)
     assert (out.stdout, via) == (b"theirs\n", "helper")
