@@ -221,7 +221,9 @@ class RenterSession(asyncssh.SSHServerSession):
 
     def connection_lost(self, exc):
         if self._up:
-            self._up.close()
+            # abort, not close: the renter is gone, so stdin still buffered here has nowhere to go,
+            # and a close would wait (for ever, if hostd's side is paused) to deliver it first
+            self._up.abort()
         elif self._task:
             self._task.cancel()
         self._on_close(self)
@@ -288,7 +290,7 @@ class RenterTcp(asyncssh.SSHTCPSession):
         self.up.resume_reading()
 
     def connection_lost(self, exc):
-        self.up.close()
+        self.up.abort()  # as RenterSession: nothing buffered for a departed renter is delivered
         if self.on_close:
             self.on_close(self)
 

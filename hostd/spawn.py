@@ -155,6 +155,8 @@ class HelperSession:
                     pipes[kind] = (pipes[kind][0], None)
             await self._connect(loop, pipes)
             await asyncio.wait_for(asyncio.shield(self._started), HELPER_WAIT)
+            if not self._paused:
+                self.resume_reading()
         except BaseException:
             for ours, _ in pipes.values():
                 if ours is not None:  # not yet a transport's
@@ -181,6 +183,7 @@ class HelperSession:
             if kind in pipes:
                 out = _Out(self, datatype)
                 transport, _ = await loop.connect_read_pipe(lambda o=out: o, os.fdopen(own(kind), "rb", 0))
+                transport.pause_reading()  # nothing reaches the channel before the helper says it started
                 self._outs.append((transport, out))
                 self._transports.append(transport)
 
@@ -264,8 +267,12 @@ class HelperSession:
         self._tell({"signal": name})
 
     def close(self) -> None:
+        """The channel is gone: drop everything now, stdin not yet taken included (a close would
+        wait for the process to read it, which it may never do)."""
         for transport in self._transports:
-            transport.close()
+            if transport.is_closing():  # (a closed pipe transport's abort() fails)
+                continue
+            transport.abort() if isinstance(transport, asyncio.WriteTransport) else transport.close()
 
 
 class ExecSession:
@@ -333,7 +340,17 @@ class ExecSession:
 
     def close(self) -> None:
         if self._stream:
-            self._stream.transport.close()
+            self._stream.transport.abort()  # as HelperSession.close: unread stdin is not waited for
+
+
+def _in_container(pid: int, container: str) -> bool:
+    """Whether pid is (still) a process of that container: its cgroup path names the container
+    (cgroup v1 .../docker/ID, v2 .../docker-ID.scope)."""
+    try:
+        with open(f"/proc/{pid}/cgroup") as f:
+            return container in f.read()
+    except OSError:
+        return False
 
 
 class Sessions:
@@ -380,12 +397,15 @@ class Sessions:
         container = rec["container"]
         try:
             name = (self._lease_dir(rec["id"]) / "helper.key").read_text().strip()
-            pid = self._pids.get(container) or await offload.call(self._runtime.pid, container,
-                                                                  timeout=offload.QUICK)
+            pid = self._pids.get(container)
+            if not pid or not _in_container(pid, container):  # a restarted container, a reused number
+                pid = await offload.call(self._runtime.pid, container, timeout=offload.QUICK)
             self._pids[container], self._containers[rec["id"]] = pid, container
             session = await HelperSession(chan, tty).start(pid, name, argv, env, size)
-        except (HelperError, RuntimeError_, OSError, ValueError, asyncio.TimeoutError) as exc:
+        except Exception as exc:  # whatever went wrong with the helper, this session goes on without it
             self._pids.pop(container, None)
+            if not isinstance(exc, (HelperError, RuntimeError_, OSError, ValueError, asyncio.TimeoutError)):
+                log.exception("lease %s: the session helper path failed", rec["id"])
             log.info("lease %s: session via docker exec (helper: %s)", rec["id"],
                      str(exc) or type(exc).__name__)
             self.start_helper(rec)

@@ -24,6 +24,16 @@ SFTP = ("for p in /usr/lib/openssh/sftp-server /usr/libexec/openssh/sftp-server 
         "echo 'sftp-server is not installed in this image' >&2; exit 127")
 
 
+GONE_CHECK = 2.0  # seconds between looks at whether a running session's channel was closed
+MAX_SESSIONS = 256  # open sessions per lease (the broker allows a renter 64 in all; this backs it up)
+
+
+async def _within(fut: asyncio.Future, seconds: float) -> bool:
+    """Whether fut is done within seconds (it keeps running either way)."""
+    done, _ = await asyncio.wait([fut], timeout=seconds)
+    return bool(done)
+
+
 class SessionError(Exception):
     """A renter session cannot start; str() goes to the renter's stderr."""
 
@@ -151,6 +161,7 @@ class HostSession(asyncssh.SSHServerSession):
         self._early: list[bytes] = []  # renter stdin that came before the exec stream was open
         self._early_eof = False
         self._stream: spawn.HelperSession | spawn.ExecSession | None = None
+        self._out_paused = False  # the channel is full: the session's output waits (even while it starts)
         self._task = None
         self._calls: set[asyncio.Task] = set()
         self._lease: str | None = None
@@ -244,6 +255,8 @@ class HostSession(asyncssh.SSHServerSession):
         tty = self._pty is not None and self._subsystem is None
         try:
             rec = await self._agent.session_lease(lease, files_only=self._subsystem == "sftp")
+            if len(self._agent.leases.sessions.get(rec["id"], ())) >= MAX_SESSIONS:
+                raise SessionError(f"this lease has {MAX_SESSIONS} sessions open on this host, the most it may")
             self._lease = rec["id"]
             self._agent.leases.track(self._lease, self)
             env["SHELLRENT_ENDS_AT"] = str(int(rec["ends_at"]))
@@ -254,10 +267,14 @@ class HostSession(asyncssh.SSHServerSession):
                 self._stream = await self._agent.sessions.open(rec, self._chan, argv, env, tty, size)
             else:  # an ended lease's files, in a container of their own
                 self._stream = await spawn.ExecSession(self._chan, tty).start(rec["container"], argv, env, size)
-        except (SessionError, engine.EngineError, OSError, asyncio.TimeoutError) as exc:
+        except Exception as exc:  # one line to the renter, whatever it was; never a session left hanging
+            if not isinstance(exc, (SessionError, engine.EngineError, OSError, asyncio.TimeoutError)):
+                log.exception("session in lease %s failed to start", self._lease)
             self._chan.write_stderr(f"shellrent: {exc or type(exc).__name__}\r\n".encode())
             self._chan.exit(2)
             return
+        if self._out_paused:  # asyncssh said so once, while the session was starting
+            self._stream.pause_reading()
         if tty and self._size and self._size[:2] != size:
             await self._stream.resize(*self._size[:2])  # resized while it started
         for data in self._early:
@@ -266,7 +283,13 @@ class HostSession(asyncssh.SSHServerSession):
             self._stream.write_eof()
         self._early = []
         self._chan.resume_reading()
-        await self._stream.done
+        while not await _within(self._stream.done, GONE_CHECK):
+            if self._chan.is_closing():
+                # The broker closed the channel while it was paused (stdin the process does not
+                # read): asyncssh holds that close behind the unread data, so it would never arrive.
+                self._stream.close()
+                self._chan.abort()
+                return
         status = self._stream.status
         try:
             self._chan.write_eof()
@@ -296,10 +319,12 @@ class HostSession(asyncssh.SSHServerSession):
         return True
 
     def pause_writing(self):
+        self._out_paused = True
         if self._stream:
             self._stream.pause_reading()
 
     def resume_writing(self):
+        self._out_paused = False
         if self._stream:
             self._stream.resume_reading()
 

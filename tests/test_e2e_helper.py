@@ -2,6 +2,7 @@
 and a renter who kills, replaces or starves it costs only their own lease a slower session."""
 import json
 import os
+import subprocess
 import time
 
 import pytest
@@ -142,3 +143,73 @@ def test_an_image_without_python_uses_docker_exec(fresh_cluster):
         out, via = _session(c, a, "echo ok", check=True)
         assert (out.stdout, via) == (b"ok\n", "docker exec")
         time.sleep(1)
+
+
+FLOOD = r"""
+import array, os, socket
+name = open('/etc/shellrent/helper.key').read().strip()
+s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+s.bind('\0' + name)
+print('listening', flush=True)
+while True:
+    msg, anc, _, _ = s.recvmsg(1 << 18, socket.CMSG_SPACE(64))
+    fds = array.array('i', anc[0][2]).tolist()
+    if os.fork() == 0:  # output before the answer, then for ever
+        for i in range(64):
+            os.write(fds[1], b'x' * 65536)
+        os.write(fds[-2], b'{"pid": 1}\n')
+        while True:
+            os.write(fds[1], b'x' * 65536)
+    for fd in fds:
+        os.close(fd)
+"""
+
+
+def _rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024
+
+
+def test_output_before_the_answer_still_waits_for_a_reader(fresh_cluster):
+    """Flow control holds from the first byte: output a session makes while it starts is not read
+    into hostd faster than the renter takes it (a fake helper floods before and after it answers)."""
+    c = fresh_cluster
+    c.add_host("pc1")
+    a = c.create_lease()
+    _helper_up(c, a)
+    c.ssh("cat >/tmp/flood.py; pkill -KILL -f 'shellrent/helpe[r].py'; "
+          "nohup python3 /tmp/flood.py >/tmp/flood.log 2>&1 &", user=f"rent+{a}", input=FLOOD.encode())
+    wait_for(lambda: b"listening" in c.ssh("cat /tmp/flood.log", user=f"rent+{a}").stdout, what="the flood")
+    hostd = c.procs["hostd-pc1"].pid
+    before = _rss_mb(hostd)
+    reader = subprocess.Popen(c.ssh_cmd(f"rent+{a}", "-T") + ["true"], stdout=subprocess.PIPE,
+                              stdin=subprocess.DEVNULL)  # never reads
+    try:
+        wait_for(lambda: "session via helper" in c.log("hostd-pc1").rsplit("flood", 1)[-1], what="the session")
+        time.sleep(4)
+        assert _rss_mb(hostd) < before + 64  # at most windows and buffers, not the flood (GBs in 4 s)
+    finally:
+        reader.kill()
+        reader.wait()
+        reader.stdout.close()
+
+
+def test_a_departed_renter_leaves_nothing_open_even_with_stdin_unread(cluster):
+    c = cluster
+    _helper_up(c, c.lease)
+    _session(c, c.lease, "true")
+    pipes, threads = _hostd_pipes_threads(c)
+    clients = [subprocess.Popen(c.ssh_cmd("rent", "-T") + ["sleep 100000"], stdin=subprocess.PIPE,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for _ in range(6)]
+    time.sleep(2)
+    for p in clients:  # more than every window and pipe on the way can hold, never read
+        try:
+            p.stdin.write(b"x" * (3 << 20))
+            p.stdin.flush()
+        except BrokenPipeError:
+            pass
+    for p in clients:
+        p.kill()
+        p.wait()
+        p.stdin.close()
+    wait_for(lambda: _hostd_pipes_threads(c) == (pipes, threads), what="hostd to close the departed sessions")

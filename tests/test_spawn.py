@@ -109,3 +109,25 @@ async def test_answers_are_checked():
         assert session.status == ok
         session.close()
     sock.close()
+
+
+async def test_a_helper_that_hangs_up_fails_the_start_at_once():
+    name, sock = _listen()
+    for tty in (False, True):
+        task = asyncio.get_running_loop().create_task(
+            spawn.HelperSession(Chan(), tty).start(os.getpid(), name, ["true"], {}, None))
+        while True:
+            try:
+                _, fds = _receive(sock)
+                break
+            except BlockingIOError:
+                await asyncio.sleep(0.01)
+        os.write(fds[-2], b"\xff" * 100 + b"\n")  # garbage, then every pipe closed
+        for fd in fds:
+            os.close(fd)
+        try:
+            await asyncio.wait_for(task, spawn.HELPER_WAIT / 2)
+            raise AssertionError("a session started without the helper")
+        except spawn.HelperError as exc:
+            assert "hung up" in str(exc)
+    sock.close()
