@@ -38,6 +38,17 @@ def _receive(sock) -> tuple[bytes, list[int]]:
     return msg, [fd for _, _, data in anc for fd in array.array("i", data)]
 
 
+async def _start(name: str, sock, tty: bool) -> tuple[asyncio.Task, list[int]]:
+    """A session starting, and what the stand-in helper received for it."""
+    task = asyncio.get_running_loop().create_task(
+        spawn.HelperSession(Chan(), tty).start(os.getpid(), name, ["true"], {}, None))
+    while True:
+        try:
+            return task, _receive(sock)[1]
+        except BlockingIOError:
+            await asyncio.sleep(0.01)
+
+
 def _fds() -> set[str]:
     return {f for f in os.listdir("/proc/self/fd")}
 
@@ -93,14 +104,7 @@ async def test_answers_are_checked():
     name, sock = _listen()
     for answer, ok in [(b'{"pid": 7}\n{"exit": 3}\n', 3), (b'{"pid": 7}\n{"signal": 15}\n', 143),
                        (b'{"pid": 7}\n{"exit": 999}\n', 255), (b"[" * 4000 + b'\n{"pid": 7}\n{"exit": 0}\n', 0)]:
-        task = asyncio.get_running_loop().create_task(
-            spawn.HelperSession(Chan(), False).start(os.getpid(), name, ["true"], {}, None))
-        while True:
-            try:
-                _, fds = _receive(sock)
-                break
-            except BlockingIOError:
-                await asyncio.sleep(0.01)
+        task, fds = await _start(name, sock, tty=False)
         os.write(fds[3], answer)
         for fd in fds:
             os.close(fd)
@@ -114,14 +118,7 @@ async def test_answers_are_checked():
 async def test_a_helper_that_hangs_up_fails_the_start_at_once():
     name, sock = _listen()
     for tty in (False, True):
-        task = asyncio.get_running_loop().create_task(
-            spawn.HelperSession(Chan(), tty).start(os.getpid(), name, ["true"], {}, None))
-        while True:
-            try:
-                _, fds = _receive(sock)
-                break
-            except BlockingIOError:
-                await asyncio.sleep(0.01)
+        task, fds = await _start(name, sock, tty)
         os.write(fds[-2], b"\xff" * 100 + b"\n")  # garbage, then every pipe closed
         for fd in fds:
             os.close(fd)
