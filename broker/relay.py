@@ -27,8 +27,10 @@ SUBSYSTEMS = ("sftp",)
 Opener = Callable[[bool], Awaitable[tuple[asyncssh.SSHClientConnection, str]]]
 Picker = Callable[..., Awaitable[object]]
 WINDOW = 8 * 1024 * 1024
-# Both tunnel ends are ours: bigger packets there mean fewer per-packet costs in Python.
-TUNNEL_PKTSIZE = 256 * 1024
+# Both tunnel ends are ours, so the packet size there is our choice: 64 KiB measured best. Against
+# 256 KiB, a 1 GiB download went from 195 to 439 MiB/s and hostd's CPU for it from 4.9 to 0.8 s
+# (asyncssh copies each packet several times; at 64 KiB those copies stay in cache); 32 KiB: 397.
+TUNNEL_PKTSIZE = 64 * 1024
 
 
 class _Upstream(asyncssh.SSHClientSession):
