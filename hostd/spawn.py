@@ -145,7 +145,14 @@ class HelperSession:
                         fcntl.fcntl(w, F_SETPIPE_SZ, PIPE_SIZE)
                     except OSError:
                         pass
-            theirs = [os.dup(pipes[k][1]) for k in kinds]
+            theirs = []
+            try:
+                for kind in kinds:
+                    theirs.append(os.dup(pipes[kind][1]))
+            except OSError:
+                for fd in theirs:
+                    os.close(fd)
+                raise
             try:
                 await offload.call(_send, pid, name, (json.dumps(req) + "\n").encode(), theirs,
                                    timeout=HELPER_WAIT)
@@ -158,9 +165,10 @@ class HelperSession:
             if not self._paused:
                 self.resume_reading()
         except BaseException:
-            for ours, _ in pipes.values():
-                if ours is not None:  # not yet a transport's
-                    os.close(ours)
+            for pair in pipes.values():
+                for fd in pair:
+                    if fd is not None:  # not yet a transport's (or sent)
+                        os.close(fd)
             self.close()
             raise
         loop.create_task(self._finish())
