@@ -53,14 +53,15 @@ def build(hosts: list[dict], online: set[str], live: list[dict], reliabilities: 
         name, text = h["name"], h.get("inventory")
         if name not in online or not text:
             continue
-        key = (text, frozenset(used.get(name, ())), reliabilities.get(name, 1.0))
+        taken, rel = frozenset(used.get(name, ())), reliabilities.get(name, 1.0)
         hit = memo.get(name)
-        if hit and hit[0] == key and hit[2]:
-            out += hit[1]
+        if hit and hit["text"] == text and hit["taken"] == taken and hit["rel"] == rel and hit["always"]:
+            out += hit["offers"]
             continue
-        inv = hit[3] if hit and hit[0][0] == text else json.loads(text)
-        offers = host_offers(name, inv, key[1], key[2], now)
-        memo[name] = (key, offers, inv.get("window", "always") == "always", inv)
+        inv = hit["inv"] if hit and hit["text"] == text else json.loads(text)
+        offers = host_offers(name, inv, taken, rel, now)
+        memo[name] = {"text": text, "inv": inv, "taken": taken, "rel": rel, "offers": offers,
+                      "always": inv.get("window", "always") == "always"}  # a window's offers depend on now
         out += offers
     for name in memo.keys() - online:
         del memo[name]

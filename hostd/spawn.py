@@ -367,14 +367,13 @@ class Sessions:
     def __init__(self, runtime, lease_dir):
         self._runtime = runtime
         self._lease_dir = lease_dir      # lease id -> its host directory (/etc/shellrent inside)
-        self._pids: dict[str, int] = {}  # container id -> its init's host PID
-        self._containers: dict[str, str] = {}  # lease id -> container id (to forget the PID)
+        self._known: dict[str, tuple[str, int, str]] = {}  # lease id -> (container, its init's PID, helper name)
         self._tried: dict[str, float] = {}
 
     def forget(self, lease_id: str) -> None:
         """A lease ended: nothing of it is kept here."""
         self._tried.pop(lease_id, None)
-        self._pids.pop(self._containers.pop(lease_id, None), None)
+        self._known.pop(lease_id, None)
 
     def start_helper(self, rec: dict) -> None:
         """(Re)start the lease's helper, at most once per HELPER_RETRY; never waits for it."""
@@ -404,14 +403,14 @@ class Sessions:
         """A started session (HelperSession or ExecSession) for an active lease."""
         container = rec["container"]
         try:
-            name = (self._lease_dir(rec["id"]) / "helper.key").read_text().strip()
-            pid = self._pids.get(container)
-            if not pid or not _in_container(pid, container):  # a restarted container, a reused number
+            known, pid, name = self._known.get(rec["id"]) or (None, 0, None)
+            if known != container or not _in_container(pid, container):  # new, restarted, a reused number
+                name = (self._lease_dir(rec["id"]) / "helper.key").read_text().strip()
                 pid = await offload.call(self._runtime.pid, container, timeout=offload.QUICK)
-            self._pids[container], self._containers[rec["id"]] = pid, container
+                self._known[rec["id"]] = (container, pid, name)
             session = await HelperSession(chan, tty).start(pid, name, argv, env, size)
         except Exception as exc:  # whatever went wrong with the helper, this session goes on without it
-            self._pids.pop(container, None)
+            self._known.pop(rec["id"], None)
             if not isinstance(exc, (HelperError, RuntimeError_, OSError, ValueError, asyncio.TimeoutError)):
                 log.exception("lease %s: the session helper path failed", rec["id"])
             log.info("lease %s: session via docker exec (helper: %s)", rec["id"],
