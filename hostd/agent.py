@@ -47,6 +47,7 @@ class Agent:
         self.store: Store | None = None
         self.leases: Leases | None = None
         self.sessions: spawn.Sessions | None = None
+        self._egress_installed = False  # written whole by this process at least once
         self._settings = settings_mod.defaults()
         self._settings_mtime = None
         self._gpus = None
@@ -82,7 +83,9 @@ class Agent:
         self.runtime = Runtime(self.owner, default_limits(), None if why else Workspaces(ws_root))
         for what in self.runtime.unenforced_limits():
             log.warning("the Docker engine cannot enforce: %s", what)
-        self._apply_firewall()
+        # The egress policy is installed by the watch loop's first turn, in a thread (iptables may
+        # wait up to 20 s for its lock while the engine holds it; connecting does not wait for that),
+        # and before any lease starts (_egress_in_force).
         self.leases = Leases(self.config, self.runtime, self.store, self.settings, self.emit)
         self.sessions = spawn.Sessions(self.runtime, self.leases.lease_dir)
         self.leases.reconcile()
@@ -95,13 +98,17 @@ class Agent:
         except (firewall.FirewallError, OSError, subprocess.SubprocessError) as exc:
             log.error("egress policy NOT in force, no lease starts until it is: %s", exc)
             return str(exc) or type(exc).__name__
+        self._egress_installed = True
         log.info("egress policy installed: lease containers reach the internet only%s",
                  f" and {self._settings['egress_allow']}" if allow else "")
         return None
 
     def _egress_in_force(self) -> str | None:
         """Check the egress rules are all there (another tool's firewall reload can flush them) and
-        put them back if not; None, or why they are not in force."""
+        put them back if not; None, or why they are not in force. The first time, they are written
+        whole (rules left by an earlier run may allow what the settings no longer do)."""
+        if not self._egress_installed:
+            return self._apply_firewall()
         try:
             why = firewall.missing()
         except (OSError, subprocess.SubprocessError) as exc:
