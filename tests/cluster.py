@@ -140,6 +140,7 @@ class Cluster:
                 proc.wait(timeout=15)
             except subprocess.TimeoutExpired:
                 proc.kill()
+                proc.wait()  # reaped here, never left for the garbage collector to find running
         for home in self.hostd_homes.values():
             for mount in (home / "workspaces").glob("*"):
                 if os.path.ismount(mount):  # a lease's sized /workspace (hostd.disk)
