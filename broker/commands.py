@@ -31,7 +31,7 @@ usage: ssh ctl@BROKER COMMAND [ARGS]   (add --json for JSON)
   keys list | keys add (key on stdin) | keys rm FINGERPRINT
   help                             this text
 query fields: gpu_name num_gpus gpu_ram gpu_total_ram cpu_cores cpu_ram disk_space dph reliability
-  cuda_vers driver_version geolocation host_id verified; ops < <= = != >= > in notin; _ is a space
+  cuda_vers driver_version geolocation host_id verified tflops; ops < <= = != >= > in notin; _ is a space
 """
 _VALUE_OPTS = {"--hours", "--gpus", "--image", "-o"}
 _FLAGS = {"--json", "--yes", "-y", "--all"}
@@ -131,12 +131,13 @@ class Commands:
             hidden = ("gpus", "images", "price")
             return render.as_json([{k: v for k, v in o.items() if k not in hidden} for o in offers])
         shown = offers if args.all else offers[:SHOWN]
-        rows = [{**o, "dph": f"{o['dph']:.2f}", "reliability": f"{o['reliability']:.3f}"} for o in shown]
+        rows = [{**o, "dph": f"{o['dph']:.2f}", "reliability": f"{o['reliability']:.3f}",
+                 "tflops": f"{o['tflops']:g}" if o["verified"] else "-"} for o in shown]
         more = len(offers) - len(shown)
         return render.table(
             rows, ["id", "gpu_name", "num_gpus", "gpu_ram", "cpu_cores", "cpu_ram", "disk_space", "dph",
-                   "reliability", "geolocation"],
-            ["offer", "gpu", "n", "gpu_gb", "cpus", "ram_gb", "disk_gb", "$/h", "reliab", "geo"]) + \
+                   "tflops", "reliability", "geolocation"],
+            ["offer", "gpu", "n", "gpu_gb", "cpus", "ram_gb", "disk_gb", "$/h", "tflops", "reliab", "geo"]) + \
             (f"... and {more:,} more: narrow the query, or add --all (or --json)\n" if more else "")
 
     async def cmd_rent(self, args: Args, ask: Ask | None = None, progress=None, **_):

@@ -15,6 +15,7 @@ from .errors import BrokerError, NotFound, Unavailable
 from .tunnels import HostLink, Refused
 
 log = logging.getLogger("shellrent.service")
+audit = logging.getLogger("shellrent.audit")
 
 
 class HostSync:
@@ -92,6 +93,9 @@ class HostSync:
             if kind == "inventory":
                 await self._set_inventory(host, event.get("inventory"))
                 return
+            if kind == "gpu.stray":
+                self._stray(host, event)
+                return
             if kind not in ("lease.ended", "lease.purged", "lease.down", "lease.up"):
                 log.info("host %s: ignoring an event of unknown type", host)
                 return
@@ -109,6 +113,15 @@ class HostSync:
                 log.info("host %s: lease %s container %s", host, lid, "down" if kind == "lease.down" else "up again")
         except (wire.WireError, NotFound) as exc:
             log.warning("host %s: ignoring a bad event: %s", host, exc)
+
+    @staticmethod
+    def _stray(host: str, event: dict) -> None:
+        """A host's watchdog killed a process on a rented GPU that was not the lease's: audit it."""
+        lid = event.get("lease")
+        audit.info("gpu-stray host=%s gpu=%s lease=%s pid=%s where=%s command=%s", host,
+                   wire.printable(str(event.get("gpu")))[:80], wire.printable(str(lid))[:40] if lid else "-",
+                   event.get("pid") if wire.number_in(event.get("pid"), 0, 1 << 22, True) else "?",
+                   wire.printable(str(event.get("where")))[:80], wire.printable(str(event.get("command")))[:32])
 
     async def host_ended(self, host: str, lid: str, at: float | None) -> None:
         """A host says one of its leases has ended (at `at`): settle it, never past what really

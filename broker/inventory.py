@@ -12,6 +12,7 @@ from .errors import BrokerError
 from .leases import parse_window
 
 MAX_GPUS = 64
+MAX_TFLOPS = 100_000
 _TEXT = re.compile(r"[\x20-\x7e]*")
 
 
@@ -78,8 +79,13 @@ def check(inv, max_price: int) -> dict:
     if not isinstance(paused, bool):
         raise InventoryError("paused: expected true or false")
     cuda = inv.get("cuda_version", 0)
+    checked = inv.get("checked", {})
+    if not isinstance(checked, dict) or not all(u in uuids and wire.number_in(t, 0, MAX_TFLOPS)
+                                                for u, t in checked.items()):
+        raise InventoryError(f"checked: expected TFLOPS from 0 to {MAX_TFLOPS} of the listed GPUs")
     return {
-        "gpus": gpus, "shared": list(dict.fromkeys(shared)), "gpu_source": _text(inv, "gpu_source", 16, ""),
+        "gpus": gpus, "shared": list(dict.fromkeys(shared)), "checked": checked,
+        "gpu_source": _text(inv, "gpu_source", 16, ""),
         "driver_version": _text(inv, "driver_version", 32, ""),
         "cuda_version": _num({"cuda_version": cuda}, "cuda_version", 0, 100),
         "cpu_cores": _num(inv, "cpu_cores", 1, 65536, integer=True), "ram_gb": _num(inv, "ram_gb", 0, 1 << 20),

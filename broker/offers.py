@@ -24,16 +24,20 @@ def host_offers(name: str, inv: dict, used: set[str], reliability: float, now: f
         if g["uuid"] in shared and g["uuid"] not in used:
             groups.setdefault((g["name"], g["memory_gb"]), []).append(g["uuid"])
     out = []
+    checked = inv.get("checked") or {}
     for (model, mem), uuids in sorted(groups.items()):
         n = len(uuids)
+        # Verified: every GPU of the offer passed the host's self-check; tflops: the slowest of them.
+        verified = all(u in checked for u in uuids)
+        tflops = min(checked[u] for u in uuids) if verified else 0.0
         out.append({
             "id": f"{name}/{model.replace(' ', '_')}", "host_id": name, "gpu_name": model, "num_gpus": n,
             "gpu_ram": mem, "gpu_total_ram": mem * n, "cpu_cores": inv["cpu_per_gpu"] * n,
             "cpu_ram": inv["ram_per_gpu"] * n, "disk_space": inv["disk_per_gpu"] * n,
             "price": inv["price"], "dph": inv["price"] * n / MICRO, "reliability": reliability,
             "cuda_vers": float(inv.get("cuda_version") or 0), "driver_version": str(inv.get("driver_version", "")),
-            "geolocation": inv.get("geolocation", ""), "verified": False, "gpus": uuids, "window_end": closes,
-            "images": inv.get("images", "*")})
+            "geolocation": inv.get("geolocation", ""), "verified": verified, "tflops": tflops, "gpus": uuids,
+            "window_end": closes, "images": inv.get("images", "*")})
     return out
 
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from .errors import BrokerError
 
 NUMERIC = {"num_gpus", "gpu_ram", "gpu_total_ram", "cpu_cores", "cpu_ram", "disk_space", "dph",
-           "reliability", "cuda_vers", "driver_version"}
+           "reliability", "cuda_vers", "driver_version", "tflops"}
 TEXT = {"gpu_name", "geolocation", "host_id"}
 BOOL = {"verified"}
 FIELDS = NUMERIC | TEXT | BOOL

@@ -15,9 +15,10 @@ import asyncssh
 
 from keys import faults, material, tokens, wire
 
-from . import firewall, gpus as gpus_mod, offload, settings as settings_mod, spawn
+from . import firewall, gpus as gpus_mod, offload, selfcheck, settings as settings_mod, spawn
 from .config import Config, write_private
 from .disk import Workspaces
+from .gpuwatch import GpuWatch
 from .leases import Leases
 from .runtime import Runtime, RuntimeError_, default_limits
 from .sshserver import HostServer, SessionError
@@ -51,6 +52,11 @@ class Agent:
         self._settings = settings_mod.defaults()
         self._settings_mtime = None
         self._gpus = None
+        self.gpuwatch: GpuWatch | None = None
+        self._gpu_failures: list[str] = []  # required GPU checks that fail: no GPU is offered
+        self._gpu_wake = asyncio.Event()
+        self._kills: list[dict] = []
+        self._check_task: asyncio.Task | None = None
         self._inventory: dict | None = None
         self._sink = None
         self._pending: list[dict] = []
@@ -86,9 +92,23 @@ class Agent:
         # The egress policy is installed by the watch loop's first turn, in a thread (iptables may
         # wait up to 20 s for its lock while the engine holds it; connecting does not wait for that),
         # and before any lease starts (_egress_in_force).
+        self.gpuwatch = GpuWatch(lambda: self._gpus, self.store, self.settings, self.config.power_path)
+        self._gpu_failures = self._gpu_checks()
         self.leases = Leases(self.config, self.runtime, self.store, self.settings, self.emit)
         self.sessions = spawn.Sessions(self.runtime, self.leases.lease_dir)
         self.leases.reconcile()
+
+    def _gpu_checks(self) -> list[str]:
+        """The required GPU checks of `hostd doctor` (driver, container toolkit and its config); while
+        one fails, no GPU is offered."""
+        from .doctor import gpu_failures
+        try:
+            failures = gpu_failures(self._gpus, self.runtime.client.info())
+        except Exception as exc:  # the checks themselves broke: say so, offer nothing
+            failures = [f"the GPU checks could not run: {exc}"]
+        for why in failures:
+            log.error("offering no GPUs until this is fixed (see `hostd doctor`): %s", why)
+        return failures
 
     def _apply_firewall(self) -> str | None:
         """Install the egress policy; None, or why it is not in force (no lease starts until it is)."""
@@ -132,7 +152,7 @@ class Agent:
             self._settings_mtime = mtime
             return False
         if self._gpus is None or new["fake_gpus"] != self._settings["fake_gpus"]:
-            self._gpus = gpus_mod.open_source(new["fake_gpus"], self.owner)
+            self._gpus = gpus_mod.open_source(new["fake_gpus"], self.owner, self.config.fake_gpu_state)
         self._settings, self._settings_mtime = new, mtime
         return True
 
@@ -173,18 +193,78 @@ class Agent:
             if inv != self._inventory:
                 self._inventory = inv
                 self.emit({"type": "inventory", "inventory": inv})
+            if self.runtime and self.host_name and inv:
+                self._check_gpus()
             await asyncio.sleep(1)
+
+    async def watch_gpus(self) -> None:
+        """The GPU watchdog and power limits (hostd.gpuwatch), every `watchdog` seconds and at once
+        after a lease starts or ends."""
+        while True:
+            try:
+                result = await offload.call(self.gpuwatch.pass_once, timeout=60)
+            except Exception as exc:  # a GPU source that hangs or breaks: say so, try again
+                log.error("GPU watchdog: %s", exc or "timed out")
+            else:
+                for report in result["killed"]:
+                    self.emit(report)
+                self._kills = (self._kills + result["killed"])[-20:]
+                status = {"gpu_problems": result["problems"], "gpu_kills": self._kills,
+                          "gpu_failures": self._gpu_failures}
+                if any(self._status.get(k) != v for k, v in status.items()):
+                    self._set_status(**status)
+            try:
+                await asyncio.wait_for(self._gpu_wake.wait(), self._settings["watchdog"])
+            except asyncio.TimeoutError:
+                pass
+            self._gpu_wake.clear()
+
+    def _check_gpus(self) -> None:
+        """Start the GPU self-check when it is due (never run, a new driver, a new GPU)."""
+        if self._check_task and not self._check_task.done():
+            return
+        inv = self._inventory or {}
+        held = {u for r in self.store.holding() for u in json.loads(r["gpus"] or "[]")}
+        uuids = [u for u in inv.get("shared", []) if u not in held]
+        driver = inv.get("driver_version", "")
+        if not selfcheck.due(selfcheck.load(self.config.home / "selfcheck.json"), driver, uuids):
+            return
+        s = self._settings
+        image = s["check_image"] or next((i for i in wire.image_list(s["images"]) if i != "*"), "")
+        if not image:
+            log.warning("GPU self-check: set check_image to an image with torch")
+            return
+        log.info("GPU self-check of %d GPU(s) in %s", len(uuids), image)
+        self._check_task = asyncio.get_running_loop().create_task(self._run_check(image, uuids, driver))
+
+    async def _run_check(self, image: str, uuids: list[str], driver: str) -> None:
+        try:
+            await offload.call(selfcheck.run, self.runtime, image, uuids, self._gpus.device_ids(uuids), driver,
+                               self.config.home / "selfcheck.json", self.gpuwatch.checking.add, timeout=900)
+        except asyncio.TimeoutError:
+            log.error("GPU self-check did not finish in 15 minutes")
+        self._inventory = None  # report the result
 
     def inventory(self) -> dict:
         s = self._settings
-        gpus = self._gpus.gpus()
+        try:
+            gpus = [g for g in self._gpus.gpus() if g.get("uuid") and not g.get("error")]
+            driver = self._gpus.driver()
+        except gpus_mod.GpuError as exc:  # the driver went away: offer no GPU until it is back
+            log.error("offering no GPUs: %s", exc)
+            gpus, driver = [], {"driver_version": "", "cuda_version": 0.0}
         wanted = None if s["gpus"] == "all" else {int(i) for i in s["gpus"].split(",")}
-        shared = [g["uuid"] for g in gpus if wanted is None or g["index"] in wanted]
+        withdrawn = self.gpuwatch.withdrawn if self.gpuwatch else {}
+        shared = [] if self._gpu_failures else [
+            g["uuid"] for g in gpus if (wanted is None or g["index"] in wanted) and g["uuid"] not in withdrawn]
+        checked = selfcheck.verified(selfcheck.load(self.config.home / "selfcheck.json"), {g["uuid"] for g in gpus})
+        gpus = [{k: g[k] for k in ("index", "uuid", "name", "memory_gb")} for g in gpus]
         n = max(1, len(shared))
         cores = os.cpu_count() or 1
         ram_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9
         disk_gb = self.runtime.disk_free_gb() if self.runtime else 0.0
-        return {"gpus": gpus, "shared": shared, "gpu_source": self._gpus.kind, **self._gpus.driver(),
+        return {"gpus": gpus, "shared": shared, "checked": checked, "gpu_source": self._gpus.kind,
+                **driver,
                 "cpu_cores": cores, "ram_gb": round(ram_gb, 1), "disk_gb": round(disk_gb),
                 "cpu_per_gpu": s["cpu_per_gpu"] or max(1, cores // n),
                 "ram_per_gpu": s["ram_per_gpu"] or round(ram_gb * 0.8 / n, 1),
@@ -206,6 +286,8 @@ class Agent:
     def emit(self, event: dict) -> None:
         if event["type"] in ("lease.ended", "lease.purged") and self.sessions:
             self.sessions.forget(event["id"])
+        if event["type"] == "lease.ended":
+            self._gpu_wake.set()  # its GPUs' power limits back now
         if self._sink:
             self._sink.send(event)
         elif event["type"] != "inventory":
@@ -298,9 +380,14 @@ class Agent:
             return {"ok": False, "error": f"image {lease['image']!r} is not allowed on this host "
                                           f"(allowed: {self._settings['images']})"}
         gpus = lease["gpus"]
-        known = {g["uuid"] for g in self._gpus.gpus()}
+        try:
+            known = {g["uuid"] for g in self._gpus.gpus() if not g.get("error")}
+        except gpus_mod.GpuError as exc:
+            return {"ok": False, "error": f"this host cannot read its GPUs now: {exc}"}
         if not set(gpus) <= known or len(set(gpus)) != len(gpus):
             return {"ok": False, "error": "asked for GPUs this host does not have"}
+        if set(gpus) & set(self.gpuwatch.withdrawn if self.gpuwatch else ()) or (gpus and self._gpu_failures):
+            return {"ok": False, "error": "asked for GPUs this host does not offer now"}
         busy = {u for r in self.store.holding() for u in json.loads(r["gpus"] or "[]")}
         if busy & set(gpus):
             return {"ok": False, "error": "asked for GPUs that another lease holds"}
@@ -351,6 +438,7 @@ class Agent:
         self.store.put(rec)
         self.leases.arm(rec)
         self.sessions.start_helper(rec)
+        self._gpu_wake.set()  # the power limit on its GPUs now
         log.info("lease %s started for %s (container %s, %d GPU)", lease["id"], lease["renter"], container[:12],
                  len(gpus))
         return {"ok": True, "container": container}
@@ -411,6 +499,7 @@ class Agent:
         disk = asyncio.get_running_loop().create_task(self.watch_disk())
         containers = asyncio.get_running_loop().create_task(
             Watch(self.runtime, self.store, self.leases, self.emit, self.config.container_check).run())
+        gpu_watch = asyncio.get_running_loop().create_task(self.watch_gpus())
         attempt = 0
         try:
             while True:
@@ -429,9 +518,9 @@ class Agent:
                 log.info("reconnecting to %s:%d in %.1fs", host, port, delay)
                 await asyncio.sleep(delay)
         finally:
-            watcher.cancel()
-            disk.cancel()
-            containers.cancel()
+            for task in (watcher, disk, containers, gpu_watch, self._check_task):
+                if task:
+                    task.cancel()
 
     def _set_status(self, **fields) -> None:
         self._status.update(fields, updated=time.time())

@@ -5,13 +5,18 @@ import logging
 import os
 import signal
 import sys
+import time
+from dataclasses import asdict
 from pathlib import Path
 
 import click
 
 from .agent import Agent, JoinError, join as join_broker
 from .config import Config
-from . import firewall, settings as settings_mod
+from keys import material
+
+from . import doctor as doctor_mod, firewall, gpus as gpus_mod, settings as settings_mod
+from .store import Store
 from .runtime import RuntimeError_
 
 
@@ -93,17 +98,96 @@ def status(cfg: Config, as_json):
            "running": running, "connected": bool(running and st.get("connected")), "error": st.get("error"),
            "earned_micro": earned, "earned": f"{earned / 1e6:.2f}",
            "paused": settings_mod.load(cfg.home / "settings.json")["paused"]}
+    out.update({k: st.get(k) or [] for k in ("gpu_problems", "gpu_kills", "gpu_failures")} if running else {})
     if as_json:
         click.echo(json.dumps(out))
         return
     if not pin:
         click.echo("not joined to a broker")
         return
+    for why in out.get("gpu_failures", []):
+        click.echo(f"offering no GPUs: {why}")
+    for why in out.get("gpu_problems", []):
+        click.echo(f"GPU: {why}")
+    for k in out.get("gpu_kills", [])[-5:]:
+        click.echo(f"watchdog killed pid {k['pid']} ({k['command']}) of {k['where']} on GPU {k['index']} "
+                   f"at {time.strftime('%H:%M:%S', time.gmtime(k['at']))} UTC")
     state = "connected" if out["connected"] else ("running, not connected" if running else "not running")
     click.echo(f"host {out['host']} at broker {pin['addr'][0]}:{pin['addr'][1]}: {state}")
     if out["error"] and not out["connected"]:
         click.echo(f"last error: {out['error']}")
     click.echo(f"earnings: {out['earned']} credits" + ("; paused: taking no new rentals" if out["paused"] else ""))
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+@click.pass_obj
+def doctor(cfg: Config, as_json):
+    """Check this machine can host: Docker, cgroups, NVIDIA driver and toolkit, disk, the broker.
+
+    Exits 1 when a required check fails."""
+    checks = doctor_mod.run_checks(cfg.home)
+    if as_json:
+        click.echo(json.dumps([asdict(c) for c in checks]))
+    else:
+        for check in checks:
+            click.echo(doctor_mod.line(check))
+    if doctor_mod.failed(checks):
+        sys.exit(1)
+
+
+def _source(cfg: Config, values: dict):
+    """The GPU source hostd run uses (the fake one's UUIDs depend on hostd's key, when there is one)."""
+    seed = material.fingerprint(material.load_or_create(cfg.key_path)).removeprefix("SHA256:")[:16] \
+        if cfg.key_path.exists() else "unjoined"
+    return gpus_mod.open_source(values["fake_gpus"], seed, cfg.fake_gpu_state)
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+@click.pass_obj
+def gpus(cfg: Config, as_json):
+    """This machine's GPUs: memory, use, temperature, power, and the lease that holds each."""
+    try:
+        values = settings_mod.load(cfg.home / "settings.json")
+    except settings_mod.SettingsError as exc:
+        raise click.ClickException(str(exc)) from None
+    try:
+        found = _source(cfg, values).gpus()
+    except gpus_mod.GpuError as exc:
+        raise click.ClickException(str(exc)) from None
+    holders = {}
+    if cfg.db_path.exists():
+        for rec in Store(cfg.db_path).holding():
+            holders.update({u: rec["id"] for u in json.loads(rec.get("gpus") or "[]")})
+    shared = None if values["gpus"] == "all" else {int(i) for i in values["gpus"].split(",")}
+    rows = [{**g, "lease": holders.get(g.get("uuid")), "shared": shared is None or g["index"] in shared}
+            for g in found]
+    if as_json:
+        click.echo(json.dumps(rows))
+        return
+    if not rows:
+        click.echo("no GPUs (no NVIDIA driver found, and fake_gpus is not set)")
+        return
+    for line in _table(rows):
+        click.echo(line)
+
+
+def _num(value, unit: str = "", fmt: str = "g") -> str:
+    return "-" if value is None else f"{value:{fmt}}{unit}"
+
+
+def _table(rows: list[dict]) -> list[str]:
+    heads = ["#", "NAME", "UUID", "MEMORY", "UTIL", "TEMP", "POWER", "LEASE"]
+    cells = []
+    for g in rows:
+        used = f"{_num(g.get('memory_used_gb'), '', '.1f')}/{g['memory_gb']:g} GB"
+        power = f"{_num(g.get('power_w'), '', '.0f')}/{_num(g.get('power_limit_w'), ' W', '.0f')}"
+        lease = g["lease"] or ("-" if g["shared"] else "not shared")
+        cells.append([str(g["index"]), g["name"], g.get("uuid") or "?", used, _num(g.get("utilization"), "%"),
+                      _num(g.get("temperature"), " C"), power, f"ERROR: {g['error']}" if g.get("error") else lease])
+    widths = [max(len(r[i]) for r in [heads, *cells]) for i in range(len(heads))]
+    return ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in [heads, *cells]]
 
 
 @main.group()
@@ -135,10 +219,30 @@ def config_set(cfg: Config, key, value):
     """Set KEY to VALUE (a running hostd picks it up within seconds)."""
     cfg.home.mkdir(parents=True, exist_ok=True)
     try:
+        if key == "power_limit":
+            _power_in_range(cfg, settings_mod.parse(key, value))
         values = settings_mod.save(cfg.home / "settings.json", key, value)
     except settings_mod.SettingsError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"{key} = {values[key]}")
+
+
+def _power_in_range(cfg: Config, watts: int) -> None:
+    """Refuse a power limit some shared GPU cannot take, naming the range it can."""
+    if not watts:
+        return
+    values = settings_mod.load(cfg.home / "settings.json")
+    source = _source(cfg, values)
+    shared = None if values["gpus"] == "all" else {int(i) for i in values["gpus"].split(",")}
+    try:
+        for g in source.gpus():
+            if g.get("uuid") and not g.get("error") and (shared is None or g["index"] in shared):
+                lo, hi, _ = source.power_range(g["uuid"])
+                if not lo <= watts <= hi:
+                    raise settings_mod.SettingsError(
+                        f"bad value {watts} for power_limit: GPU {g['index']} ({g['name']}) takes {lo:g}-{hi:g} W")
+    except gpus_mod.GpuError as exc:
+        raise settings_mod.SettingsError(f"cannot check power_limit against the GPUs: {exc}") from None
 
 
 @main.group("firewall")

@@ -33,6 +33,16 @@ class Config:
         return self.home / "status.json"
 
     @property
+    def power_path(self) -> Path:
+        """GPU power limits to restore: {uuid: watts}, written before a limit is set."""
+        return self.home / "power.json"
+
+    @property
+    def fake_gpu_state(self) -> Path:
+        """What the fake GPU source reports besides its models (processes, lost GPUs, power)."""
+        return self.home / "fake-gpus.json"
+
+    @property
     def pin_path(self) -> Path:
         return self.home / "broker.json"
 

@@ -89,17 +89,7 @@ class Runtime:
             net = self.client.networks.create(name, driver="bridge", labels=labels,
                                               options={"com.docker.network.bridge.name": bridge_name(lease["id"])})
             made.append(net)
-            env = {"SHELLRENT_LEASE_ID": lease["id"], "SHELLRENT_ENDS_AT": str(int(lease["ends_at"])),
-                   "NVIDIA_VISIBLE_DEVICES": ",".join(lease.get("gpus") or []) or "void"}
-            container = self.client.containers.create(
-                lease["image"], MAIN, name=name, hostname=f"rent-{lease['id']}",
-                labels=labels, environment=env, working_dir="/workspace", init=True,
-                volumes={workspace: {"bind": "/workspace", "mode": "rw"},
-                         lease_dir: {"bind": "/etc/shellrent", "mode": "ro"}}, network=net.name,
-                cap_drop=["ALL"], cap_add=CAPS, security_opt=["no-new-privileges"], privileged=False,
-                pids_limit=lim["pids"], mem_limit=lim["memory"], nano_cpus=int(lim["cpus"] * 1e9),
-                cpuset_cpus=lim.get("cpuset"),
-                shm_size=lim["shm"], device_requests=self._gpus(device_ids), detach=True)
+            container = self.create(lease, device_ids, workspace, lease_dir, net.name, lim)
             made.append(container)
             container.start()
             code, _ = container.exec_run(["test", "-x", "/bin/bash"])
@@ -110,6 +100,28 @@ class Runtime:
             if new_ws:
                 self._drop_workspace(lease["id"])
             raise RuntimeError_(f"starting the container failed: {getattr(exc, 'explanation', None) or exc}") from None
+
+    def create(self, lease: dict, device_ids: list[str], workspace: str, lease_dir: str, network: str, lim: dict):
+        """Create (not start) a lease's container, and check that the engine pinned it to exactly the
+        lease's GPUs: a device request for those UUIDs only, and NVIDIA_VISIBLE_DEVICES set to them
+        over whatever the image's own config says ("void", no GPU, for a lease without GPUs)."""
+        pinned = ",".join(lease.get("gpus") or []) or "void"
+        env = {"SHELLRENT_LEASE_ID": lease["id"], "SHELLRENT_ENDS_AT": str(int(lease["ends_at"])),
+               "NVIDIA_VISIBLE_DEVICES": pinned}
+        container = self.client.containers.create(
+            lease["image"], MAIN, name=f"shellrent-{lease['id']}", hostname=f"rent-{lease['id']}",
+            labels=self._labels(lease), environment=env, working_dir="/workspace", init=True,
+            volumes={workspace: {"bind": "/workspace", "mode": "rw"},
+                     lease_dir: {"bind": "/etc/shellrent", "mode": "ro"}}, network=network,
+            cap_drop=["ALL"], cap_add=CAPS, security_opt=["no-new-privileges"], privileged=False,
+            pids_limit=lim["pids"], mem_limit=lim["memory"], nano_cpus=int(lim["cpus"] * 1e9),
+            cpuset_cpus=lim.get("cpuset"), shm_size=lim["shm"], device_requests=self._gpus(device_ids),
+            detach=True)
+        wrong = pinning_errors(container.attrs, device_ids, pinned)
+        if wrong:
+            self._remove(container)
+            raise DockerException(f"the engine did not pin the container's GPUs: {wrong}")
+        return container
 
     @staticmethod
     def _gpus(uuids: list[str]) -> list:
@@ -211,6 +223,34 @@ class Runtime:
         except (APIError, DockerException, DiskError) as exc:
             raise RuntimeError_(f"serving the files of lease {lease['id']}: {exc}") from None
         return container.id
+
+    def run_check(self, image: str, device_ids: list[str], uuids: list[str], script: str,
+                  on_created=lambda cid: None, timeout: float = 600) -> tuple[int, bytes]:
+        """Run the GPU self-check script in a throwaway container on these GPUs; (exit status, stdout).
+        on_created(container id) is called before it starts (the watchdog allows it on free GPUs)."""
+        name = f"shellrent-selfcheck-{self.owner}"
+        try:
+            self.client.containers.get(name).remove(force=True)  # left by a crash
+        except NotFound:
+            pass
+        try:
+            self.client.images.get(image)
+        except ImageNotFound:
+            raise RuntimeError_(f"image {image!r} is not present on this host") from None
+        container = self.client.containers.create(
+            image, ["python3", "/etc/shellrent/gpu-check.py", "--json"], name=name,
+            labels={LABEL: "1", f"{LABEL}.hostd": self.owner, f"{LABEL}.selfcheck": "1"},
+            environment={"NVIDIA_VISIBLE_DEVICES": ",".join(uuids) or "void", "CUDA_DEVICE_ORDER": "PCI_BUS_ID"},
+            volumes={script: {"bind": "/etc/shellrent/gpu-check.py", "mode": "ro"}}, network_mode="none",
+            cap_drop=["ALL"], security_opt=["no-new-privileges"], pids_limit=512,
+            device_requests=self._gpus(device_ids), detach=True)
+        try:
+            on_created(container.id)
+            container.start()
+            code = container.wait(timeout=timeout)["StatusCode"]
+            return code, container.logs(stdout=True, stderr=False)
+        finally:
+            self._remove(container)
 
     def _workspace(self, lease_id: str) -> str:
         """What to mount as /workspace: the sized filesystem (mounted again if need be) or the volume."""
@@ -338,7 +378,21 @@ class Runtime:
         found = self.client.containers.list(all=True, filters={"label": f"{LABEL}.hostd={self.owner}"})
         return [{"id": c.id, "lease": c.labels.get(f"{LABEL}.lease"), "status": c.status,
                  "ends_at": float(c.labels.get(f"{LABEL}.ends_at", 0))}
-                for c in found if not c.name.endswith("-files")]
+                for c in found if not c.name.endswith("-files") and f"{LABEL}.selfcheck" not in c.labels]
+
+
+def pinning_errors(attrs: dict, device_ids: list[str], pinned: str) -> str | None:
+    """What is wrong with a created container's GPUs as the engine records them; None when exactly
+    device_ids are requested and NVIDIA_VISIBLE_DEVICES is set once, to pinned."""
+    requests = attrs.get("HostConfig", {}).get("DeviceRequests") or []
+    asked = [(r.get("DeviceIDs") or [], r.get("Count") or 0) for r in requests]
+    if (asked != [(list(device_ids), 0)]) if device_ids else asked:
+        return f"device requests {asked} instead of {device_ids}"
+    env = attrs.get("Config", {}).get("Env") or []
+    seen = [e.split("=", 1)[1] for e in env if e.startswith("NVIDIA_VISIBLE_DEVICES=")]
+    if seen != [pinned]:
+        return f"NVIDIA_VISIBLE_DEVICES is {seen} instead of {pinned!r}"
+    return None
 
 
 def _epoch(text: str | None) -> float | None:

@@ -90,6 +90,22 @@ def _label(text: str) -> str:
     return text
 
 
+def _every(text: str) -> float:
+    seconds = _duration(text)
+    if not 1 <= seconds <= 3600:
+        raise ValueError("from 1s to 1h")
+    return seconds
+
+
+def _image(text: str) -> str:
+    if text.strip():
+        try:
+            wire.image(text.strip())
+        except wire.WireError as exc:
+            raise ValueError(str(exc)) from None
+    return text.strip()
+
+
 def _schedule(text: str) -> str:
     for part in text.split(","):
         _duration(part)
@@ -106,7 +122,9 @@ SPEC = {
     "disk_per_gpu": (_positive(float, 1 << 30), 0, "GB of disk per rented GPU (0: an even share of free disk)"),
     "window": (_window, "always", "availability window, HH:MM-HH:MM UTC, or always"),
     "paused": (_bool, False, "take no new rentals (running ones continue)"),
-    "power_limit": (_positive(int, 10_000), 0, "watts per rented GPU (0: leave as is)"),
+    "power_limit": (_positive(int, 10_000), 0, "watts per rented GPU, restored after (0: leave as is)"),
+    "watchdog": (_every, 5.0, "how often to check the processes on each GPU, e.g. 5s"),
+    "check_image": (_image, "", "image with torch for the GPU self-check (empty: the first of images)"),
     "images": (_images, "shellrent-base:bookworm",
                "comma-separated lease images allowed, or * for any image on this machine"),
     "egress_allow": (_egress, "", "what lease containers may reach besides the internet: IP[:PORT],CIDR[:PORT]"),

@@ -16,6 +16,7 @@ import asyncssh
 from keys import material, wire
 
 from . import engine, netns, spawn
+from .selfcheck import MOUNTED as GPU_CHECK
 
 log = logging.getLogger("shellrent.sessions")
 
@@ -245,6 +246,9 @@ class HostSession(asyncssh.SSHServerSession):
         if self._subsystem == "sftp":
             return ["/bin/sh", "-c", SFTP]
         if self._command is not None:
+            word, _, rest = self._command.partition(" ")
+            if word == "gpu-check":  # `ssh rent@broker gpu-check`: the self-check hostd ships
+                return [shell, "-c", f"exec python3 {GPU_CHECK} {rest}"]
             return [shell, "-c", self._command]
         return [shell, "-l"]
 

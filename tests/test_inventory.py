@@ -7,6 +7,7 @@ from broker.inventory import InventoryError, check
 
 GPU = "GPU-fake-00112233445566778899aabb"
 GOOD = {"gpus": [{"index": 0, "uuid": GPU, "name": "RTX 4090", "memory_gb": 24.0}], "shared": [GPU],
+        "checked": {GPU: 150.0},
         "gpu_source": "fake", "driver_version": "fake", "cuda_version": 12.2, "cpu_cores": 8, "ram_gb": 32.0,
         "disk_gb": 100, "cpu_per_gpu": 4, "ram_per_gpu": 16.0, "disk_per_gpu": 50, "price": 400_000,
         "window": "22:00-08:00", "paused": False, "geolocation": "DE", "images": "*", "version": "0.2.0"}
@@ -26,6 +27,8 @@ def test_a_good_inventory_comes_back_clean():
     ("gpus", [{"index": 0, "uuid": GPU, "name": "A" * 65, "memory_gb": 24}], "name"),
     ("gpus", [{"index": 0, "uuid": GPU, "name": "a", "memory_gb": 1}] * 2, "gpus"),
     ("shared", ["GPU-fake-ffffffffffffffffffffffff"], "shared"), ("cuda_version", "12", "cuda_version"),
+    ("checked", {"GPU-fake-ffffffffffffffffffffffff": 100.0}, "checked"), ("checked", {GPU: -1}, "checked"),
+    ("checked", {GPU: float("nan")}, "checked"), ("checked", [GPU], "checked"),
     ("version", "\u202e", "version"), ("cpu_cores", 10**400, "cpu_cores"), ("price", -10**400, "price"),
 ])
 def test_each_bad_field_is_named(field, value, named):

@@ -69,3 +69,20 @@ def test_a_memo_between_builds_changes_nothing_but_the_work():
     assert [o["price"] for o in offers.build(hosts, online, [], {}, 0, memo) if o["host_id"] == "cheap"] == [99]
     offers.build(hosts, online - {"big"}, [], {}, 0, memo)
     assert "big" not in memo and "away" not in memo  # hosts that left are forgotten
+
+
+def test_an_offer_is_verified_when_every_gpu_passed_the_self_check_and_shows_the_slowest():
+    hosts = [{"name": "a", "inventory": inv([("H100", 80)] * 2, checked={"U0": 700.0, "U1": 650.5})},
+             {"name": "b", "inventory": inv([("H100", 80)] * 2, checked={"U0": 700.0})},
+             {"name": "c", "inventory": inv([("H100", 80)])}]
+    got = {o["host_id"]: o for o in offers.build(hosts, {"a", "b", "c"}, [], {}, 0)}
+    assert (got["a"]["verified"], got["a"]["tflops"]) == (True, 650.5)
+    assert (got["b"]["verified"], got["b"]["tflops"]) == (False, 0.0)
+    assert (got["c"]["verified"], got["c"]["tflops"]) == (False, 0.0)
+    live = [{"host": "b", "gpus": json.dumps(["U1"])}]  # the unchecked GPU rented: what is left is verified
+    left = {o["host_id"]: o for o in offers.build(hosts, {"a", "b", "c"}, live, {}, 0)}
+    assert (left["b"]["verified"], left["b"]["tflops"]) == (True, 700.0)
+    assert offers.choose(list(got.values()), "verified=true", 1)["host_id"] == "a"
+    assert offers.choose(list(left.values()), "verified=true tflops>=660", 1)["host_id"] == "b"
+    with pytest.raises(BrokerError):
+        offers.choose(list(got.values()), "verified=true tflops>=660", 1)

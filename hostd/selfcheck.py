@@ -1,0 +1,84 @@
+"""The GPU self-check as hostd runs it: gpu_check.py in a throwaway container on the shared GPUs.
+
+hostd runs it after joining and whenever the driver or the set of GPUs changes; what it measured
+becomes each GPU's TFLOPS and `verified` in the offers. The result is kept in the home directory
+(selfcheck.json), so a restart does not run it again for the same driver and GPUs.
+"""
+import json
+import logging
+import time
+from pathlib import Path
+
+from keys import wire
+
+from .config import write_private
+
+log = logging.getLogger("shellrent.selfcheck")
+SCRIPT = Path(__file__).with_name("gpu_check.py")
+MOUNTED = "/etc/shellrent/gpu-check.py"  # where leases and the check container see it
+MAX_TFLOPS = 100_000
+
+
+def load(path: Path) -> dict:
+    try:
+        result = json.loads(path.read_text())
+    except (FileNotFoundError, ValueError):
+        return {}
+    return result if isinstance(result, dict) else {}
+
+
+def due(result: dict, driver: str, uuids: list[str]) -> bool:
+    """Whether to run the check: never run, a driver change, or a GPU it has not seen."""
+    return bool(uuids) and (result.get("driver") != driver or not set(uuids) <= set(result.get("gpus", {})))
+
+
+def verified(result: dict, known: set[str]) -> dict[str, float]:
+    """{uuid: TFLOPS} of the GPUs that passed the last check (for the inventory)."""
+    return {u: r["tflops"] for u, r in result.get("gpus", {}).items()
+            if u in known and r.get("ok") and wire.number_in(r.get("tflops"), 0, MAX_TFLOPS)}
+
+
+def parse(output: bytes, uuids: list[str]) -> tuple[dict, str | None]:
+    """Per-GPU results from the script's --json output; uuids are the GPUs given, in NVML order,
+    which is the order the container sees them in (CUDA_DEVICE_ORDER=PCI_BUS_ID)."""
+    try:
+        report = json.loads(output.decode(errors="replace").strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        tail = wire.printable(output.decode(errors="replace").strip())[-200:]
+        return {u: {"ok": False, "error": "no result"} for u in uuids}, f"the check printed no result: {tail}"
+    gpus = {}
+    for i, g in enumerate(report.get("gpus") or []):
+        if not isinstance(g, dict):
+            continue
+        uuid = g.get("uuid") if g.get("uuid") in uuids else (uuids[i] if i < len(uuids) else None)
+        if uuid is None:
+            continue
+        best = max((t for t in (g.get("tflops_fp16"), g.get("tflops_bf16"))
+                    if wire.number_in(t, 0, MAX_TFLOPS)), default=0.0)
+        gpus[uuid] = {"ok": g.get("ok") is True, "tflops": round(float(best), 1), "name": wire.printable(
+            str(g.get("name", "")))[:64], "error": wire.printable(str(g.get("error") or ""))[:200] or None}
+    for u in uuids:
+        gpus.setdefault(u, {"ok": False, "tflops": 0.0, "error": "the check did not see this GPU"})
+    error = report.get("error")
+    return gpus, wire.printable(str(error))[:300] if error else None
+
+
+def run(runtime, image: str, uuids: list[str], device_ids: list[str], driver: str, path: Path) -> dict:
+    """Run the check (blocking; call it from a thread) and store the result."""
+    started = time.time()
+    try:
+        code, output = runtime.run_check(image, device_ids, uuids, str(SCRIPT))
+        gpus, error = parse(output, uuids)
+        if code != 0 and not error:
+            error = f"the check exited with status {code}"
+    except Exception as exc:  # the engine, the image: the check could not run
+        gpus, error = {u: {"ok": False, "tflops": 0.0, "error": "not run"} for u in uuids}, str(exc)
+    result = {"driver": driver, "image": image, "at": started, "seconds": round(time.time() - started, 1),
+              "gpus": gpus, "error": error}
+    write_private(path, json.dumps(result))
+    ok = [u for u, r in gpus.items() if r["ok"]]
+    if error:
+        log.warning("GPU self-check in %s: %s (%d of %d GPUs passed)", image, error, len(ok), len(uuids))
+    else:
+        log.info("GPU self-check in %s: %s", image, ", ".join(f"{gpus[u]['tflops']:g} TFLOPS" for u in uuids))
+    return result
