@@ -16,6 +16,7 @@ from .tunnels import HostLink, Refused
 
 log = logging.getLogger("shellrent.service")
 audit = logging.getLogger("shellrent.audit")
+STRAYS_PER_MINUTE = 60
 
 
 class HostSync:
@@ -94,7 +95,7 @@ class HostSync:
                 await self._set_inventory(host, event.get("inventory"))
                 return
             if kind == "gpu.stray":
-                self._stray(host, event)
+                self._stray(host, event, time.monotonic())
                 return
             if kind not in ("lease.ended", "lease.purged", "lease.down", "lease.up"):
                 log.info("host %s: ignoring an event of unknown type", host)
@@ -114,14 +115,21 @@ class HostSync:
         except (wire.WireError, NotFound) as exc:
             log.warning("host %s: ignoring a bad event: %s", host, exc)
 
-    @staticmethod
-    def _stray(host: str, event: dict) -> None:
-        """A host's watchdog killed a process on a rented GPU that was not the lease's: audit it."""
+    def _stray(self, host: str, event: dict, now: float) -> None:
+        """A host's watchdog killed a process on a rented GPU that was not the lease's: audit it (at
+        most STRAYS_PER_MINUTE lines a host: a host cannot flood the audit log)."""
+        recent = [t for t in self.__dict__.setdefault("_strays", {}).get(host, []) if t > now - 60]
+        self._strays[host] = recent if len(recent) > STRAYS_PER_MINUTE else recent + [now]
+        if len(recent) == STRAYS_PER_MINUTE:
+            log.warning("host %s: more than %d GPU stray reports a minute: not auditing the rest",
+                        host, STRAYS_PER_MINUTE)
+        if len(recent) >= STRAYS_PER_MINUTE:
+            return
         lid = event.get("lease")
         audit.info("gpu-stray host=%s gpu=%s lease=%s pid=%s where=%s command=%s", host,
-                   wire.printable(str(event.get("gpu")))[:80], wire.printable(str(lid))[:40] if lid else "-",
+                   wire.one_line(str(event.get("gpu")))[:80], wire.one_line(str(lid))[:40] if lid else "-",
                    event.get("pid") if wire.number_in(event.get("pid"), 0, 1 << 22, True) else "?",
-                   wire.printable(str(event.get("where")))[:80], wire.printable(str(event.get("command")))[:32])
+                   wire.one_line(str(event.get("where")))[:80], wire.one_line(str(event.get("command")))[:32])
 
     async def host_ended(self, host: str, lid: str, at: float | None) -> None:
         """A host says one of its leases has ended (at `at`): settle it, never past what really

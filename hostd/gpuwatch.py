@@ -42,7 +42,7 @@ def containers_of(pid: int) -> set[str] | None:
 def _comm(pid: int) -> str:
     try:
         with open(f"/proc/{pid}/comm") as f:
-            return wire.printable(f.read().strip())[:32]
+            return wire.one_line(f.read().strip())[:32]
     except OSError:
         return "?"
 

@@ -43,15 +43,19 @@ def parse(output: bytes, uuids: list[str]) -> tuple[dict, str | None]:
     which is the order the container sees them in (CUDA_DEVICE_ORDER=PCI_BUS_ID)."""
     try:
         report = json.loads(output.decode(errors="replace").strip().splitlines()[-1])
+        if not isinstance(report, dict) or not isinstance(report.get("gpus"), list):
+            raise ValueError("not a report")
     except (ValueError, IndexError):
         tail = wire.printable(output.decode(errors="replace").strip())[-200:]
-        return {u: {"ok": False, "error": "no result"} for u in uuids}, f"the check printed no result: {tail}"
+        return ({u: {"ok": False, "tflops": 0.0, "error": "no result"} for u in uuids},
+                f"the check printed no result: {tail}")
+    found = [g for g in report["gpus"] if isinstance(g, dict)]
+    named = {g.get("uuid") for g in found} & set(uuids)
+    unnamed = iter(u for u in uuids if u not in named)  # the rest in order: torch named no UUID
     gpus = {}
-    for i, g in enumerate(report.get("gpus") or []):
-        if not isinstance(g, dict):
-            continue
-        uuid = g.get("uuid") if g.get("uuid") in uuids else (uuids[i] if i < len(uuids) else None)
-        if uuid is None:
+    for g in found:
+        uuid = g.get("uuid") if g.get("uuid") in uuids else next(unnamed, None)
+        if uuid is None or uuid in gpus:
             continue
         best = max((t for t in (g.get("tflops_fp16"), g.get("tflops_bf16"))
                     if wire.number_in(t, 0, MAX_TFLOPS)), default=0.0)
@@ -63,11 +67,13 @@ def parse(output: bytes, uuids: list[str]) -> tuple[dict, str | None]:
     return gpus, wire.printable(str(error))[:300] if error else None
 
 
-def run(runtime, image: str, uuids: list[str], device_ids: list[str], driver: str, path: Path) -> dict:
-    """Run the check (blocking; call it from a thread) and store the result."""
+def run(runtime, image: str, uuids: list[str], device_ids: list[str], driver: str, path: Path,
+        on_created=lambda cid: None) -> dict:
+    """Run the check (blocking; call it from a thread) and store the result. on_created gets the
+    check container's id before it starts."""
     started = time.time()
     try:
-        code, output = runtime.run_check(image, device_ids, uuids, str(SCRIPT))
+        code, output = runtime.run_check(image, device_ids, uuids, str(SCRIPT), on_created)
         gpus, error = parse(output, uuids)
         if code != 0 and not error:
             error = f"the check exited with status {code}"

@@ -186,6 +186,11 @@ def parse_target(dest: str) -> tuple[str, str] | None:
 _UNSAFE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2066-\u2069]")
 
 
+def one_line(text: str) -> str:
+    """printable(text) with newlines and tabs shown as \\n and \\t: for one line of a log."""
+    return printable(text).replace("\n", "\\n").replace("\t", "\\t")
+
+
 def printable(text: str) -> str:
     """text with every control character (escape sequences, carriage returns, bidi overrides)
     shown as \\xNN, safe to put on someone's terminal; newlines and tabs stay."""
