@@ -107,8 +107,10 @@ class Agent:
             failures = gpu_failures(self._gpus, self.runtime.client.info())
         except Exception as exc:  # the checks themselves broke: say so, offer nothing
             failures = [f"the GPU checks could not run: {exc}"]
-        for why in failures:
+        for why in set(failures) - set(self._gpu_failures):
             log.error("offering no GPUs until this is fixed (see `hostd doctor`): %s", why)
+        if self._gpu_failures and not failures:
+            log.info("the required GPU checks pass now: offering GPUs")
         return failures
 
     def _apply_firewall(self) -> str | None:
@@ -185,6 +187,11 @@ class Agent:
                     await offload.call(self._apply_firewall if changed else self._egress_in_force, timeout=60)
                 except asyncio.TimeoutError:
                     log.error("egress policy: iptables did not answer in time")
+            if self.runtime and tick % 60 == 59:  # a provider who fixed the driver or toolkit: no restart needed
+                try:
+                    self._gpu_failures = await offload.call(self._gpu_checks, timeout=30)
+                except asyncio.TimeoutError:
+                    log.warning("the GPU checks did not finish in time")
             tick += 1
             try:
                 inv = await offload.call(self.inventory, timeout=30)
@@ -228,7 +235,7 @@ class Agent:
         held = {u for r in self.store.holding() for u in json.loads(r["gpus"] or "[]")}
         uuids = [u for u in inv.get("shared", []) if u not in held]
         driver = inv.get("driver_version", "")
-        if not selfcheck.due(selfcheck.load(self.config.home / "selfcheck.json"), driver, uuids):
+        if not selfcheck.due(selfcheck.load(self.config.home / "selfcheck.json"), driver, uuids, time.time()):
             return
         s = self._settings
         if self._gpus.kind == "fake" and not s["check_image"]:

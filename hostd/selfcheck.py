@@ -17,6 +17,7 @@ log = logging.getLogger("shellrent.selfcheck")
 SCRIPT = Path(__file__).with_name("gpu_check.py")
 MOUNTED = "/etc/shellrent/gpu-check.py"  # where leases and the check container see it
 MAX_TFLOPS = 100_000
+RETRY = 3600.0  # seconds before a GPU that failed the check is checked again
 
 
 def load(path: Path) -> dict:
@@ -27,9 +28,13 @@ def load(path: Path) -> dict:
     return result if isinstance(result, dict) else {}
 
 
-def due(result: dict, driver: str, uuids: list[str]) -> bool:
-    """Whether to run the check: never run, a driver change, or a GPU it has not seen."""
-    return bool(uuids) and (result.get("driver") != driver or not set(uuids) <= set(result.get("gpus", {})))
+def due(result: dict, driver: str, uuids: list[str], now: float) -> bool:
+    """Whether to run the check on these GPUs: never run, a driver change, a GPU it has not seen, or
+    one that failed RETRY ago or more (a lease may have taken it mid-check)."""
+    seen = result.get("gpus", {})
+    failed = any(not seen.get(u, {}).get("ok") for u in uuids)
+    return bool(uuids) and (result.get("driver") != driver or not set(uuids) <= set(seen)
+                            or (failed and now - result.get("at", 0) >= RETRY))
 
 
 def verified(result: dict, known: set[str]) -> dict[str, float]:

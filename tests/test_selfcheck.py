@@ -37,10 +37,12 @@ def test_verified_are_the_gpus_that_passed_and_are_still_here():
     assert selfcheck.verified(result, {U[1]}) == {}
 
 
-def test_it_runs_again_after_a_driver_change_or_a_new_gpu_only():
-    result = {"driver": "535.104.05", "gpus": {U[0]: {}}}
-    assert selfcheck.due({}, "535.104.05", U[:1])
-    assert not selfcheck.due(result, "535.104.05", U[:1])
-    assert selfcheck.due(result, "550.54.14", U[:1])
-    assert selfcheck.due(result, "535.104.05", U)
-    assert not selfcheck.due(result, "550.54.14", [])  # nothing free to check
+def test_it_runs_again_after_a_driver_change_a_new_gpu_or_an_hour_after_a_failure():
+    result = {"driver": "535.104.05", "at": 1000.0, "gpus": {U[0]: {"ok": True}, U[1]: {"ok": False}}}
+    assert selfcheck.due({}, "535.104.05", U[:1], 1000)
+    assert not selfcheck.due(result, "535.104.05", U[:1], 10**6)  # passed: not again for the same driver
+    assert selfcheck.due(result, "550.54.14", U[:1], 1000)
+    assert selfcheck.due({**result, "gpus": {U[0]: {"ok": True}}}, "535.104.05", U, 1000)
+    assert not selfcheck.due(result, "535.104.05", U, 1000 + selfcheck.RETRY - 1)
+    assert selfcheck.due(result, "535.104.05", U, 1000 + selfcheck.RETRY)
+    assert not selfcheck.due(result, "550.54.14", [], 1000)  # nothing free to check
