@@ -8,7 +8,8 @@ class Market:
     def __init__(self, n: int):
         self.offers_ = [{"id": f"h{i}/RTX_4090", "host_id": f"h{i}", "gpu_name": "RTX 4090", "num_gpus": 1,
                          "gpu_ram": 24, "cpu_cores": 8, "cpu_ram": 32, "disk_space": 100, "dph": 0.4 + i / 1000,
-                         "reliability": 1.0, "geolocation": "DE", "gpus": ["U"], "images": "*", "price": 1}
+                         "reliability": 1.0, "geolocation": "DE", "gpus": ["U"], "images": "*", "price": 1,
+                         "verified": i % 2 == 0, "tflops": 150.0 if i % 2 == 0 else 0.0}
                         for i in range(n)]
 
     async def offers(self, text="", order=None):
@@ -21,6 +22,7 @@ async def test_the_table_shows_the_best_50_and_says_how_many_more():
     lines = text.splitlines()
     assert code == 0 and len(lines) == 1 + 50 + 1
     assert lines[1].startswith("h0/RTX_4090") and lines[50].startswith("h49/")
+    assert "TFLOPS" in lines[0] and " 150 " in lines[1] and " - " in lines[2]  # measured, or not verified
     assert lines[-1] == "... and 10 more: narrow the query, or add --all (or --json)"
     code, text = await cmds.run("offers --all")
     assert len(text.splitlines()) == 61 and "more" not in text
