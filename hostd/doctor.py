@@ -20,6 +20,7 @@ from .config import Config
 OK, WARN, FAIL = "ok", "warn", "FAIL"
 TOOLKIT_CONFIG = Path("/etc/nvidia-container-runtime/config.toml")
 ENVVAR_KEY = "accept-nvidia-visible-devices-envvar-when-unprivileged"
+MOUNTS_KEY = "accept-nvidia-visible-devices-as-volume-mounts"
 MIN_DRIVER = 525  # CUDA 12 images need a driver of at least this major version
 DISK_FAIL_GB, DISK_WARN_GB = 10, 50
 BROKER_TIMEOUT = 5.0
@@ -223,27 +224,34 @@ def runtime_check(engine_info: dict) -> Check:
 
 
 def toolkit_config_check(path: Path, required: bool) -> Check:
-    """The toolkit must ignore NVIDIA_VISIBLE_DEVICES from unprivileged containers: otherwise an image
-    whose ENV says NVIDIA_VISIBLE_DEVICES=all gets every GPU of the machine, not the ones leased."""
+    """The toolkit must ignore NVIDIA_VISIBLE_DEVICES from unprivileged containers (otherwise an image
+    whose ENV says NVIDIA_VISIBLE_DEVICES=all gets every GPU of the machine in any container hostd does
+    not pin) and take a container's GPUs from the /dev/null mounts hostd makes under
+    /var/run/nvidia-container-devices (with the variable ignored, that is how a lease gets its GPUs)."""
     level = FAIL if required else WARN
-    fix = (f"set `{ENVVAR_KEY} = false` at the top of {path} (before any [section]): otherwise an image's "
-           "NVIDIA_VISIBLE_DEVICES=all could widen a container's GPUs to all of this machine's")
+    want = {ENVVAR_KEY: False, MOUNTS_KEY: True}
+    fix = (f"put `{ENVVAR_KEY} = false` and `{MOUNTS_KEY} = true` at the top of {path} (before any "
+           "[section]): the first stops an image's NVIDIA_VISIBLE_DEVICES=all from widening a container's "
+           "GPUs, the second is how hostd hands a lease its GPUs")
     try:
         data = tomllib.loads(Path(path).read_text())
     except FileNotFoundError:
-        return Check("toolkit config", level, f"{path} not found (the toolkit's default for {ENVVAR_KEY} is true)",
-                     fix, required)
+        return Check("toolkit config", level, f"{path} not found (the toolkit's defaults are {ENVVAR_KEY} = true, "
+                     f"{MOUNTS_KEY} = false)", fix, required)
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         return Check("toolkit config", level, f"{path} cannot be read: {exc}", fix, required)
-    value = data.get(ENVVAR_KEY)
-    if value is False:
-        return Check("toolkit config", OK, f"{ENVVAR_KEY} = false in {path}", required=required)
-    if value is None:
-        where = [k for k, v in data.items() if isinstance(v, dict) and ENVVAR_KEY in v]
-        text = f"{ENVVAR_KEY} is not set at the top level of {path}"
-        text += f" (it is under [{where[0]}], where it has no effect)" if where else ""
-        return Check("toolkit config", level, text + "; the toolkit's default is true", fix, required)
-    return Check("toolkit config", level, f"{ENVVAR_KEY} = {json.dumps(value)} in {path}", fix, required)
+    wrong = []
+    for key, value in want.items():
+        if key not in data:
+            where = [k for k, v in data.items() if isinstance(v, dict) and key in v]
+            wrong.append(f"{key} is not set at the top level" +
+                         (f" (it is under [{where[0]}], where it has no effect)" if where else ""))
+        elif data[key] is not value:
+            wrong.append(f"{key} = {json.dumps(data[key])}")
+    if not wrong:
+        return Check("toolkit config", OK, f"{ENVVAR_KEY} = false and {MOUNTS_KEY} = true in {path}",
+                     required=required)
+    return Check("toolkit config", level, f"{'; '.join(wrong)} in {path}", fix, required)
 
 
 # Disk

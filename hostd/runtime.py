@@ -24,6 +24,7 @@ log = logging.getLogger("shellrent.runtime")
 # Docker's default set: NET_RAW (spoofing), MKNOD, AUDIT_WRITE, SETFCAP, SETPCAP, SYS_CHROOT.
 CAPS = ["CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID", "KILL", "SETGID", "SETUID", "NET_BIND_SERVICE"]
 LABEL = "shellrent"
+DEVICE_MOUNTS = "/var/run/nvidia-container-devices"  # the NVIDIA hook's volume-mount device list
 # The container's main process ignores SIGTERM (inherited through exec), so that at a lease's end
 # the SIGTERM hostd sends to every process reaches the renter's but leaves the container up for the
 # grace period.
@@ -103,8 +104,11 @@ class Runtime:
 
     def create(self, lease: dict, device_ids: list[str], workspace: str, lease_dir: str, network: str, lim: dict):
         """Create (not start) a lease's container, and check that the engine pinned it to exactly the
-        lease's GPUs: a device request for those UUIDs only, and NVIDIA_VISIBLE_DEVICES set to them
-        over whatever the image's own config says ("void", no GPU, for a lease without GPUs)."""
+        lease's GPUs: a device request for those UUIDs only (it makes Docker run the NVIDIA hook), one
+        /dev/null mount per UUID under DEVICE_MOUNTS (where the hook takes the list from when the
+        provider's toolkit ignores NVIDIA_VISIBLE_DEVICES, as `hostd doctor` requires), and
+        NVIDIA_VISIBLE_DEVICES set to them over whatever the image's own config says ("void", no
+        GPU, for a lease without GPUs)."""
         pinned = ",".join(lease.get("gpus") or []) or "void"
         env = {"SHELLRENT_LEASE_ID": lease["id"], "SHELLRENT_ENDS_AT": str(int(lease["ends_at"])),
                "NVIDIA_VISIBLE_DEVICES": pinned}
@@ -116,7 +120,7 @@ class Runtime:
             cap_drop=["ALL"], cap_add=CAPS, security_opt=["no-new-privileges"], privileged=False,
             pids_limit=lim["pids"], mem_limit=lim["memory"], nano_cpus=int(lim["cpus"] * 1e9),
             cpuset_cpus=lim.get("cpuset"), shm_size=lim["shm"], device_requests=self._gpus(device_ids),
-            detach=True)
+            mounts=self._device_mounts(device_ids), detach=True)
         wrong = pinning_errors(container.attrs, device_ids, pinned)
         if wrong:
             self._remove(container)
@@ -126,6 +130,10 @@ class Runtime:
     @staticmethod
     def _gpus(uuids: list[str]) -> list:
         return [docker.types.DeviceRequest(device_ids=uuids, capabilities=[["gpu"]])] if uuids else []
+
+    @staticmethod
+    def _device_mounts(uuids: list[str]) -> list:
+        return [docker.types.Mount(f"{DEVICE_MOUNTS}/{u}", "/dev/null", type="bind", read_only=True) for u in uuids]
 
     @staticmethod
     def _remove(thing) -> None:
@@ -218,6 +226,7 @@ class Runtime:
             container = self.client.containers.run(
                 lease["image"], MAIN, name=name, labels=self._labels(lease), detach=True, init=True,
                 working_dir="/workspace", volumes={workspace: {"bind": "/workspace", "mode": "ro"}},
+                environment={"NVIDIA_VISIBLE_DEVICES": "void"},
                 network_mode="none", cap_drop=["ALL"], security_opt=["no-new-privileges"], pids_limit=64,
                 mem_limit=256 << 20)
         except (APIError, DockerException, DiskError) as exc:
@@ -242,13 +251,14 @@ class Runtime:
             labels={LABEL: "1", f"{LABEL}.hostd": self.owner, f"{LABEL}.selfcheck": "1"},
             environment={"NVIDIA_VISIBLE_DEVICES": ",".join(uuids) or "void", "CUDA_DEVICE_ORDER": "PCI_BUS_ID"},
             volumes={script: {"bind": "/etc/shellrent/gpu-check.py", "mode": "ro"}}, network_mode="none",
-            cap_drop=["ALL"], security_opt=["no-new-privileges"], pids_limit=512,
-            device_requests=self._gpus(device_ids), detach=True)
+            cap_drop=["ALL"], security_opt=["no-new-privileges"], pids_limit=512, mem_limit=self.limits["memory"],
+            log_config=docker.types.LogConfig(type="json-file", config={"max-size": "1m", "max-file": "1"}),
+            device_requests=self._gpus(device_ids), mounts=self._device_mounts(device_ids), detach=True)
         try:
             on_created(container.id)
             container.start()
             code = container.wait(timeout=timeout)["StatusCode"]
-            return code, container.logs(stdout=True, stderr=False)
+            return code, container.logs(stdout=True, stderr=False, tail=20)
         finally:
             self._remove(container)
 
@@ -383,11 +393,15 @@ class Runtime:
 
 def pinning_errors(attrs: dict, device_ids: list[str], pinned: str) -> str | None:
     """What is wrong with a created container's GPUs as the engine records them; None when exactly
-    device_ids are requested and NVIDIA_VISIBLE_DEVICES is set once, to pinned."""
+    device_ids are requested and mounted for the hook, and NVIDIA_VISIBLE_DEVICES is set once, to pinned."""
     requests = attrs.get("HostConfig", {}).get("DeviceRequests") or []
     asked = [(r.get("DeviceIDs") or [], r.get("Count") or 0) for r in requests]
     if (asked != [(list(device_ids), 0)]) if device_ids else asked:
         return f"device requests {asked} instead of {device_ids}"
+    mounts = sorted(m.get("Target", "") for m in attrs.get("HostConfig", {}).get("Mounts") or []
+                    if m.get("Source") == "/dev/null" or m.get("Target", "").startswith(DEVICE_MOUNTS))
+    if mounts != sorted(f"{DEVICE_MOUNTS}/{u}" for u in device_ids):
+        return f"device mounts {mounts} instead of {device_ids}"
     env = attrs.get("Config", {}).get("Env") or []
     seen = [e.split("=", 1)[1] for e in env if e.startswith("NVIDIA_VISIBLE_DEVICES=")]
     if seen != [pinned]:

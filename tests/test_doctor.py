@@ -13,7 +13,7 @@ from hostd.config import Config
 
 from .cluster import BIN
 
-SAFE = f"{doctor.ENVVAR_KEY} = false\n"
+SAFE = f"{doctor.ENVVAR_KEY} = false\n{doctor.MOUNTS_KEY} = true\n"
 
 
 class Source:
@@ -105,8 +105,10 @@ def test_a_gpu_with_an_error_fails_but_does_not_withdraw_the_others(tmp_path):
 
 
 @pytest.mark.parametrize("config, level, says", [
-    (SAFE, "ok", "= false"),
-    (f"{doctor.ENVVAR_KEY} = true\n", "FAIL", "= true"),
+    (SAFE, "ok", "= false and"),
+    (f"{doctor.ENVVAR_KEY} = true\n{doctor.MOUNTS_KEY} = true\n", "FAIL", f"{doctor.ENVVAR_KEY} = true"),
+    (f"{doctor.ENVVAR_KEY} = false\n", "FAIL", f"{doctor.MOUNTS_KEY} is not set"),
+    (f"{doctor.ENVVAR_KEY} = false\n{doctor.MOUNTS_KEY} = false\n", "FAIL", f"{doctor.MOUNTS_KEY} = false"),
     ("disable-require = false\n", "FAIL", "not set at the top level"),
     (f"[nvidia-container-cli]\n{doctor.ENVVAR_KEY} = false\n", "FAIL", "under [nvidia-container-cli]"),
     ("not toml = =\n", "FAIL", "cannot be read"),
@@ -118,7 +120,7 @@ def test_the_toolkit_must_ignore_the_image_s_visible_devices(tmp_path, config, l
     failures = doctor.gpu_failures(Source(), {}, which=hook, toolkit_config=tmp_path / "config.toml")
     if level == "FAIL":
         assert "NVIDIA_VISIBLE_DEVICES=all" in c.fix and c.required
-        assert len(failures) == 1 and doctor.ENVVAR_KEY in failures[0]
+        assert len(failures) == 1 and doctor.ENVVAR_KEY in failures[0] and doctor.MOUNTS_KEY in failures[0]
     else:
         assert failures == []
 

@@ -129,8 +129,9 @@ def test_the_self_check_verifies_offers_with_measured_tflops(fresh_cluster, torc
 
 
 def test_a_container_is_pinned_to_its_gpus_whatever_the_image_says(tmp_path):
-    """The engine's record of a created container: a device request for exactly the lease's UUIDs and
-    NVIDIA_VISIBLE_DEVICES set once, to them, over an image whose config says all."""
+    """The engine's record of a created container: a device request for exactly the lease's UUIDs, a
+    /dev/null mount for each where the NVIDIA hook reads its list, and NVIDIA_VISIBLE_DEVICES set once,
+    to them, over an image whose config says all."""
     client = docker.from_env()
     tag = "shellrent-test-visible-all:1"
     run("docker", "build", "-q", "-t", tag, "-", input=f"FROM {IMAGE}\nENV NVIDIA_VISIBLE_DEVICES=all\n".encode())
@@ -147,11 +148,13 @@ def test_a_container_is_pinned_to_its_gpus_whatever_the_image_says(tmp_path):
             attrs = client.api.inspect_container(container.id)
             requests = attrs["HostConfig"]["DeviceRequests"] or []
             env = [e for e in attrs["Config"]["Env"] if e.startswith("NVIDIA_VISIBLE_DEVICES=")]
+            mounts = [(m["Source"], m["Target"], m["ReadOnly"]) for m in attrs["HostConfig"].get("Mounts") or []]
             if gpus:
                 assert [(r["DeviceIDs"], r["Capabilities"], r["Count"]) for r in requests] == [(uuids, [["gpu"]], 0)]
                 assert env == [f"NVIDIA_VISIBLE_DEVICES={','.join(uuids)}"]
+                assert mounts == [("/dev/null", f"/var/run/nvidia-container-devices/{u}", True) for u in uuids]
             else:
-                assert requests == [] and env == ["NVIDIA_VISIBLE_DEVICES=void"]
+                assert requests == [] and env == ["NVIDIA_VISIBLE_DEVICES=void"] and mounts == []
             assert pinning_errors(attrs, gpus, ",".join(gpus) or "void") is None
         # What the check refuses: a wider request, or the image's value left standing.
         attrs = client.api.inspect_container(made[0].id)
@@ -159,6 +162,9 @@ def test_a_container_is_pinned_to_its_gpus_whatever_the_image_says(tmp_path):
         assert "device requests" in pinning_errors(wide, uuids, ",".join(uuids))
         loose = {**attrs, "Config": {"Env": ["NVIDIA_VISIBLE_DEVICES=all"]}}
         assert "NVIDIA_VISIBLE_DEVICES is ['all']" in pinning_errors(loose, uuids, ",".join(uuids))
+        extra = {**attrs, "HostConfig": {**attrs["HostConfig"], "Mounts": attrs["HostConfig"]["Mounts"] + [
+            {"Source": "/dev/null", "Target": "/var/run/nvidia-container-devices/all", "ReadOnly": True}]}}
+        assert "device mounts" in pinning_errors(extra, uuids, ",".join(uuids))
     finally:
         for container in made:
             container.remove(force=True)
