@@ -6,6 +6,7 @@ with the broker's, rule by rule; whatever the host has not acknowledged is told 
 it does. A mixin of service.Broker: it uses the broker's store, tunnels and settling.
 """
 import asyncio
+import json
 import logging
 import time
 
@@ -95,6 +96,10 @@ class HostSync:
                 await self._set_inventory(host, event.get("inventory"))
                 return
             if kind == "gpu.stray":
+                lid = event.get("lease")
+                if lid is not None and (await self.db(self.store.lease, wire.lease_id(lid)))["host"] != host:
+                    log.warning("host %s reported a GPU stray in lease %s of another host: refused", host, lid)
+                    return
                 self._stray(host, event, time.monotonic())
                 return
             if kind not in ("lease.ended", "lease.purged", "lease.down", "lease.up"):
@@ -125,11 +130,13 @@ class HostSync:
                         host, STRAYS_PER_MINUTE)
         if len(recent) >= STRAYS_PER_MINUTE:
             return
-        lid = event.get("lease")
-        audit.info("gpu-stray host=%s gpu=%s lease=%s pid=%s where=%s command=%s", host,
-                   wire.one_line(str(event.get("gpu")))[:80], wire.one_line(str(lid))[:40] if lid else "-",
-                   event.get("pid") if wire.number_in(event.get("pid"), 0, 1 << 22, True) else "?",
-                   wire.one_line(str(event.get("where")))[:80], wire.one_line(str(event.get("command")))[:32])
+        lid, pid = event.get("lease"), event.get("pid")
+        if not wire.number_in(pid, 1, 1 << 22, True) or not isinstance(event.get("where"), str) \
+                or not isinstance(event.get("command"), str):
+            raise wire.WireError("bad gpu.stray report")
+        audit.info("gpu-stray host=%s gpu=%s lease=%s pid=%d where=%s command=%s", host,
+                   wire.gpu_uuid(event.get("gpu")), wire.lease_id(lid) if lid is not None else "-", pid,
+                   json.dumps(event["where"][:80]), json.dumps(event["command"][:32]))  # one quoted field each
 
     async def host_ended(self, host: str, lid: str, at: float | None) -> None:
         """A host says one of its leases has ended (at `at`): settle it, never past what really

@@ -195,8 +195,11 @@ class Agent:
             tick += 1
             try:
                 inv = await offload.call(self.inventory, timeout=30)
-            except (asyncio.TimeoutError, OSError) as exc:
-                log.warning("inventory: %s", exc or "timed out")
+            except asyncio.TimeoutError:
+                log.warning("inventory: timed out")
+                inv = self._inventory
+            except Exception:  # never the end of this loop: settings, egress and inventory live here
+                log.exception("inventory")
                 inv = self._inventory
             if inv != self._inventory:
                 self._inventory = inv
@@ -216,6 +219,9 @@ class Agent:
             else:
                 for report in result["killed"]:
                     self.emit(report)
+                for lid, uuid in result["lost"].items():
+                    log.error("lease %s: its GPU %s is lost: ending the lease (the renter pays no further)", lid, uuid)
+                    asyncio.get_running_loop().create_task(self.leases.end(lid))
                 self._kills = (self._kills + result["killed"])[-20:]
                 status = {"gpu_problems": result["problems"], "gpu_kills": self._kills,
                           "gpu_failures": self._gpu_failures}

@@ -48,9 +48,19 @@ class FakeSource:
             return {}
         try:
             state = json.loads(self._state.read_text())
-        except (FileNotFoundError, ValueError):
+        except (OSError, ValueError):
             return {}
-        return state if isinstance(state, dict) else {}
+        if not isinstance(state, dict):
+            return {}
+        procs, lost, power = state.get("processes"), state.get("lost"), state.get("power")
+        number = (int, float)
+        pids = {u: [p for p in v if type(p) is int and 0 < p < 1 << 22]
+                for u, v in (procs.items() if isinstance(procs, dict) else ()) if isinstance(v, list)}
+        return {"processes": pids,
+                "lost": [u for u in lost if isinstance(u, str)] if isinstance(lost, list) else [],
+                "power": {u: float(w) for u, w in power.items() if isinstance(w, number) and not isinstance(w, bool)}
+                if isinstance(power, dict) else {},
+                "refuse_power": state.get("refuse_power") is True}
 
     def _known(self, uuid: str) -> None:
         if uuid not in {g["uuid"] for g in self._gpus}:
@@ -64,7 +74,8 @@ class FakeSource:
         out = []
         for g in self._gpus:
             if g["uuid"] in lost:
-                out.append({**g, "error": "GPU is lost (it fell off the bus); it needs a reset or a reboot"})
+                out.append({**g, "error": "GPU is lost (it fell off the bus); it needs a reset or a reboot",
+                            "lost": True})
                 continue
             out.append({**g, "memory_used_gb": 0.0, "utilization": 0, "temperature": 30,
                         "power_w": 20.0, "power_limit_w": self.power_limit(g["uuid"]), "error": None})
@@ -143,7 +154,8 @@ class NvmlSource:
             try:
                 out.append(self._gpu(i))
             except n.NVMLError as exc:
-                out.append({"index": i, "uuid": None, "name": "?", "memory_gb": 0.0, "error": self._why(exc)})
+                out.append({"index": i, "uuid": None, "name": "?", "memory_gb": 0.0, "error": self._why(exc),
+                            "lost": getattr(exc, "value", None) == n.NVML_ERROR_GPU_IS_LOST})
         return out
 
     def _gpu(self, i: int) -> dict:
@@ -158,7 +170,7 @@ class NvmlSource:
             draw = self._optional(n.nvmlDeviceGetPowerUsage, h)
             limit = self._optional(n.nvmlDeviceGetPowerManagementLimit, h)
         except n.NVMLError as exc:
-            return {**g, "error": self._why(exc)}
+            return {**g, "error": self._why(exc), "lost": getattr(exc, "value", None) == n.NVML_ERROR_GPU_IS_LOST}
         return {**g, "memory_gb": round(mem.total / 2**30, 1), "memory_used_gb": round(mem.used / 2**30, 2),
                 "utilization": util.gpu if util is not None else None, "temperature": temp,
                 "power_w": draw / 1000 if draw is not None else None,

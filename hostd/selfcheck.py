@@ -23,9 +23,12 @@ RETRY = 3600.0  # seconds before a GPU that failed the check is checked again
 def load(path: Path) -> dict:
     try:
         result = json.loads(path.read_text())
-    except (FileNotFoundError, ValueError):
+    except (OSError, ValueError):
         return {}
-    return result if isinstance(result, dict) else {}
+    if not isinstance(result, dict) or not isinstance(result.get("gpus"), dict) \
+            or not all(isinstance(r, dict) for r in result["gpus"].values()):
+        return {}  # not ours: checked again
+    return result
 
 
 def due(result: dict, driver: str, uuids: list[str], now: float) -> bool:

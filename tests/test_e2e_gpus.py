@@ -58,7 +58,8 @@ def test_watchdog_power_limit_and_gpu_check_through_a_rental(rented):
         _report(c, processes={mine: [lease_init, stray.pid]})
         assert stray.wait(15) == -9
         audit = (c.bhome / "audit.log").read_text()
-        assert f"gpu-stray host=pc1 gpu={mine} lease={c.lease} pid={stray.pid} where=the host command=sleep" in audit
+        assert (f'gpu-stray host=pc1 gpu={mine} lease={c.lease} pid={stray.pid} where="the host" '
+                'command="sleep"') in audit
         wait_for(lambda: _status(c)["gpu_kills"], what="hostd status to show the kill")
         assert _status(c)["gpu_kills"][0]["pid"] == stray.pid
         assert "watchdog killed pid" in c.hostd("pc1", "status").stdout.decode()
@@ -86,14 +87,21 @@ def test_watchdog_power_limit_and_gpu_check_through_a_rental(rented):
     assert json.loads((c.hostd_homes["pc1"] / "power.json").read_text()) == {}
 
 
-def test_a_lost_gpu_leaves_the_market_and_cannot_be_rented(rented):
+def test_a_lost_gpu_leaves_the_market_and_a_lease_on_one_ends(rented):
     c = rented
-    (free,) = [u for u, g in _gpus(c).items() if g["lease"] is None]
+    gpus = _gpus(c)
+    (free,) = [u for u, g in gpus.items() if g["lease"] is None]
+    (mine,) = [u for u, g in gpus.items() if g["lease"] == c.lease]
     _report(c, lost=[free])
     wait_for(lambda: ctl_json(c, "offers") == [], what="the lost GPU to leave the market")
     assert "GPU is lost" in c.hostd("pc1", "gpus").stdout.decode()
     r = ctl(c, "rent", "--hours", "1", "--yes")
     assert r.returncode != 0 and b"no offer" in r.stderr
+    assert ctl_json(c, "ls")[0]["state"] == "active"
+    _report(c, lost=[free, mine])  # the rented one falls off the bus too: its lease ends
+    wait_for(lambda: ctl_json(c, "show", c.lease)["state"] in ("ended", "purged"), what="the lease to end")
+    wait_for(lambda: not c.containers(), what="its container to go")
+    assert "is lost: ending the lease" in c.log("hostd-pc1")
 
 
 @pytest.fixture(scope="module")

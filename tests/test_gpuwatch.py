@@ -205,3 +205,51 @@ def test_power_limit_zero_restores_and_refusals_are_reported_not_fatal(rig):
     rig.report(refuse_power=False)
     assert "outside its 100-450 W" in rig.watch.pass_once()["problems"][0]
     assert rig.power(rig.u0) == 300
+
+
+def test_a_pid_the_gpu_no_longer_lists_when_pinned_is_never_killed(rig):
+    """NVML listed a pid; by the time hostd pinned it, the GPU no longer lists it (it may be a new
+    process on a reused pid): it is left alone."""
+    host = subprocess.Popen(["sleep", "600"])
+    try:
+        rig.lease("lease1", [rig.u0], container="f" * 64)
+        listed = iter([[host.pid], []])
+        real = rig.source.processes
+        rig.source.processes = lambda uuid: next(listed) if uuid == rig.u0 else real(uuid)
+        assert rig.watch.pass_once()["killed"] == [] and host.poll() is None
+    finally:
+        host.kill()
+        host.wait()
+
+
+@pytest.mark.parametrize("content", ["{not json", '{"GPU-x": "300"}', "[1, 2]"])
+def test_an_unreadable_power_file_is_reported_and_never_overwritten(rig, content):
+    rig.settings["power_limit"] = 200
+    rig.lease("lease1", [rig.u0])
+    rig.power_path.write_text(content)
+    result = rig.watch.pass_once()
+    assert any("cannot be read" in p or "is not {uuid: watts}" in p for p in result["problems"])
+    assert rig.power(rig.u0) == 300 and rig.power_path.read_text() == content
+
+
+def test_strays_are_still_killed_and_reported_when_the_power_file_cannot_be_written(rig):
+    rig.settings["power_limit"] = 200
+    rig.power_path.mkdir()  # not a file: every write fails
+    host = subprocess.Popen(["sleep", "600"])
+    try:
+        rig.lease("lease1", [rig.u0], container="f" * 64)
+        rig.report(processes={rig.u0: [host.pid]})
+        result = rig.watch.pass_once()
+        assert [k["pid"] for k in result["killed"]] == [host.pid] and host.wait(5) == -9
+        assert any("cannot be read" in p or "cannot write" in p for p in result["problems"])
+        assert rig.power(rig.u0) == 300
+    finally:
+        host.kill()
+        host.wait()
+
+
+def test_garbage_in_the_fake_state_file_is_no_crash(rig):
+    rig.state.write_text(json.dumps({"processes": [], "lost": 5, "power": {"x": "y"}, "refuse_power": "yes"}))
+    assert rig.watch.pass_once()["problems"] == []
+    rig.state.write_text(json.dumps({"processes": {rig.u0: ["1", None, 2**80]}}))
+    assert rig.watch.pass_once()["killed"] == []

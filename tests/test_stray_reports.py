@@ -1,20 +1,32 @@
-"""A host's GPU stray reports reach the audit log, cleaned and rate-limited."""
+"""A host's GPU stray reports reach the audit log checked, quoted and rate-limited."""
 import logging
 
+import pytest
+
 from broker.hostsync import STRAYS_PER_MINUTE, HostSync
+from keys import wire
+
+GPU = "GPU-5a7a6b90-4a1b-9c2d-77e1-000000000301"
+EVENT = {"type": "gpu.stray", "gpu": GPU, "lease": "a14fbeaa", "pid": 42, "where": "the host",
+         "command": "evil\nforged line pid=7 host=honest\x1b[2J\u202e"}
 
 
-def test_stray_reports_are_audited_printable_and_at_most_a_minutes_worth(caplog):
+def test_stray_reports_are_audited_one_quoted_field_each_and_at_most_a_minutes_worth(caplog):
     sync = HostSync()
     caplog.set_level(logging.INFO, logger="shellrent.audit")
-    event = {"type": "gpu.stray", "gpu": "GPU-x\x1b[2J", "lease": "l1", "pid": 42, "where": "the host",
-             "command": "evil\nforged line"}
     for i in range(STRAYS_PER_MINUTE + 50):
-        sync._stray("pc1", event, 1000.0 + i * 0.1)
+        sync._stray("pc1", EVENT, 1000.0 + i * 0.1)
     lines = [r.getMessage() for r in caplog.records if r.name == "shellrent.audit"]
     assert len(lines) == STRAYS_PER_MINUTE
-    assert lines[0] == "gpu-stray host=pc1 gpu=GPU-x\\x1b[2J lease=l1 pid=42 where=the host command=evil\\nforged line"
+    assert lines[0] == (f'gpu-stray host=pc1 gpu={GPU} lease=a14fbeaa pid=42 where="the host" '
+                        'command="evil\\nforged line pid=7 host=hone"')
     assert len(sync._strays["pc1"]) == STRAYS_PER_MINUTE + 1
-    sync._stray("pc1", {**event, "pid": "x"}, 2000.0)  # a minute later: audited again
-    last = caplog.records[-1].getMessage()
-    assert last.startswith("gpu-stray host=pc1") and "pid=?" in last
+    sync._stray("pc1", {**EVENT, "command": "x\x1b\u202e"}, 2000.0)  # a minute later: audited again
+    assert caplog.records[-1].getMessage().endswith('command="x\\u001b\\u202e"')
+
+
+@pytest.mark.parametrize("bad", [{"gpu": "GPU x lease=forged"}, {"lease": "../../x"}, {"pid": "1"}, {"pid": 0},
+                                 {"pid": 10**100}, {"where": ["x"]}, {"command": None}])
+def test_malformed_reports_are_refused(bad):
+    with pytest.raises(wire.WireError):
+        HostSync()._stray("pc1", {**EVENT, **bad}, 1000.0)
