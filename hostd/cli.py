@@ -92,7 +92,7 @@ def status(cfg: Config, as_json):
         st = json.loads(cfg.status_path.read_text())
     except (FileNotFoundError, ValueError):
         st = {}
-    running = _alive(st.get("pid"))
+    running = doctor_mod.pid_alive(st.get("pid"))
     earned = st.get("earned", 0)
     out = {"joined": bool(pin), "host": (pin or {}).get("host"), "broker": (pin or {}).get("addr"),
            "running": running, "connected": bool(running and st.get("connected")), "error": st.get("error"),
@@ -136,6 +136,13 @@ def doctor(cfg: Config, as_json):
         sys.exit(1)
 
 
+def _settings(cfg: Config) -> dict:
+    try:
+        return settings_mod.load(cfg.home / "settings.json")
+    except settings_mod.SettingsError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
 def _source(cfg: Config, values: dict):
     """The GPU source hostd run uses (the fake one's UUIDs depend on hostd's key, when there is one)."""
     seed = material.fingerprint(material.load_or_create(cfg.key_path)).removeprefix("SHA256:")[:16] \
@@ -148,10 +155,7 @@ def _source(cfg: Config, values: dict):
 @click.pass_obj
 def gpus(cfg: Config, as_json):
     """This machine's GPUs: memory, use, temperature, power, and the lease that holds each."""
-    try:
-        values = settings_mod.load(cfg.home / "settings.json")
-    except settings_mod.SettingsError as exc:
-        raise click.ClickException(str(exc)) from None
+    values = _settings(cfg)
     try:
         found = _source(cfg, values).gpus()
     except gpus_mod.GpuError as exc:
@@ -200,10 +204,7 @@ def config():
 @click.pass_obj
 def config_show(cfg: Config, as_json):
     """Show every setting (defaults included)."""
-    try:
-        values = settings_mod.load(cfg.home / "settings.json")
-    except settings_mod.SettingsError as exc:
-        raise click.ClickException(str(exc)) from None
+    values = _settings(cfg)
     if as_json:
         click.echo(json.dumps(values))
         return
@@ -277,15 +278,3 @@ def resume(cfg: Config):
     """Take new rentals again."""
     settings_mod.save(cfg.home / "settings.json", "paused", "false")
     click.echo("resumed: taking new rentals")
-
-
-def _alive(pid) -> bool:
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
