@@ -1,5 +1,8 @@
 """The GPU sources: NVML read through a stand-in built from two real cards' readings, and the fake."""
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -118,3 +121,23 @@ def test_a_driver_that_goes_away_is_a_gpu_error_not_a_crash():
         src.gpus()
     with pytest.raises(GpuError, match="driver version"):
         src.driver()
+
+
+def _hostd(home, *args):
+    return subprocess.run([str(Path(sys.executable).parent / "hostd"), "--home", str(home), *args],
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_hostd_gpus_and_a_power_limit_outside_a_gpus_range(tmp_path):
+    assert _hostd(tmp_path, "config", "set", "fake_gpus", "RTX 4090:24,A100:80").returncode == 0
+    table = _hostd(tmp_path, "gpus").stdout.splitlines()
+    assert table[0].split() == ["#", "NAME", "UUID", "MEMORY", "UTIL", "TEMP", "POWER", "LEASE"]
+    assert table[1].split()[:3] == ["0", "RTX", "4090"] and "20/300 W" in table[1] and table[1].endswith("-")
+    r = _hostd(tmp_path, "config", "set", "power_limit", "500")
+    assert r.returncode == 1
+    assert r.stderr.strip() == "Error: bad value 500 for power_limit: GPU 0 (RTX 4090) takes 100-450 W"
+    assert _hostd(tmp_path, "config", "set", "power_limit", "250").stdout == "power_limit = 250\n"
+    assert _hostd(tmp_path, "config", "set", "gpus", "1").returncode == 0
+    rows = json.loads(_hostd(tmp_path, "gpus", "--json").stdout)
+    assert [(g["name"], g["shared"], g["lease"]) for g in rows] == [("RTX 4090", False, None), ("A100", True, None)]
+    assert "not shared" in _hostd(tmp_path, "gpus").stdout
