@@ -7,6 +7,7 @@ this host by a veth pair and serving HTTP. Probes go only to addresses those nam
 or the test's own containers serve, and only after the route to each is checked."""
 import json
 import shutil
+import signal
 import socket
 import subprocess
 import threading
@@ -131,7 +132,8 @@ def test_a_lease_reaches_the_internet_only(fresh_cluster, nets, host_server):
     c.hostd("pc1", "config", "set", "egress_allow", "10.213.7.2:8000")
     wait_for(lambda: _probe(c, a, "10.213.7.2:8000")["10.213.7.2:8000"] == "open", what="the allow-list")
     assert _probe(c, a, *want) == {**want, "10.213.7.2:8000": "open"}
-    # Removed on uninstall.
+    # Removed on uninstall (hostd stopped first: a running hostd puts missing rules back).
+    c.kill("hostd-pc1", signal.SIGTERM)
     c.hostd("pc1", "firewall", "remove")
     assert c.hostd("pc1", "firewall", "show").stdout == b"not installed"
 
