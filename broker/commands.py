@@ -29,6 +29,7 @@ usage: ssh ctl@BROKER COMMAND [ARGS]   (add --json for JSON)
   balance                          your credit and what is held for running leases
   history                          your transactions
   keys list | keys add (key on stdin) | keys rm FINGERPRINT
+  ssh-config                       ~/.ssh/config entries for your leases (ssh shellrent-LEASE, VS Code)
   help                             this text
 query fields: gpu_name num_gpus gpu_ram gpu_total_ram cpu_cores cpu_ram disk_space dph reliability
   cuda_vers driver_version geolocation host_id verified tflops; ops < <= = != >= > in notin; _ is a space
@@ -100,10 +101,12 @@ def _lease_view(lease: dict, now: float) -> dict:
 class Commands:
     """One renter's ctl commands."""
 
-    def __init__(self, broker: Broker, renter: str, broker_name: str = "BROKER"):
+    def __init__(self, broker: Broker, renter: str, broker_name: str = "BROKER",
+                 address: tuple[str, int] | None = None):
         self.b = broker
         self.renter = renter
         self.where = broker_name
+        self.address = address or (broker_name, 22)  # where this renter reached the broker
 
     async def run(self, line: str, stdin: bytes = b"", ask: Ask | None = None, progress=None) -> tuple[int, str]:
         """Run one command line; (exit status, text to print)."""
@@ -114,7 +117,7 @@ class Commands:
         if not tokens or tokens[0] in ("help", "-h", "--help"):
             return 0, HELP
         name = tokens[0]
-        handler = getattr(self, "cmd_" + name, None)
+        handler = getattr(self, "cmd_" + name.replace("-", "_"), None)  # ssh-config: cmd_ssh_config
         if handler is None:
             return 2, f"ctl: unknown command {name!r}; try: ssh ctl@{self.where} help\n"
         try:
@@ -205,6 +208,26 @@ class Commands:
             if tx["key"] == f"settle:{lid}":
                 return sum(e["amount"] for e in tx["entries"] if e["account"] == f"renter:{self.renter}")
         return 0
+
+    async def cmd_ssh_config(self, args: Args, **_):
+        if args.words:
+            raise Usage("usage: ssh-config")
+        host, port = self.address
+        public = getattr(self.b.config, "public_host", "")
+        if public:
+            name, sep, number = public.rpartition(":")
+            host, port = (name.strip("[]"), int(number)) if sep and number.isdigit() else (public, port)
+        leases = [lease for lease in await self.b.db(self.b.store.leases, self.renter) if lease["state"] == "active"]
+        entries = [{"host": f"shellrent-{lease['id']}", "hostname": host, "port": port, "user": f"rent+{lease['id']}",
+                    "local_forward": "8888 localhost:8888", "lease": lease["id"], "ends_at": lease["ends_at"]}
+                   for lease in leases]
+        text = "".join(
+            f"Host {e['host']}\n    HostName {e['hostname']}\n    Port {e['port']}\n    User {e['user']}\n"
+            f"    LocalForward {e['local_forward']}\n    ServerAliveInterval 30\n\n" for e in entries)
+        header = (f"# ~/.ssh/config entries for {self.renter}'s active leases (then: ssh HOST, or pick it in\n"
+                  "# VS Code Remote-SSH); Jupyter on the lease's port 8888 appears on localhost:8888.\n\n")
+        return self._out(args, entries, header + text if entries else
+                         f"# no active lease: rent one first (ssh ctl@{host} rent --hours 1)\n")
 
     async def cmd_balance(self, args: Args, **_):
         b = await self.b.balance(self.renter)

@@ -35,6 +35,9 @@ class Config:
     max_lease_days: float = field(default_factory=lambda: _env_float("BROKER_MAX_LEASE_DAYS", 30))
     max_leases: int = field(default_factory=lambda: int(_env_float("BROKER_MAX_LEASES", 10)))
     # A host whose clock is further off than this is refused (it times leases by its clock).
+    # Where renters reach the broker, for `ctl ssh-config` (HOST or HOST:PORT; empty: the address and
+    # port each renter connected to).
+    public_host: str = field(default_factory=lambda: os.environ.get("BROKER_PUBLIC_HOST", ""))
     max_skew: float = field(default_factory=lambda: _env_float("BROKER_MAX_SKEW", 30))
     # How long a host may take to start a container (image checks, workspace) and to stop one.
     start_timeout: float = 330.0

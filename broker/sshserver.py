@@ -114,7 +114,8 @@ class RenterServer(asyncssh.SSHServer):
 
     def session_requested(self):
         if self.kind == "ctl":
-            return CtlSession(Commands(self._broker, self.renter))
+            here = self._conn.get_extra_info("sockname") or ("BROKER", 22)
+            return CtlSession(Commands(self._broker, self.renter, address=(here[0], here[1])))
         self._take_slot()
         picker = None if self.lease else self._pick
         return RenterSession(self._target, self._session_closed, picker, on_open=self._broker.track_session)
