@@ -78,8 +78,9 @@ class RenterSession(asyncssh.SSHServerSession):
     """Renter side of a session channel; opens the host side once the request is known."""
 
     def __init__(self, opener: Opener, on_close: Callable[["RenterSession"], None], picker: Picker | None = None,
-                 on_open: Callable[[str, "RenterSession"], None] | None = None):
+                 on_open: Callable[[str, "RenterSession"], None] | None = None, banner=None):
         self._opener = opener
+        self._banner = banner  # async (lease id, renter's env) -> text for an interactive shell
         self._on_open = on_open
         self._refused: str | None = None
         self._on_close = on_close
@@ -133,6 +134,8 @@ class RenterSession(asyncssh.SSHServerSession):
                     raise
                 conn, lease = await self._pick()
             env = wire.filter_env(self.chan.get_environment())
+            if self._pty and not self._req and self._banner:  # a person's shell: say where they are
+                self.chan.write((await self._banner(lease, {**env, "TERM": self._pty["term_type"]})).encode())
             env[wire.LEASE_ENV] = lease
             self._up, _ = await conn.create_session(
                 lambda: _Upstream(self), **self._req, **self._pty, env=env, encoding=None,

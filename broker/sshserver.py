@@ -10,7 +10,7 @@ import asyncssh
 
 from keys import material, wire
 
-from . import service
+from . import banner, service
 from .commands import Commands
 from .errors import BrokerError
 from .picker import CtlSession, pick_and_rent
@@ -118,7 +118,16 @@ class RenterServer(asyncssh.SSHServer):
             return CtlSession(Commands(self._broker, self.renter, address=(here[0], here[1])))
         self._take_slot()
         picker = None if self.lease else self._pick
-        return RenterSession(self._target, self._session_closed, picker, on_open=self._broker.track_session)
+        return RenterSession(self._target, self._session_closed, picker, on_open=self._broker.track_session,
+                             banner=self._banner)
+
+    async def _banner(self, lease_id: str, env: dict) -> str:
+        here = self._conn.get_extra_info("sockname") or ("BROKER", 22)
+        public = self._broker.config.public_host
+        name, sep, number = public.rpartition(":")
+        where = ((name.strip("[]"), int(number)) if sep and number.isdigit() else (public, here[1])) if public \
+            else (here[0], here[1])
+        return banner.text(await self._broker.db(self._broker.store.lease, lease_id), where, env)
 
     async def _pick(self, write, readline):
         return await pick_and_rent(self._broker, self.renter, write, readline)

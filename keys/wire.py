@@ -43,8 +43,8 @@ LOOPBACK = ("localhost", "127.0.0.1", "::1")
 SIGNALS = ("ABRT", "ALRM", "FPE", "HUP", "ILL", "INT", "KILL", "PIPE", "QUIT", "SEGV", "TERM", "USR1", "USR2",
            "CONT", "STOP", "TSTP", "WINCH")
 # Renter environment that may pass into a container; everything else is dropped (at both ends).
-ENV_ALLOWED = ("LANG", "LANGUAGE", "TZ", "COLORTERM", "TERM_PROGRAM")
-_ENV_NAME = re.compile(r"(?:LANG|LANGUAGE|TZ|COLORTERM|TERM_PROGRAM|LC_[A-Z_]{1,32})")
+ENV_ALLOWED = ("LANG", "LANGUAGE", "TZ", "COLORTERM", "TERM_PROGRAM", "NO_COLOR")
+_ENV_NAME = re.compile(r"(?:LANG|LANGUAGE|TZ|COLORTERM|TERM_PROGRAM|NO_COLOR|LC_[A-Z_]{1,32})")
 MAX_TIME = 4102444800.0  # 2100-01-01: no lease end or event time beyond this is real
 
 

@@ -1,4 +1,5 @@
 """Interactive shells (pty, resize, Ctrl-C), tmux across disconnects, and ssh -L, through the broker."""
+import os
 import socket
 import subprocess
 import urllib.request
@@ -125,3 +126,19 @@ def _get(url):
         return urllib.request.urlopen(url, timeout=5).read()
     except OSError:
         return None
+
+
+def test_an_interactive_shell_opens_with_the_banner_and_nothing_else_does(cluster, term):
+    t = term("-tt")
+    t.wait("/workspace#")
+    screen = t.screen()
+    assert f"shellrent lease {cluster.lease}: " in screen and " on pc1" in screen
+    assert "time left " in screen and " UTC; more: ssh -p " in screen and " extend 1h" in screen
+    assert "tmux new -A -s main" in screen
+    r = cluster.ssh("echo", "hi")
+    assert (r.returncode, r.stdout, r.stderr) == (0, b"hi\n", b"")  # exec: no banner
+    assert b"shellrent lease" not in cluster.ssh("echo", "x", opts=["-tt"]).stdout  # exec with a pty
+    for env, bold in (({}, True), ({"NO_COLOR": "1"}, False)):
+        r = subprocess.run(cluster.ssh_cmd("rent", "-tt", "-o", "SendEnv=NO_COLOR"), input=b"exit\n",
+                           capture_output=True, timeout=60, env={**os.environ, **env})
+        assert b"shellrent lease" in r.stdout and (b"\x1b[1mshellrent lease" in r.stdout) == bold
