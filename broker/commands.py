@@ -30,6 +30,7 @@ usage: ssh ctl@BROKER COMMAND [ARGS]   (add --json for JSON)
   history                          your transactions
   keys list | keys add (key on stdin) | keys rm FINGERPRINT
   ssh-config                       ~/.ssh/config entries for your leases (ssh shellrent-LEASE, VS Code)
+  config [tmux on|off]             your settings; tmux on: every shell attaches to the lease's tmux
   help                             this text
 query fields: gpu_name num_gpus gpu_ram gpu_total_ram cpu_cores cpu_ram disk_space dph reliability
   cuda_vers driver_version geolocation host_id verified tflops; ops < <= = != >= > in notin; _ is a space
@@ -228,6 +229,16 @@ class Commands:
                   "# VS Code Remote-SSH); Jupyter on the lease's port 8888 appears on localhost:8888.\n\n")
         return self._out(args, entries, header + text if entries else
                          f"# no active lease: rent one first (ssh ctl@{host} rent --hours 1)\n")
+
+    async def cmd_config(self, args: Args, **_):
+        if args.words and (len(args.words) != 2 or args.words[0] != "tmux" or args.words[1] not in ("on", "off")):
+            raise Usage("usage: config | config tmux on|off")
+        if args.words:
+            await self.b.db(self.b.store.set_renter_tmux, self.renter, args.words[1] == "on")
+        conf = await self.b.db(self.b.store.renter_config, self.renter)
+        return self._out(args, conf, f"tmux {'on' if conf['tmux'] else 'off'}: " + (
+            "ssh rent@ attaches to (or starts) the lease's tmux session 'main'; ssh -t rent@ bash for a plain shell\n"
+            if conf["tmux"] else "ssh rent@ opens a plain shell (config tmux on: one that survives a drop)\n"))
 
     async def cmd_balance(self, args: Args, **_):
         b = await self.b.balance(self.renter)

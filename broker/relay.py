@@ -74,13 +74,18 @@ class _Upstream(asyncssh.SSHClientSession):
         self._down.upstream_closed()
 
 
+# What an interactive `ssh rent@` runs for a renter with `config tmux on` (a plain login shell when the
+# image has no tmux). hostd runs it as SHELL -c ..., so $0 is that shell.
+TMUX = 'command -v tmux >/dev/null 2>&1 && exec tmux new-session -A -s main; exec "$0" -l'
+
+
 class RenterSession(asyncssh.SSHServerSession):
     """Renter side of a session channel; opens the host side once the request is known."""
 
     def __init__(self, opener: Opener, on_close: Callable[["RenterSession"], None], picker: Picker | None = None,
                  on_open: Callable[[str, "RenterSession"], None] | None = None, banner=None):
         self._opener = opener
-        self._banner = banner  # async (lease id, renter's env) -> text for an interactive shell
+        self._banner = banner  # async (lease id, renter's env) -> (banner text, tmux on) for a shell
         self._on_open = on_open
         self._refused: str | None = None
         self._on_close = on_close
@@ -135,7 +140,10 @@ class RenterSession(asyncssh.SSHServerSession):
                 conn, lease = await self._pick()
             env = wire.filter_env(self.chan.get_environment())
             if self._pty and not self._req and self._banner:  # a person's shell: say where they are
-                self.chan.write((await self._banner(lease, {**env, "TERM": self._pty["term_type"]})).encode())
+                text, tmux = await self._banner(lease, {**self.chan.get_environment(), "TERM": self._pty["term_type"]})
+                self.chan.write(text.encode())
+                if tmux:  # the renter's `config tmux on`: the shell is the lease's tmux session
+                    self._req = {"command": TMUX}
             env[wire.LEASE_ENV] = lease
             self._up, _ = await conn.create_session(
                 lambda: _Upstream(self), **self._req, **self._pty, env=env, encoding=None,

@@ -127,7 +127,8 @@ class RenterServer(asyncssh.SSHServer):
         name, sep, number = public.rpartition(":")
         where = ((name.strip("[]"), int(number)) if sep and number.isdigit() else (public, here[1])) if public \
             else (here[0], here[1])
-        return banner.text(await self._broker.db(self._broker.store.lease, lease_id), where, env)
+        text = banner.text(await self._broker.db(self._broker.store.lease, lease_id), where, env)
+        return text, (await self._broker.db(self._broker.store.renter_config, self.renter))["tmux"]
 
     async def _pick(self, write, readline):
         return await pick_and_rent(self._broker, self.renter, write, readline)

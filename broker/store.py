@@ -64,6 +64,9 @@ _MIGRATIONS = [
     UPDATE leases SET host_ended = COALESCE(ended, created) WHERE state = 'failed';
     CREATE TABLE lease_downs (lease TEXT NOT NULL, down REAL NOT NULL, up REAL, PRIMARY KEY (lease, down));
     """,
+    """
+    ALTER TABLE renters ADD COLUMN tmux INTEGER NOT NULL DEFAULT 0;
+    """,
 ]
 
 
@@ -158,6 +161,17 @@ class Store:
     def require_renter(self, name: str) -> None:
         if not self.db["renters"].count_where("name = ?", [name]):
             raise NotFound(f"unknown renter {name!r}")
+
+    def renter_config(self, name: str) -> dict:
+        """A renter's own settings: {"tmux": bool}."""
+        row = self.db.execute("SELECT tmux FROM renters WHERE name = ?", [name]).fetchone()
+        if row is None:
+            raise NotFound(f"unknown renter {name!r}")
+        return {"tmux": bool(row[0])}
+
+    def set_renter_tmux(self, name: str, on: bool) -> None:
+        self.require_renter(name)
+        self.db.execute("UPDATE renters SET tmux = ? WHERE name = ?", [int(on), name])
 
     def renters(self) -> list[dict]:
         return list(self.db.query(

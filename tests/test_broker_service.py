@@ -1,8 +1,10 @@
 import time
+from types import SimpleNamespace
 
 import pytest
 
 from broker import service
+from broker.commands import Commands
 from broker.config import Config, parse_addr
 from broker.errors import BrokerError, NotFound
 from broker.sshserver import AuthLimiter
@@ -117,3 +119,21 @@ def test_parse_addr(text, addr):
 def test_parse_addr_errors(text):
     with pytest.raises(ValueError, match="bad address"):
         parse_addr(text)
+
+
+async def test_ctl_config_tmux_is_per_renter_and_checks_its_words(store, tmp_path):
+    service.add_renter(store, "alice", _pub(tmp_path))
+    service.add_renter(store, "bob", _pub(tmp_path, "k2"))
+
+    async def db(fn, *args):
+        return fn(*args)
+    broker = SimpleNamespace(store=store, db=db)
+    alice, bob = Commands(broker, "alice"), Commands(broker, "bob")
+    assert (await alice.run("config --json")) == (0, '{"tmux": false}\n')
+    code, text = await alice.run("config tmux on")
+    assert code == 0 and text.startswith("tmux on: ")
+    assert store.renter_config("alice") == {"tmux": True} and store.renter_config("bob") == {"tmux": False}
+    for bad in ("config tmux", "config tmux yes", "config color on", "config tmux on now"):
+        assert await bob.run(bad) == (2, "ctl: usage: config | config tmux on|off\n")
+    assert store.renter_config("bob") == {"tmux": False}
+    assert (await alice.run("config tmux off"))[1].startswith("tmux off: ")

@@ -1,4 +1,5 @@
 """Interactive shells (pty, resize, Ctrl-C), tmux across disconnects, and ssh -L, through the broker."""
+import json
 import os
 import socket
 import subprocess
@@ -142,3 +143,27 @@ def test_an_interactive_shell_opens_with_the_banner_and_nothing_else_does(cluste
         r = subprocess.run(cluster.ssh_cmd("rent", "-tt", "-o", "SendEnv=NO_COLOR"), input=b"exit\n",
                            capture_output=True, timeout=60, env={**os.environ, **env})
         assert b"shellrent lease" in r.stdout and (b"\x1b[1mshellrent lease" in r.stdout) == bold
+
+
+def test_config_tmux_on_makes_every_shell_the_leases_tmux_session(cluster, term):
+    ctl = cluster.ssh("config", "tmux", "on", user="ctl")
+    assert ctl.returncode == 0 and ctl.stdout.startswith(b"tmux on: ")
+    try:
+        t = term("-tt")
+        t.wait("/workspace#")
+        t.type("echo in-$(tmux display-message -p '#S')-session; sleep 600")
+        t.wait("in-main-session")
+        t.close()  # the connection drops; the job lives on in tmux
+        wait_for(lambda: b"sleep 600" in cluster.ssh("ps -eo args").stdout, what="the job to stay")
+        assert cluster.ssh("tmux has-session -t main").returncode == 0
+        t = term("-tt")
+        t.wait("sleep 600")  # attached again: the same window
+        plain = term("-tt", command=["bash"])
+        plain.wait("/workspace#")
+        plain.type("echo tmux=[$TMUX]")
+        plain.wait("tmux=[]")
+        assert cluster.ssh("echo", "$TMUX").stdout == b"\n"  # exec is never wrapped
+    finally:
+        assert cluster.ssh("config", "tmux", "off", user="ctl").returncode == 0
+        cluster.ssh("tmux kill-server")
+    assert json.loads(cluster.ssh("config", "--json", user="ctl").stdout) == {"tmux": False}
