@@ -6,8 +6,10 @@ localhost. Anything else is refused here with a one-line reason, whatever hostd 
 
 Each side's flow control drives the other's reading: when one channel's send window fills,
 asyncssh calls pause_writing and we stop reading the other. Data is handed straight across,
-never queued here. Exit status and exit signal are held until the host closes its channel, so
-all output reaches the renter first.
+never queued here. Exit status and exit signal are held until the host closes its channel, and so
+is the host's EOF: the renter's client sees the exit status first and then the close (with the
+output before both). A client that closes as soon as both sides sent EOF (PuTTY's plink) would
+otherwise lose the status that came after the EOF.
 """
 import asyncio
 import logging
@@ -40,12 +42,13 @@ class _Upstream(asyncssh.SSHClientSession):
         self._down = down
         self._status: int | None = None
         self._signal: tuple | None = None
+        self._eof = False
 
     def data_received(self, data, datatype):
         self._down.chan.write(data, datatype)
 
     def eof_received(self):
-        self._down.chan.write_eof()
+        self._eof = True  # passed on at the close, after the exit status
         return True
 
     def exit_status_received(self, status):
@@ -68,6 +71,8 @@ class _Upstream(asyncssh.SSHClientSession):
             elif self._status is not None:
                 chan.exit(self._status)
             else:
+                if self._eof:
+                    chan.write_eof()
                 chan.close()
         except (OSError, asyncssh.Error):
             chan.close()

@@ -2,6 +2,7 @@
 import hashlib
 import os
 
+import asyncssh
 import pytest
 
 pytestmark = pytest.mark.docker
@@ -56,3 +57,30 @@ def test_environment_is_filtered(cluster):
     r = cluster.ssh("echo ${LC_PROBE:-none} ${EVIL_PROBE:-none}", opts=["-o", "SendEnv=LC_PROBE EVIL_PROBE"],
                     env={**os.environ, "LC_PROBE": "kept", "EVIL_PROBE": "dropped"})
     assert r.stdout.split() == [b"kept", b"none"]
+
+
+async def test_the_exit_status_reaches_the_client_before_any_eof(cluster):
+    """A client that closes once both sides sent EOF (PuTTY's plink) must already have the status."""
+    events = []
+
+    class Session(asyncssh.SSHClientSession):
+        def data_received(self, data, datatype):
+            events.append(("data", data))
+
+        def eof_received(self):
+            events.append(("eof",))
+
+        def exit_status_received(self, status):
+            events.append(("status", status))
+
+    async with asyncssh.connect("127.0.0.1", cluster.ssh_port, username="rent", known_hosts=None,
+                                client_keys=[str(cluster.key)]) as conn:
+        for command, status in (("echo out; exit 3", 3), ("false", 1), ("true", 0)):
+            events.clear()
+            chan, _ = await conn.create_session(Session, command, encoding=None)
+            chan.write_eof()  # as plink does when it has no input
+            await chan.wait_closed()
+            kinds = [e[0] for e in events]
+            assert ("status", status) in events, events
+            assert "eof" not in kinds or kinds.index("status") < kinds.index("eof"), events
+            assert b"".join(e[1] for e in events if e[0] == "data") == (b"out\n" if status == 3 else b"")
