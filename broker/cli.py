@@ -3,13 +3,14 @@ import asyncio
 import json
 import logging
 import os
+import pwd
 import sys
 from functools import wraps
 from pathlib import Path
 
 import click
 
-from keys import material
+from keys import material, systemd
 
 from . import admin, leases, render, service
 from .config import Config, parse_addr
@@ -92,6 +93,39 @@ def serve(ctx, ssh_addr, tunnel_addr, fee_percent, verbose):
     audit.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
     logging.getLogger("shellrent.audit").addHandler(audit)
     asyncio.run(BrokerServer(cfg).run())
+
+
+@main.group("service")
+def service_group():
+    """Run the broker as a systemd service."""
+
+
+@service_group.command("install")
+@click.option("--ssh", "ssh_addr", default="0.0.0.0:2222", show_default=True, help="Renter SSH address.")
+@click.option("--tunnel", "tunnel_addr", default="0.0.0.0:2223", show_default=True, help="hostd tunnel address.")
+@click.option("--fee-percent", type=click.IntRange(0, 100), default=None, help="Platform fee.")
+@click.option("--print", "only_print", is_flag=True, help="Print the unit; write nothing.")
+@click.option("--unit-dir", type=click.Path(file_okay=False, path_type=Path), default=str(systemd.UNIT_DIR),
+              show_default=True, hidden=True)
+@click.pass_context
+@_fail_cleanly
+def service_install(ctx, ssh_addr, tunnel_addr, fee_percent, only_print, unit_dir):
+    """Write /etc/systemd/system/shellrent-broker.service: `serve` with these addresses, restarted on
+    failure, as the owner of the home directory (allowed to bind ports below 1024)."""
+    cfg = _config(ctx)
+    if not cfg.db_path.exists():
+        raise BrokerError(f"{cfg.home} has no broker: run `broker --home {cfg.home} init` first")
+    parse_addr(ssh_addr), parse_addr(tunnel_addr)
+    exe = str(Path(sys.argv[0]).resolve()) if Path(sys.argv[0]).name == "broker" else \
+        str(Path(sys.executable).parent / "broker")
+    argv = [exe, "--home", str(cfg.home), "serve", "--ssh", ssh_addr, "--tunnel", tunnel_addr]
+    argv += ["--fee-percent", str(fee_percent)] if fee_percent is not None else []
+    owner = pwd.getpwuid(cfg.home.stat().st_uid).pw_name
+    text = systemd.unit("shellrent broker: renters' ssh, hosts' tunnels, the market and the ledger", argv, [], {
+        "User": owner, "AmbientCapabilities": "CAP_NET_BIND_SERVICE",
+        "CapabilityBoundingSet": "CAP_NET_BIND_SERVICE", "NoNewPrivileges": "yes", "ProtectSystem": "full",
+        "LimitNOFILE": "65536", **({} if cfg.home.is_relative_to("/tmp") else {"PrivateTmp": "yes"})})
+    click.echo(systemd.install("shellrent-broker", text, unit_dir, only_print), nl=False)
 
 
 @main.command()

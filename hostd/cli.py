@@ -13,7 +13,7 @@ import click
 
 from .agent import Agent, JoinError, join as join_broker
 from .config import Config
-from keys import material
+from keys import material, systemd
 
 from . import doctor as doctor_mod, firewall, gpus as gpus_mod, settings as settings_mod
 from .store import Store
@@ -192,6 +192,31 @@ def _table(rows: list[dict]) -> list[str]:
                       _num(g.get("temperature"), " C"), power, f"ERROR: {g['error']}" if g.get("error") else lease])
     widths = [max(len(r[i]) for r in [heads, *cells]) for i in range(len(heads))]
     return ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in [heads, *cells]]
+
+
+@main.group("service")
+def service_group():
+    """Run hostd as a systemd service."""
+
+
+@service_group.command("install")
+@click.option("--print", "only_print", is_flag=True, help="Print the unit; write nothing.")
+@click.option("--unit-dir", type=click.Path(file_okay=False, path_type=Path), default=str(systemd.UNIT_DIR),
+              show_default=True, hidden=True)
+@click.pass_obj
+def service_install(cfg: Config, only_print, unit_dir):
+    """Write /etc/systemd/system/shellrent-hostd.service (restart on failure, this home, as root)."""
+    if not cfg.load_pin():
+        raise click.ClickException(f"{cfg.home} has not joined a broker: run `hostd join BROKER:PORT TOKEN` first")
+    exe = str(Path(sys.argv[0]).resolve()) if Path(sys.argv[0]).name == "hostd" else \
+        str(Path(sys.executable).parent / "hostd")
+    text = systemd.unit(
+        "shellrent hostd: rent out this machine's GPUs through a broker", [exe, "--home", str(cfg.home), "run"],
+        ["docker.service"],
+        # Root: hostd enters containers' namespaces, mounts workspaces, installs the egress firewall
+        # and sets GPU power limits. Its containers belong to Docker: stopping hostd leaves them running.
+        {"User": "root", "KillMode": "process", "TimeoutStopSec": "30"})
+    click.echo(systemd.install("shellrent-hostd", text, unit_dir, only_print), nl=False)
 
 
 @main.group()
