@@ -10,6 +10,7 @@ import asyncssh
 
 from keys import material
 
+from . import ciphers
 from .admin import AdminServer
 from .config import Config
 from .quickack import QuickAckListener
@@ -22,7 +23,7 @@ from .tunnels import Tunnels
 # chacha20-poly1305 is OpenSSH's first choice but costs the broker a new cipher object and a
 # Python-level poly1305 setup per packet; AES-GCM is one call into OpenSSL with AES-NI. Every
 # OpenSSH since 6.2 speaks AES-GCM; aes-ctr covers older clients.
-RENTER_CIPHERS = ["aes128-gcm@openssh.com", "aes256-gcm@openssh.com"]
+RENTER_CIPHERS = ciphers.WIDE  # AES-GCM to every client that has it (broker.ciphers)
 
 log = logging.getLogger("shellrent.broker")
 
@@ -50,6 +51,7 @@ class BrokerServer:
         limiter = AuthLimiter(cfg.auth_fail_limit, cfg.auth_fail_window, cfg.auth_block_for)
         sessions = defaultdict(int)
         startups = Startups(cfg.max_startups, cfg.max_startups_per_ip)
+        ciphers.install()
         ssh = await asyncssh.create_server(
             lambda: RenterServer(self.broker, limiter, sessions, startups), *cfg.ssh_addr,
             server_host_keys=[host_key], encoding=None, line_editor=False, encryption_algs=RENTER_CIPHERS,

@@ -7,7 +7,8 @@ cd "$(dirname "$0")/.."
 need=()
 for pair in ssh:openssh-client scp:openssh-client sftp:openssh-client rsync:rsync tmux:tmux \
             debootstrap:debootstrap ssh-keygen:openssh-client ip:iproute2 iptables:iptables \
-            mkfs.ext4:e2fsprogs losetup:mount sshd:openssh-server; do
+            mkfs.ext4:e2fsprogs losetup:mount sshd:openssh-server curl:curl plink:putty-tools \
+            puttygen:putty-tools; do
     command -v "${pair%%:*}" >/dev/null || need+=("${pair#*:}")
 done
 if ((${#need[@]})); then
