@@ -220,7 +220,7 @@ class Agent:
                 for report in result["killed"]:
                     self.emit(report)
                 for lid, uuid in result["lost"].items():
-                    log.error("lease %s: its GPU %s is lost: ending the lease (the renter pays no further)", lid, uuid)
+                    log.error("lease %s: its GPU %s is lost: ending the lease", lid, uuid)
                     asyncio.get_running_loop().create_task(self.leases.end(lid))
                 self._kills = (self._kills + result["killed"])[-20:]
                 status = {"gpu_problems": result["problems"], "gpu_kills": self._kills,

@@ -11,7 +11,7 @@ Each pass maps every process the GPU source lists on each GPU to its container (
   no lease holds it any more. The limits to restore are written to disk before a limit is set, so a
   restart after a crash restores them too.
 A GPU the source cannot read (lost, no permission) is withdrawn from offers with its error; a lease
-holding a GPU that is lost is ended (its renter cannot use it, and pays no further).
+holding a GPU that is lost is ended (its renter cannot use it).
 """
 import json
 import logging

@@ -11,6 +11,7 @@ for pair in ssh:openssh-client scp:openssh-client sftp:openssh-client rsync:rsyn
             puttygen:putty-tools; do
     command -v "${pair%%:*}" >/dev/null || need+=("${pair#*:}")
 done
+python3 -c "import ensurepip" 2>/dev/null || need+=(python3-venv)  # Debian and Ubuntu split venv out
 if ((${#need[@]})); then
     echo "setup: installing ${need[*]}"
     apt-get update -qq
