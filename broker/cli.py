@@ -76,12 +76,15 @@ def init(ctx):
 @click.option("--ssh", "ssh_addr", default="0.0.0.0:2222", show_default=True, help="Renter SSH address.")
 @click.option("--tunnel", "tunnel_addr", default="0.0.0.0:2223", show_default=True, help="hostd tunnel address.")
 @click.option("--fee-percent", type=click.IntRange(0, 100), default=None, help="Platform fee (env BROKER_FEE_PERCENT, default 10).")
+@click.option("--metrics", "metrics_addr", default=None, metavar="HOST:PORT",
+              help="Serve Prometheus /metrics and /healthz here, e.g. 127.0.0.1:9464 (off by default).")
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 @click.pass_context
 @_fail_cleanly
-def serve(ctx, ssh_addr, tunnel_addr, fee_percent, verbose):
+def serve(ctx, ssh_addr, tunnel_addr, fee_percent, metrics_addr, verbose):
     """Serve renters and hosts until SIGINT/SIGTERM."""
     cfg = _config(ctx)
+    cfg.metrics_addr = parse_addr(metrics_addr) if metrics_addr else None
     if fee_percent is not None:
         cfg.fee_percent = fee_percent
     _store(ctx).close()

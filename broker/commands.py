@@ -11,7 +11,7 @@ from typing import Awaitable, Callable
 
 from keys import material
 
-from . import render
+from . import metrics, render
 from .errors import BrokerError, KeyTaken, NotFound
 from .leases import credits, format_duration, parse_duration
 from .service import DEFAULT_IMAGE, Broker, _one_key
@@ -121,10 +121,13 @@ class Commands:
         handler = getattr(self, "cmd_" + name.replace("-", "_"), None)  # ssh-config: cmd_ssh_config
         if handler is None:
             return 2, f"ctl: unknown command {name!r}; try: ssh ctl@{self.where} help\n"
+        started = time.perf_counter()
         try:
             return 0, await handler(parse_args(tokens[1:]), stdin=stdin, ask=ask, progress=progress)
         except BrokerError as exc:
             return 2, f"ctl: {exc}\n"
+        finally:
+            metrics.CTL.labels(metrics.command(name)).observe(time.perf_counter() - started)
 
     def _out(self, args: Args, value, text: str) -> str:
         return render.as_json(value) if args.json else text

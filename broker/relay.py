@@ -20,6 +20,7 @@ import asyncssh
 from keys import wire
 
 from .errors import BrokerError, NotFound
+from .metrics import TO_HOST, TO_RENTER
 from .picker import LineReader
 
 log = logging.getLogger("shellrent.relay")
@@ -45,6 +46,7 @@ class _Upstream(asyncssh.SSHClientSession):
         self._eof = False
 
     def data_received(self, data, datatype):
+        TO_RENTER.inc(len(data))
         self._down.chan.write(data, datatype)
 
     def eof_received(self):
@@ -200,6 +202,7 @@ class RenterSession(asyncssh.SSHServerSession):
             self.chan.close()
 
     def data_received(self, data, datatype):
+        TO_HOST.inc(len(data))
         if self._up:
             self._up.write(data)
         elif self._reader:
@@ -260,6 +263,7 @@ class _TcpUpstream(asyncssh.SSHTCPSession):
         chan.pause_reading()  # until the renter's channel exists; RenterTcp resumes it
 
     def data_received(self, data, datatype):
+        TO_RENTER.inc(len(data))
         self._down.chan.write(data)
 
     def eof_received(self):
@@ -295,6 +299,7 @@ class RenterTcp(asyncssh.SSHTCPSession):
         self.up.resume_reading()
 
     def data_received(self, data, datatype):
+        TO_HOST.inc(len(data))
         self.up.write(data)
 
     def eof_received(self):

@@ -8,9 +8,9 @@ from collections import defaultdict
 
 import asyncssh
 
-from keys import material
+from keys import material, metrics as keys_metrics
 
-from . import ciphers
+from . import ciphers, metrics
 from .admin import AdminServer
 from .config import Config
 from .quickack import QuickAckListener
@@ -61,9 +61,16 @@ class BrokerServer:
         admin = AdminServer(cfg.admin_socket, self.broker)
         await admin.start()
         self._closers = [ssh.close, admin.close]
+        if cfg.metrics_addr:
+            served = await keys_metrics.serve(*cfg.metrics_addr, metrics.REGISTRY,
+                                              lambda: metrics.refresh(self.broker))
+            self._closers.append(served.close)
+            info_metrics = [cfg.metrics_addr[0], served.sockets[0].getsockname()[1]]
         self._housekeeping = asyncio.get_running_loop().create_task(self._expire_loop())
         info = {"pid": os.getpid(), "ssh": [cfg.ssh_addr[0], ssh.sockets[0].getsockname()[1]],
                 "tunnel": [cfg.tunnel_addr[0], tunnel_port]}
+        if cfg.metrics_addr:
+            info["metrics"] = info_metrics
         (cfg.home / "serve.json").write_text(json.dumps(info))
         log.info("listening: renters on %s:%d, hosts on %s:%d", *info["ssh"], *info["tunnel"])
         return info

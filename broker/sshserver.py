@@ -10,7 +10,7 @@ import asyncssh
 
 from keys import material, wire
 
-from . import banner, service
+from . import banner, metrics, service
 from .commands import Commands
 from .errors import BrokerError
 from .picker import CtlSession, pick_and_rent
@@ -102,12 +102,14 @@ class RenterServer(asyncssh.SSHServer):
         renter = await self._broker.renter_for_key(key) if self.kind else None
         if not renter:
             self._limiter.failed(self._ip, time.time())
+            metrics.FAILED_LOGINS.inc()
             audit.info("auth-fail user=%s ip=%s key=%s", username, self._ip, material.fingerprint(key))
             self._fails += 1
             if self._fails >= self._broker.config.max_auth_tries:
                 self._conn.disconnect(asyncssh.DISC_NO_MORE_AUTH_METHODS_AVAILABLE, "too many authentication failures")
             return False
         if self.renter != renter:
+            metrics.LOGINS.inc()
             audit.info("login renter=%s user=%s ip=%s", renter, username, self._ip)
         self.renter = renter
         return True

@@ -16,7 +16,7 @@ import asyncssh
 
 from keys import faults, material, tokens, wire
 
-from . import firewall, gpus as gpus_mod, offload, selfcheck, settings as settings_mod, spawn
+from . import firewall, gpus as gpus_mod, metrics as hostd_metrics, offload, selfcheck, settings as settings_mod, spawn
 from .config import Config, write_private
 from .disk import Workspaces
 from .gpuwatch import GpuWatch
@@ -222,6 +222,7 @@ class Agent:
                 for lid, uuid in result["lost"].items():
                     log.error("lease %s: its GPU %s is lost: ending the lease", lid, uuid)
                     asyncio.get_running_loop().create_task(self.leases.end(lid))
+                hostd_metrics.KILLS.inc(len(result["killed"]))
                 self._kills = (self._kills + result["killed"])[-20:]
                 status = {"gpu_problems": result["problems"], "gpu_kills": self._kills,
                           "gpu_failures": self._gpu_failures}

@@ -13,9 +13,9 @@ import click
 
 from .agent import Agent, JoinError, join as join_broker
 from .config import Config
-from keys import material, systemd
+from keys import material, metrics as keys_metrics, systemd
 
-from . import doctor as doctor_mod, firewall, gpus as gpus_mod, settings as settings_mod
+from . import doctor as doctor_mod, firewall, gpus as gpus_mod, metrics as hostd_metrics, settings as settings_mod
 from .store import Store
 from .runtime import RuntimeError_
 
@@ -53,10 +53,13 @@ def join(cfg: Config, broker, token):
 
 
 @main.command()
+@click.option("--metrics", "metrics_addr", default=None, metavar="HOST:PORT",
+              help="Serve Prometheus /metrics and /healthz here, e.g. 127.0.0.1:9465 (off by default).")
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 @click.pass_obj
-def run(cfg: Config, verbose):
+def run(cfg: Config, metrics_addr, verbose):
     """Stay connected to the broker and serve leases until SIGINT/SIGTERM (containers keep running)."""
+    cfg.metrics_addr = _addr(metrics_addr) if metrics_addr else None
     pin = cfg.load_pin()
     if not pin:
         raise click.ClickException(f"{cfg.home} has not joined a broker: run `hostd join BROKER:PORT TOKEN` first")
@@ -72,6 +75,10 @@ def run(cfg: Config, verbose):
 async def _run(cfg: Config, pin: dict) -> None:
     agent = Agent(cfg, pin["fingerprint"])
     agent.open_runtime()
+    if cfg.metrics_addr:
+        served = await keys_metrics.serve(*cfg.metrics_addr, hostd_metrics.REGISTRY,
+                                          lambda: hostd_metrics.refresh(agent))
+        agent._set_status(metrics=[cfg.metrics_addr[0], served.sockets[0].getsockname()[1]])
     task = asyncio.current_task()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

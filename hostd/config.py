@@ -18,6 +18,7 @@ class Config:
     backoff_max: float = field(default_factory=lambda: _env("HOSTD_BACKOFF_MAX", 60.0))
     keepalive: float = field(default_factory=lambda: _env("HOSTD_KEEPALIVE", 15.0))
     disk_check: float = field(default_factory=lambda: _env("HOSTD_DISK_CHECK", 30.0))  # writable layer watch
+    metrics_addr: tuple[str, int] | None = None  # /metrics and /healthz, when asked for (hostd run --metrics)
     container_check: float = field(default_factory=lambda: _env("HOSTD_CONTAINER_CHECK", 5.0))  # backstop
 
     @property

@@ -195,6 +195,16 @@ def main() -> int:
         a, b = alternate(runs, lambda: size / timed(ours + [down]), lambda: size / timed(sshj.ssh(down)))
         pair(f"download {size} MiB", "MiB/s", a, b, "download_mbps")
 
+        # Per cipher, the renter's hop only (the tunnel is AES-GCM): what a client without AES-GCM gets.
+        third = max(1, size // 4)
+        for cipher in ("aes128-gcm@openssh.com", "chacha20-poly1305@openssh.com", "aes128-ctr"):
+            cmd = f"head -c {third}M /dev/zero"
+            mine = c.ssh_cmd("rent", "-F", "/dev/null", "-c", cipher) + [cmd]
+            jump = ["ssh", "-c", cipher] + sshj.ssh(cmd)[1:]
+            a, b = alternate(max(2, runs // 3), lambda: third / timed(mine), lambda: third / timed(jump))
+            pair(f"download {third} MiB, {cipher.split('@')[0]}", "MiB/s", a, b,
+                 f"download_{cipher.split('@')[0].replace('-', '_')}_mbps")
+
         def up(argv):
             with subprocess.Popen(["head", "-c", f"{size}M", "/dev/zero"], stdout=subprocess.PIPE) as src:
                 return size / timed(argv + ["cat > /dev/null"], stdin=src.stdout)

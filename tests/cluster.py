@@ -63,11 +63,11 @@ class Cluster:
             self.procs[key] = subprocess.Popen([str(a) for a in argv], stdout=log, stderr=log, env=self.env,
                                                start_new_session=True)
 
-    def start_broker(self) -> None:
+    def start_broker(self, *extra) -> None:
         serve = self.bhome / "serve.json"
         serve.unlink(missing_ok=True)
         self._spawn("broker", [BIN / "broker", "--home", self.bhome, "serve", "--ssh", "127.0.0.1:0",
-                               "--tunnel", f"127.0.0.1:{self.tunnel_port}"])
+                               "--tunnel", f"127.0.0.1:{self.tunnel_port}", *extra])
         info = wait_for(lambda: serve.exists() and serve.read_text() and json.loads(serve.read_text()),
                         what="broker to listen")
         self.ssh_port, self.tunnel_port = info["ssh"][1], info["tunnel"][1]
@@ -88,8 +88,8 @@ class Cluster:
             self.hostd(name, "config", "set", key, value)
         self.start_hostd(name)
 
-    def start_hostd(self, name: str) -> None:
-        self._spawn(f"hostd-{name}", [BIN / "hostd", "--home", self.hostd_homes[name], "run"])
+    def start_hostd(self, name: str, *extra) -> None:
+        self._spawn(f"hostd-{name}", [BIN / "hostd", "--home", self.hostd_homes[name], "run", *extra])
         self.wait_connected(name)
 
     def wait_connected(self, name: str) -> None:

@@ -11,7 +11,8 @@ pytestmark = pytest.mark.docker
 ROOT = Path(__file__).resolve().parent.parent
 KEYS = ("download_mbps", "download_mbps_sshj", "upload_mbps", "upload_mbps_sshj", "true_ms", "true_ms_sshj",
         "rtt_ms", "rtt_ms_sshj", "rtt_p99_ms", "rtt_p99_ms_sshj", "lease_to_prompt_s", "sessions_1000_rss_mb",
-        "sessions_1000_open_ms", "hosts_1000_rss_mb", "offers_10000_query_ms")
+        "sessions_1000_open_ms", "hosts_1000_rss_mb", "offers_10000_query_ms", "download_aes128_gcm_mbps",
+        "download_chacha20_poly1305_mbps", "download_aes128_ctr_mbps", "download_aes128_ctr_mbps_sshj")
 
 
 def test_bench_quick_runs_every_case(tmp_path):
@@ -21,5 +22,6 @@ def test_bench_quick_runs_every_case(tmp_path):
     data = json.loads((tmp_path / "bench.json").read_text())
     assert {k: data.get(k) for k in KEYS if not (isinstance(data.get(k), (int, float)) and data[k] > 0)} == {}
     table = out.stdout.decode()
-    for case in ("ssh ... true", "download", "upload", "sftp get", "keystroke round trip", "sessions on them"):
+    for case in ("ssh ... true", "download", "upload", "sftp get", "keystroke round trip", "sessions on them",
+                 "chacha20-poly1305", "aes128-ctr"):
         assert case in table, table
