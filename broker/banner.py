@@ -22,7 +22,7 @@ def text(lease: dict, broker: tuple[str, int], env: dict, now: float | None = No
     ends = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(lease["ends_at"]))
     host, port = broker
     ctl = f"ssh{'' if port == 22 else f' -p {port}'} ctl@{host}"
-    plain = "NO_COLOR" in env or env.get("TERM", "") == "dumb"
+    plain = bool(env.get("NO_COLOR")) or env.get("TERM", "") == "dumb"  # no-color.org: set and not empty
     bold, off = ("", "") if plain else ("\x1b[1m", "\x1b[0m")
     lines = [f"{bold}shellrent lease {lease['id']}{off}: {what} on {wire.printable(lease['host'])[:32]}",
              f"time left {format_duration(left) if left else 'none'}, ends {ends}; more: {ctl} extend 1h",

@@ -107,27 +107,34 @@ def service_group():
 @click.option("--ssh", "ssh_addr", default="0.0.0.0:2222", show_default=True, help="Renter SSH address.")
 @click.option("--tunnel", "tunnel_addr", default="0.0.0.0:2223", show_default=True, help="hostd tunnel address.")
 @click.option("--fee-percent", type=click.IntRange(0, 100), default=None, help="Platform fee.")
+@click.option("--metrics", "metrics_addr", default=None, metavar="HOST:PORT", help="Serve /metrics here.")
 @click.option("--print", "only_print", is_flag=True, help="Print the unit; write nothing.")
 @click.option("--unit-dir", type=click.Path(file_okay=False, path_type=Path), default=str(systemd.UNIT_DIR),
               show_default=True, hidden=True)
 @click.pass_context
 @_fail_cleanly
-def service_install(ctx, ssh_addr, tunnel_addr, fee_percent, only_print, unit_dir):
+def service_install(ctx, ssh_addr, tunnel_addr, fee_percent, metrics_addr, only_print, unit_dir):
     """Write /etc/systemd/system/shellrent-broker.service: `serve` with these addresses, restarted on
     failure, as the owner of the home directory (allowed to bind ports below 1024)."""
     cfg = _config(ctx)
     if not cfg.db_path.exists():
         raise BrokerError(f"{cfg.home} has no broker: run `broker --home {cfg.home} init` first")
-    parse_addr(ssh_addr), parse_addr(tunnel_addr)
+    for addr in (ssh_addr, tunnel_addr, *([metrics_addr] if metrics_addr else [])):
+        parse_addr(addr)
     exe = str(Path(sys.argv[0]).resolve()) if Path(sys.argv[0]).name == "broker" else \
         str(Path(sys.executable).parent / "broker")
     argv = [exe, "--home", str(cfg.home), "serve", "--ssh", ssh_addr, "--tunnel", tunnel_addr]
     argv += ["--fee-percent", str(fee_percent)] if fee_percent is not None else []
+    argv += ["--metrics", metrics_addr] if metrics_addr else []
     owner = pwd.getpwuid(cfg.home.stat().st_uid).pw_name
-    text = systemd.unit("shellrent broker: renters' ssh, hosts' tunnels, the market and the ledger", argv, [], {
-        "User": owner, "AmbientCapabilities": "CAP_NET_BIND_SERVICE",
-        "CapabilityBoundingSet": "CAP_NET_BIND_SERVICE", "NoNewPrivileges": "yes", "ProtectSystem": "full",
-        "LimitNOFILE": "65536", **({} if cfg.home.is_relative_to("/tmp") else {"PrivateTmp": "yes"})})
+    try:
+        text = systemd.unit("shellrent broker: renters' ssh, hosts' tunnels, the market and the ledger", argv, [], {
+            "User": owner, "AmbientCapabilities": "CAP_NET_BIND_SERVICE",
+            "CapabilityBoundingSet": "CAP_NET_BIND_SERVICE", "NoNewPrivileges": "yes", "ProtectSystem": "full",
+            "LimitNOFILE": "65536", **({"PrivateTmp": "yes"} if systemd.private_tmp_ok(cfg.home) else {})},
+            "shellrent-broker")
+    except systemd.UnitError as exc:
+        raise BrokerError(str(exc)) from None
     click.echo(systemd.install("shellrent-broker", text, unit_dir, only_print), nl=False)
 
 

@@ -207,22 +207,29 @@ def service_group():
 
 
 @service_group.command("install")
+@click.option("--metrics", "metrics_addr", default=None, metavar="HOST:PORT", help="Serve /metrics here.")
 @click.option("--print", "only_print", is_flag=True, help="Print the unit; write nothing.")
 @click.option("--unit-dir", type=click.Path(file_okay=False, path_type=Path), default=str(systemd.UNIT_DIR),
               show_default=True, hidden=True)
 @click.pass_obj
-def service_install(cfg: Config, only_print, unit_dir):
+def service_install(cfg: Config, metrics_addr, only_print, unit_dir):
     """Write /etc/systemd/system/shellrent-hostd.service (restart on failure, this home, as root)."""
     if not cfg.load_pin():
         raise click.ClickException(f"{cfg.home} has not joined a broker: run `hostd join BROKER:PORT TOKEN` first")
     exe = str(Path(sys.argv[0]).resolve()) if Path(sys.argv[0]).name == "hostd" else \
         str(Path(sys.executable).parent / "hostd")
-    text = systemd.unit(
-        "shellrent hostd: rent out this machine's GPUs through a broker", [exe, "--home", str(cfg.home), "run"],
-        ["docker.service"],
-        # Root: hostd enters containers' namespaces, mounts workspaces, installs the egress firewall
-        # and sets GPU power limits. Its containers belong to Docker: stopping hostd leaves them running.
-        {"User": "root", "KillMode": "process", "TimeoutStopSec": "30"})
+    if metrics_addr:
+        _addr(metrics_addr)
+    argv = [exe, "--home", str(cfg.home), "run", *(["--metrics", metrics_addr] if metrics_addr else [])]
+    try:
+        text = systemd.unit(
+            "shellrent hostd: rent out this machine's GPUs through a broker", argv, ["docker.service"],
+            # Root: hostd enters containers' namespaces, mounts workspaces, installs the egress firewall
+            # and sets GPU power limits. Its containers belong to Docker: stopping hostd leaves them running.
+            {"User": "root", "KillMode": "process", "TimeoutStopSec": "30", "LimitNOFILE": "65536"},
+            "shellrent-hostd")
+    except systemd.UnitError as exc:
+        raise click.ClickException(str(exc)) from None
     click.echo(systemd.install("shellrent-hostd", text, unit_dir, only_print), nl=False)
 
 

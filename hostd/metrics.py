@@ -1,10 +1,12 @@
 """hostd's Prometheus metrics (`hostd run --metrics 127.0.0.1:9465`): leases, container restarts, each
 GPU's use, memory, power and temperature (from the GPU source), and the watchdog's kills."""
+import asyncio
 import json
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from . import offload
+from .gpus import GpuError
 
 REGISTRY = CollectorRegistry()
 KILLS = Counter("shellrent_hostd_watchdog_kills", "Processes the GPU watchdog killed", registry=REGISTRY)
@@ -21,6 +23,7 @@ TEMP = Gauge("shellrent_hostd_gpu_temperature_celsius", "GPU temperature", _GPU,
 READABLE = Gauge("shellrent_hostd_gpu_readable", "1 when the GPU source could read the GPU", _GPU,
                  registry=REGISTRY)
 STATES = ("starting", "active", "ending", "ended", "purged", "lost")
+_last: list[dict] = []  # the GPUs of the last good read, shown unreadable when a read fails
 
 
 async def refresh(agent) -> None:
@@ -29,7 +32,11 @@ async def refresh(agent) -> None:
     for state in STATES:
         LEASES.labels(state).set(sum(r["state"] == state for r in records))
     RESTARTS.set(sum(len(json.loads(r.get("downs") or "[]")) for r in records))
-    gpus = await offload.call(agent._gpus.gpus, timeout=offload.QUICK)
+    try:
+        gpus = await offload.call(agent._gpus.gpus, timeout=offload.QUICK)
+    except (GpuError, asyncio.TimeoutError):  # the driver is gone or hangs: every GPU unreadable
+        gpus = [{**g, "error": "unreadable"} for g in _last]
+    _last[:] = gpus
     for gauge in (UTIL, MEMORY, MEMORY_TOTAL, POWER, POWER_LIMIT, TEMP, READABLE):
         gauge.clear()
     for g in gpus:

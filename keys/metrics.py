@@ -2,41 +2,79 @@
 
 A small asyncio HTTP/1.0 server: GET /metrics answers Prometheus' text format from a registry (after
 `refresh`, an async callable that updates gauges read from state), GET /healthz answers "ok". Off
-unless asked for; meant for 127.0.0.1 or a private network (it has no authentication).
+unless asked for; meant for 127.0.0.1 or a private network (it has no authentication), and it never
+costs its process much: at most CONNECTIONS at a time (more are closed at once), a request's head
+within HEAD_TIMEOUT, one refresh at a time, shared by the scrapes within FRESH seconds, and a refresh
+that takes longer than REFRESH_TIMEOUT answers 500.
 """
 import asyncio
 import logging
+import time
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 log = logging.getLogger("shellrent.metrics")
 MAX_REQUEST = 8192
+CONNECTIONS = 16
+HEAD_TIMEOUT = 2.0
+FRESH = 5.0
+REFRESH_TIMEOUT = 5.0
+
+
+class _Shared:
+    """One refresh at a time; scrapes within FRESH seconds of its start share it (and its error)."""
+
+    def __init__(self, refresh):
+        self._refresh = refresh
+        self._task: asyncio.Future | None = None
+        self._at = 0.0
+
+    async def __call__(self) -> None:
+        if self._task is None or (self._task.done() and time.monotonic() - self._at >= FRESH):
+            self._at = time.monotonic()
+            self._task = asyncio.ensure_future(self._refresh())
+            self._task.add_done_callback(lambda t: t.cancelled() or t.exception())  # retrieved: no warning
+        await asyncio.wait_for(asyncio.shield(self._task), REFRESH_TIMEOUT)
 
 
 async def serve(host: str, port: int, registry, refresh=None) -> asyncio.AbstractServer:
     """Listen on host:port (0: any free port); returns the server (its port: .sockets[0])."""
+    shared = _Shared(refresh) if refresh else None
+    active = 0
+
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal active
+        if active >= CONNECTIONS:
+            writer.close()
+            return
+        active += 1
         try:
-            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
-            method, path, *_ = head[:MAX_REQUEST].decode("latin-1").split(" ", 2) + ["", ""]
-            if method != "GET":
-                status, kind, body = "405 Method Not Allowed", "text/plain", b"GET only\n"
-            elif path.split("?")[0] == "/metrics":
-                if refresh:
-                    await refresh()
-                status, kind, body = "200 OK", CONTENT_TYPE_LATEST, generate_latest(registry)
-            elif path == "/healthz":
-                status, kind, body = "200 OK", "text/plain", b"ok\n"
-            else:
-                status, kind, body = "404 Not Found", "text/plain", b"/metrics or /healthz\n"
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), HEAD_TIMEOUT)
+            method, path, *_ = head.decode("latin-1").split(" ", 2) + ["", ""]
+            status, kind, body = await _answer(method, path, registry, shared)
             writer.write(f"HTTP/1.0 {status}\r\nContent-Type: {kind}\r\nContent-Length: {len(body)}\r\n"
                          "Connection: close\r\n\r\n".encode() + body)
             await writer.drain()
         except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, asyncio.TimeoutError, OSError):
             pass
-        except Exception:  # a refresh that broke: the endpoint stays up
-            log.exception("metrics request")
         finally:
+            active -= 1
             writer.close()
 
     return await asyncio.start_server(handle, host, port, limit=MAX_REQUEST)
+
+
+async def _answer(method: str, path: str, registry, shared) -> tuple[str, str, bytes]:
+    if method != "GET":
+        return "405 Method Not Allowed", "text/plain", b"GET only\n"
+    if path == "/healthz":
+        return "200 OK", "text/plain", b"ok\n"
+    if path.split("?")[0] != "/metrics":
+        return "404 Not Found", "text/plain", b"/metrics or /healthz\n"
+    try:
+        if shared:
+            await shared()
+    except Exception as exc:  # the state could not be read: say so, and stay up
+        log.warning("metrics: reading the state failed: %s", exc or type(exc).__name__)
+        return "500 Internal Server Error", "text/plain", b"reading the state failed; see the log\n"
+    return "200 OK", CONTENT_TYPE_LATEST, generate_latest(registry)

@@ -5,12 +5,31 @@ from pathlib import Path
 UNIT_DIR = Path("/etc/systemd/system")
 
 
-def unit(description: str, argv: list[str], after: list[str], service: dict[str, str]) -> str:
-    """A service unit that restarts on failure and starts at boot."""
+class UnitError(ValueError):
+    """A unit cannot be written for these paths; str() says why."""
+
+
+def _exec(argv: list[str]) -> str:
+    """ExecStart's value: shell-quoted, with systemd's own % and $ expansions escaped."""
+    for arg in argv:
+        if any(ord(ch) < 0x20 or ch == "\x7f" for ch in arg):
+            raise UnitError(f"{arg!r}: a path for a systemd unit cannot hold control characters")
+    return shlex.join(argv).replace("%", "%%").replace("$", "$$")
+
+
+def private_tmp_ok(home: Path) -> bool:
+    """Whether PrivateTmp would leave the home visible (it hides /tmp and /var/tmp)."""
+    real = home.resolve()
+    return not any(real.is_relative_to(d) for d in (Path("/tmp").resolve(), Path("/var/tmp").resolve()))
+
+
+def unit(description: str, argv: list[str], after: list[str], service: dict[str, str], name: str) -> str:
+    """A service unit that restarts on failure and starts at boot; /etc/default/NAME, when it exists,
+    sets its environment (BROKER_* or HOSTD_* settings)."""
     lines = ["[Unit]", f"Description={description}", f"After={' '.join(['network-online.target', *after])}",
-             "Wants=network-online.target", *(f"Requires={a}" for a in after), "",
-             "[Service]", "Type=simple", f"ExecStart={shlex.join(argv)}", "Restart=on-failure", "RestartSec=5",
-             *(f"{k}={v}" for k, v in service.items()), "",
+             "Wants=" + " ".join(["network-online.target", *after]), "",
+             "[Service]", "Type=simple", f"EnvironmentFile=-/etc/default/{name}", f"ExecStart={_exec(argv)}",
+             "Restart=on-failure", "RestartSec=5", *(f"{k}={v}" for k, v in service.items()), "",
              "[Install]", "WantedBy=multi-user.target", ""]
     return "\n".join(lines)
 

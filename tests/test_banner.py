@@ -8,7 +8,7 @@ LEASE = {"id": "a1b2c3d4", "host": "pc1", "gpus": json.dumps(["GPU-a", "GPU-b"])
 
 
 def test_the_banner_says_which_lease_gpus_time_left_end_and_how_to_extend():
-    text = banner.text(LEASE, ("gpu.example.org", 2222), {"NO_COLOR": ""}, now=1_800_000_000.0 - 5400)
+    text = banner.text(LEASE, ("gpu.example.org", 2222), {"NO_COLOR": "1"}, now=1_800_000_000.0 - 5400)
     lines = text.split("\r\n")
     assert lines[0] == "shellrent lease a1b2c3d4: 2 x RTX 4090 on pc1"
     assert lines[1] == "time left 1h30m, ends 2027-01-15 08:00 UTC; more: ssh -p 2222 ctl@gpu.example.org extend 1h"
@@ -21,4 +21,5 @@ def test_bold_only_for_a_colour_terminal_and_host_text_made_printable():
     assert text.startswith("\x1b[1mshellrent lease a1b2c3d4\x1b[0m: no GPU on evil\\x1b]0;x\\x07")
     assert "more: ssh ctl@b extend 1h" in text
     assert "\x1b[1m" not in banner.text(LEASE, ("b", 22), {"TERM": "dumb"}, now=0)
+    assert "\x1b[1m" in banner.text(LEASE, ("b", 22), {"NO_COLOR": ""}, now=0)  # set but empty: colour
     assert "time left none" in banner.text(LEASE, ("b", 22), {}, now=2e9)

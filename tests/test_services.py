@@ -5,6 +5,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from keys import systemd
+
 BIN = Path(sys.executable).parent
 
 
@@ -36,8 +40,9 @@ def test_broker_unit(tmp_path):
     assert f"ExecStart={BIN / 'broker'} --home {home} serve --ssh 0.0.0.0:22 --tunnel 0.0.0.0:2223 " \
         "--fee-percent 7\n" in text
     for line in ("Restart=on-failure", "AmbientCapabilities=CAP_NET_BIND_SERVICE", "NoNewPrivileges=yes",
-                 "WantedBy=multi-user.target", "User=root"):
+                 "WantedBy=multi-user.target", "User=root", "EnvironmentFile=-/etc/default/shellrent-broker"):
         assert line + "\n" in text
+    assert "PrivateTmp" not in text  # the home is under /tmp here: PrivateTmp would hide it
     assert oct(unit.stat().st_mode & 0o777) == "0o644"
     _verify(unit)
     bad = _run(BIN / "broker", "--home", home, "service", "install", "--ssh", "nowhere", "--unit-dir", units)
@@ -56,8 +61,20 @@ def test_hostd_unit(tmp_path):
     text = unit.read_text()
     assert r.returncode == 0 and text in r.stdout
     assert f"ExecStart={BIN / 'hostd'} --home {home} run\n" in text
-    for line in ("After=network-online.target docker.service", "Requires=docker.service", "Restart=on-failure",
-                 "User=root", "KillMode=process"):
+    for line in ("After=network-online.target docker.service", "Wants=network-online.target docker.service",
+                 "Restart=on-failure", "User=root", "KillMode=process", "LimitNOFILE=65536",
+                 "EnvironmentFile=-/etc/default/shellrent-hostd"):
         assert line + "\n" in text
     _verify(unit)
     assert _run(BIN / "hostd", "--home", home, "service", "install", "--print").stdout == text
+
+
+def test_unit_paths_are_quoted_and_escaped_for_systemd(tmp_path):
+    text = systemd.unit("x", ["/opt/a b/broker", "--home", "/srv/100%/$HOME"], [], {}, "x")
+    assert "ExecStart='/opt/a b/broker' --home '/srv/100%%/$$HOME'\n" in text
+    with pytest.raises(systemd.UnitError, match="control characters"):
+        systemd.unit("x", ["/srv/a\nExecStartPre=/bin/evil"], [], {}, "x")
+    assert not systemd.private_tmp_ok(Path("/var/tmp/broker")) and systemd.private_tmp_ok(Path("/var/lib/broker"))
+    unit = tmp_path / "x.service"
+    unit.write_text(text.replace("/opt/a b/broker", "/bin/true"))
+    _verify(unit)

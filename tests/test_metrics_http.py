@@ -1,0 +1,74 @@
+"""The metrics endpoint never costs its process much: capped connections, one shared refresh, errors and
+hangs answered with 500, and the endpoint stays up."""
+import asyncio
+
+from prometheus_client import CollectorRegistry, Counter
+
+from keys import metrics
+
+
+async def _get(port: int, path: str = "/metrics") -> bytes:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(f"GET {path} HTTP/1.0\r\nHost: x\r\n\r\n".encode())
+    data = await reader.read()
+    writer.close()
+    return data
+
+
+async def _serve(refresh=None):
+    registry = CollectorRegistry()
+    Counter("shellrent_test_things", "things", registry=registry).inc(3)
+    server = await metrics.serve("127.0.0.1", 0, registry, refresh)
+    return server, server.sockets[0].getsockname()[1]
+
+
+async def test_one_refresh_serves_the_scrapes_that_come_together():
+    calls = []
+
+    async def refresh():
+        calls.append(1)
+        await asyncio.sleep(0.2)
+    server, port = await _serve(refresh)
+    try:
+        answers = await asyncio.gather(*(_get(port) for _ in range(10)))
+        assert all(a.startswith(b"HTTP/1.0 200 OK") and b"shellrent_test_things_total 3.0" in a for a in answers)
+        assert len(calls) == 1
+        assert (await _get(port, "/healthz")).endswith(b"\r\n\r\nok\n")
+        assert b"404" in (await _get(port, "/etc/passwd")).split(b"\r\n")[0]
+    finally:
+        server.close()
+
+
+async def test_a_refresh_that_fails_or_hangs_is_a_500_and_the_endpoint_lives_on(monkeypatch):
+    monkeypatch.setattr(metrics, "REFRESH_TIMEOUT", 0.3)
+    monkeypatch.setattr(metrics, "FRESH", 0.0)
+    mode = {"now": "fail"}
+
+    async def refresh():
+        if mode["now"] == "fail":
+            raise RuntimeError("the store is gone")
+        if mode["now"] == "hang":
+            await asyncio.sleep(3600)
+    server, port = await _serve(refresh)
+    try:
+        assert (await _get(port)).startswith(b"HTTP/1.0 500")
+        mode["now"] = "hang"
+        assert (await _get(port)).startswith(b"HTTP/1.0 500")
+        assert (await _get(port, "/healthz")).startswith(b"HTTP/1.0 200")
+    finally:
+        server.close()
+
+
+async def test_idle_connections_beyond_the_cap_are_closed_at_once():
+    server, port = await _serve()
+    idle = [await asyncio.open_connection("127.0.0.1", port) for _ in range(metrics.CONNECTIONS)]
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        assert await asyncio.wait_for(reader.read(), 2) == b""  # closed, not queued
+        writer.close()
+        for r, w in idle:
+            assert await asyncio.wait_for(r.read(), metrics.HEAD_TIMEOUT + 2) == b""  # the head never came
+            w.close()
+        assert (await _get(port)).startswith(b"HTTP/1.0 200")  # and the slots are free again
+    finally:
+        server.close()
