@@ -5,6 +5,7 @@ One container per lease: labelled with the lease, the renter, its end and the ho
 all capabilities dropped but CAPS; no-new-privileges; pids, memory, CPU and /dev/shm limits.
 """
 import calendar
+import hashlib
 import logging
 import os
 import shutil
@@ -237,7 +238,7 @@ class Runtime:
                   on_created=lambda cid: None, timeout: float = 600) -> tuple[int, bytes]:
         """Run the GPU self-check script in a throwaway container on these GPUs; (exit status, stdout).
         on_created(container id) is called before it starts (the watchdog allows it on free GPUs)."""
-        name = f"shellrent-selfcheck-{self.owner}"
+        name = check_name(self.owner)
         try:
             self.client.containers.get(name).remove(force=True)  # left by a crash
         except NotFound:
@@ -389,6 +390,12 @@ class Runtime:
         return [{"id": c.id, "lease": c.labels.get(f"{LABEL}.lease"), "status": c.status,
                  "ends_at": float(c.labels.get(f"{LABEL}.ends_at", 0))}
                 for c in found if not c.name.endswith("-files") and f"{LABEL}.selfcheck" not in c.labels]
+
+
+def check_name(owner: str) -> str:
+    """The self-check container's name: the owner is a base64 key fingerprint, whose / and + a
+    container name cannot hold."""
+    return "shellrent-selfcheck-" + hashlib.sha256(owner.encode()).hexdigest()[:16]
 
 
 def pinning_errors(attrs: dict, device_ids: list[str], pinned: str) -> str | None:

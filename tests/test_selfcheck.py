@@ -1,7 +1,9 @@
 """How hostd reads the self-check's output and decides when to run it again."""
 import json
+import re
 
 from hostd import selfcheck
+from hostd.runtime import check_name
 
 U = ["GPU-5a7a6b90-4a1b-9c2d-77e1-000000000301", "GPU-5a7a6b91-4a1b-9c2d-77e1-000000000301"]
 
@@ -46,3 +48,9 @@ def test_it_runs_again_after_a_driver_change_a_new_gpu_or_an_hour_after_a_failur
     assert not selfcheck.due(result, "535.104.05", U, 1000 + selfcheck.RETRY - 1)
     assert selfcheck.due(result, "535.104.05", U, 1000 + selfcheck.RETRY)
     assert not selfcheck.due(result, "550.54.14", [], 1000)  # nothing free to check
+
+
+def test_the_check_containers_name_is_valid_for_any_owner():
+    for owner in ("/umCwke7248MfYg9", "a+b/c=d", "plain"):
+        assert re.fullmatch(r"[a-zA-Z0-9][a-zA-Z0-9_.-]+", check_name(owner))
+    assert check_name("a/b") != check_name("a+b")
