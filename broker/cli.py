@@ -121,9 +121,7 @@ def service_install(ctx, ssh_addr, tunnel_addr, fee_percent, metrics_addr, only_
         raise BrokerError(f"{cfg.home} has no broker: run `broker --home {cfg.home} init` first")
     for addr in (ssh_addr, tunnel_addr, *([metrics_addr] if metrics_addr else [])):
         parse_addr(addr)
-    exe = str(Path(sys.argv[0]).resolve()) if Path(sys.argv[0]).name == "broker" else \
-        str(Path(sys.executable).parent / "broker")
-    argv = [exe, "--home", str(cfg.home), "serve", "--ssh", ssh_addr, "--tunnel", tunnel_addr]
+    argv = [systemd.program("broker"), "--home", str(cfg.home), "serve", "--ssh", ssh_addr, "--tunnel", tunnel_addr]
     argv += ["--fee-percent", str(fee_percent)] if fee_percent is not None else []
     argv += ["--metrics", metrics_addr] if metrics_addr else []
     owner = pwd.getpwuid(cfg.home.stat().st_uid).pw_name

@@ -12,6 +12,7 @@ from typing import Awaitable, Callable
 from keys import material
 
 from . import metrics, render
+from .config import public_address
 from .errors import BrokerError, KeyTaken, NotFound
 from .leases import credits, format_duration, parse_duration
 from .service import DEFAULT_IMAGE, Broker, _one_key
@@ -216,11 +217,7 @@ class Commands:
     async def cmd_ssh_config(self, args: Args, **_):
         if args.words:
             raise Usage("usage: ssh-config")
-        host, port = self.address
-        public = getattr(self.b.config, "public_host", "")
-        if public:
-            name, sep, number = public.rpartition(":")
-            host, port = (name.strip("[]"), int(number)) if sep and number.isdigit() else (public, port)
+        host, port = public_address(getattr(self.b.config, "public_host", ""), self.address)
         leases = [lease for lease in await self.b.db(self.b.store.leases, self.renter) if lease["state"] == "active"]
         entries = [{"host": f"shellrent-{lease['id']}", "hostname": host, "port": port, "user": f"rent+{lease['id']}",
                     "local_forward": "8888 localhost:8888", "lease": lease["id"], "ends_at": lease["ends_at"]}

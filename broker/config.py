@@ -65,6 +65,15 @@ class Config:
         return self.home / "audit.log"
 
 
+def public_address(public_host: str, here: tuple[str, int]) -> tuple[str, int]:
+    """Where renters reach the broker: BROKER_PUBLIC_HOST (HOST or HOST:PORT; its port defaults to the
+    one connected to), else the address and port this renter connected to (here)."""
+    if not public_host:
+        return here[0], here[1]
+    name, sep, number = public_host.rpartition(":")
+    return (name.strip("[]"), int(number)) if sep and number.isdigit() else (public_host, here[1])
+
+
 def parse_addr(text: str) -> tuple[str, int]:
     """'HOST:PORT' (or ':PORT', '[::1]:PORT') to (host, port)."""
     host, sep, port = text.rpartition(":")

@@ -12,6 +12,7 @@ from keys import material, wire
 
 from . import banner, metrics, service
 from .commands import Commands
+from .config import public_address
 from .errors import BrokerError
 from .picker import CtlSession, pick_and_rent
 from .relay import RenterSession, open_tcp
@@ -124,11 +125,8 @@ class RenterServer(asyncssh.SSHServer):
                              banner=self._banner)
 
     async def _banner(self, lease_id: str, env: dict) -> str:
-        here = self._conn.get_extra_info("sockname") or ("BROKER", 22)
-        public = self._broker.config.public_host
-        name, sep, number = public.rpartition(":")
-        where = ((name.strip("[]"), int(number)) if sep and number.isdigit() else (public, here[1])) if public \
-            else (here[0], here[1])
+        where = public_address(self._broker.config.public_host,
+                               self._conn.get_extra_info("sockname") or ("BROKER", 22))
         text = banner.text(await self._broker.db(self._broker.store.lease, lease_id), where, env)
         return text, (await self._broker.db(self._broker.store.renter_config, self.renter))["tmux"]
 

@@ -58,6 +58,7 @@ class Agent:
         self._gpu_wake = asyncio.Event()
         self._kills: list[dict] = []
         self._check_task: asyncio.Task | None = None
+        self._selfcheck: dict = {}  # the last self-check's result (selfcheck.json, read once at start)
         self._inventory: dict | None = None
         self._sink = None
         self._pending: list[dict] = []
@@ -93,6 +94,7 @@ class Agent:
         # The egress policy is installed by the watch loop's first turn, in a thread (iptables may
         # wait up to 20 s for its lock while the engine holds it; connecting does not wait for that),
         # and before any lease starts (_egress_in_force).
+        self._selfcheck = selfcheck.load(self.config.home / "selfcheck.json")
         self.gpuwatch = GpuWatch(lambda: self._gpus, self.store, self.settings, self.config.power_path)
         self._gpu_failures = self._gpu_checks()
         self.leases = Leases(self.config, self.runtime, self.store, self.settings, self.emit)
@@ -242,7 +244,7 @@ class Agent:
         held = {u for r in self.store.holding() for u in json.loads(r["gpus"] or "[]")}
         uuids = [u for u in inv.get("shared", []) if u not in held]
         driver = inv.get("driver_version", "")
-        if not selfcheck.due(selfcheck.load(self.config.home / "selfcheck.json"), driver, uuids, time.time()):
+        if not selfcheck.due(self._selfcheck, driver, uuids, time.time()):
             return
         s = self._settings
         if self._gpus.kind == "fake" and not s["check_image"]:
@@ -256,8 +258,9 @@ class Agent:
 
     async def _run_check(self, image: str, uuids: list[str], driver: str) -> None:
         try:
-            await offload.call(selfcheck.run, self.runtime, image, uuids, self._gpus.device_ids(uuids), driver,
-                               self.config.home / "selfcheck.json", self.gpuwatch.checking.add, timeout=900)
+            self._selfcheck = await offload.call(
+                selfcheck.run, self.runtime, image, uuids, self._gpus.device_ids(uuids), driver,
+                self.config.home / "selfcheck.json", self.gpuwatch.checking.add, timeout=900)
         except asyncio.TimeoutError:
             log.error("GPU self-check did not finish in 15 minutes")
         except Exception:  # a bug: say it once, and do not run it again until the next start
@@ -277,7 +280,7 @@ class Agent:
         withdrawn = self.gpuwatch.withdrawn if self.gpuwatch else {}
         shared = [] if self._gpu_failures else [
             g["uuid"] for g in gpus if (wanted is None or g["index"] in wanted) and g["uuid"] not in withdrawn]
-        checked = selfcheck.verified(selfcheck.load(self.config.home / "selfcheck.json"), {g["uuid"] for g in gpus})
+        checked = selfcheck.verified(self._selfcheck, {g["uuid"] for g in gpus})
         gpus = [{k: g[k] for k in ("index", "uuid", "name", "memory_gb")} for g in gpus]
         n = max(1, len(shared))
         cores = os.cpu_count() or 1

@@ -216,11 +216,10 @@ def service_install(cfg: Config, metrics_addr, only_print, unit_dir):
     """Write /etc/systemd/system/shellrent-hostd.service (restart on failure, this home, as root)."""
     if not cfg.load_pin():
         raise click.ClickException(f"{cfg.home} has not joined a broker: run `hostd join BROKER:PORT TOKEN` first")
-    exe = str(Path(sys.argv[0]).resolve()) if Path(sys.argv[0]).name == "hostd" else \
-        str(Path(sys.executable).parent / "hostd")
     if metrics_addr:
         _addr(metrics_addr)
-    argv = [exe, "--home", str(cfg.home), "run", *(["--metrics", metrics_addr] if metrics_addr else [])]
+    argv = [systemd.program("hostd"), "--home", str(cfg.home), "run",
+            *(["--metrics", metrics_addr] if metrics_addr else [])]
     try:
         text = systemd.unit(
             "shellrent hostd: rent out this machine's GPUs through a broker", argv, ["docker.service"],

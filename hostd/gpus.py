@@ -28,9 +28,10 @@ class GpuError(Exception):
 class FakeSource:
     """GPUs from a 'MODEL:GB,MODEL:GB' setting; no devices are handed to containers.
 
-    What a real GPU would report that tests need to drive (processes on a GPU, a GPU lost, power
-    limits and refusals) lives in an optional JSON state file: {"processes": {uuid: [pid]},
-    "lost": [uuid], "power": {uuid: watts}, "refuse_power": bool}."""
+    What a real GPU would report that tests need to drive (processes on a GPU, a GPU lost, refused
+    power limits) lives in an optional JSON state file that only they write: {"processes": {uuid:
+    [pid]}, "lost": [uuid], "refuse_power": bool}. The power limits set are the source's own, in a
+    file beside it (NAME-power.json, replaced whole): two writers of one file would lose updates."""
 
     kind = "fake"
     POWER = (100.0, 450.0, 300.0)  # min, max, default watts of every fake GPU
@@ -52,15 +53,23 @@ class FakeSource:
             return {}
         if not isinstance(state, dict):
             return {}
-        procs, lost, power = state.get("processes"), state.get("lost"), state.get("power")
-        number = (int, float)
+        procs, lost = state.get("processes"), state.get("lost")
         pids = {u: [p for p in v if type(p) is int and 0 < p < 1 << 22]
                 for u, v in (procs.items() if isinstance(procs, dict) else ()) if isinstance(v, list)}
         return {"processes": pids,
                 "lost": [u for u in lost if isinstance(u, str)] if isinstance(lost, list) else [],
-                "power": {u: float(w) for u, w in power.items() if isinstance(w, number) and not isinstance(w, bool)}
-                if isinstance(power, dict) else {},
                 "refuse_power": state.get("refuse_power") is True}
+
+    def _powers(self) -> dict:
+        """{uuid: watts} set through this source."""
+        if self._state is None:
+            return {}
+        try:
+            power = json.loads(self._state.with_name(self._state.stem + "-power.json").read_text())
+        except (OSError, ValueError):
+            return {}
+        return {u: float(w) for u, w in power.items() if isinstance(w, (int, float)) and not isinstance(w, bool)} \
+            if isinstance(power, dict) else {}
 
     def _known(self, uuid: str) -> None:
         if uuid not in {g["uuid"] for g in self._gpus}:
@@ -71,6 +80,7 @@ class FakeSource:
     def gpus(self) -> list[dict]:
         state = self._read()
         lost = set(state.get("lost", ()))
+        power = self._powers()
         out = []
         for g in self._gpus:
             if g["uuid"] in lost:
@@ -78,7 +88,7 @@ class FakeSource:
                             "lost": True})
                 continue
             out.append({**g, "memory_used_gb": 0.0, "utilization": 0, "temperature": 30,
-                        "power_w": 20.0, "power_limit_w": self.power_limit(g["uuid"]), "error": None})
+                        "power_w": 20.0, "power_limit_w": power.get(g["uuid"], self.POWER[2]), "error": None})
         return out
 
     def driver(self) -> dict:
@@ -96,7 +106,7 @@ class FakeSource:
         return self.POWER
 
     def power_limit(self, uuid: str) -> float:
-        return float(self._read().get("power", {}).get(uuid, self.POWER[2]))
+        return self._powers().get(uuid, self.POWER[2])
 
     def set_power_limit(self, uuid: str, watts: float) -> None:
         self._known(uuid)
@@ -107,8 +117,10 @@ class FakeSource:
         if not lo <= watts <= hi:
             raise GpuError(f"GPU {uuid}: {watts:g} W is outside {lo:g}-{hi:g} W")
         if self._state is not None:
-            state.setdefault("power", {})[uuid] = float(watts)
-            self._state.write_text(json.dumps(state))
+            path = self._state.with_name(self._state.stem + "-power.json")
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps({**self._powers(), uuid: float(watts)}))
+            tmp.replace(path)
 
 
 class NvmlSource:

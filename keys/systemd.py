@@ -1,5 +1,6 @@
 """systemd units for `broker service install` and `hostd service install`: written, or only printed."""
 import shlex
+import sys
 from pathlib import Path
 
 UNIT_DIR = Path("/etc/systemd/system")
@@ -32,6 +33,12 @@ def unit(description: str, argv: list[str], after: list[str], service: dict[str,
              "Restart=on-failure", "RestartSec=5", *(f"{k}={v}" for k, v in service.items()), "",
              "[Install]", "WantedBy=multi-user.target", ""]
     return "\n".join(lines)
+
+
+def program(name: str) -> str:
+    """The absolute path of this process's own command (broker or hostd), for ExecStart."""
+    ran = Path(sys.argv[0])
+    return str(ran.resolve()) if ran.name == name else str(Path(sys.executable).parent / name)
 
 
 def install(name: str, text: str, unit_dir: Path, only_print: bool) -> str:

@@ -24,7 +24,10 @@ def _gpus(c: Cluster) -> dict:
 
 
 def _report(c: Cluster, **state) -> None:
-    (c.hostd_homes["pc1"] / "fake-gpus.json").write_text(json.dumps(state))
+    """What the fake GPUs report now, replaced whole (hostd reads it while the test writes it)."""
+    tmp = c.hostd_homes["pc1"] / "fake-gpus.tmp"
+    tmp.write_text(json.dumps(state))
+    tmp.replace(c.hostd_homes["pc1"] / "fake-gpus.json")
 
 
 def _status(c: Cluster) -> dict:

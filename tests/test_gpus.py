@@ -100,7 +100,7 @@ def test_the_fake_source_serves_its_models_and_what_its_state_file_says(tmp_path
     assert src.power_limit(a["uuid"]) == 250.0 and src.power_limit(b["uuid"]) == 300.0
     with pytest.raises(GpuError, match="outside 100-450 W"):
         src.set_power_limit(a["uuid"], 500)
-    state.write_text(json.dumps({**json.loads(state.read_text()), "processes": {a["uuid"]: [7]},
+    state.write_text(json.dumps({"processes": {a["uuid"]: [7]},
                                  "lost": [b["uuid"]], "refuse_power": True}))
     assert src.processes(a["uuid"]) == [7]
     assert "GPU is lost" in src.gpus()[1]["error"]
