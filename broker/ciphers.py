@@ -36,18 +36,39 @@ def _deferred_send_kexinit(self) -> None:
     _send_kexinit(self)
 
 
+def _firsts(payload: bytes) -> tuple[list, list]:
+    """The first key exchange and host key algorithms of a KEXINIT payload (after its type byte)."""
+    packet = SSHPacket(payload)
+    packet.get_bytes(16)  # cookie
+    return packet.get_namelist()[:1], packet.get_namelist()[:1]
+
+
 async def _choosing_process_kexinit(self, pkttype, pktid, packet):
-    """Read the client's ciphers, choose what to offer, then send our KEXINIT and go on as usual."""
-    if _ours(self) and getattr(self, "_shellrent_waiting", False):
+    """Read the client's ciphers, choose what to offer, then send our KEXINIT and go on as usual.
+
+    Also RFC 4253's rule for a guessed key exchange packet (first_kex_packet_follows), which asyncssh
+    reads differently: the guess is wrong unless both sides' preferred key exchange and host key
+    algorithms are the same; a wrong guess is ignored. asyncssh takes the guess as right when the
+    algorithm chosen is the client's first, and dropbear's client, which follows the RFC and sends a
+    second packet after a wrong guess, was disconnected ("Key exchange not in progress")."""
+    ours = _ours(self)
+    if ours:
         peek = SSHPacket(packet.get_remaining_payload())
+        client_firsts = _firsts(packet.get_remaining_payload())
         peek.get_bytes(16)  # cookie
         for _ in range(2):  # kex, host key
             peek.get_namelist()
         client = set(peek.get_namelist()) | set(peek.get_namelist())  # ciphers both ways
-        self._enc_algs = _FAST if client & set(_FAST) else _WIDE
-        self._shellrent_seen, self._shellrent_waiting = True, False
-        self._kexinit_sent = False  # ours was held back: asyncssh sends it now
+        for _ in range(6):  # MACs, compression, languages
+            peek.get_namelist()
+        follows = peek.get_boolean()
+        if getattr(self, "_shellrent_waiting", False):
+            self._enc_algs = _FAST if client & set(_FAST) else _WIDE
+            self._shellrent_seen, self._shellrent_waiting = True, False
+            self._kexinit_sent = False  # ours was held back: asyncssh sends it now
     await _process_kexinit(self, pkttype, pktid, packet)
+    if ours and follows:
+        self._ignore_first_kex = client_firsts != _firsts(self._server_kexinit[1:])
 
 
 def install() -> None:

@@ -1,5 +1,7 @@
 """SSH clients renters use besides OpenSSH, against a real lease: PuTTY's plink, libssh2 (through curl),
-paramiko; and the renter port's ciphers (AES-GCM for clients that have it, chacha20 and AES-CTR for the rest)."""
+paramiko, dropbear's dbclient, Go's x/crypto/ssh (through rclone's sftp backend); and the renter port's
+ciphers (AES-GCM for clients that have it, chacha20 and AES-CTR for the rest)."""
+import os
 import subprocess
 
 import asyncssh
@@ -62,6 +64,36 @@ def test_paramiko_exec_and_sftp(cluster, host_key):
             assert sftp.open("/workspace/paramiko.txt").read() == b"written by paramiko\n"
     finally:
         client.close()
+
+
+def test_dropbear_runs_commands_with_their_exit_status(cluster, tmp_path):
+    """dbclient sends a guessed key exchange packet; the broker ignores it when the RFC says the guess
+    was wrong (asyncssh alone took it and then cut the client off)."""
+    key = tmp_path / "alice.dropbear"
+    run("dropbearconvert", "openssh", "dropbear", cluster.key, key)
+    env = {**os.environ, "HOME": str(tmp_path)}  # -y: its known_hosts, accepting the key, go here
+
+    def dbclient(command, *opts):
+        return run("dbclient", "-y", "-i", key, "-p", cluster.ssh_port, *opts, "rent@127.0.0.1", command,
+                   check=False, env=env, stdin=subprocess.DEVNULL)
+    for cipher in ("aes128-ctr", "chacha20-poly1305@openssh.com", None):
+        r = dbclient("echo hi; exit 7", *(["-c", cipher] if cipher else []))
+        assert (r.returncode, r.stdout) == (7, b"hi\n"), r.stderr
+    assert [dbclient("false").returncode for _ in range(5)] == [1] * 5
+
+
+def test_go_ssh_through_rclone_moves_files_by_sftp(cluster, host_key, tmp_path):
+    known = tmp_path / "known_hosts"
+    known.write_text(f"[127.0.0.1]:{cluster.ssh_port} {host_key.export_public_key().decode()}")
+    remote = (f":sftp,host=127.0.0.1,port={cluster.ssh_port},user=rent,key_file={cluster.key},"
+              f"known_hosts_file={known}:/workspace")
+    src = tmp_path / "go.bin"
+    src.write_bytes(os.urandom(3 << 20))
+    env = {**os.environ, "RCLONE_CONFIG": str(tmp_path / "rclone.conf")}
+    run("rclone", "copyto", src, f"{remote}/go.bin", env=env)
+    assert run("rclone", "cat", f"{remote}/go.bin", env=env).stdout == src.read_bytes()
+    assert "go.bin" in run("rclone", "lsf", remote, env=env).stdout.decode().split()
+    assert cluster.ssh("stat -c %s /workspace/go.bin").stdout == f"{3 << 20}\n".encode()
 
 
 @pytest.mark.parametrize("cipher,works", [
