@@ -13,6 +13,7 @@ import time
 from keys import wire
 
 from .errors import BrokerError, NotFound, Unavailable
+from .progress import check_view
 from .tunnels import HostLink, Refused
 
 log = logging.getLogger("shellrent.service")
@@ -94,6 +95,9 @@ class HostSync:
         try:
             if kind == "inventory":
                 await self._set_inventory(host, event.get("inventory"))
+                return
+            if kind == "pull.progress":
+                self.pull_progress(host, check_view(event))
                 return
             if kind == "gpu.stray":
                 lid = event.get("lease")

@@ -54,6 +54,16 @@ def _images(text: str) -> str:
     return text
 
 
+def _ready(inv: dict, listed: str) -> list[str]:
+    """The listed images present on the host (hostd pulls the others); a host that does not say has
+    them all."""
+    names = [i for i in wire.image_list(listed) if i != "*"]
+    ready = inv.get("ready", names)
+    if not isinstance(ready, list) or not all(isinstance(i, str) and i in names for i in ready):
+        raise InventoryError("ready: expected images of the listed ones")
+    return list(dict.fromkeys(ready))
+
+
 def check(inv, max_price: int) -> dict:
     """A clean copy of a host's inventory; InventoryError on the first bad field.
 
@@ -83,6 +93,7 @@ def check(inv, max_price: int) -> dict:
     if not isinstance(checked, dict) or not all(u in uuids and wire.number_in(t, 0, MAX_TFLOPS)
                                                 for u, t in checked.items()):
         raise InventoryError(f"checked: expected TFLOPS from 0 to {MAX_TFLOPS} of the listed GPUs")
+    images = _images(_text(inv, "images", 1024, "*"))
     return {
         "gpus": gpus, "shared": list(dict.fromkeys(shared)), "checked": checked,
         "gpu_source": _text(inv, "gpu_source", 16, ""),
@@ -93,6 +104,7 @@ def check(inv, max_price: int) -> dict:
         "cpu_per_gpu": _num(inv, "cpu_per_gpu", 0, 65536), "ram_per_gpu": _num(inv, "ram_per_gpu", 0, 1 << 20),
         "disk_per_gpu": _num(inv, "disk_per_gpu", 0, 1 << 30),
         "price": _num(inv, "price", 0, max_price, integer=True), "window": window, "paused": paused,
-        "geolocation": _text(inv, "geolocation", 32, ""), "images": _images(_text(inv, "images", 1024, "*")),
+        "geolocation": _text(inv, "geolocation", 32, ""), "images": images,
+        "ready": _ready(inv, images),
         "version": _text(inv, "version", 32, ""),
     }

@@ -37,7 +37,8 @@ def host_offers(name: str, inv: dict, used: set[str], reliability: float, now: f
             "price": inv["price"], "dph": inv["price"] * n / MICRO, "reliability": reliability,
             "cuda_vers": float(inv.get("cuda_version") or 0), "driver_version": str(inv.get("driver_version", "")),
             "geolocation": inv.get("geolocation", ""), "verified": verified, "tflops": tflops, "gpus": uuids,
-            "window_end": closes, "images": inv.get("images", "*")})
+            "window_end": closes, "images": inv.get("images", "*"),
+            "ready": inv.get("ready", [])})
     return out
 
 

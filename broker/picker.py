@@ -13,6 +13,7 @@ from keys import wire
 from . import render
 from .commands import Commands
 from .errors import BrokerError
+from .progress import StartProgress
 from .leases import credits, format_duration, hold_for, parse_duration
 from .service import DEFAULT_IMAGE, Broker
 
@@ -89,7 +90,7 @@ async def pick_and_rent(broker: Broker, renter: str, write, readline) -> str:
         raise Aborted("nothing rented")
     started = time.monotonic()
     lease = await broker.rent(renter, f"host_id={offer['host_id']} gpu_name={offer['gpu_name'].replace(' ', '_')}",
-                              seconds, gpus, DEFAULT_IMAGE, progress=lambda m: write(_crlf(m + "\n")))
+                              seconds, gpus, DEFAULT_IMAGE, progress=StartProgress(write, terminal=True))
     write(_crlf(f"lease {lease['id']} ready in {time.monotonic() - started:.1f}s; "
                 f"next time: ssh rent+{lease['id']}@BROKER\n\n"))
     return lease["id"]
@@ -134,7 +135,8 @@ class CtlSession(asyncssh.SSHServerSession):
 
     async def _run(self):
         ask = self._reader.readline if self._reader else None
-        progress = (lambda m: self._chan.write(self._text(m + "\n"))) if self._pty else None
+        # on a terminal, with the output; otherwise on stderr, apart from the output scripts read
+        progress = StartProgress(self._chan.write if self._pty else self._chan.write_stderr, terminal=self._pty)
         try:
             code, out = await self._commands.run(self._line, bytes(self._stdin), ask, progress)
         except Exception as exc:  # never leave the renter hanging

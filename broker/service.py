@@ -30,6 +30,21 @@ log = logging.getLogger("shellrent.service")
 
 NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 DEFAULT_IMAGE = "shellrent-base:bookworm"
+PULL_LIMIT = 3600  # seconds a rent waits on its image's pull, progress or not
+
+
+def _ready(offer: dict, image: str) -> bool:
+    """Whether the offer's host has the image already (any image allowed there must be there)."""
+    return image in offer["ready"] or "*" in wire.image_list(offer["images"])
+
+
+def _quietly(progress, item) -> None:
+    """Tell the renter how the start goes; a renter who has gone does not stop it."""
+    if progress:
+        try:
+            progress(item)
+        except Exception:
+            pass
 
 
 def check_name(kind: str, name: str) -> str:
@@ -121,6 +136,7 @@ class Broker(HostSync):
         self._relayed: dict[str, set] = {}  # lease id -> its renters' open channels (each has .end())
         self._tasks: set[asyncio.Task] = set()
         self._launching: set[str] = set()  # leases whose start call is under way in this process
+        self._pull_watch: dict[tuple[str, str], list] = {}  # (host, image) -> the rents waiting on its pull
         self._syncing: dict[str, asyncio.Task] = {}  # lease id -> the task telling its host what changed
         self._retry: dict[str, tuple[float, int]] = {}  # lease id -> (next try, tries) after a failed sync
         self._full_logged = False
@@ -306,29 +322,32 @@ class Broker(HostSync):
                 "price": price, "fee_percent": self.config.fee_percent,
                 "held": hold_for(price, len(gpus), seconds)}
 
-    async def _launch(self, lease: dict, progress=None) -> dict:
-        """Start the lease on its host. It runs as a task of its own: a renter who cuts the
-        connection meanwhile does not cancel it; it completes (the lease is in `ctl ls`) or fails."""
+    async def _launch(self, lease: dict, progress=None, pull: bool = False, closes: float | None = None) -> dict:
+        """Start the lease on its host (pulling its image there first when pull). It runs as a task
+        of its own: a renter who cuts the connection meanwhile does not cancel it; it completes (the
+        lease is in `ctl ls`) or fails."""
         self._launching.add(lease["id"])
-        task = self._background(self._start_on_host(lease, progress))
+        task = self._background(self._start_on_host(lease, progress, pull, closes))
         task.add_done_callback(lambda _: self._launching.discard(lease["id"]))
         return await asyncio.shield(task)
 
-    async def _start_on_host(self, lease: dict, progress) -> dict:
+    async def _start_on_host(self, lease: dict, progress, pull: bool = False, closes: float | None = None) -> dict:
         """Active only once its container runs; any failure fails and refunds it in one transaction
         and has the host discard whatever it made."""
         lid = lease["id"]
+
+        def say(item):
+            _quietly(progress, item)
+
         try:
             await self._set_state(lease, "starting")
             await faults.point("rent.starting")
             link = self.tunnels.get(lease["host"])
             if not link:
                 raise Unavailable(f"host {lease['host']!r} is offline")
-            if progress:
-                try:
-                    progress(f"starting the container on {lease['host']}...")
-                except Exception:  # the renter has gone; the start goes on
-                    pass
+            if pull:
+                await self._pull(link, lease, say, closes)
+            say(f"starting the container on {lease['host']}...")
             reply = await link.call("lease.start", timeout=self.config.start_timeout, lease={
                 "id": lid, "renter": lease["renter"], "image": lease["image"], "ends_at": lease["ends_at"],
                 "gpus": json.loads(lease["gpus"])})
@@ -349,6 +368,37 @@ class Broker(HostSync):
             raise
         self.market_changed()
         return await self.db(self.store.lease, lid)
+
+    async def _pull(self, link, lease: dict, say, closes: float | None) -> None:
+        """Have the host pull the lease's image (listed there, not there yet), passing its progress to
+        the renter; the call waits while progress comes, at most PULL_LIMIT in all. The lease's time
+        starts once the image is there (the hold covers it: the length is unchanged)."""
+        key, started = (lease["host"], lease["image"]), time.monotonic()
+        last = [started]
+
+        def watch(view: dict) -> None:
+            last[0] = time.monotonic()
+            say(view)
+
+        self._pull_watch.setdefault(key, []).append(watch)
+        try:
+            await asyncio.wait_for(link.call("image.pull", timeout=self.config.start_timeout, alive=lambda: last[0],
+                                             image=lease["image"]), PULL_LIMIT)
+        except asyncio.TimeoutError:
+            raise Unavailable(f"pulling {lease['image']} took longer than {format_duration(PULL_LIMIT)}") from None
+        finally:
+            self._pull_watch[key].remove(watch)
+            if not self._pull_watch[key]:
+                del self._pull_watch[key]
+        say(f"pulled {lease['image']} in {time.monotonic() - started:.1f}s")
+        length = lease["ends_at"] - lease["created"]
+        lease["ends_at"] = min(time.time() + length, closes or math.inf)
+        await self.db(lambda: self.store.update_lease(lease["id"], ends_at=lease["ends_at"]))
+
+    def pull_progress(self, host: str, view: dict) -> None:
+        """A host's pull.progress event (checked): to the rents waiting on that pull."""
+        for watch in list(self._pull_watch.get((host, view["image"]), ())):
+            watch(view)
 
     def _fail(self, lid: str, error: str) -> None:
         """Fail a lease that did not start and refund all it held, in one transaction (store thread);
@@ -390,17 +440,20 @@ class Broker(HostSync):
             lease = self._new_lease(renter, offer["host_id"], image, seconds, offer["gpus"][:gpus],
                                     offer["gpu_name"], offer["price"])
             await self.db(self._open, lease)
-        return await self._launch(lease, progress)
+        pull = not _ready(offer, image)
+        return await self._launch(lease, progress, pull, offer["window_end"])
 
     async def _pick(self, text: str, gpus: int, image: str) -> dict:
-        """The best offer for the query whose host allows the image; a one-line error naming the
-        images that are allowed when none does."""
+        """The best offer for the query whose host allows the image, among those that have it
+        already if any fits (the others pull it first); a one-line error naming the images that are
+        allowed when none does."""
         offers = await self.offers(text)
         allowing = [o for o in offers if wire.image_allowed(o["images"], image)]
         if offers and not allowing:
             allowed = sorted({i for o in offers for i in wire.image_list(o["images"])})
             raise BrokerError(f"image {image!r} is not allowed by the matching offers; allowed: {', '.join(allowed)}")
-        return offers_mod.choose(allowing, text, gpus)
+        ready = [o for o in allowing if _ready(o, image) and o["num_gpus"] >= gpus]
+        return offers_mod.choose(ready or allowing, text, gpus)
 
     @staticmethod
     def _check_fit(offer: dict, seconds: int) -> None:

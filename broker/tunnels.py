@@ -80,16 +80,24 @@ class Control(asyncssh.SSHClientSession):
         if self.events is not None:
             self.events.put_nowait(None)
 
-    async def call(self, op: str, timeout: float = 120, **args) -> dict:
-        """One control call; raises Unavailable with hostd's message (made printable) when it fails."""
+    async def call(self, op: str, timeout: float = 120, alive=None, **args) -> dict:
+        """One control call; raises Unavailable with hostd's message (made printable) when it fails.
+        alive() (monotonic time of the op's last sign of life, e.g. a pull's progress) moves the
+        timeout on: it counts from then."""
         if self._chan is None:
             raise Unavailable(f"host has no control channel for {op}")
         call_id = next(self._ids)
         fut = asyncio.get_running_loop().create_future()
         self._calls[call_id] = fut
+        started = time.monotonic()
         try:
             self._chan.write(wire.encode({**args, "op": op, "call": call_id}))
-            reply = await asyncio.wait_for(fut, timeout)
+            while not fut.done():
+                left = max(started, alive() if alive else started) + timeout - time.monotonic()
+                if left <= 0:
+                    raise asyncio.TimeoutError()
+                await asyncio.wait([fut], timeout=left)
+            reply = fut.result()
         except (OSError, asyncssh.Error, asyncio.TimeoutError, ConnectionError, ValueError) as exc:
             raise Unavailable(f"host did not answer {op}: {exc or type(exc).__name__}") from None
         finally:
@@ -112,9 +120,9 @@ class HostLink:
         self.since = time.time()
         self.hello_at = self.since
 
-    async def call(self, op: str, timeout: float = 120, **args) -> dict:
+    async def call(self, op: str, timeout: float = 120, alive=None, **args) -> dict:
         """One control call; raises Unavailable with hostd's message when it fails."""
-        return await self.control.call(op, timeout, **args)
+        return await self.control.call(op, timeout, alive, **args)
 
 
 class _TunnelClient(asyncssh.SSHClient):

@@ -21,6 +21,7 @@ from .config import Config, write_private
 from .disk import Workspaces
 from .gpuwatch import GpuWatch
 from .leases import Leases
+from .pulls import PullError, Pulls
 from .runtime import Runtime, RuntimeError_, default_limits
 from .sshserver import HostServer, SessionError
 from .store import Store
@@ -60,6 +61,7 @@ class Agent:
         self._check_task: asyncio.Task | None = None
         self._selfcheck: dict = {}  # the last self-check's result (selfcheck.json, read once at start)
         self._inventory: dict | None = None
+        self.pulls: Pulls | None = None
         self._sink = None
         self._pending: list[dict] = []
         self._rejected: str | None = None  # why the broker refused the last connection
@@ -89,6 +91,7 @@ class Agent:
             log.info("disk shares: /workspace is a filesystem of the lease's size (ENOSPC past it); "
                      "the writable layer is watched every %.0fs", self.config.disk_check)
         self.runtime = Runtime(self.owner, default_limits(), None if why else Workspaces(ws_root))
+        self.pulls = Pulls(self.runtime.pull, changed=lambda: setattr(self, "_inventory", None))
         for what in self.runtime.unenforced_limits():
             log.warning("the Docker engine cannot enforce: %s", what)
         # The egress policy is installed by the watch loop's first turn, in a thread (iptables may
@@ -206,9 +209,18 @@ class Agent:
             if inv != self._inventory:
                 self._inventory = inv
                 self.emit({"type": "inventory", "inventory": inv})
+            if self.pulls and inv:
+                self._keep_images(inv)
             if self.runtime and self.host_name and inv:
                 self._check_gpus()
             await asyncio.sleep(1)
+
+    def _keep_images(self, inv: dict) -> None:
+        """Pull the listed images that are not here, in the background; show pulls in the status."""
+        self.pulls.keep([i for i in wire.image_list(inv["images"]) if i != "*" and i not in inv["ready"]])
+        images = {"pulling": self.pulls.pulling(), "failed": self.pulls.failures()}
+        if self._status.get("images") != images:
+            self._set_status(images=images)
 
     async def watch_gpus(self) -> None:
         """The GPU watchdog and power limits (hostd.gpuwatch), every `watchdog` seconds and at once
@@ -293,7 +305,14 @@ class Agent:
                 "ram_per_gpu": s["ram_per_gpu"] or round(ram_gb * 0.8 / n, 1),
                 "disk_per_gpu": s["disk_per_gpu"] or round(disk_gb / n),
                 "price": int(round(s["price"] * 1_000_000)), "window": s["window"], "paused": s["paused"],
-                "geolocation": s["geolocation"], "images": s["images"], "version": VERSION}
+                "geolocation": s["geolocation"], "images": s["images"], "ready": self._ready_images(),
+                "version": VERSION}
+
+    def _ready_images(self) -> list[str]:
+        """The listed images present here: the ones offered (the others are pulled first)."""
+        if not self.runtime:
+            return []
+        return [i for i in wire.image_list(self._settings["images"]) if i != "*" and self.runtime.has_image(i)]
 
     # events to the broker
     def attach_sink(self, session) -> None:
@@ -313,7 +332,7 @@ class Agent:
             self._gpu_wake.set()  # its GPUs' power limits back now
         if self._sink:
             self._sink.send(event)
-        elif event["type"] != "inventory":
+        elif event["type"] not in ("inventory", "pull.progress"):
             self._pending = self._pending[-999:] + [event]
 
     # what sessions need
@@ -387,6 +406,19 @@ class Agent:
         if isinstance(earned, bool) or not isinstance(earned, int):
             raise wire.WireError("bad earnings")
         self._set_status(earned=earned)
+        return {"ok": True}
+
+    async def _op_image_pull(self, req):
+        """Pull a listed image for a rent, sending its progress as pull.progress events; answered
+        when it is here. Only listed images: a renter never has a provider pull an image of its own."""
+        image = wire.image(req.get("image"))
+        if image not in wire.image_list(self._settings["images"]):
+            return {"ok": False, "error": f"image {image!r} is not listed on this host "
+                                          f"(listed: {self._settings['images']})"}
+        try:
+            await self.pulls.pull(image, lambda view: self.emit({"type": "pull.progress", **view}))
+        except PullError as exc:
+            return {"ok": False, "error": f"pulling {image} failed: {exc}"}
         return {"ok": True}
 
     async def _op_lease_start(self, req):
@@ -552,7 +584,8 @@ class Agent:
 
 
 _OPS = {"hello": Agent._op_hello, "welcome": Agent._op_welcome, "reject": Agent._op_reject,
-        "earnings": Agent._op_earnings, "lease.start": Agent._op_lease_start, "lease.stop": Agent._op_lease_stop,
+        "earnings": Agent._op_earnings, "lease.start": Agent._op_lease_start,
+        "image.pull": Agent._op_image_pull, "lease.stop": Agent._op_lease_stop,
         "lease.extend": Agent._op_lease_extend, "lease.discard": Agent._op_lease_discard}
 
 

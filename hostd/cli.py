@@ -106,6 +106,7 @@ def status(cfg: Config, as_json):
            "earned_micro": earned, "earned": f"{earned / 1e6:.2f}",
            "paused": settings_mod.load(cfg.home / "settings.json")["paused"]}
     out.update({k: st.get(k) or [] for k in ("gpu_problems", "gpu_kills", "gpu_failures")} if running else {})
+    out.update({"images": st.get("images") or {"pulling": [], "failed": {}}} if running else {})
     if as_json:
         click.echo(json.dumps(out))
         return
@@ -116,6 +117,10 @@ def status(cfg: Config, as_json):
         click.echo(f"offering no GPUs: {why}")
     for why in out.get("gpu_problems", []):
         click.echo(f"GPU: {why}")
+    for p in out.get("images", {}).get("pulling", []):
+        click.echo(f"pulling {p['image']}: {p['done']}/{p['layers']} layers, {p['bytes'] / 1e6:.1f} MB")
+    for image, why in out.get("images", {}).get("failed", {}).items():
+        click.echo(f"image {image} not here: {why} (tried again every 10 minutes)")
     for k in out.get("gpu_kills", [])[-5:]:
         click.echo(f"watchdog killed pid {k['pid']} ({k['command']}) of {k['where']} on GPU {k['index']} "
                    f"at {time.strftime('%H:%M:%S', time.gmtime(k['at']))} UTC")

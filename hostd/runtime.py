@@ -103,6 +103,24 @@ class Runtime:
                 self._drop_workspace(lease["id"])
             raise RuntimeError_(f"starting the container failed: {getattr(exc, 'explanation', None) or exc}") from None
 
+    def has_image(self, image: str) -> bool:
+        try:
+            self.client.images.get(image)
+            return True
+        except ImageNotFound:
+            return False
+
+    def pull(self, image: str, on_event) -> None:
+        """Pull an image, calling on_event with each of the engine's progress events (hostd.pulls).
+        A client of its own: the engine's pull holds its connection until it is done."""
+        repo, tag = docker.utils.parse_repository_tag(image)
+        client = docker.from_env()
+        try:
+            for event in client.api.pull(repo, tag=tag or "latest", stream=True, decode=True):
+                on_event(event)
+        finally:
+            client.close()
+
     def create(self, lease: dict, device_ids: list[str], workspace: str, lease_dir: str, network: str, lim: dict):
         """Create (not start) a lease's container, and check that the engine pinned it to exactly the
         lease's GPUs: a device request for those UUIDs only (it makes Docker run the NVIDIA hook), one

@@ -3,4 +3,22 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+# What only the tests use: clients renters use besides OpenSSH (dropbear's, rclone's Go SSH), a static
+# busybox for the small images pushed to a registry of the tests' own, and that registry's server
+# (Debian's docker-registry, unpacked into .tools: installed, its package would start a registry service).
+need=()
+for pair in dbclient:dropbear-bin rclone:rclone; do
+    command -v "${pair%%:*}" >/dev/null || need+=("${pair#*:}")
+done
+dpkg -s busybox-static >/dev/null 2>&1 || need+=(busybox-static)  # Debian's plain busybox is not static
+if ((${#need[@]})); then
+    echo "test: installing ${need[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+if ! command -v docker-registry >/dev/null && [ ! -x .tools/usr/bin/docker-registry ]; then
+    echo "test: unpacking docker-registry into .tools"
+    apt-get update -qq
+    (cd "$(mktemp -d)" && apt-get download -qq docker-registry && dpkg -x docker-registry_*.deb "$OLDPWD/.tools")
+fi
 exec .venv/bin/python -m pytest "$@"

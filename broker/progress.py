@@ -1,0 +1,80 @@
+"""A rent's start-up as the renter sees it: lines of text, and an image pull's progress drawn as a bar
+redrawn in place on a terminal, or as plain lines otherwise (one each PLAIN_EVERY seconds and at each
+finished layer), so that a log or a script reading stderr gets a few lines, not a stream of redraws."""
+import time
+
+from keys import wire
+
+BAR = 24
+PLAIN_EVERY = 2.0
+
+
+def megabytes(n: int) -> str:
+    return f"{n / 1e6:.1f}"
+
+
+def pull_line(view: dict, bar: bool) -> str:
+    """'pulling IMAGE [#####-----] 2/3 layers 4.1/6.0 MB' (without the bar: 'pulling IMAGE: ...')."""
+    layers = f"{view['done']}/{view['layers']} layers, {megabytes(view['bytes'])}/{megabytes(view['total'])} MB"
+    if not bar:
+        return f"pulling {view['image']}: {layers}"
+    filled = round(BAR * view["bytes"] / view["total"]) if view["total"] else 0
+    return f"pulling {view['image']} [{'#' * filled}{'-' * (BAR - filled)}] {layers}"
+
+
+def check_view(event: dict) -> dict:
+    """A host's pull.progress event, checked: WireError on anything out of shape."""
+    view = {"image": wire.image(event.get("image"))}
+    for key, most in (("layers", 10_000), ("done", 10_000), ("bytes", 1 << 50), ("total", 1 << 50)):
+        if not wire.number_in(event.get(key), 0, most, True):
+            raise wire.WireError(f"bad pull progress: {key}")
+        view[key] = event[key]
+    if view["done"] > view["layers"] or view["bytes"] > max(view["total"], 1 << 50):
+        raise wire.WireError("bad pull progress: more done than there is")
+    return view
+
+
+class StartProgress:
+    """Called with a line of text or a pull's progress view; write(bytes) sends to the renter.
+    Never raises: a renter who has gone does not stop the start."""
+
+    def __init__(self, write, terminal: bool):
+        self._write = write
+        self._terminal = terminal
+        self._drawn = 0  # length of the bar line now on the terminal (0: none)
+        self._plain: dict[str, tuple[float, int]] = {}  # image -> (when last printed, layers done then)
+
+    def __call__(self, item) -> None:
+        try:
+            if isinstance(item, dict):
+                self._pull(item)
+            else:
+                self._line(str(item))
+        except Exception:  # the channel has closed
+            pass
+
+    def _line(self, text: str) -> None:
+        self._end_bar()
+        self._send(text + "\n")
+
+    def _pull(self, view: dict) -> None:
+        if self._terminal:
+            text = wire.printable(pull_line(view, bar=True))
+            pad = " " * max(0, self._drawn - len(text))
+            self._drawn = len(text)
+            self._write(("\r" + text + pad).encode())
+            return
+        last, done = self._plain.get(view["image"], (0.0, -1))
+        now = time.monotonic()
+        if now - last >= PLAIN_EVERY or view["done"] != done:
+            self._plain[view["image"]] = (now, view["done"])
+            self._send(pull_line(view, bar=False) + "\n")
+
+    def _end_bar(self) -> None:
+        if self._drawn:
+            self._drawn = 0
+            self._write(b"\r\n")
+
+    def _send(self, text: str) -> None:
+        text = wire.printable(text)
+        self._write((text.replace("\n", "\r\n") if self._terminal else text).encode())
