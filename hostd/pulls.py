@@ -15,6 +15,7 @@ log = logging.getLogger("shellrent.pulls")
 
 IDLE = 300  # seconds without a pull event before the pull is given up
 RETRY = 600  # seconds before a failed background pull is tried again
+AGAIN = 30  # seconds before a rent may start again a pull a rent started that failed (failed rents are free)
 EVERY = 0.5  # seconds between progress reports to watchers (and at each finished layer)
 LAYER = re.compile(r"[0-9a-f]{12}")
 
@@ -72,6 +73,7 @@ class _Pull:
         self.watchers: list = []
         self.last_event = time.monotonic()
         self.sent = (0.0, -1)  # when the watchers last heard, and how many layers were done then
+        self.by_rent = False
 
 
 class Pulls:
@@ -85,6 +87,7 @@ class Pulls:
         self._idle = idle
         self._pulls: dict[str, _Pull] = {}
         self._failed: dict[str, tuple[float, str]] = {}  # image -> (monotonic time, why)
+        self._by_rent: dict[str, float] = {}  # image -> when a rent's pull of it last failed
 
     def failures(self) -> dict[str, str]:
         return {image: why for image, (_, why) in self._failed.items()}
@@ -104,7 +107,9 @@ class Pulls:
     async def pull(self, image: str, watch=None) -> None:
         """Wait until the image is here, pulling it unless a pull is under way; watch(view) hears
         its progress. PullError with one line when it fails."""
-        pull = self._pulls.get(image) or self._start(image)
+        if image not in self._pulls and time.monotonic() - self._by_rent.get(image, -AGAIN) < AGAIN:
+            raise PullError(self._failed[image][1])  # a renter's rents do not make hostd hammer a registry
+        pull = self._pulls.get(image) or self._start(image, by_rent=True)
         if watch:
             pull.watchers.append(watch)
             watch(pull.progress.view())
@@ -118,9 +123,10 @@ class Pulls:
             if watch in pull.watchers:
                 pull.watchers.remove(watch)
 
-    def _start(self, image: str) -> _Pull:
+    def _start(self, image: str, by_rent: bool = False) -> _Pull:
         loop = asyncio.get_running_loop()
         pull = self._pulls[image] = _Pull(image, loop.create_future())
+        pull.by_rent = by_rent
         pull.future.add_done_callback(lambda f: f.exception())  # a background pull's failure is logged, not raised
 
         def event(ev):  # on the event loop
@@ -161,10 +167,13 @@ class Pulls:
         if error:
             log.warning("pulling image %s failed: %s", image, error)
             self._failed[image] = (time.monotonic(), str(error))
+            if pull.by_rent:
+                self._by_rent[image] = time.monotonic()
             pull.future.set_exception(error)
         else:
             log.info("pulled image %s (%.1f MB)", image, pull.progress.view()["total"] / 1e6)
             self._failed.pop(image, None)
+            self._by_rent.pop(image, None)
             view = pull.progress.view()
             for watch in list(pull.watchers):
                 watch(view)

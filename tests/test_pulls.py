@@ -89,6 +89,8 @@ async def test_a_refused_pull_fails_its_rent_in_one_line_and_is_not_retried_at_o
     assert pulls.failures() == {"x:nosuch": str(e.value)}
     pulls.keep(["x:nosuch"])  # the background loop: not again before RETRY
     await asyncio.sleep(0.05)
+    with pytest.raises(PullError, match="^manifest for"):  # another rent at once: the same answer, no pull
+        await pulls.pull("x:nosuch")
     assert calls == ["x:nosuch"]
 
 
@@ -176,3 +178,23 @@ def test_a_gone_renter_does_not_stop_the_start_and_hostile_names_are_shown_escap
     out = []
     StartProgress(out.append, terminal=False)({**_views()[0], "image": "a\x1b[2J"})
     assert b"\x1b" not in b"".join(out) and b"a\\x1b[2J" in b"".join(out)  # ...escaped on the way out
+
+
+async def test_a_background_failure_does_not_keep_a_rent_from_trying():
+    calls = []
+
+    def engine_pull(image, on_event):
+        calls.append(image)
+        if len(calls) == 1:
+            raise ConnectionRefusedError("dial tcp 127.0.0.1:5123: connect: connection refused")
+        _replay(EVENTS)(image, on_event)
+
+    pulls = Pulls(engine_pull)
+    pulls.keep([IMAGE])
+    for _ in range(100):
+        if pulls.failures():
+            break
+        await asyncio.sleep(0.02)
+    assert "connection refused" in pulls.failures()[IMAGE]
+    await pulls.pull(IMAGE)  # the registry is back: the rent pulls at once
+    assert calls == [IMAGE, IMAGE] and pulls.failures() == {}
