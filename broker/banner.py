@@ -7,7 +7,7 @@ container stays the machine-readable form.
 import json
 import time
 
-from keys import wire
+from shellrent.common import protocol
 
 from .leases import format_duration
 
@@ -16,7 +16,7 @@ def text(lease: dict, broker: tuple[str, int], env: dict, now: float | None = No
     """The banner for a lease record, with CRLF line ends (the renter's terminal is in raw mode)."""
     now = time.time() if now is None else now
     gpus = json.loads(lease.get("gpus") or "[]")
-    model = wire.printable(str(lease.get("gpu_name") or "GPU"))[:64]
+    model = protocol.printable(str(lease.get("gpu_name") or "GPU"))[:64]
     what = f"{len(gpus)} x {model}" if gpus else "no GPU"
     left = max(0, lease["ends_at"] - now)
     ends = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(lease["ends_at"]))
@@ -24,7 +24,7 @@ def text(lease: dict, broker: tuple[str, int], env: dict, now: float | None = No
     ctl = f"ssh{'' if port == 22 else f' -p {port}'} ctl@{host}"
     plain = bool(env.get("NO_COLOR")) or env.get("TERM", "") == "dumb"  # no-color.org: set and not empty
     bold, off = ("", "") if plain else ("\x1b[1m", "\x1b[0m")
-    lines = [f"{bold}shellrent lease {lease['id']}{off}: {what} on {wire.printable(lease['host'])[:32]}",
+    lines = [f"{bold}shellrent lease {lease['id']}{off}: {what} on {protocol.printable(lease['host'])[:32]}",
              f"time left {format_duration(left) if left else 'none'}, ends {ends}; more: {ctl} extend 1h",
              "jobs that must outlive this connection: tmux new -A -s main (tmux sessions survive a drop)",
              ""]

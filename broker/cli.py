@@ -10,7 +10,9 @@ from pathlib import Path
 
 import click
 
-from keys import material, systemd
+from shellrent.common import systemd
+
+from shellrent.keys import material
 
 from . import admin, leases, render, service
 from .config import Config, parse_addr

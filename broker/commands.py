@@ -9,7 +9,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Awaitable, Callable
 
-from keys import material
+from shellrent.keys import material
 
 from . import metrics, render
 from .config import public_address

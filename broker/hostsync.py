@@ -10,7 +10,7 @@ import json
 import logging
 import time
 
-from keys import wire
+from shellrent.common import protocol
 
 from .errors import BrokerError, NotFound, Unavailable
 from .progress import check_view
@@ -29,13 +29,13 @@ class HostSync:
         broker's record decides everything that touches money; the host's, what really ran."""
         ours = {lease["id"]: lease for lease in await self.db(self.store.leases_on, link.name, False)}
         for lid, st in theirs.items():
-            if not (wire.LEASE_ID.fullmatch(lid) and isinstance(st, dict)
+            if not (protocol.LEASE_ID.fullmatch(lid) and isinstance(st, dict)
                     and st.get("state") in ("starting", "active", "ending", "ended", "purged", "lost")):
                 log.warning("host %s: ignoring a malformed lease entry", link.name)
                 continue
             try:
                 await self._reconcile_one(link, lid, ours.get(lid), st)
-            except (BrokerError, wire.WireError) as exc:
+            except (BrokerError, protocol.WireError) as exc:
                 log.warning("host %s, lease %s: reconcile failed: %s", link.name, lid, exc)
         for lid, lease in ours.items():
             if lid in theirs or lid in self._launching or (lease["started"] or lease["created"]) >= link.hello_at:
@@ -80,9 +80,9 @@ class HostSync:
         new = False
         for item in downs[-100:]:
             try:
-                down = wire.timestamp(item[0])
-                up = None if item[1] is None else max(wire.timestamp(item[1]), down)
-            except (wire.WireError, TypeError, IndexError, KeyError):
+                down = protocol.timestamp(item[0])
+                up = None if item[1] is None else max(protocol.timestamp(item[1]), down)
+            except (protocol.WireError, TypeError, IndexError, KeyError):
                 log.warning("host %s, lease %s: ignoring a malformed down time", lease["host"], lease["id"])
                 continue
             new = await self.db(self.store.set_down, lease["id"], down, up) or new
@@ -101,7 +101,7 @@ class HostSync:
                 return
             if kind == "gpu.stray":
                 lid = event.get("lease")
-                if lid is not None and (await self.db(self.store.lease, wire.lease_id(lid)))["host"] != host:
+                if lid is not None and (await self.db(self.store.lease, protocol.lease_id(lid)))["host"] != host:
                     log.warning("host %s reported a GPU stray in lease %s of another host: refused", host, lid)
                     return
                 self._stray(host, event, time.monotonic())
@@ -109,19 +109,19 @@ class HostSync:
             if kind not in ("lease.ended", "lease.purged", "lease.down", "lease.up"):
                 log.info("host %s: ignoring an event of unknown type", host)
                 return
-            lid = wire.lease_id(event.get("id"))
+            lid = protocol.lease_id(event.get("id"))
             lease = await self.db(self.store.lease, lid)
             if lease["host"] != host:
                 log.warning("host %s claimed lease %s of host %s: refused", host, lid, lease["host"])
             elif kind == "lease.ended":
-                await self.host_ended(host, lid, wire.timestamp(event.get("at")))
+                await self.host_ended(host, lid, protocol.timestamp(event.get("at")))
             elif kind == "lease.purged":
                 if lease["state"] == "ended":
                     await self.db(lambda: self.store.update_lease(lid, state="purged"))
             else:
                 await self._downs(lease, [event.get("down")])
                 log.info("host %s: lease %s container %s", host, lid, "down" if kind == "lease.down" else "up again")
-        except (wire.WireError, NotFound) as exc:
+        except (protocol.WireError, NotFound) as exc:
             log.warning("host %s: ignoring a bad event: %s", host, exc)
 
     def _stray(self, host: str, event: dict, now: float) -> None:
@@ -135,11 +135,11 @@ class HostSync:
         if len(recent) >= STRAYS_PER_MINUTE:
             return
         lid, pid = event.get("lease"), event.get("pid")
-        if not wire.number_in(pid, 1, 1 << 22, True) or not isinstance(event.get("where"), str) \
+        if not protocol.number_in(pid, 1, 1 << 22, True) or not isinstance(event.get("where"), str) \
                 or not isinstance(event.get("command"), str):
-            raise wire.WireError("bad gpu.stray report")
+            raise protocol.WireError("bad gpu.stray report")
         audit.info("gpu-stray host=%s gpu=%s lease=%s pid=%d where=%s command=%s", host,
-                   wire.gpu_uuid(event.get("gpu")), wire.lease_id(lid) if lid is not None else "-", pid,
+                   protocol.gpu_uuid(event.get("gpu")), protocol.lease_id(lid) if lid is not None else "-", pid,
                    json.dumps(event["where"][:80]), json.dumps(event["command"][:32]))  # one quoted field each
 
     async def host_ended(self, host: str, lid: str, at: float | None) -> None:
@@ -150,10 +150,10 @@ class HostSync:
             log.warning("host %s claimed lease %s of host %s: refused", host, lid, lease["host"])
             return
         if lease["state"] in ("active", "ending"):
-            await self.end_lease(lid, wire.timestamp(at) if at is not None else time.time())
+            await self.end_lease(lid, protocol.timestamp(at) if at is not None else time.time())
         elif lease["state"] in ("ended", "purged") and at is not None \
-                and wire.timestamp(at) < (lease["ended"] or lease["ends_at"]):
-            await self.db(self._end_earlier, lid, wire.timestamp(at))  # it stopped before the broker's end
+                and protocol.timestamp(at) < (lease["ended"] or lease["ends_at"]):
+            await self.db(self._end_earlier, lid, protocol.timestamp(at))  # it stopped before the broker's end
         if lease["host_ended"] is None and lease["state"] != "starting":
             await self._freed(lid)
 

@@ -6,7 +6,7 @@ InventoryError naming the first bad field; the broker then keeps that host out o
 """
 import re
 
-from keys import wire
+from shellrent.common import protocol
 
 from .errors import BrokerError
 from .leases import parse_window
@@ -22,7 +22,7 @@ class InventoryError(BrokerError):
 
 def _num(inv: dict, key: str, lo: float, hi: float, integer: bool = False):
     v = inv.get(key)
-    if not wire.number_in(v, lo, hi, integer):
+    if not protocol.number_in(v, lo, hi, integer):
         raise InventoryError(f"{key}: expected {'a whole number' if integer else 'a number'} "
                              f"from {lo:g} to {hi:g}")
     return v
@@ -39,8 +39,8 @@ def _gpu(g) -> dict:
     if not isinstance(g, dict):
         raise InventoryError("gpus: each GPU must be an object")
     try:
-        uuid = wire.gpu_uuid(g.get("uuid"))
-    except wire.WireError as exc:
+        uuid = protocol.gpu_uuid(g.get("uuid"))
+    except protocol.WireError as exc:
         raise InventoryError(f"gpus: {exc}") from None
     return {"index": _num(g, "index", 0, 1023, integer=True), "uuid": uuid, "name": _text(g, "name", 64),
             "memory_gb": _num(g, "memory_gb", 0, 4096)}
@@ -48,8 +48,8 @@ def _gpu(g) -> dict:
 
 def _images(text: str) -> str:
     try:
-        wire.image_list(text)
-    except wire.WireError as exc:
+        protocol.image_list(text)
+    except protocol.WireError as exc:
         raise InventoryError(f"images: {exc}") from None
     return text
 
@@ -57,7 +57,7 @@ def _images(text: str) -> str:
 def _ready(inv: dict, listed: str) -> list[str]:
     """The listed images present on the host (hostd pulls the others); a host that does not say has
     them all."""
-    names = [i for i in wire.image_list(listed) if i != "*"]
+    names = [i for i in protocol.image_list(listed) if i != "*"]
     ready = inv.get("ready", names)
     if not isinstance(ready, list) or not all(isinstance(i, str) and i in names for i in ready):
         raise InventoryError("ready: expected images of the listed ones")
@@ -90,7 +90,7 @@ def check(inv, max_price: int) -> dict:
         raise InventoryError("paused: expected true or false")
     cuda = inv.get("cuda_version", 0)
     checked = inv.get("checked", {})
-    if not isinstance(checked, dict) or not all(u in uuids and wire.number_in(t, 0, MAX_TFLOPS)
+    if not isinstance(checked, dict) or not all(u in uuids and protocol.number_in(t, 0, MAX_TFLOPS)
                                                 for u, t in checked.items()):
         raise InventoryError(f"checked: expected TFLOPS from 0 to {MAX_TFLOPS} of the listed GPUs")
     images = _images(_text(inv, "images", 1024, "*"))

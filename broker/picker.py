@@ -8,7 +8,7 @@ import time
 
 import asyncssh
 
-from keys import wire
+from shellrent.common import protocol
 
 from . import render
 from .commands import Commands
@@ -148,7 +148,7 @@ class CtlSession(asyncssh.SSHServerSession):
         self._chan.exit(code)
 
     def _text(self, text: str) -> bytes:
-        text = wire.printable(text)  # hosts' and renters' words never steer a terminal
+        text = protocol.printable(text)  # hosts' and renters' words never steer a terminal
         return _crlf(text) if self._pty else text.encode()
 
     def data_received(self, data, datatype):

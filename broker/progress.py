@@ -3,7 +3,7 @@ redrawn in place on a terminal, or as plain lines otherwise (one each PLAIN_EVER
 finished layer), so that a log or a script reading stderr gets a few lines, not a stream of redraws."""
 import time
 
-from keys import wire
+from shellrent.common import protocol
 
 BAR = 24
 PLAIN_EVERY = 2.0
@@ -24,13 +24,13 @@ def pull_line(view: dict, bar: bool) -> str:
 
 def check_view(event: dict) -> dict:
     """A host's pull.progress event, checked: WireError on anything out of shape."""
-    view = {"image": wire.image(event.get("image"))}
+    view = {"image": protocol.image(event.get("image"))}
     for key, most in (("layers", 10_000), ("done", 10_000), ("bytes", 1 << 50), ("total", 1 << 50)):
-        if not wire.number_in(event.get(key), 0, most, True):
-            raise wire.WireError(f"bad pull progress: {key}")
+        if not protocol.number_in(event.get(key), 0, most, True):
+            raise protocol.WireError(f"bad pull progress: {key}")
         view[key] = event[key]
-    if view["done"] > view["layers"] or view["bytes"] > max(view["total"], 1 << 50):
-        raise wire.WireError("bad pull progress: more done than there is")
+    if view["done"] > view["layers"] or view["bytes"] > view["total"]:
+        raise protocol.WireError("bad pull progress: more done than there is")
     return view
 
 
@@ -59,7 +59,7 @@ class StartProgress:
 
     def _pull(self, view: dict) -> None:
         if self._terminal:
-            text = wire.printable(pull_line(view, bar=True))
+            text = protocol.printable(pull_line(view, bar=True))
             pad = " " * max(0, self._drawn - len(text))
             self._drawn = len(text)
             self._write(("\r" + text + pad).encode())
@@ -76,5 +76,5 @@ class StartProgress:
             self._write(b"\r\n")
 
     def _send(self, text: str) -> None:
-        text = wire.printable(text)
+        text = protocol.printable(text)
         self._write((text.replace("\n", "\r\n") if self._terminal else text).encode())

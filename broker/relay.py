@@ -17,7 +17,7 @@ from typing import Awaitable, Callable
 
 import asyncssh
 
-from keys import wire
+from shellrent.common import protocol
 
 from .errors import BrokerError, NotFound
 from .metrics import TO_HOST, TO_RENTER
@@ -124,8 +124,8 @@ class RenterSession(asyncssh.SSHServerSession):
     def subsystem_requested(self, subsystem):
         if subsystem not in SUBSYSTEMS:
             # Accepted only to say why on stderr; nothing reaches the host.
-            self._refused = f"subsystem {wire.printable(subsystem)[:64]!r} is not available (only sftp is)"
-            log.warning("refused subsystem %r", wire.printable(subsystem)[:64])
+            self._refused = f"subsystem {protocol.printable(subsystem)[:64]!r} is not available (only sftp is)"
+            log.warning("refused subsystem %r", protocol.printable(subsystem)[:64])
             return True
         self._req = {"subsystem": subsystem}
         return True
@@ -145,13 +145,13 @@ class RenterSession(asyncssh.SSHServerSession):
                 if not (self._pty and self._picker and not self._req):
                     raise
                 conn, lease = await self._pick()
-            env = wire.filter_env(self.chan.get_environment())
+            env = protocol.filter_env(self.chan.get_environment())
             if self._pty and not self._req and self._banner:  # a person's shell: say where they are
                 text, tmux = await self._banner(lease, {**self.chan.get_environment(), "TERM": self._pty["term_type"]})
                 self.chan.write(text.encode())
                 if tmux:  # the renter's `config tmux on`: the shell is the lease's tmux session
                     self._req = {"command": TMUX}
-            env[wire.LEASE_ENV] = lease
+            env[protocol.LEASE_ENV] = lease
             self._up, _ = await conn.create_session(
                 lambda: _Upstream(self), **self._req, **self._pty, env=env, encoding=None,
                 window=WINDOW, max_pktsize=TUNNEL_PKTSIZE)
@@ -185,7 +185,7 @@ class RenterSession(asyncssh.SSHServerSession):
         return await self._opener(False)
 
     def _fail(self, message: str):
-        message = wire.printable(message).replace("\n", " ")
+        message = protocol.printable(message).replace("\n", " ")
         self.chan.write_stderr(f"shellrent: {message}\r\n".encode() if self._pty else
                                f"shellrent: {message}\n".encode())
         self.chan.exit(2)
@@ -232,7 +232,7 @@ class RenterSession(asyncssh.SSHServerSession):
             self._size = (width, height, pixwidth, pixheight)
 
     def signal_received(self, signal):
-        if self._up and signal in wire.SIGNALS:
+        if self._up and signal in protocol.SIGNALS:
             self._up.send_signal(signal)
 
     def break_received(self, msec):

@@ -2,7 +2,7 @@
 import json
 import time
 
-from keys import wire
+from shellrent.common import protocol
 
 
 def cell(v) -> str:
@@ -17,7 +17,7 @@ def cell(v) -> str:
     text = str(v)
     if text.isprintable():  # no control, format or separator character: nothing to escape (the usual case)
         return text
-    return wire.printable(text).replace("\n", " ")
+    return protocol.printable(text).replace("\n", " ")
 
 
 def table(rows: list[dict], cols: list[str], headers: list[str] | None = None) -> str:

@@ -8,7 +8,9 @@ from collections import defaultdict
 
 import asyncssh
 
-from keys import material, metrics as keys_metrics
+from shellrent.common import metrics as common_metrics
+
+from shellrent.keys import material
 
 from . import ciphers, metrics
 from .admin import AdminServer
@@ -62,7 +64,7 @@ class BrokerServer:
         await admin.start()
         self._closers = [ssh.close, admin.close]
         if cfg.metrics_addr:
-            served = await keys_metrics.serve(*cfg.metrics_addr, metrics.REGISTRY,
+            served = await common_metrics.serve(*cfg.metrics_addr, metrics.REGISTRY,
                                               lambda: metrics.refresh(self.broker))
             self._closers.append(served.close)
             info_metrics = [cfg.metrics_addr[0], served.sockets[0].getsockname()[1]]

@@ -15,7 +15,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import asyncssh
 
-from keys import faults, material, tokens, wire
+from shellrent.common import faults, protocol
+
+from shellrent.keys import material, tokens
 
 from . import inventory as inventory_mod, ledger, offers as offers_mod, query
 from .config import Config
@@ -35,7 +37,7 @@ PULL_LIMIT = 3600  # seconds a rent waits on its image's pull, progress or not
 
 def _ready(offer: dict, image: str) -> bool:
     """Whether the offer's host has the image already (any image allowed there must be there)."""
-    return image in offer["ready"] or "*" in wire.image_list(offer["images"])
+    return image in offer["ready"] or "*" in protocol.image_list(offer["images"])
 
 
 def _quietly(progress, item) -> None:
@@ -352,8 +354,8 @@ class Broker(HostSync):
                 "id": lid, "renter": lease["renter"], "image": lease["image"], "ends_at": lease["ends_at"],
                 "gpus": json.loads(lease["gpus"])})
             try:
-                container = wire.container_id(reply.get("container"))
-            except wire.WireError:
+                container = protocol.container_id(reply.get("container"))
+            except protocol.WireError:
                 raise Unavailable(f"host {lease['host']} answered lease.start without a container id") from None
             await faults.point("rent.started")
             await self.db(lambda: self.store.update_lease(lid, state="active", container=container,
@@ -423,11 +425,12 @@ class Broker(HostSync):
         if not (math.isfinite(hours) and 0 < hours <= 24 * 30):
             raise BrokerError(f"bad duration {hours} h: must be more than 0 and at most 720")
         await self.db(self.store.require_renter, renter)
-        await self.db(self.store.host, host)
+        inv = json.loads((await self.db(self.store.host, host))["inventory"] or "{}")
         if not self.tunnels.get(host):
             raise Unavailable(f"host {host!r} is offline")
         lease = await self.db(self._open, self._new_lease(renter, host, image, int(hours * 3600)))
-        return await self._launch(lease)
+        listed = image in protocol.image_list(inv.get("images", ""))
+        return await self._launch(lease, pull=listed and image not in inv.get("ready", [image]))
 
     async def rent(self, renter: str, text: str, seconds: int, gpus: int, image: str, progress=None) -> dict:
         """Pick an offer, hold the credit, start the container; all or nothing."""
@@ -448,9 +451,9 @@ class Broker(HostSync):
         already if any fits (the others pull it first); a one-line error naming the images that are
         allowed when none does."""
         offers = await self.offers(text)
-        allowing = [o for o in offers if wire.image_allowed(o["images"], image)]
+        allowing = [o for o in offers if protocol.image_allowed(o["images"], image)]
         if offers and not allowing:
-            allowed = sorted({i for o in offers for i in wire.image_list(o["images"])})
+            allowed = sorted({i for o in offers for i in protocol.image_list(o["images"])})
             raise BrokerError(f"image {image!r} is not allowed by the matching offers; allowed: {', '.join(allowed)}")
         ready = [o for o in allowing if _ready(o, image) and o["num_gpus"] >= gpus]
         return offers_mod.choose(ready or allowing, text, gpus)

@@ -8,7 +8,9 @@ from collections import defaultdict, deque
 
 import asyncssh
 
-from keys import material, wire
+from shellrent.common import protocol
+
+from shellrent.keys import material
 
 from . import banner, metrics, service
 from .commands import Commands
@@ -158,7 +160,7 @@ class RenterServer(asyncssh.SSHServer):
         return conn, lease
 
     def connection_requested(self, dest_host, dest_port, orig_host, orig_port):
-        if dest_host.lower() not in wire.LOOPBACK or self.kind != "rent" or not 0 < dest_port < 65536:
+        if dest_host.lower() not in protocol.LOOPBACK or self.kind != "rent" or not 0 < dest_port < 65536:
             raise asyncssh.ChannelOpenError(
                 asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED,
                 "only ports on localhost inside your container can be forwarded")
@@ -168,7 +170,7 @@ class RenterServer(asyncssh.SSHServer):
     async def _forward(self, dest_host, dest_port, orig_host, orig_port):
         try:
             conn, lease = await self._target()
-            down = await open_tcp(conn, wire.target(lease, dest_host.lower()), dest_port, (orig_host, orig_port))
+            down = await open_tcp(conn, protocol.target(lease, dest_host.lower()), dest_port, (orig_host, orig_port))
         except BrokerError as exc:
             self._free_slot()
             raise asyncssh.ChannelOpenError(asyncssh.OPEN_CONNECT_FAILED, str(exc)) from None

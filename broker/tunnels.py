@@ -2,7 +2,7 @@
 
 The broker pins each host by the hostd host key it saw at join time; an unknown key gets only the
 hello exchange, where it must present a valid join token. Right after authentication, before any
-renter channel exists, the broker opens the connection's one control channel (keys.wire): calls
+renter channel exists, the broker opens the connection's one control channel (shellrent.common.protocol): calls
 and replies, and the host's events, travel on it and on nothing else.
 """
 import asyncio
@@ -13,7 +13,9 @@ from typing import Awaitable, Callable
 
 import asyncssh
 
-from keys import material, wire
+from shellrent.common import protocol
+
+from shellrent.keys import material
 
 from .errors import Unavailable
 from .startups import Startups
@@ -49,13 +51,13 @@ class Control(asyncssh.SSHClientSession):
             line, self._buf = self._buf.split(b"\n", 1)
             if line.strip():
                 self._line(line)
-        if len(self._buf) > wire.MAX_LINE:
+        if len(self._buf) > protocol.MAX_LINE:
             self._cut("control line too long")
 
     def _line(self, line: bytes) -> None:
         try:
-            msg = wire.decode(line)
-        except wire.WireError as exc:
+            msg = protocol.decode(line)
+        except protocol.WireError as exc:
             self._cut(f"bad control message: {exc}")
             return
         if "call" in msg:
@@ -91,7 +93,7 @@ class Control(asyncssh.SSHClientSession):
         self._calls[call_id] = fut
         started = time.monotonic()
         try:
-            self._chan.write(wire.encode({**args, "op": op, "call": call_id}))
+            self._chan.write(protocol.encode({**args, "op": op, "call": call_id}))
             while not fut.done():
                 left = max(started, alive() if alive else started) + timeout - time.monotonic()
                 if left <= 0:
@@ -104,7 +106,7 @@ class Control(asyncssh.SSHClientSession):
             self._calls.pop(call_id, None)
         if reply.get("ok") is not True:
             error = reply.get("error")
-            error = wire.printable(error)[:MAX_ERROR].replace("\n", " ") if isinstance(error, str) and error \
+            error = protocol.printable(error)[:MAX_ERROR].replace("\n", " ") if isinstance(error, str) and error \
                 else f"host refused {op}"
             raise Refused(error)
         return reply
@@ -189,11 +191,11 @@ class Tunnels:
         key = conn.get_server_host_key()
         control = Control()
         try:
-            await asyncio.wait_for(conn.create_session(lambda: control, subsystem=wire.CONTROL, encoding=None), 30)
+            await asyncio.wait_for(conn.create_session(lambda: control, subsystem=protocol.CONTROL, encoding=None), 30)
             asked = time.time()
             hello = await control.call("hello", timeout=30)
-            if hello.get("proto") != wire.PROTO:
-                raise Unavailable(f"unsupported protocol version {wire.printable(str(hello.get('proto')))[:20]}")
+            if hello.get("proto") != protocol.PROTO:
+                raise Unavailable(f"unsupported protocol version {protocol.printable(str(hello.get('proto')))[:20]}")
             name = await self._identify(conn, key, hello)
         except Exception as exc:  # any failure: say why, then drop the connection
             log.warning("host %s (%s) refused: %s", peer, material.fingerprint(key), exc)

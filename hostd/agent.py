@@ -14,7 +14,9 @@ import time
 
 import asyncssh
 
-from keys import faults, material, tokens, wire
+from shellrent.common import faults, protocol
+
+from shellrent.keys import material, tokens
 
 from . import firewall, gpus as gpus_mod, metrics as hostd_metrics, offload, selfcheck, settings as settings_mod, spawn
 from .config import Config, write_private
@@ -217,7 +219,7 @@ class Agent:
 
     def _keep_images(self, inv: dict) -> None:
         """Pull the listed images that are not here, in the background; show pulls in the status."""
-        self.pulls.keep([i for i in wire.image_list(inv["images"]) if i != "*" and i not in inv["ready"]])
+        self.pulls.keep([i for i in protocol.image_list(inv["images"]) if i != "*" and i not in inv["ready"]])
         images = {"pulling": self.pulls.pulling(), "failed": self.pulls.failures()}
         if self._status.get("images") != images:
             self._set_status(images=images)
@@ -261,7 +263,7 @@ class Agent:
         s = self._settings
         if self._gpus.kind == "fake" and not s["check_image"]:
             return  # fake GPUs are checked only in an image made for them (tests)
-        image = s["check_image"] or next((i for i in wire.image_list(s["images"]) if i != "*"), "")
+        image = s["check_image"] or next((i for i in protocol.image_list(s["images"]) if i != "*"), "")
         if not image:
             log.warning("GPU self-check: set check_image to an image with torch")
             return
@@ -312,7 +314,7 @@ class Agent:
         """The listed images present here: the ones offered (the others are pulled first)."""
         if not self.runtime:
             return []
-        return [i for i in wire.image_list(self._settings["images"]) if i != "*" and self.runtime.has_image(i)]
+        return [i for i in protocol.image_list(self._settings["images"]) if i != "*" and self.runtime.has_image(i)]
 
     # events to the broker
     def attach_sink(self, session) -> None:
@@ -339,8 +341,8 @@ class Agent:
     async def session_lease(self, lease_id: str | None, files_only: bool = False) -> dict:
         """The lease record a session runs in; an ended lease serves its files during retention."""
         try:
-            rec = self.store.get(wire.lease_id(lease_id))
-        except wire.WireError:
+            rec = self.store.get(protocol.lease_id(lease_id))
+        except protocol.WireError:
             raise SessionError("this session names no valid lease") from None
         deadline = time.monotonic() + self._settings["grace"] + 30
         while files_only and rec and rec["state"] == "ending" and time.monotonic() < deadline:
@@ -369,7 +371,7 @@ class Agent:
         op = req.get("op")
         handler = _OPS.get(op) if isinstance(op, str) else None
         if handler is None:
-            return {"ok": False, "error": f"unknown op {wire.printable(str(op))[:40]!r}"}
+            return {"ok": False, "error": f"unknown op {protocol.printable(str(op))[:40]!r}"}
         if op not in ("hello", "welcome", "reject") and self.host_name is None:
             return {"ok": False, "error": f"{op} before welcome"}
         reply = await handler(self, req)
@@ -383,18 +385,18 @@ class Agent:
                   for r in self.store.all()} if self.store else {}
         inv = await offload.call(self.inventory, timeout=30) if self.runtime else None
         self._inventory = inv
-        return {"ok": True, "proto": wire.PROTO, "version": VERSION, "token": self._token, "leases": leases,
+        return {"ok": True, "proto": protocol.PROTO, "version": VERSION, "token": self._token, "leases": leases,
                 "inventory": inv, "time": time.time() + faults.clock_offset()}
 
     async def _op_welcome(self, req):
-        self.host_name = wire.name(req.get("host"), "host name")
+        self.host_name = protocol.name(req.get("host"), "host name")
         self._set_status(connected=True, host=self.host_name, since=time.time(), error=None)
         if not self.joined.done():
             self.joined.set_result(self.host_name)
         return {"ok": True}
 
     async def _op_reject(self, req):
-        error = wire.printable(str(req.get("error") or "the broker refused this host"))[:300]
+        error = protocol.printable(str(req.get("error") or "the broker refused this host"))[:300]
         self._rejected = error
         self._set_status(connected=False, error=error)
         if not self.joined.done():
@@ -404,15 +406,15 @@ class Agent:
     async def _op_earnings(self, req):
         earned = req.get("earned", 0)
         if isinstance(earned, bool) or not isinstance(earned, int):
-            raise wire.WireError("bad earnings")
+            raise protocol.WireError("bad earnings")
         self._set_status(earned=earned)
         return {"ok": True}
 
     async def _op_image_pull(self, req):
         """Pull a listed image for a rent, sending its progress as pull.progress events; answered
         when it is here. Only listed images: a renter never has a provider pull an image of its own."""
-        image = wire.image(req.get("image"))
-        if image not in wire.image_list(self._settings["images"]):
+        image = protocol.image(req.get("image"))
+        if image not in protocol.image_list(self._settings["images"]):
             return {"ok": False, "error": f"image {image!r} is not listed on this host "
                                           f"(listed: {self._settings['images']})"}
         try:
@@ -423,7 +425,7 @@ class Agent:
 
     async def _op_lease_start(self, req):
         """Start a lease; asked again for the same lease, the same answer (idempotent)."""
-        lease = wire.lease_start(req.get("lease"))
+        lease = protocol.lease_start(req.get("lease"))
         if lease["id"] in self._starts:  # the same start is under way: its answer is this one's
             return await asyncio.shield(self._starts[lease["id"]])
         rec = self.store.get(lease["id"])
@@ -431,7 +433,7 @@ class Agent:
             return {"ok": True, "container": rec["container"]}
         if rec:
             return {"ok": False, "error": f"lease {lease['id']} is {rec['state']} on this host"}
-        if not wire.image_allowed(self._settings["images"], lease["image"]):
+        if not protocol.image_allowed(self._settings["images"], lease["image"]):
             return {"ok": False, "error": f"image {lease['image']!r} is not allowed on this host "
                                           f"(allowed: {self._settings['images']})"}
         gpus = lease["gpus"]
@@ -517,7 +519,7 @@ class Agent:
             log.warning("lease %s: cleaning up a start that timed out failed: %s", lease_id, exc)
 
     async def _op_lease_stop(self, req):
-        lease_id = wire.lease_id(req.get("id"))
+        lease_id = protocol.lease_id(req.get("id"))
         if lease_id in self._starts:  # stopped while its container is being made: stop it once made
             await asyncio.shield(self._starts[lease_id])
         rec = self.store.get(lease_id)
@@ -529,13 +531,13 @@ class Agent:
 
     async def _op_lease_extend(self, req):
         try:
-            self.leases.extend(wire.lease_id(req.get("id")), wire.timestamp(req.get("ends_at"), "end time"))
+            self.leases.extend(protocol.lease_id(req.get("id")), protocol.timestamp(req.get("ends_at"), "end time"))
         except ValueError as exc:
             return {"ok": False, "error": str(exc)}
         return {"ok": True}
 
     async def _op_lease_discard(self, req):
-        lease_id = wire.lease_id(req.get("id"))
+        lease_id = protocol.lease_id(req.get("id"))
         if lease_id in self._starts:  # its container is being made: discard it once it is
             await asyncio.shield(self._starts[lease_id])
         await self.leases.discard(lease_id)

@@ -13,7 +13,8 @@ import click
 
 from .agent import Agent, JoinError, join as join_broker
 from .config import Config
-from keys import material, metrics as keys_metrics, systemd
+from shellrent.common import metrics as common_metrics, systemd
+from shellrent.keys import material
 
 from . import doctor as doctor_mod, firewall, gpus as gpus_mod, metrics as hostd_metrics, settings as settings_mod
 from .store import Store
@@ -76,7 +77,7 @@ async def _run(cfg: Config, pin: dict) -> None:
     agent = Agent(cfg, pin["fingerprint"])
     agent.open_runtime()
     if cfg.metrics_addr:
-        served = await keys_metrics.serve(*cfg.metrics_addr, hostd_metrics.REGISTRY,
+        served = await common_metrics.serve(*cfg.metrics_addr, hostd_metrics.REGISTRY,
                                           lambda: hostd_metrics.refresh(agent))
         agent._set_status(metrics=[cfg.metrics_addr[0], served.sockets[0].getsockname()[1]])
     task = asyncio.current_task()

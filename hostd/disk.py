@@ -11,7 +11,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from keys import wire
+from shellrent.common import protocol
 
 log = logging.getLogger("shellrent.disk")
 
@@ -48,7 +48,7 @@ class Workspaces:
         return None
 
     def _paths(self, lease_id: str) -> tuple[Path, Path]:
-        lease_id = wire.lease_id(lease_id)
+        lease_id = protocol.lease_id(lease_id)
         return self.root / f"{lease_id}.img", self.root / lease_id
 
     def make(self, lease_id: str, size_bytes: int) -> str:

@@ -21,7 +21,7 @@ import signal
 import time
 from pathlib import Path
 
-from keys import wire
+from shellrent.common import protocol
 
 from .config import write_private
 from .gpus import GpuError
@@ -43,7 +43,7 @@ def containers_of(pid: int) -> set[str] | None:
 def _comm(pid: int) -> str:
     try:
         with open(f"/proc/{pid}/comm") as f:
-            return wire.one_line(f.read().strip())[:32]
+            return protocol.one_line(f.read().strip())[:32]
     except OSError:
         return "?"
 
@@ -71,7 +71,7 @@ class GpuWatch:
         except (OSError, ValueError) as exc:
             raise GpuError(f"{self.power_path} cannot be read ({exc}): power limits are left as they are "
                            "until it is fixed or removed") from None
-        if not isinstance(saved, dict) or not all(wire.number_in(w, 0, 100_000) for w in saved.values()):
+        if not isinstance(saved, dict) or not all(protocol.number_in(w, 0, 100_000) for w in saved.values()):
             raise GpuError(f"{self.power_path} is not {{uuid: watts}}: power limits are left as they are "
                            "until it is fixed or removed")
         return saved

@@ -14,7 +14,7 @@ import logging
 import time
 from pathlib import Path
 
-from keys import faults, wire
+from shellrent.common import faults, protocol
 
 from . import offload, settings as settings_mod
 from .config import Config
@@ -59,7 +59,7 @@ class Leases:
                 del self.sessions[lease_id]
 
     def lease_dir(self, lease_id: str) -> Path:
-        d = self.config.home / "leases" / wire.lease_id(lease_id)
+        d = self.config.home / "leases" / protocol.lease_id(lease_id)
         d.mkdir(parents=True, exist_ok=True)
         return d
 

@@ -1,6 +1,7 @@
 """Image pulls. hostd pulls the images its provider lists (the `images` setting) in the background and
-offers only those present; a rent of a listed image not here yet joins (or starts) its pull and hears
-its progress, read from the engine's pull events (the JSON lines behind `docker pull`'s display).
+tells the broker which are here (the inventory's `ready`); a rent of a listed image not here yet joins
+(or starts) its pull and hears its progress, read from the engine's pull events (the JSON lines behind
+`docker pull`'s display).
 
 One pull per image at a time, each in a thread of its own: the engine's pull has no read timeout, so a
 stalled one is abandoned (its thread left to the engine) after IDLE seconds without an event.

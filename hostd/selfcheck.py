@@ -9,7 +9,7 @@ import logging
 import time
 from pathlib import Path
 
-from keys import wire
+from shellrent.common import protocol
 
 from .config import write_private
 
@@ -43,7 +43,7 @@ def due(result: dict, driver: str, uuids: list[str], now: float) -> bool:
 def verified(result: dict, known: set[str]) -> dict[str, float]:
     """{uuid: TFLOPS} of the GPUs that passed the last check (for the inventory)."""
     return {u: r["tflops"] for u, r in result.get("gpus", {}).items()
-            if u in known and r.get("ok") and wire.number_in(r.get("tflops"), 0, MAX_TFLOPS)}
+            if u in known and r.get("ok") and protocol.number_in(r.get("tflops"), 0, MAX_TFLOPS)}
 
 
 def parse(output: bytes, uuids: list[str]) -> tuple[dict, str | None]:
@@ -54,7 +54,7 @@ def parse(output: bytes, uuids: list[str]) -> tuple[dict, str | None]:
         if not isinstance(report, dict) or not isinstance(report.get("gpus"), list):
             raise ValueError("not a report")
     except (ValueError, IndexError):
-        tail = wire.printable(output.decode(errors="replace").strip())[-200:]
+        tail = protocol.printable(output.decode(errors="replace").strip())[-200:]
         return ({u: {"ok": False, "tflops": 0.0, "error": "no result"} for u in uuids},
                 f"the check printed no result: {tail}")
     found = [g for g in report["gpus"] if isinstance(g, dict)]
@@ -66,13 +66,13 @@ def parse(output: bytes, uuids: list[str]) -> tuple[dict, str | None]:
         if uuid is None or uuid in gpus:
             continue
         best = max((t for t in (g.get("tflops_fp16"), g.get("tflops_bf16"))
-                    if wire.number_in(t, 0, MAX_TFLOPS)), default=0.0)
-        gpus[uuid] = {"ok": g.get("ok") is True, "tflops": round(float(best), 1), "name": wire.printable(
-            str(g.get("name", "")))[:64], "error": wire.printable(str(g.get("error") or ""))[:200] or None}
+                    if protocol.number_in(t, 0, MAX_TFLOPS)), default=0.0)
+        gpus[uuid] = {"ok": g.get("ok") is True, "tflops": round(float(best), 1), "name": protocol.printable(
+            str(g.get("name", "")))[:64], "error": protocol.printable(str(g.get("error") or ""))[:200] or None}
     for u in uuids:
         gpus.setdefault(u, {"ok": False, "tflops": 0.0, "error": "the check did not see this GPU"})
     error = report.get("error")
-    return gpus, wire.printable(str(error))[:300] if error else None
+    return gpus, protocol.printable(str(error))[:300] if error else None
 
 
 def run(runtime, image: str, uuids: list[str], device_ids: list[str], driver: str, path: Path,

@@ -8,7 +8,7 @@ import math
 import re
 from pathlib import Path
 
-from keys import wire
+from shellrent.common import protocol
 
 from . import firewall
 from .config import write_private
@@ -73,8 +73,8 @@ def _window(text: str) -> str:
 
 def _images(text: str) -> str:
     try:
-        wire.image_list(text)
-    except wire.WireError as exc:
+        protocol.image_list(text)
+    except protocol.WireError as exc:
         raise ValueError(f"{exc}; use e.g. shellrent-base:bookworm or *") from None
     return text.strip()
 
@@ -100,8 +100,8 @@ def _every(text: str) -> float:
 def _image(text: str) -> str:
     if text.strip():
         try:
-            wire.image(text.strip())
-        except wire.WireError as exc:
+            protocol.image(text.strip())
+        except protocol.WireError as exc:
             raise ValueError(str(exc)) from None
     return text.strip()
 
@@ -126,7 +126,7 @@ SPEC = {
     "watchdog": (_every, 5.0, "how often to check the processes on each GPU, e.g. 5s"),
     "check_image": (_image, "", "image with torch for the GPU self-check (empty: the first of images)"),
     "images": (_images, "shellrent-base:bookworm",
-               "comma-separated lease images allowed, or * for any image on this machine"),
+               "comma-separated lease images allowed (pulled when missing), or * for any image on this machine"),
     "egress_allow": (_egress, "", "what lease containers may reach besides the internet: IP[:PORT],CIDR[:PORT]"),
     "geolocation": (_label, "", "where the machine is, e.g. DE"),
     "warnings": (_schedule, "15m,5m,1m", "when to warn before a lease ends"),

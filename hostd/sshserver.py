@@ -1,7 +1,7 @@
 """hostd's SSH server side of the tunnel: the control channel, renter sessions and port forwards.
 
 Only the broker's pinned client key may log in. The first channel of a connection must be the
-control channel (keys.wire); control is refused on every later channel, and renter channels are
+control channel (shellrent.common.protocol); control is refused on every later channel, and renter channels are
 refused until the control channel is open, so no relayed channel can ever reach control. A renter
 session names its lease in the SHELLRENT_LEASE env var; it starts in that lease's container through
 the lease's session helper, or as a `docker exec` where the helper cannot (hostd.spawn). Port forwards connect to a
@@ -13,7 +13,9 @@ import signal as signals
 
 import asyncssh
 
-from keys import material, wire
+from shellrent.common import protocol
+
+from shellrent.keys import material
 
 from . import engine, netns, spawn
 from .selfcheck import MOUNTED as GPU_CHECK
@@ -68,7 +70,7 @@ class HostServer(asyncssh.SSHServer):
         self.opened += 1
         if self.control is None:
             raise asyncssh.ChannelOpenError(asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED, "no control channel yet")
-        target = wire.parse_target(dest_host)
+        target = protocol.parse_target(dest_host)
         if not target or not 0 < dest_port < 65536:
             raise asyncssh.ChannelOpenError(asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED,
                                             "only loopback ports in a lease's container can be reached")
@@ -183,7 +185,7 @@ class HostSession(asyncssh.SSHServerSession):
         return not self._control
 
     def subsystem_requested(self, subsystem):
-        if subsystem == wire.CONTROL:
+        if subsystem == protocol.CONTROL:
             if not self._first or self._server.control is not None or self._pty or self._command is not None:
                 log.warning("refused a control request on a later channel of the broker's connection")
                 return False
@@ -212,29 +214,29 @@ class HostSession(asyncssh.SSHServerSession):
                 task = asyncio.get_running_loop().create_task(self._call(line))
                 self._calls.add(task)
                 task.add_done_callback(self._calls.discard)
-        if len(self._buf) > wire.MAX_LINE:
+        if len(self._buf) > protocol.MAX_LINE:
             log.warning("control line from the broker too long: closing the connection")
             self._chan.get_extra_info("connection").close()
 
     async def _call(self, line: bytes):
         call_id = None
         try:
-            req = wire.decode(line)
+            req = protocol.decode(line)
             call_id = req.get("call")
             reply = await self._agent.control(req, self)
-        except (wire.WireError, KeyError, TypeError, ValueError) as exc:
+        except (protocol.WireError, KeyError, TypeError, ValueError) as exc:
             reply = {"ok": False, "error": f"bad control call: {exc}"}
         except Exception as exc:
             log.exception("control call failed")
             reply = {"ok": False, "error": str(exc)}
         try:
-            self._chan.write(wire.encode({**reply, "call": call_id}))
+            self._chan.write(protocol.encode({**reply, "call": call_id}))
         except (OSError, asyncssh.Error):
             pass  # the broker went away
 
     def send(self, event: dict) -> None:
         """An event to the broker."""
-        self._chan.write(wire.encode(event))
+        self._chan.write(protocol.encode(event))
 
     # renter sessions
     def warn(self, message: str) -> None:
@@ -254,8 +256,8 @@ class HostSession(asyncssh.SSHServerSession):
 
     async def _run_exec(self):
         env = dict(self._chan.get_environment())
-        lease = env.pop(wire.LEASE_ENV, None)
-        env = wire.filter_env(env)
+        lease = env.pop(protocol.LEASE_ENV, None)
+        env = protocol.filter_env(env)
         tty = self._pty is not None and self._subsystem is None
         try:
             rec = await self._agent.session_lease(lease, files_only=self._subsystem == "sftp")
@@ -338,7 +340,7 @@ class HostSession(asyncssh.SSHServerSession):
             asyncio.get_running_loop().create_task(self._stream.resize(width, height))
 
     def signal_received(self, signal):
-        if self._stream and signal in wire.SIGNALS:
+        if self._stream and signal in protocol.SIGNALS:
             asyncio.get_running_loop().create_task(self._stream.signal(signal))
 
     def break_received(self, msec):

@@ -1,1 +1,1 @@
-"""Key material, join tokens and the broker<->hostd wire protocol shared by both sides."""
+"""Key material: the SSH keys both sides keep (material) and the broker's join tokens (tokens)."""

@@ -12,11 +12,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from broker import offers, query, render
-from broker.commands import Commands
-from broker.config import Config
-from broker.service import Broker
-from broker.store import Store
+from shellrent.broker import offers, query, render
+from shellrent.broker.commands import Commands
+from shellrent.broker.config import Config
+from shellrent.broker.service import Broker
+from shellrent.broker.store import Store
 
 MODELS = [("RTX 3060", 12, 100_000), ("RTX 4090", 24, 400_000), ("A100", 80, 1_500_000), ("H100", 80, 2_500_000)]
 

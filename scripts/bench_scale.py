@@ -19,10 +19,11 @@ import asyncssh
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from broker import service  # noqa: E402
-from broker.config import Config  # noqa: E402
-from broker.store import Store  # noqa: E402
-from keys import material, wire  # noqa: E402
+from shellrent.broker import service  # noqa: E402
+from shellrent.broker.config import Config  # noqa: E402
+from shellrent.broker.store import Store  # noqa: E402
+from shellrent.common import protocol  # noqa: E402
+from shellrent.keys import material  # noqa: E402
 
 # What a bench broker needs to hold one renter's many leases and sessions (its limits are per renter).
 ENV = {"BROKER_MAX_LEASES": "5000", "BROKER_SESSIONS_PER_RENTER": "5000", "BROKER_MAX_STARTUPS": "200",
@@ -55,7 +56,7 @@ class _Session(asyncssh.SSHServerSession):
         self._chan = chan
 
     def subsystem_requested(self, subsystem):
-        return self._control and subsystem == wire.CONTROL
+        return self._control and subsystem == protocol.CONTROL
 
     def exec_requested(self, command):
         return not self._control
@@ -74,7 +75,7 @@ class _Session(asyncssh.SSHServerSession):
         while b"\n" in self._buf:
             line, self._buf = self._buf.split(b"\n", 1)
             req = json.loads(line)
-            self._chan.write(wire.encode({**self._host.answer(req), "call": req["call"]}))
+            self._chan.write(protocol.encode({**self._host.answer(req), "call": req["call"]}))
 
 
 class LightHost(asyncssh.SSHServer):
@@ -96,7 +97,7 @@ class LightHost(asyncssh.SSHServer):
 
     def answer(self, req: dict) -> dict:
         if req["op"] == "hello":
-            return {"ok": True, "proto": wire.PROTO, "version": "bench", "token": self.token, "leases": {},
+            return {"ok": True, "proto": protocol.PROTO, "version": "bench", "token": self.token, "leases": {},
                     "inventory": _inventory(self.index), "time": time.time()}
         if req["op"] == "lease.start":
             return {"ok": True, "container": f"{self.index:064x}"}

@@ -1,8 +1,8 @@
 """What hostd offers from its GPUs: never a GPU that fails a required check, is lost or is withdrawn."""
-from hostd.agent import Agent
-from hostd.config import Config
-from hostd.gpus import NvmlSource
-from hostd.gpuwatch import GpuWatch
+from shellrent.hostd.agent import Agent
+from shellrent.hostd.config import Config
+from shellrent.hostd.gpus import NvmlSource
+from shellrent.hostd.gpuwatch import GpuWatch
 
 from . import nvml_standin
 

@@ -1,7 +1,7 @@
 """The login banner's text: one screen, the facts a renter needs, colour only where wanted."""
 import json
 
-from broker import banner
+from shellrent.broker import banner
 
 LEASE = {"id": "a1b2c3d4", "host": "pc1", "gpus": json.dumps(["GPU-a", "GPU-b"]), "gpu_name": "RTX 4090",
          "ends_at": 1_800_000_000.0}

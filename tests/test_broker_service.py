@@ -3,13 +3,13 @@ from types import SimpleNamespace
 
 import pytest
 
-from broker import service
-from broker.commands import Commands
-from broker.config import Config, parse_addr
-from broker.errors import BrokerError, NotFound
-from broker.sshserver import AuthLimiter
-from broker.store import Store
-from keys import material, tokens
+from shellrent.broker import service
+from shellrent.broker.commands import Commands
+from shellrent.broker.config import Config, parse_addr
+from shellrent.broker.errors import BrokerError, NotFound
+from shellrent.broker.sshserver import AuthLimiter
+from shellrent.broker.store import Store
+from shellrent.keys import material, tokens
 
 
 @pytest.fixture

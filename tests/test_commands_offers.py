@@ -1,7 +1,7 @@
 """`ctl offers`: the best 50 in the table and a line saying how many more; --all and --json give all."""
 import json
 
-from broker.commands import Commands
+from shellrent.broker.commands import Commands
 
 
 class Market:

@@ -3,7 +3,7 @@ import json
 import subprocess
 from types import SimpleNamespace
 
-from broker.commands import Commands
+from shellrent.broker.commands import Commands
 
 
 class Broker:

@@ -10,13 +10,13 @@ from pathlib import Path
 
 from hypothesis import given, settings, strategies as st
 
-from broker import ledger
-from broker.config import Config
-from broker.errors import BrokerError
-from broker.leases import cost
-from broker.service import Broker
-from broker.store import Store
-from broker.tunnels import Refused
+from shellrent.broker import ledger
+from shellrent.broker.config import Config
+from shellrent.broker.errors import BrokerError
+from shellrent.broker.leases import cost
+from shellrent.broker.service import Broker
+from shellrent.broker.store import Store
+from shellrent.broker.tunnels import Refused
 
 PRICE = 400_000
 GPUS = ["GPU-1", "GPU-2", "GPU-3", "GPU-4"]

@@ -8,8 +8,8 @@ import threading
 
 import pytest
 
-from hostd import doctor
-from hostd.config import Config
+from shellrent.hostd import doctor
+from shellrent.hostd.config import Config
 
 from .cluster import BIN
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import docker
 import pytest
 
-from hostd.runtime import Runtime, pinning_errors
+from shellrent.hostd.runtime import Runtime, pinning_errors
 
 from .cluster import IMAGE, Cluster, run, wait_for
 from .test_e2e_market import ctl, ctl_json

@@ -1,7 +1,8 @@
 """Image pulls end to end: a provider lists images it does not have; hostd pulls them in the
-background and offers only those present; a rent of a listed image not here yet shows the real
-engine's pull progress (plain lines without a terminal, a bar with one) and then the shell; a pull
-that fails is one line and a full refund, with nothing left behind. The images come from a registry
+background and tells the broker which are here (offers show them as `ready`); a rent of a listed
+image not here yet shows the real engine's pull progress (plain lines without a terminal, a bar with
+one) and then the shell; a pull that fails is one line and a full refund, with nothing left behind;
+an operator's free lease pulls too. The images come from a registry
 on loopback (tests/registry.py)."""
 import json
 import tempfile
@@ -36,15 +37,15 @@ def _here(image: str) -> bool:
 
 def test_a_listed_image_is_pulled_at_the_rent_with_its_progress_then_the_shell(fresh_cluster, registry):
     c = fresh_cluster
-    first, second = registry.push("1"), registry.push("2", megabytes=3)
+    first, second, third = registry.push("1"), registry.push("2", megabytes=3), registry.push("3", megabytes=1)
     missing = f"{registry.address}/pulltest:nosuch"
-    registry.stop()  # hostd's background pulls fail: the images stay unoffered
-    c.add_host("pc1", {**FAST, "images": f"{IMAGE},{first},{second},{missing}"})
+    registry.stop()  # hostd's background pulls fail: the images are not ready
+    c.add_host("pc1", {**FAST, "images": f"{IMAGE},{first},{second},{third},{missing}"})
     c.broker("renter", "credit", "alice", "5")
-    wait_for(lambda: len(_status(c)["images"]["failed"]) == 3, what="background pulls to fail")
+    wait_for(lambda: len(_status(c)["images"]["failed"]) == 4, what="background pulls to fail")
     assert "connection refused" in _status(c)["images"]["failed"][first]
     [offer] = ctl_json(c, "offers")
-    assert offer["ready"] == [IMAGE]  # offered: only what is here
+    assert offer["ready"] == [IMAGE]  # what is here
     assert not _here(first) and not _here(second)
 
     registry.start()
@@ -82,3 +83,8 @@ def test_a_listed_image_is_pulled_at_the_rent_with_its_progress_then_the_shell(f
     [failed] = [x for x in ctl_json(c, "ls") if x["state"] not in ("ended", "purged")]
     assert failed["state"] == "failed"
     assert f"shellrent-{failed['id']}" not in run("docker", "ps", "-a", "--format", "{{.Names}}").stdout.decode()
+
+    # the operator's free lease (no GPU) of a listed image not here yet: pulled first too
+    made = json.loads(c.broker("lease", "create", "--renter", "alice", "--host", "pc1", "--hours", "1",
+                               "--image", third, "--json").stdout)
+    assert made["state"] == "active" and _here(third)

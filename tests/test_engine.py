@@ -4,7 +4,7 @@ import asyncio
 import asyncssh
 from hypothesis import given, settings, strategies as st
 
-from hostd.engine import ExecStream, _dechunk
+from shellrent.hostd.engine import ExecStream, _dechunk
 
 
 class Recorder:

@@ -3,7 +3,7 @@ import ipaddress
 
 import pytest
 
-from hostd import firewall
+from shellrent.hostd import firewall
 
 
 def test_every_range_the_policy_names_is_refused():

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from hostd.gpus import FakeSource, GpuError, NvmlSource
+from shellrent.hostd.gpus import FakeSource, GpuError, NvmlSource
 from tests import nvml_standin
 
 

@@ -7,10 +7,10 @@ import time
 import docker
 import pytest
 
-from hostd import settings as settings_mod
-from hostd.gpus import FakeSource
-from hostd.gpuwatch import GpuWatch, containers_of
-from hostd.store import Store
+from shellrent.hostd import settings as settings_mod
+from shellrent.hostd.gpus import FakeSource
+from shellrent.hostd.gpuwatch import GpuWatch, containers_of
+from shellrent.hostd.store import Store
 
 from .cluster import IMAGE
 from .conftest import _require_docker

@@ -3,8 +3,8 @@ import stat
 
 import pytest
 
-from hostd import gpus, settings
-from hostd.settings import SettingsError
+from shellrent.hostd import gpus, settings
+from shellrent.hostd.settings import SettingsError
 
 
 def test_defaults_and_round_trip(tmp_path):

@@ -3,7 +3,7 @@ import copy
 
 import pytest
 
-from broker.inventory import InventoryError, check
+from shellrent.broker.inventory import InventoryError, check
 
 GPU = "GPU-fake-00112233445566778899aabb"
 GOOD = {"gpus": [{"index": 0, "uuid": GPU, "name": "RTX 4090", "memory_gb": 24.0}], "shared": [GPU],

@@ -3,7 +3,9 @@ import stat
 
 import pytest
 
-from keys import material, tokens, wire
+from shellrent.common import protocol
+
+from shellrent.keys import material, tokens
 
 
 def test_private_key_is_created_0600_and_reloaded(tmp_path):
@@ -47,9 +49,9 @@ def test_malformed_tokens(bad):
 
 
 def test_wire_targets_and_lines():
-    assert wire.parse_target(wire.target("ab12cd34", "localhost")) == ("ab12cd34", "localhost")
-    assert wire.parse_target("localhost") is None
-    assert wire.parse_target("lease./x") is None
-    assert wire.decode(wire.encode({"op": "hello"})) == {"op": "hello"}
+    assert protocol.parse_target(protocol.target("ab12cd34", "localhost")) == ("ab12cd34", "localhost")
+    assert protocol.parse_target("localhost") is None
+    assert protocol.parse_target("lease./x") is None
+    assert protocol.decode(protocol.encode({"op": "hello"})) == {"op": "hello"}
     with pytest.raises(ValueError):
-        wire.decode(b"[1]")
+        protocol.decode(b"[1]")

@@ -1,8 +1,8 @@
 import pytest
 
-from broker import leases
-from broker.errors import BrokerError
-from broker.leases import LeaseStateError
+from shellrent.broker import leases
+from shellrent.broker.errors import BrokerError
+from shellrent.broker.leases import LeaseStateError
 
 
 @pytest.mark.parametrize("text, seconds", [("90m", 5400), ("2h", 7200), ("1h30m", 5400), ("1d", 86400),

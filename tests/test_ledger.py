@@ -5,11 +5,11 @@ from pathlib import Path
 
 from hypothesis import given, settings, strategies as st
 
-from broker import ledger
-from broker.config import Config
-from broker.errors import BrokerError
-from broker.service import Broker
-from broker.store import Store
+from shellrent.broker import ledger
+from shellrent.broker.config import Config
+from shellrent.broker.errors import BrokerError
+from shellrent.broker.service import Broker
+from shellrent.broker.store import Store
 
 PRICE = 400_000  # 0.40 credits per GPU-hour
 

@@ -4,7 +4,7 @@ import asyncio
 
 from prometheus_client import CollectorRegistry, Counter
 
-from keys import metrics
+from shellrent.common import metrics
 
 
 async def _get(port: int, path: str = "/metrics") -> bytes:

@@ -2,8 +2,8 @@ import json
 
 import pytest
 
-from broker import offers
-from broker.errors import BrokerError
+from shellrent.broker import offers
+from shellrent.broker.errors import BrokerError
 
 
 def inv(gpus, price=400_000, **kw):

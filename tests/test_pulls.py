@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from broker import inventory
-from broker.progress import StartProgress, check_view, pull_line
-from hostd.pulls import Progress, PullError, Pulls
-from keys.wire import WireError
+from shellrent.broker import inventory
+from shellrent.broker.progress import StartProgress, check_view, pull_line
+from shellrent.hostd.pulls import Progress, PullError, Pulls
+from shellrent.common.protocol import WireError
 
 EVENTS = [json.loads(line) for line in (Path(__file__).parent / "data" / "pull-events.jsonl").read_text().splitlines()]
 SIZES = {"0fb9b170a635": 3392, "dd1c6aec8f38": 1064337, "f9acf25cca02": 6002032}
@@ -125,7 +125,7 @@ def test_the_broker_checks_a_hosts_progress_event():
     good = {"type": "pull.progress", "image": IMAGE, "layers": 3, "done": 1, "bytes": 10, "total": 20}
     assert check_view(good) == {k: v for k, v in good.items() if k != "type"}
     for bad in ({"image": "Bad Image"}, {"layers": -1}, {"done": 4}, {"bytes": True}, {"total": 1.5},
-                {"bytes": 1 << 60}):
+                {"bytes": 1 << 60}, {"bytes": 21}):
         with pytest.raises(WireError):
             check_view({**good, **bad})
 

@@ -1,8 +1,8 @@
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from broker import query
-from broker.query import QueryError
+from shellrent.broker import query
+from shellrent.broker.query import QueryError
 
 OFFERS = [
     {"id": "a", "gpu_name": "RTX 4090", "num_gpus": 2, "gpu_ram": 24.0, "dph": 0.8, "reliability": 0.99,

@@ -2,7 +2,7 @@
 import asyncio
 import socket
 
-from broker.quickack import QuickAckListener
+from shellrent.broker.quickack import QuickAckListener
 
 
 class Recorder(asyncio.Protocol):

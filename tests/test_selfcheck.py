@@ -2,8 +2,8 @@
 import json
 import re
 
-from hostd import selfcheck
-from hostd.runtime import check_name
+from shellrent.hostd import selfcheck
+from shellrent.hostd.runtime import check_name
 
 U = ["GPU-5a7a6b90-4a1b-9c2d-77e1-000000000301", "GPU-5a7a6b91-4a1b-9c2d-77e1-000000000301"]
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from keys import systemd
+from shellrent.common import systemd
 
 BIN = Path(sys.executable).parent
 

@@ -8,7 +8,7 @@ import secrets
 import socket
 import stat
 
-from hostd import spawn
+from shellrent.hostd import spawn
 
 
 class Chan:

@@ -3,8 +3,8 @@ import logging
 
 import pytest
 
-from broker.hostsync import STRAYS_PER_MINUTE, HostSync
-from keys import wire
+from shellrent.broker.hostsync import STRAYS_PER_MINUTE, HostSync
+from shellrent.common import protocol
 
 GPU = "GPU-5a7a6b90-4a1b-9c2d-77e1-000000000301"
 EVENT = {"type": "gpu.stray", "gpu": GPU, "lease": "a14fbeaa", "pid": 42, "where": "the host",
@@ -28,5 +28,5 @@ def test_stray_reports_are_audited_one_quoted_field_each_and_at_most_a_minutes_w
 @pytest.mark.parametrize("bad", [{"gpu": "GPU x lease=forged"}, {"lease": "../../x"}, {"pid": "1"}, {"pid": 0},
                                  {"pid": 10**100}, {"where": ["x"]}, {"command": None}])
 def test_malformed_reports_are_refused(bad):
-    with pytest.raises(wire.WireError):
+    with pytest.raises(protocol.WireError):
         HostSync()._stray("pc1", {**EVENT, **bad}, 1000.0)

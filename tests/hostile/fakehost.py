@@ -1,5 +1,5 @@
 """Protocol-level peers for hostile tests: a host and a broker that speak the real tunnel protocol
-(asyncssh reverse SSH, the control channel of keys.wire) but do what a test tells them.
+(asyncssh reverse SSH, the control channel of shellrent.common.protocol) but do what a test tells them.
 
 FakeHost joins a real broker with a real token and answers its control calls; it accepts every
 channel the broker opens and records it, so a test can show what the broker let through. It can
@@ -12,7 +12,9 @@ import time
 
 import asyncssh
 
-from keys import material, tokens, wire
+from shellrent.common import protocol
+
+from shellrent.keys import material, tokens
 
 GPU = "GPU-fake-00112233445566778899aabb"
 
@@ -50,7 +52,7 @@ class _HostChannel(asyncssh.SSHServerSession):
 
     def subsystem_requested(self, subsystem):
         self.record["subsystem"] = subsystem
-        if subsystem == wire.CONTROL and self.first:
+        if subsystem == protocol.CONTROL and self.first:
             self.host.control = self
         return True
 
@@ -135,7 +137,7 @@ class FakeHost:
         op = req["op"]
         if op == "hello":
             token, self.token = self.token, None  # a token is used once
-            return {"ok": True, "proto": wire.PROTO, "token": token, "leases": self.leases,
+            return {"ok": True, "proto": protocol.PROTO, "token": token, "leases": self.leases,
                     "inventory": self.inventory}
         if op == "welcome":
             self.welcomed.set()
@@ -183,13 +185,13 @@ class FakeBroker:
 
     async def open_control(self):
         """The control channel, as the real broker opens it: first."""
-        self.control = await self.conn.open_session(subsystem=wire.CONTROL)
+        self.control = await self.conn.open_session(subsystem=protocol.CONTROL)
         return self.control
 
     async def call(self, op: str, **args) -> dict:
         """One call; events that come meanwhile are skipped."""
         writer, reader, _ = self.control
-        writer.write(wire.encode({**args, "op": op, "call": 1}))
+        writer.write(protocol.encode({**args, "op": op, "call": 1}))
         while True:
             reply = json.loads(await asyncio.wait_for(reader.readline(), 30))
             if "call" in reply:

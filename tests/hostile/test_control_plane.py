@@ -9,7 +9,7 @@ import signal
 import asyncssh
 import pytest
 
-from keys import wire
+from shellrent.common import protocol
 
 from ..cluster import IMAGE, Cluster, wait_for
 from .fakehost import FakeBroker, FakeHost, inventory
@@ -25,7 +25,7 @@ def _state(c, lease: str) -> str:
 
 def test_renter_cannot_reach_control_through_the_relay(cluster):
     c = cluster
-    for sub in (wire.CONTROL, "shellrent-control-v1", "shellrent-events-v1", "netconf"):
+    for sub in (protocol.CONTROL, "shellrent-control-v1", "shellrent-events-v1", "netconf"):
         r = c.ssh(sub, opts=["-s"], input=b'{"op":"hello","call":1}\n{"op":"lease.discard","id":"%s"}\n'
                   % c.lease.encode())
         assert r.returncode == 2, r
@@ -66,9 +66,9 @@ async def test_hostd_holds_when_the_broker_relays_anything(fresh_cluster, tmp_pa
     fake = await _fake_broker(c)
     try:
         # A first channel that is not control: refused, and control can no longer be had on this link.
-        writer, reader, stderr = await fake.conn.open_session(command="id", env={wire.LEASE_ENV: lease})
+        writer, reader, stderr = await fake.conn.open_session(command="id", env={protocol.LEASE_ENV: lease})
         assert b"no control channel" in await stderr.read()
-        await _refused(fake.conn, subsystem=wire.CONTROL)
+        await _refused(fake.conn, subsystem=protocol.CONTROL)
         fake.conn.close()
         fake.connected.clear()
         await asyncio.wait_for(fake.connected.wait(), 30)  # hostd dials again
@@ -78,7 +78,7 @@ async def test_hostd_holds_when_the_broker_relays_anything(fresh_cluster, tmp_pa
         assert hello["ok"] and lease in hello["leases"]
         assert (await fake.call("welcome", host="pc1"))["ok"]
         # Control on any later channel, as a relayed renter channel would ask: refused by hostd.
-        for sub in (wire.CONTROL, "shellrent-control-v1", "shellrent-events-v1"):
+        for sub in (protocol.CONTROL, "shellrent-control-v1", "shellrent-events-v1"):
             await _refused(fake.conn, subsystem=sub)
         # Ids and paths from the network are checked before any use.
         pwned = tmp_path / "pwned"
@@ -96,13 +96,13 @@ async def test_hostd_holds_when_the_broker_relays_anything(fresh_cluster, tmp_pa
         reply = await fake.call("shell", command="id")
         assert reply == {"ok": False, "error": "unknown op 'shell'", "call": 1}
         # A renter session naming no valid lease, or a forward off the container's loopback: refused.
-        for env in ({wire.LEASE_ENV: "../../etc"}, {}):
+        for env in ({protocol.LEASE_ENV: "../../etc"}, {}):
             writer, reader, stderr = await fake.conn.open_session(command="id", env=env)
             assert "names no valid lease" in (await stderr.read()).decode()
         with pytest.raises(asyncssh.ChannelOpenError):
-            await fake.conn.open_connection(wire.target(lease, "10.0.0.1"), 80)
+            await fake.conn.open_connection(protocol.target(lease, "10.0.0.1"), 80)
         # While a well-formed session still reaches the lease's container.
-        writer, reader, _ = await fake.conn.open_session(command="hostname", env={wire.LEASE_ENV: lease})
+        writer, reader, _ = await fake.conn.open_session(command="hostname", env={protocol.LEASE_ENV: lease})
         assert (await reader.read()).decode().strip() == f"rent-{lease}"
     finally:
         fake.close()
@@ -120,7 +120,7 @@ async def test_broker_holds_when_the_host_accepts_anything(fresh_cluster):
     await host.connect(c.tunnel_port)
     try:
         lease = await asyncio.to_thread(c.create_lease, "evil")
-        attempts = [dict(opts=["-s"], command=[wire.CONTROL]), dict(opts=["-s"], command=["anything"]),
+        attempts = [dict(opts=["-s"], command=[protocol.CONTROL]), dict(opts=["-s"], command=["anything"]),
                     dict(opts=["-o", "SetEnv=SHELLRENT_LEASE=00000000 PATH=/evil LANG=C"], command=["true"]),
                     dict(opts=["-N", "-o", "ExitOnForwardFailure=yes", "-R", "0:localhost:22"], command=[]),
                     dict(opts=["-W", "10.1.2.3:80"], command=[]), dict(opts=["-W", "localhost:8888"], command=[])]
@@ -129,10 +129,10 @@ async def test_broker_holds_when_the_host_accepts_anything(fresh_cluster):
         sessions = [ch for ch in host.channels if ch["kind"] == "session"]
         assert [(s["command"], s["subsystem"]) for s in sessions] == [("true", None)]
         env = sessions[0]["env"]
-        assert env[wire.LEASE_ENV] == lease and "PATH" not in env
-        assert set(env) <= {wire.LEASE_ENV, "LANG"} | {k for k in env if k.startswith("LC_")}
+        assert env[protocol.LEASE_ENV] == lease and "PATH" not in env
+        assert set(env) <= {protocol.LEASE_ENV, "LANG"} | {k for k in env if k.startswith("LC_")}
         forwards = [ch for ch in host.channels if ch["kind"] != "session"]
-        assert forwards == [{"kind": "direct-tcpip", "dest": wire.target(lease, "localhost"), "port": 8888}]
+        assert forwards == [{"kind": "direct-tcpip", "dest": protocol.target(lease, "localhost"), "port": 8888}]
         assert [call["op"] for call in host.calls] == ["hello", "welcome", "earnings", "lease.start"]
     finally:
         host.close()

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from keys import wire
+from shellrent.common import protocol
 
 from ..cluster import Cluster
 from .fakehost import GPU, FakeHost, inventory
@@ -172,4 +172,4 @@ async def test_a_gpu_whose_container_may_still_run_is_not_offered(market):
     assert _hosts_offered(c) == {"evil"}
     honest.send({"type": "lease.ended", "id": a, "at": time.time()})
     await until(lambda: _hosts_offered(c) == {"honest", "evil"}, "the GPU once its container is gone")
-    assert wire.LEASE_ID.fullmatch(a)
+    assert protocol.LEASE_ID.fullmatch(a)
