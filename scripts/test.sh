@@ -19,6 +19,6 @@ fi
 if ! command -v docker-registry >/dev/null && [ ! -x .tools/usr/bin/docker-registry ]; then
     echo "test: unpacking docker-registry into .tools"
     apt-get update -qq
-    (cd "$(mktemp -d)" && apt-get download -qq docker-registry && dpkg -x docker-registry_*.deb "$OLDPWD/.tools")
+    (cd "$(mktemp -d)" && apt-get download -qq -o APT::Sandbox::User=root docker-registry && dpkg -x docker-registry_*.deb "$OLDPWD/.tools")
 fi
 exec .venv/bin/python -m pytest "$@"
