@@ -3,11 +3,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-# What only the tests use: clients renters use besides OpenSSH (dropbear's, rclone's Go SSH), a static
+# What only the tests use: clients renters use besides OpenSSH (dropbear's, rclone's Go SSH, sshfs), a static
 # busybox for the small images pushed to a registry of the tests' own, and that registry's server
 # (Debian's docker-registry, unpacked into .tools: installed, its package would start a registry service).
 need=()
-for pair in dbclient:dropbear-bin rclone:rclone; do
+for pair in dbclient:dropbear-bin rclone:rclone sshfs:sshfs; do
     command -v "${pair%%:*}" >/dev/null || need+=("${pair#*:}")
 done
 dpkg -s busybox-static >/dev/null 2>&1 || need+=(busybox-static)  # Debian's plain busybox is not static

@@ -1,5 +1,5 @@
 """SSH clients renters use besides OpenSSH, against a real lease: PuTTY's plink, libssh2 (through curl),
-paramiko, dropbear's dbclient, Go's x/crypto/ssh (through rclone's sftp backend); and the renter port's
+paramiko, dropbear's dbclient, Go's x/crypto/ssh (through rclone's sftp backend), sshfs; and the renter port's
 ciphers (AES-GCM for clients that have it, chacha20 and AES-CTR for the rest)."""
 import os
 import subprocess
@@ -94,6 +94,23 @@ def test_go_ssh_through_rclone_moves_files_by_sftp(cluster, host_key, tmp_path):
     assert run("rclone", "cat", f"{remote}/go.bin", env=env).stdout == src.read_bytes()
     assert "go.bin" in run("rclone", "lsf", remote, env=env).stdout.decode().split()
     assert cluster.ssh("stat -c %s /workspace/go.bin").stdout == f"{3 << 20}\n".encode()
+
+
+def test_sshfs_mounts_the_workspace(cluster, tmp_path):
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    opts = ",".join([f"port={cluster.ssh_port}", f"IdentityFile={cluster.key}", "IdentitiesOnly=yes", "BatchMode=yes",
+                     f"UserKnownHostsFile={cluster.root / 'known_hosts'}", "StrictHostKeyChecking=yes"])
+    run("sshfs", "-o", opts, "rent@127.0.0.1:/workspace", mnt, timeout=60)
+    try:
+        (mnt / "sshfs.txt").write_text("written through sshfs\n")
+        cluster.ssh("echo from-the-lease > /workspace/lease.txt", check=True)
+        assert (mnt / "lease.txt").read_text() == "from-the-lease\n"
+        (mnt / "sshfs.txt").rename(mnt / "moved.txt")
+        assert cluster.ssh("cat /workspace/moved.txt").stdout == b"written through sshfs\n"
+    finally:
+        run("fusermount", "-u", mnt, check=False)
+    assert not os.path.ismount(mnt)
 
 
 @pytest.mark.parametrize("cipher,works", [
