@@ -141,7 +141,9 @@ async def test_host_words_never_reach_a_terminal_raw(market):
     r = await ctl(c, "rent", "host_id=evil", "--hours", "1", "--yes")
     assert r.returncode == 2
     err = r.stderr.decode()
-    assert err.count("\n") == 1 and err.startswith("ctl: ")
+    progress, error = err.split("\n", 1)  # without a terminal, the start's progress goes to stderr first
+    assert progress == "starting the container on evil..."
+    assert error.count("\n") == 1 and error.startswith("ctl: ")
     assert not any(ch in err for ch in "\x1b\x07\r\x9b"), repr(err)
     assert "\\x1b]0;owned" in err
     assert _json(c, "balance")["balance_micro"] == balance  # failed, fully refunded
@@ -155,7 +157,7 @@ async def test_a_start_without_a_container_fails_and_refunds(market, reply):
     balance = _json(c, "balance")["balance_micro"]
     hosts["evil"].start_reply = reply
     r = await ctl(c, "rent", "host_id=evil", "--hours", "1", "--yes")
-    assert r.returncode == 2 and r.stderr.decode().count("\n") == 1, r.stderr
+    assert r.returncode == 2 and r.stderr.decode().count("\n") == 2, r.stderr  # the progress line, the error
     after = _json(c, "balance")
     assert (after["balance_micro"], after["held_micro"]) == (balance, 0)
     assert [x["state"] for x in _json(c, "ls")] == ["failed"]
