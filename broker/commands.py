@@ -9,6 +9,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Awaitable, Callable
 
+from shellrent.common import protocol
 from shellrent.keys import material
 
 from . import metrics, render
@@ -153,7 +154,11 @@ class Commands:
             raise Usage("rent needs --hours H (e.g. --hours 2 or --hours 90m)")
         seconds = parse_duration(args.opts["--hours"])
         gpus = _gpus(args)
-        image = args.opts.get("--image", DEFAULT_IMAGE)
+        try:
+            image = protocol.image(args.opts.get("--image", DEFAULT_IMAGE))
+        except protocol.WireError:
+            raise Usage(f"--image: {protocol.printable(args.opts['--image'])[:80]!r} is not an image reference "
+                        f"(e.g. pytorch/pytorch:2.3.1-cuda12.1-cudnn8-runtime)") from None
         text = " ".join(args.words)
         if not args.yes:
             offer, amount = await self.b.quote(text, seconds, gpus, image)

@@ -41,7 +41,7 @@ class Config:
     public_host: str = field(default_factory=lambda: os.environ.get("BROKER_PUBLIC_HOST", ""))
     max_skew: float = field(default_factory=lambda: _env_float("BROKER_MAX_SKEW", 30))
     # How long a host may take to start a container (image checks, workspace) and to stop one.
-    start_timeout: float = 330.0
+    start_timeout: float = field(default_factory=lambda: _env_float("BROKER_START_TIMEOUT", 330))
     stop_timeout: float = field(default_factory=lambda: _env_float("BROKER_STOP_TIMEOUT", 120))
 
     @property

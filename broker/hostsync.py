@@ -19,6 +19,7 @@ from .tunnels import HostLink, Refused
 log = logging.getLogger("shellrent.service")
 audit = logging.getLogger("shellrent.audit")
 STRAYS_PER_MINUTE = 60
+LINES_PER_MINUTE = 60  # log lines about one host's bad events: a host cannot flood the log
 
 
 class HostSync:
@@ -97,22 +98,23 @@ class HostSync:
                 await self._set_inventory(host, event.get("inventory"))
                 return
             if kind == "pull.progress":
-                self.pull_progress(host, check_view(event))
+                view = check_view(event)
+                self.pull_progress(host, view)
                 return
             if kind == "gpu.stray":
                 lid = event.get("lease")
                 if lid is not None and (await self.db(self.store.lease, protocol.lease_id(lid)))["host"] != host:
-                    log.warning("host %s reported a GPU stray in lease %s of another host: refused", host, lid)
+                    self._complain(host, "reported a GPU stray in lease %s of another host: refused", lid)
                     return
                 self._stray(host, event, time.monotonic())
                 return
             if kind not in ("lease.ended", "lease.purged", "lease.down", "lease.up"):
-                log.info("host %s: ignoring an event of unknown type", host)
+                self._complain(host, "ignoring an event of unknown type")
                 return
             lid = protocol.lease_id(event.get("id"))
             lease = await self.db(self.store.lease, lid)
             if lease["host"] != host:
-                log.warning("host %s claimed lease %s of host %s: refused", host, lid, lease["host"])
+                self._complain(host, "claimed lease %s of host %s: refused", lid, lease["host"])
             elif kind == "lease.ended":
                 await self.host_ended(host, lid, protocol.timestamp(event.get("at")))
             elif kind == "lease.purged":
@@ -122,17 +124,25 @@ class HostSync:
                 await self._downs(lease, [event.get("down")])
                 log.info("host %s: lease %s container %s", host, lid, "down" if kind == "lease.down" else "up again")
         except (protocol.WireError, NotFound) as exc:
-            log.warning("host %s: ignoring a bad event: %s", host, exc)
+            self._complain(host, "ignoring a bad event: %s", exc)
+
+    def _within(self, what: str, host: str, now: float, most: int) -> bool:
+        """Whether one more `what` of this host fits in `most` a minute (said once when it does not)."""
+        key = (what, host)
+        recent = [t for t in self.__dict__.setdefault("_recent", {}).get(key, []) if t > now - 60]
+        self._recent[key] = recent if len(recent) > most else recent + [now]
+        if len(recent) == most:
+            log.warning("host %s: more than %d %s a minute: not logging the rest", host, most, what)
+        return len(recent) < most
+
+    def _complain(self, host: str, text: str, *args) -> None:
+        if self._within("bad events", host, time.monotonic(), LINES_PER_MINUTE):
+            log.warning("host %s: " + text, host, *args)
 
     def _stray(self, host: str, event: dict, now: float) -> None:
         """A host's watchdog killed a process on a rented GPU that was not the lease's: audit it (at
         most STRAYS_PER_MINUTE lines a host: a host cannot flood the audit log)."""
-        recent = [t for t in self.__dict__.setdefault("_strays", {}).get(host, []) if t > now - 60]
-        self._strays[host] = recent if len(recent) > STRAYS_PER_MINUTE else recent + [now]
-        if len(recent) == STRAYS_PER_MINUTE:
-            log.warning("host %s: more than %d GPU stray reports a minute: not auditing the rest",
-                        host, STRAYS_PER_MINUTE)
-        if len(recent) >= STRAYS_PER_MINUTE:
+        if not self._within("GPU stray reports", host, now, STRAYS_PER_MINUTE):
             return
         lid, pid = event.get("lease"), event.get("pid")
         if not protocol.number_in(pid, 1, 1 << 22, True) or not isinstance(event.get("where"), str) \

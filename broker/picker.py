@@ -136,7 +136,8 @@ class CtlSession(asyncssh.SSHServerSession):
     async def _run(self):
         ask = self._reader.readline if self._reader else None
         # on a terminal, with the output; otherwise on stderr, apart from the output scripts read
-        progress = StartProgress(self._chan.write if self._pty else self._chan.write_stderr, terminal=self._pty)
+        progress = StartProgress(self._chan.write if self._pty else self._chan.write_stderr, terminal=self._pty,
+                                 backlog=self._chan.get_write_buffer_size)
         try:
             code, out = await self._commands.run(self._line, bytes(self._stdin), ask, progress)
         except Exception as exc:  # never leave the renter hanging

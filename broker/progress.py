@@ -7,6 +7,8 @@ from shellrent.common import protocol
 
 BAR = 24
 PLAIN_EVERY = 2.0
+REDRAW_EVERY = 0.2  # a host's events may come by the thousand: a terminal is redrawn 5 times a second at most
+BACKLOG = 64 << 10  # bytes not yet sent to the renter past which progress is dropped (a slow reader)
 
 
 def megabytes(n: int) -> str:
@@ -38,11 +40,12 @@ class StartProgress:
     """Called with a line of text or a pull's progress view; write(bytes) sends to the renter.
     Never raises: a renter who has gone does not stop the start."""
 
-    def __init__(self, write, terminal: bool):
+    def __init__(self, write, terminal: bool, backlog=lambda: 0):
         self._write = write
         self._terminal = terminal
+        self._backlog = backlog  # bytes written and not yet sent
         self._drawn = 0  # length of the bar line now on the terminal (0: none)
-        self._plain: dict[str, tuple[float, int]] = {}  # image -> (when last printed, layers done then)
+        self._shown: dict[str, tuple[float, int]] = {}  # image -> (when last shown, most layers done shown)
 
     def __call__(self, item) -> None:
         try:
@@ -58,16 +61,20 @@ class StartProgress:
         self._send(text + "\n")
 
     def _pull(self, view: dict) -> None:
+        """Shown when a layer more is done, or after a while: REDRAW_EVERY on a terminal, PLAIN_EVERY
+        otherwise; never while the renter has not read what was sent."""
+        last, done = self._shown.get(view["image"], (0.0, -1))
+        now = time.monotonic()
+        if (view["done"] <= done and now - last < (REDRAW_EVERY if self._terminal else PLAIN_EVERY)) \
+                or self._backlog() > BACKLOG:
+            return
+        self._shown[view["image"]] = (now, max(done, view["done"]))
         if self._terminal:
             text = protocol.printable(pull_line(view, bar=True))
             pad = " " * max(0, self._drawn - len(text))
             self._drawn = len(text)
             self._write(("\r" + text + pad).encode())
-            return
-        last, done = self._plain.get(view["image"], (0.0, -1))
-        now = time.monotonic()
-        if now - last >= PLAIN_EVERY or view["done"] != done:
-            self._plain[view["image"]] = (now, view["done"])
+        else:
             self._send(pull_line(view, bar=False) + "\n")
 
     def _end_bar(self) -> None:

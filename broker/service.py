@@ -139,6 +139,7 @@ class Broker(HostSync):
         self._tasks: set[asyncio.Task] = set()
         self._launching: set[str] = set()  # leases whose start call is under way in this process
         self._pull_watch: dict[tuple[str, str], list] = {}  # (host, image) -> the rents waiting on its pull
+        self._pulling: dict[str, asyncio.Task] = {}  # lease id -> its start task, while its image is pulled
         self._syncing: dict[str, asyncio.Task] = {}  # lease id -> the task telling its host what changed
         self._retry: dict[str, tuple[float, int]] = {}  # lease id -> (next try, tries) after a failed sync
         self._full_logged = False
@@ -331,7 +332,13 @@ class Broker(HostSync):
         self._launching.add(lease["id"])
         task = self._background(self._start_on_host(lease, progress, pull, closes))
         task.add_done_callback(lambda _: self._launching.discard(lease["id"]))
-        return await asyncio.shield(task)
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            if task.cancelled() and not asyncio.current_task().cancelling():  # released while pulling
+                raise BrokerError(f"lease {lease['id']} was released during its image's pull: "
+                                  f"fully refunded") from None
+            raise
 
     async def _start_on_host(self, lease: dict, progress, pull: bool = False, closes: float | None = None) -> dict:
         """Active only once its container runs; any failure fails and refunds it in one transaction
@@ -376,25 +383,30 @@ class Broker(HostSync):
         the renter; the call waits while progress comes, at most PULL_LIMIT in all. The lease's time
         starts once the image is there (the hold covers it: the length is unchanged)."""
         key, started = (lease["host"], lease["image"]), time.monotonic()
-        last = [started]
+        last, most = [started], [(-1, -1)]
 
         def watch(view: dict) -> None:
-            last[0] = time.monotonic()
-            say(view)
+            if (view["done"], view["bytes"]) > most[0]:  # only progress that advances keeps the rent waiting
+                most[0], last[0] = (view["done"], view["bytes"]), time.monotonic()
+                say(view)
 
         self._pull_watch.setdefault(key, []).append(watch)
+        self._pulling[lease["id"]] = asyncio.current_task()
         try:
             await asyncio.wait_for(link.call("image.pull", timeout=self.config.start_timeout, alive=lambda: last[0],
                                              image=lease["image"]), PULL_LIMIT)
         except asyncio.TimeoutError:
             raise Unavailable(f"pulling {lease['image']} took longer than {format_duration(PULL_LIMIT)}") from None
         finally:
+            self._pulling.pop(lease["id"], None)
             self._pull_watch[key].remove(watch)
             if not self._pull_watch[key]:
                 del self._pull_watch[key]
         say(f"pulled {lease['image']} in {time.monotonic() - started:.1f}s")
         length = lease["ends_at"] - lease["created"]
         lease["ends_at"] = min(time.time() + length, closes or math.inf)
+        if lease["ends_at"] < time.time() + 60:
+            raise BrokerError(f"host {lease['host']}'s window closed during the pull")
         await self.db(lambda: self.store.update_lease(lease["id"], ends_at=lease["ends_at"]))
 
     def pull_progress(self, host: str, view: dict) -> None:
@@ -542,6 +554,10 @@ class Broker(HostSync):
     async def release(self, renter: str | None, lease_id: str | None) -> dict:
         """End a lease now: billing stops at this moment (settled in the same transaction as the
         end); the host then stops the container, told until it acknowledges."""
+        if renter and lease_id and lease_id in self._pulling:
+            lease = await self.db(self.store.lease, lease_id)
+            if lease["renter"] == renter:
+                return await self._cancel_pull(lease_id)
         if renter:
             lease = await self._own_lease(renter, lease_id)
         else:
@@ -551,6 +567,17 @@ class Broker(HostSync):
             if lease["state"] != "active":
                 raise BrokerError(f"lease {lease_id} is already {lease['state']}")
         return await asyncio.shield(self._background(self._release(lease["id"], time.time())))
+
+    async def _cancel_pull(self, lid: str) -> dict:
+        """Release a rent still waiting on its image's pull: it fails, fully refunded (the host's pull
+        goes on, for the next rent)."""
+        task = self._pulling[lid]
+        task.cancel(msg="released during its image's pull")
+        try:
+            await asyncio.shield(task)
+        except BaseException:  # cancelled: _start_on_host failed and refunded the lease
+            pass
+        return await self.db(self.store.lease, lid)
 
     async def _release(self, lid: str, at: float) -> dict:
         await self.end_lease(lid, at)

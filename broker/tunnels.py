@@ -100,8 +100,10 @@ class Control(asyncssh.SSHClientSession):
                     raise asyncio.TimeoutError()
                 await asyncio.wait([fut], timeout=left)
             reply = fut.result()
-        except (OSError, asyncssh.Error, asyncio.TimeoutError, ConnectionError, ValueError) as exc:
-            raise Unavailable(f"host did not answer {op}: {exc or type(exc).__name__}") from None
+        except asyncio.TimeoutError:
+            raise Unavailable(f"host did not answer {op} in {timeout:.0f} s") from None
+        except (OSError, asyncssh.Error, ConnectionError, ValueError) as exc:
+            raise Unavailable(f"host did not answer {op}: {str(exc) or type(exc).__name__}") from None
         finally:
             self._calls.pop(call_id, None)
         if reply.get("ok") is not True:

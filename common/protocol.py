@@ -38,7 +38,7 @@ CONTAINER_ID = re.compile(r"[0-9a-f]{12,64}")
 GPU_UUID = re.compile(r"(?:GPU|MIG)-[0-9A-Za-z-]{8,64}(?:/\d{1,3}/\d{1,3})?")
 _COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
 IMAGE = re.compile(rf"(?:[a-zA-Z0-9](?:[a-zA-Z0-9.-]*[a-zA-Z0-9])?(?::\d{{1,5}})?/)?{_COMPONENT}(?:/{_COMPONENT})*"
-                   r"(?::[\w][\w.-]{0,127})?(?:@sha256:[0-9a-f]{64})?")
+                   r"(?::[\w][\w.-]{0,127})?(?:@sha256:[0-9a-f]{64})?", re.ASCII)  # \w, \d: ASCII only
 LOOPBACK = ("localhost", "127.0.0.1", "::1")
 SIGNALS = ("ABRT", "ALRM", "FPE", "HUP", "ILL", "INT", "KILL", "PIPE", "QUIT", "SEGV", "TERM", "USR1", "USR2",
            "CONT", "STOP", "TSTP", "WINCH")

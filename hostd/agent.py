@@ -64,6 +64,7 @@ class Agent:
         self._selfcheck: dict = {}  # the last self-check's result (selfcheck.json, read once at start)
         self._inventory: dict | None = None
         self.pulls: Pulls | None = None
+        self._relaying: dict[str, int] = {}  # image -> image.pull calls waiting on it
         self._sink = None
         self._pending: list[dict] = []
         self._rejected: str | None = None  # why the broker refused the last connection
@@ -314,7 +315,10 @@ class Agent:
         """The listed images present here: the ones offered (the others are pulled first)."""
         if not self.runtime:
             return []
-        return [i for i in protocol.image_list(self._settings["images"]) if i != "*" and self.runtime.has_image(i)]
+        try:
+            return [i for i in protocol.image_list(self._settings["images"]) if i != "*" and self.runtime.has_image(i)]
+        except RuntimeError_:  # the engine does not answer: none is known to be here
+            return []
 
     # events to the broker
     def attach_sink(self, session) -> None:
@@ -417,10 +421,16 @@ class Agent:
         if image not in protocol.image_list(self._settings["images"]):
             return {"ok": False, "error": f"image {image!r} is not listed on this host "
                                           f"(listed: {self._settings['images']})"}
+        first = image not in self._relaying  # one relay per pull, whatever the number of rents waiting
+        self._relaying[image] = self._relaying.get(image, 0) + 1
         try:
-            await self.pulls.pull(image, lambda view: self.emit({"type": "pull.progress", **view}))
+            await self.pulls.pull(image, (lambda view: self.emit({"type": "pull.progress", **view})) if first else None)
         except PullError as exc:
             return {"ok": False, "error": f"pulling {image} failed: {exc}"}
+        finally:
+            self._relaying[image] -= 1
+            if not self._relaying[image]:
+                del self._relaying[image]
         return {"ok": True}
 
     async def _op_lease_start(self, req):

@@ -72,10 +72,8 @@ class Runtime:
         """
         name = f"shellrent-{lease['id']}"
         labels = self._labels(lease)
-        try:
-            self.client.images.get(lease["image"])
-        except ImageNotFound:
-            raise RuntimeError_(f"image {lease['image']!r} is not present on this host") from None
+        if not self.has_image(lease["image"]):
+            raise RuntimeError_(f"image {lease['image']!r} is not present on this host")
         made = []
         lim = {**self.limits, **(limits or {})}
         new_ws = self.workspaces is not None and not self.workspaces.exists(lease["id"])
@@ -104,11 +102,19 @@ class Runtime:
             raise RuntimeError_(f"starting the container failed: {getattr(exc, 'explanation', None) or exc}") from None
 
     def has_image(self, image: str) -> bool:
+        """Whether the image is here; a name the engine refuses is not (RuntimeError_ when the engine
+        cannot answer)."""
         try:
             self.client.images.get(image)
             return True
-        except ImageNotFound:
+        except (ImageNotFound, NotFound):
             return False
+        except APIError as exc:
+            if exc.status_code == 400:  # a reference the engine cannot parse
+                return False
+            raise RuntimeError_(f"the Docker engine: {exc.explanation or exc}") from None
+        except DockerException as exc:
+            raise RuntimeError_(f"cannot reach the Docker engine: {exc}") from None
 
     def pull(self, image: str, on_event) -> None:
         """Pull an image, calling on_event with each of the engine's progress events (hostd.pulls).
@@ -261,10 +267,8 @@ class Runtime:
             self.client.containers.get(name).remove(force=True)  # left by a crash
         except NotFound:
             pass
-        try:
-            self.client.images.get(image)
-        except ImageNotFound:
-            raise RuntimeError_(f"image {image!r} is not present on this host") from None
+        if not self.has_image(image):
+            raise RuntimeError_(f"image {image!r} is not present on this host")
         container = self.client.containers.create(
             image, ["python3", "/etc/shellrent/gpu-check.py", "--json"], name=name,
             labels={LABEL: "1", f"{LABEL}.hostd": self.owner, f"{LABEL}.selfcheck": "1"},

@@ -10,7 +10,8 @@ from shellrent.common import protocol
     (protocol.name, ["pc1", "alice", "a-b_c"], ["", "Pc1", "1pc", "a" * 33, "a/b", "a b", "../x", None]),
     (protocol.image, ["shellrent-base:bookworm", "ubuntu", "nvcr.io/nvidia/pytorch:24.01-py3",
                   "localhost:5000/a/b:c", "a@sha256:" + "0" * 64],
-     ["", "a b", "img;rm", "../x", "-x", "A" * 300, "a:b:c", "a/$(x)", None]),
+     ["", "a b", "img;rm", "../x", "-x", "A" * 300, "a:b:c", "a/$(x)", None, "x:\u0661", "busybox:\u01c5",
+      "h\u0661:5000/a"]),  # tags and ports in ASCII only: the engine refuses the rest
     (protocol.gpu_uuid, ["GPU-4b2f6a9e-1f1e-4d0c-9c6a-0a1b2c3d4e5f", "GPU-fake-00112233445566778899aabb",
                      "MIG-4b2f6a9e-1f1e-4d0c-9c6a-0a1b2c3d4e5f"],
      ["", "GPU-", "$(reboot)", "GPU-../../x", "gpu-0123456789", None]),

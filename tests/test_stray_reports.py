@@ -3,7 +3,7 @@ import logging
 
 import pytest
 
-from shellrent.broker.hostsync import STRAYS_PER_MINUTE, HostSync
+from shellrent.broker.hostsync import LINES_PER_MINUTE, STRAYS_PER_MINUTE, HostSync
 from shellrent.common import protocol
 
 GPU = "GPU-5a7a6b90-4a1b-9c2d-77e1-000000000301"
@@ -20,7 +20,7 @@ def test_stray_reports_are_audited_one_quoted_field_each_and_at_most_a_minutes_w
     assert len(lines) == STRAYS_PER_MINUTE
     assert lines[0] == (f'gpu-stray host=pc1 gpu={GPU} lease=a14fbeaa pid=42 where="the host" '
                         'command="evil\\nforged line pid=7 host=hone"')
-    assert len(sync._strays["pc1"]) == STRAYS_PER_MINUTE + 1
+    assert len(sync._recent[("GPU stray reports", "pc1")]) == STRAYS_PER_MINUTE + 1
     sync._stray("pc1", {**EVENT, "command": "x\x1b\u202e"}, 2000.0)  # a minute later: audited again
     assert caplog.records[-1].getMessage().endswith('command="x\\u001b\\u202e"')
 
@@ -30,3 +30,15 @@ def test_stray_reports_are_audited_one_quoted_field_each_and_at_most_a_minutes_w
 def test_malformed_reports_are_refused(bad):
     with pytest.raises(protocol.WireError):
         HostSync()._stray("pc1", {**EVENT, **bad}, 1000.0)
+
+
+async def test_a_host_flooding_bad_events_gets_a_minutes_worth_of_log_lines(caplog):
+    sync = HostSync()
+    caplog.set_level(logging.INFO, logger="shellrent.service")
+    for i in range(5000):
+        await sync.event("pc1", {"type": "pull.progress", "image": "Bad Image", "layers": i})
+        await sync.event("pc1", {"type": f"no.such.{i}"})
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == LINES_PER_MINUTE + 1
+    assert lines[-1] == "host pc1: more than 60 bad events a minute: not logging the rest"
+    assert lines[0] == "host pc1: ignoring a bad event: bad image 'Bad Image'"

@@ -124,6 +124,8 @@ class FakeHost:
         self.stop_state = "ended"  # what lease.stop answers
         self.start_error: str | None = None
         self.start_reply: dict | None = None  # answer lease.start with this instead
+        self.pull_done = asyncio.Event()  # image.pull is answered (with pull_reply) once this is set
+        self.pull_reply = {"ok": True}
         self.conn = None
         self.welcomed = asyncio.Event()
 
@@ -148,6 +150,9 @@ class FakeHost:
                 return self.start_reply
             self.leases[req["lease"]["id"]] = {"state": "active", "ended_at": None}
             return {"ok": True, "container": "f" * 64}
+        if op == "image.pull":
+            await self.pull_done.wait()
+            return self.pull_reply
         if op == "lease.stop":
             self.leases[req["id"]] = {"state": self.stop_state, "ended_at": time.time()}
             return {"ok": True, "state": self.stop_state, "ended_at": time.time()}
