@@ -11,7 +11,6 @@ from pathlib import Path
 import click
 
 from shellrent.common import systemd
-
 from shellrent.keys import material
 
 from . import admin, leases, render, service

@@ -9,7 +9,6 @@ from collections import defaultdict
 import asyncssh
 
 from shellrent.common import metrics as common_metrics
-
 from shellrent.keys import material
 
 from . import ciphers, metrics

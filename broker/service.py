@@ -16,7 +16,6 @@ from concurrent.futures import ThreadPoolExecutor
 import asyncssh
 
 from shellrent.common import faults, protocol
-
 from shellrent.keys import material, tokens
 
 from . import inventory as inventory_mod, ledger, offers as offers_mod, query

@@ -9,7 +9,6 @@ from collections import defaultdict, deque
 import asyncssh
 
 from shellrent.common import protocol
-
 from shellrent.keys import material
 
 from . import banner, metrics, service

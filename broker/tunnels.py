@@ -14,7 +14,6 @@ from typing import Awaitable, Callable
 import asyncssh
 
 from shellrent.common import protocol
-
 from shellrent.keys import material
 
 from .errors import Unavailable

@@ -15,7 +15,6 @@ import time
 import asyncssh
 
 from shellrent.common import faults, protocol
-
 from shellrent.keys import material, tokens
 
 from . import firewall, gpus as gpus_mod, metrics as hostd_metrics, offload, selfcheck, settings as settings_mod, spawn

@@ -14,7 +14,6 @@ import signal as signals
 import asyncssh
 
 from shellrent.common import protocol
-
 from shellrent.keys import material
 
 from . import engine, netns, spawn

@@ -4,7 +4,6 @@ import stat
 import pytest
 
 from shellrent.common import protocol
-
 from shellrent.keys import material, tokens
 
 

@@ -13,7 +13,6 @@ import time
 import asyncssh
 
 from shellrent.common import protocol
-
 from shellrent.keys import material, tokens
 
 GPU = "GPU-fake-00112233445566778899aabb"
