@@ -98,8 +98,10 @@ class Pulls:
 
     def keep(self, missing: list[str]) -> None:
         """Start background pulls of these listed images that are not here (each failed one again
-        after RETRY seconds). Runs on the event loop."""
+        after RETRY seconds), and give up stalled ones. Runs on the event loop."""
         now = time.monotonic()
+        for image, pull in list(self._pulls.items()):
+            self._give_up_if_stalled(image, pull)
         for image in missing:
             failed = self._failed.get(image)
             if image not in self._pulls and (failed is None or now - failed[0] >= RETRY):
@@ -117,8 +119,7 @@ class Pulls:
         try:
             while not pull.future.done():
                 await asyncio.wait([pull.future], timeout=min(30.0, self._idle))
-                if not pull.future.done() and time.monotonic() - pull.last_event > self._idle:
-                    self._finish(image, pull, PullError(f"the engine sent nothing for {self._idle:.0f} s"))
+                self._give_up_if_stalled(image, pull)
             pull.future.result()
         finally:
             if watch in pull.watchers:
@@ -159,6 +160,10 @@ class Pulls:
         log.info("pulling image %s", image)
         threading.Thread(target=run, name=f"pull {image}", daemon=True).start()
         return pull
+
+    def _give_up_if_stalled(self, image: str, pull: _Pull) -> None:
+        if not pull.future.done() and time.monotonic() - pull.last_event > self._idle:
+            self._finish(image, pull, PullError(f"the engine sent nothing for {self._idle:.0f} s"))
 
     def _finish(self, image: str, pull: _Pull, error: Exception | None) -> None:
         if pull.future.done():

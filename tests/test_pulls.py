@@ -210,3 +210,13 @@ def test_a_flood_of_views_is_a_few_redraws_and_none_for_a_renter_who_does_not_re
     out = []
     StartProgress(out.append, terminal=False, backlog=lambda: 1 << 20)(_views()[0])
     assert out == []
+
+
+async def test_a_stalled_background_pull_is_given_up_by_the_background_loop():
+    stuck = threading.Event()
+    pulls = Pulls(_replay([], stuck), idle=0.2)
+    pulls.keep([IMAGE])
+    await asyncio.sleep(0.3)
+    pulls.keep([IMAGE])  # the next turn: given up, not started again before RETRY
+    assert pulls.pulling() == [] and "sent nothing" in pulls.failures()[IMAGE]
+    stuck.set()
