@@ -30,6 +30,7 @@ from .watch import Watch
 
 log = logging.getLogger("shellrent.agent")
 VERSION = "0.2.0"
+READY_EVERY = 10  # seconds between asking the engine which listed images are here
 CIPHERS = ["aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "chacha20-poly1305@openssh.com"]
 
 
@@ -63,7 +64,7 @@ class Agent:
         self._selfcheck: dict = {}  # the last self-check's result (selfcheck.json, read once at start)
         self._inventory: dict | None = None
         self.pulls: Pulls | None = None
-        self._relaying: dict[str, int] = {}  # image -> image.pull calls waiting on it
+        self._ready: tuple[float, str, list[str]] | None = None  # (when, images setting, those here)
         self._sink = None
         self._pending: list[dict] = []
         self._rejected: str | None = None  # why the broker refused the last connection
@@ -93,7 +94,7 @@ class Agent:
             log.info("disk shares: /workspace is a filesystem of the lease's size (ENOSPC past it); "
                      "the writable layer is watched every %.0fs", self.config.disk_check)
         self.runtime = Runtime(self.owner, default_limits(), None if why else Workspaces(ws_root))
-        self.pulls = Pulls(self.runtime.pull, changed=lambda: setattr(self, "_inventory", None))
+        self.pulls = Pulls(self.runtime.pull, changed=lambda: setattr(self, "_ready", None))
         for what in self.runtime.unenforced_limits():
             log.warning("the Docker engine cannot enforce: %s", what)
         # The egress policy is installed by the watch loop's first turn, in a thread (iptables may
@@ -311,13 +312,19 @@ class Agent:
                 "version": VERSION}
 
     def _ready_images(self) -> list[str]:
-        """The listed images present here: the ones offered (the others are pulled first)."""
+        """The listed images present here: the ones offered (the others are pulled first). Asked of
+        the engine every READY_EVERY seconds, at once when the setting changes or a pull ends."""
         if not self.runtime:
             return []
+        listed, cached = self._settings["images"], self._ready
+        if cached and cached[1] == listed and time.monotonic() - cached[0] < READY_EVERY:
+            return cached[2]
         try:
-            return [i for i in protocol.image_list(self._settings["images"]) if i != "*" and self.runtime.has_image(i)]
+            ready = [i for i in protocol.image_list(listed) if i != "*" and self.runtime.has_image(i)]
         except RuntimeError_:  # the engine does not answer: none is known to be here
             return []
+        self._ready = (time.monotonic(), listed, ready)
+        return ready
 
     # events to the broker
     def attach_sink(self, session) -> None:
@@ -420,17 +427,14 @@ class Agent:
         if image not in protocol.image_list(self._settings["images"]):
             return {"ok": False, "error": f"image {image!r} is not listed on this host "
                                           f"(listed: {self._settings['images']})"}
-        first = image not in self._relaying  # one relay per pull, whatever the number of rents waiting
-        self._relaying[image] = self._relaying.get(image, 0) + 1
         try:
-            await self.pulls.pull(image, (lambda view: self.emit({"type": "pull.progress", **view})) if first else None)
+            await self.pulls.pull(image, self._relay_pull)  # one relay per pull, however many rents wait
         except PullError as exc:
             return {"ok": False, "error": f"pulling {image} failed: {exc}"}
-        finally:
-            self._relaying[image] -= 1
-            if not self._relaying[image]:
-                del self._relaying[image]
         return {"ok": True}
+
+    def _relay_pull(self, view: dict) -> None:
+        self.emit({"type": "pull.progress", **view})
 
     async def _op_lease_start(self, req):
         """Start a lease; asked again for the same lease, the same answer (idempotent)."""

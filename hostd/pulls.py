@@ -113,7 +113,7 @@ class Pulls:
         if image not in self._pulls and time.monotonic() - self._by_rent.get(image, -AGAIN) < AGAIN:
             raise PullError(self._failed[image][1])  # a renter's rents do not make hostd hammer a registry
         pull = self._pulls.get(image) or self._start(image, by_rent=True)
-        if watch:
+        if watch and watch not in pull.watchers:  # the same watcher twice (hostd's relay) hears it once
             pull.watchers.append(watch)
             watch(pull.progress.view())
         try:

@@ -14,7 +14,7 @@ import stat
 import time
 
 import docker
-from docker.errors import APIError, DockerException, ImageNotFound, NotFound
+from docker.errors import APIError, DockerException, NotFound
 
 from .disk import DiskError, Workspaces
 from .firewall import bridge_name
@@ -107,7 +107,7 @@ class Runtime:
         try:
             self.client.images.get(image)
             return True
-        except (ImageNotFound, NotFound):
+        except NotFound:  # ImageNotFound among them
             return False
         except APIError as exc:
             if exc.status_code == 400:  # a reference the engine cannot parse

@@ -220,3 +220,15 @@ async def test_a_stalled_background_pull_is_given_up_by_the_background_loop():
     pulls.keep([IMAGE])  # the next turn: given up, not started again before RETRY
     assert pulls.pulling() == [] and "sent nothing" in pulls.failures()[IMAGE]
     stuck.set()
+
+
+async def test_rents_sharing_one_watcher_make_it_hear_each_view_once():
+    gate, heard = threading.Event(), []
+    pulls = Pulls(_replay(EVENTS, gate))
+    both = asyncio.gather(pulls.pull(IMAGE, heard.append), pulls.pull(IMAGE, heard.append))
+    await asyncio.sleep(0.05)
+    gate.set()
+    await both
+    alone = []
+    await Pulls(_replay(EVENTS)).pull(IMAGE, alone.append)
+    assert heard == alone and heard[-1]["done"] == 3  # not each view twice
