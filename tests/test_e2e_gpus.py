@@ -60,9 +60,9 @@ def test_watchdog_power_limit_and_gpu_check_through_a_rental(rented):
     try:
         _report(c, processes={mine: [lease_init, stray.pid]})
         assert stray.wait(15) == -9
-        audit = (c.bhome / "audit.log").read_text()
-        assert (f'gpu-stray host=pc1 gpu={mine} lease={c.lease} pid={stray.pid} where="the host" '
-                'command="sleep"') in audit
+        line = f'gpu-stray host=pc1 gpu={mine} lease={c.lease} pid={stray.pid} where="the host" command="sleep"'
+        # the report travels hostd -> broker after the kill: the audit has it a moment later
+        wait_for(lambda: line in (c.bhome / "audit.log").read_text(), what="the broker's audit of the kill")
         wait_for(lambda: _status(c)["gpu_kills"], what="hostd status to show the kill")
         assert _status(c)["gpu_kills"][0]["pid"] == stray.pid
         assert "watchdog killed pid" in c.hostd("pc1", "status").stdout.decode()

@@ -86,7 +86,7 @@ def _gone(pid: int, timeout: float = 5) -> bool:
         try:
             if _read(f"/proc/{pid}/stat").split(")")[1].split()[0] == "Z":
                 return True
-        except FileNotFoundError:
+        except (FileNotFoundError, ProcessLookupError):  # reaped before, or between open and read
             return True
         time.sleep(0.05)
     return False
