@@ -4,13 +4,12 @@ import json
 import logging
 import os
 import pwd
-import sys
 from functools import wraps
 from pathlib import Path
 
 import click
 
-from shellrent.common import systemd
+from shellrent.common import logs, systemd
 from shellrent.keys import material
 
 from . import admin, leases, render, service
@@ -90,12 +89,8 @@ def serve(ctx, ssh_addr, tunnel_addr, fee_percent, metrics_addr, verbose):
         cfg.fee_percent = fee_percent
     _store(ctx).close()
     cfg.ssh_addr, cfg.tunnel_addr = parse_addr(ssh_addr), parse_addr(tunnel_addr)
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("asyncssh").setLevel(logging.DEBUG if verbose else logging.WARNING)
-    audit = logging.FileHandler(cfg.audit_log)
-    audit.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
-    logging.getLogger("shellrent.audit").addHandler(audit)
+    logs.setup(verbose)
+    logging.getLogger("shellrent.audit").addHandler(logs.audit_handler(cfg.audit_log))
     asyncio.run(BrokerServer(cfg).run())
 
 

@@ -6,7 +6,9 @@ localhost. Anything else is refused here with a one-line reason, whatever hostd 
 
 Each side's flow control drives the other's reading: when one channel's send window fills,
 asyncssh calls pause_writing and we stop reading the other. Data is handed straight across,
-never queued here. Exit status and exit signal are held until the host closes its channel, and so
+never queued here, except a session's stdin that comes before the host's channel is open (at most
+a packet: reading is held from `session_started` on, through a Gate of shellrent.common.flow, so a
+resume for one reason never undoes a pause for another). Exit status and exit signal are held until the host closes its channel, and so
 is the host's EOF: the renter's client sees the exit status first and then the close (with the
 output before both). A client that closes as soon as both sides sent EOF (PuTTY's plink) would
 otherwise lose the status that came after the EOF.
@@ -18,6 +20,7 @@ from typing import Awaitable, Callable
 import asyncssh
 
 from shellrent.common import protocol
+from shellrent.common.flow import Gate
 
 from .errors import BrokerError, NotFound
 from .metrics import TO_HOST, TO_RENTER
@@ -46,6 +49,7 @@ class _Upstream(asyncssh.SSHClientSession):
         self._eof = False
 
     def data_received(self, data, datatype):
+        self._down.out.check()
         TO_RENTER.inc(len(data))
         self._down.chan.write(data, datatype)
 
@@ -60,10 +64,10 @@ class _Upstream(asyncssh.SSHClientSession):
         self._signal = (signal, core_dumped, msg, lang)
 
     def pause_writing(self):
-        self._down.chan.pause_reading()
+        self._down.inp.hold("host full")
 
     def resume_writing(self):
-        self._down.chan.resume_reading()
+        self._down.inp.release("host full")
 
     def connection_lost(self, exc):
         chan = self._down.chan
@@ -104,11 +108,14 @@ class RenterSession(asyncssh.SSHServerSession):
         self._pty: dict = {}
         self._size: tuple | None = None
         self._task: asyncio.Task | None = None
-        self._early: list[bytes] = []  # stdin that came before the host side was open
+        self._early: list[bytes] = []  # stdin that came before the host side was open (a packet or so)
         self._early_eof = False
+        self.inp = Gate()  # reading the renter's channel
+        self.out = Gate()  # reading the host's channel
 
     def connection_made(self, chan):
         self.chan = chan
+        self.inp.attach(chan)
 
     def pty_requested(self, term_type, term_size, term_modes):
         self._pty = {"term_type": term_type, "term_size": term_size, "term_modes": term_modes}
@@ -134,7 +141,7 @@ class RenterSession(asyncssh.SSHServerSession):
         if self._refused:
             self._fail(self._refused)
             return
-        self.chan.pause_reading()
+        self.inp.hold("starting")  # asyncssh resumes it right after this returns; data_received pauses again
         self._task = asyncio.get_running_loop().create_task(self._open())
 
     async def _open(self):
@@ -155,6 +162,7 @@ class RenterSession(asyncssh.SSHServerSession):
             self._up, _ = await conn.create_session(
                 lambda: _Upstream(self), **self._req, **self._pty, env=env, encoding=None,
                 window=WINDOW, max_pktsize=TUNNEL_PKTSIZE)
+            self.out.attach(self._up)
         except BrokerError as exc:
             self._fail(str(exc))
             return
@@ -171,17 +179,17 @@ class RenterSession(asyncssh.SSHServerSession):
         if self._early_eof:
             self._up.write_eof()
         self._early = []
-        self.chan.resume_reading()
+        self.inp.release("starting")
 
     async def _pick(self):
         """No lease, and a person at a terminal: let them rent one, then carry on into the shell."""
         self._reader = LineReader(self.chan.write)
-        self.chan.resume_reading()
+        self.inp.release("starting")
         try:
             await self._picker(self.chan.write, self._reader.readline)
         finally:
             self._reader = None
-            self.chan.pause_reading()
+            self.inp.hold("starting")
         return await self._opener(False)
 
     def _fail(self, message: str):
@@ -202,6 +210,7 @@ class RenterSession(asyncssh.SSHServerSession):
             self.chan.close()
 
     def data_received(self, data, datatype):
+        self.inp.check()
         TO_HOST.inc(len(data))
         if self._up:
             self._up.write(data)
@@ -218,12 +227,10 @@ class RenterSession(asyncssh.SSHServerSession):
         return True
 
     def pause_writing(self):
-        if self._up:
-            self._up.pause_reading()
+        self.out.hold("renter full")
 
     def resume_writing(self):
-        if self._up:
-            self._up.resume_reading()
+        self.out.release("renter full")
 
     def terminal_size_changed(self, width, height, pixwidth, pixheight):
         if self._up:
@@ -260,9 +267,11 @@ class _TcpUpstream(asyncssh.SSHTCPSession):
         self._down = down
 
     def connection_made(self, chan):
-        chan.pause_reading()  # until the renter's channel exists; RenterTcp resumes it
+        self._down.out.attach(chan)
+        self._down.out.hold("starting")  # until the renter's channel exists; RenterTcp releases it
 
     def data_received(self, data, datatype):
+        self._down.out.check()
         TO_RENTER.inc(len(data))
         self._down.chan.write(data)
 
@@ -271,10 +280,10 @@ class _TcpUpstream(asyncssh.SSHTCPSession):
         return True
 
     def pause_writing(self):
-        self._down.chan.pause_reading()
+        self._down.inp.hold("host full")
 
     def resume_writing(self):
-        self._down.chan.resume_reading()
+        self._down.inp.release("host full")
 
     def connection_lost(self, exc):
         self._down.chan.close()
@@ -287,6 +296,8 @@ class RenterTcp(asyncssh.SSHTCPSession):
         self.chan = None
         self.up = up
         self.on_close: Callable[["RenterTcp"], None] | None = None
+        self.inp = Gate()  # reading the renter's channel
+        self.out = Gate()  # reading the host's channel
 
     def end(self, message: str) -> None:
         """The lease is over: close both sides."""
@@ -296,9 +307,11 @@ class RenterTcp(asyncssh.SSHTCPSession):
 
     def connection_made(self, chan):
         self.chan = chan
-        self.up.resume_reading()
+        self.inp.attach(chan)
+        self.out.release("starting")
 
     def data_received(self, data, datatype):
+        self.inp.check()
         TO_HOST.inc(len(data))
         self.up.write(data)
 
@@ -307,10 +320,10 @@ class RenterTcp(asyncssh.SSHTCPSession):
         return True
 
     def pause_writing(self):
-        self.up.pause_reading()
+        self.out.hold("renter full")
 
     def resume_writing(self):
-        self.up.resume_reading()
+        self.out.release("renter full")
 
     def connection_lost(self, exc):
         self.up.abort()  # as RenterSession: nothing buffered for a departed renter is delivered

@@ -8,7 +8,7 @@ from collections import defaultdict
 
 import asyncssh
 
-from shellrent.common import metrics as common_metrics
+from shellrent.common import flow, metrics as common_metrics
 from shellrent.keys import material
 
 from . import ciphers, metrics
@@ -53,6 +53,7 @@ class BrokerServer:
         sessions = defaultdict(int)
         startups = Startups(cfg.max_startups, cfg.max_startups_per_ip)
         ciphers.install()
+        flow.mend_windows()
         ssh = await asyncssh.create_server(
             lambda: RenterServer(self.broker, limiter, sessions, startups), *cfg.ssh_addr,
             server_host_keys=[host_key], encoding=None, line_editor=False, encryption_algs=RENTER_CIPHERS,

@@ -174,7 +174,7 @@ class Tunnels:
         """Start accepting host connections; returns the bound port."""
         self._acceptor = await asyncssh.listen_reverse(
             host, port, client_factory=lambda: _TunnelClient(self._startups), client_keys=[self._key],
-            known_hosts=lambda h, a, p: ([], [], []), username="broker",
+            known_hosts=lambda h, a, p: ([], [], []), username="broker", client_version="shellrent",
             encryption_algs=TUNNEL_CIPHERS, keepalive_interval=self._keepalive,
             keepalive_count_max=3, login_timeout=self.login_timeout, acceptor=self._accepted,
             error_handler=self._failed)

@@ -14,7 +14,7 @@ import time
 
 import asyncssh
 
-from shellrent.common import faults, protocol
+from shellrent.common import faults, flow, protocol
 from shellrent.keys import material, tokens
 
 from . import firewall, gpus as gpus_mod, metrics as hostd_metrics, offload, selfcheck, settings as settings_mod, spawn
@@ -558,6 +558,7 @@ class Agent:
 
     # connection
     async def connect(self, host: str, port: int) -> asyncssh.SSHServerConnection:
+        flow.mend_windows()
         return await asyncio.wait_for(asyncssh.connect_reverse(
             host, port, server_factory=lambda: HostServer(self), server_host_keys=[self.key],
             encoding=None, line_editor=False, encryption_algs=CIPHERS, x11_forwarding=False,

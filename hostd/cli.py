@@ -1,5 +1,6 @@
 """`hostd` command line: join a broker, run, report status."""
 import asyncio
+import fcntl
 import json
 import logging
 import os
@@ -13,7 +14,7 @@ import click
 
 from .agent import Agent, JoinError, join as join_broker
 from .config import Config
-from shellrent.common import metrics as common_metrics, systemd
+from shellrent.common import logs, metrics as common_metrics, systemd
 from shellrent.keys import material
 
 from . import doctor as doctor_mod, firewall, gpus as gpus_mod, metrics as hostd_metrics, settings as settings_mod
@@ -64,13 +65,32 @@ def run(cfg: Config, metrics_addr, verbose):
     pin = cfg.load_pin()
     if not pin:
         raise click.ClickException(f"{cfg.home} has not joined a broker: run `hostd join BROKER:PORT TOKEN` first")
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("asyncssh").setLevel(logging.DEBUG if verbose else logging.WARNING)
+    lock = _lock_home(cfg.home)
+    logs.setup(verbose)
     try:
         asyncio.run(_run(cfg, pin))
     except RuntimeError_ as exc:
         raise click.ClickException(str(exc)) from None
+    finally:
+        lock.close()
+
+
+def _lock_home(home: Path):
+    """One hostd per home: a second would fight the first over its containers, database and status file.
+    The lock is the kernel's (flock), so a hostd killed with -9 leaves nothing to clean up."""
+    f = open(home / "run.lock", "a+")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        pid = f.read().strip()
+        f.close()
+        raise click.ClickException(f"another hostd is running on {home}" + (f" (pid {pid})" if pid.isdigit() else "")
+                                   + ": stop it first, or give this one a --home of its own") from None
+    f.truncate(0)
+    f.write(f"{os.getpid()}\n")
+    f.flush()
+    return f  # held open for as long as this process runs
 
 
 async def _run(cfg: Config, pin: dict) -> None:

@@ -86,11 +86,13 @@ class ExecStream(asyncio.Protocol):
     """The hijacked stream of one exec, spliced to an SSH channel with flow control both ways.
 
     The engine's output goes to chan (stderr as extended data when there is no tty);
-    write()/write_eof() feed the process's stdin. `done` resolves when the engine closes.
+    write()/write_eof() feed the process's stdin; while the engine has not taken it, `stdin_full`
+    (the channel itself unless told otherwise) is paused. `done` resolves when the engine closes.
     """
 
-    def __init__(self, chan, tty: bool, request: bytes):
+    def __init__(self, chan, tty: bool, request: bytes, stdin_full=None):
         self._chan = chan
+        self._stdin_full = stdin_full or chan
         self._tty = tty
         self._request = request
         self._head = b""
@@ -159,10 +161,10 @@ class ExecStream(asyncio.Protocol):
             self.done.set_result(None)
 
     def pause_writing(self):
-        self._chan.pause_reading()
+        self._stdin_full.pause_reading()
 
     def resume_writing(self):
-        self._chan.resume_reading()
+        self._stdin_full.resume_reading()
 
     # stdin side, called by the SSH session
     def write(self, data: bytes) -> None:
@@ -173,12 +175,12 @@ class ExecStream(asyncio.Protocol):
             self.transport.write_eof()
 
 
-async def exec_start(exec_id: str, chan, tty: bool) -> ExecStream:
+async def exec_start(exec_id: str, chan, tty: bool, stdin_full=None) -> ExecStream:
     """Start an exec and splice its stream to chan; returns once the engine has upgraded."""
     request = _request("POST", f"/exec/{exec_id}/start", {"Detach": False, "Tty": tty}, upgrade=True)
     loop = asyncio.get_running_loop()
     transport, stream = await asyncio.wait_for(
-        loop.create_unix_connection(lambda: ExecStream(chan, tty, request), socket_path()), TIMEOUT)
+        loop.create_unix_connection(lambda: ExecStream(chan, tty, request, stdin_full), socket_path()), TIMEOUT)
     try:
         await asyncio.wait_for(asyncio.shield(stream.ready), TIMEOUT)
     except asyncio.TimeoutError:

@@ -114,8 +114,9 @@ class HelperSession:
 
     via = "helper"
 
-    def __init__(self, chan, tty: bool):
+    def __init__(self, chan, tty: bool, stdin_full=None):
         self.chan, self.tty = chan, tty
+        self._stdin_full = stdin_full or chan  # paused while the process's stdin pipe is full
         self.done = asyncio.get_running_loop().create_future()
         self.status: int = 255
         self.seen = 0          # reads of output so far
@@ -185,7 +186,7 @@ class HelperSession:
         self._transports.append(transport)
         self._sig, _ = await loop.connect_write_pipe(_In, os.fdopen(own("sig"), "wb", 0))
         self._transports.append(self._sig)
-        self._in, _ = await loop.connect_write_pipe(lambda: _In(self.chan), os.fdopen(own("in"), "wb", 0))
+        self._in, _ = await loop.connect_write_pipe(lambda: _In(self._stdin_full), os.fdopen(own("in"), "wb", 0))
         self._transports.append(self._in)
         for kind, datatype in (("out", None), ("err", asyncssh.EXTENDED_DATA_STDERR)):
             if kind in pipes:
@@ -288,8 +289,9 @@ class ExecSession:
 
     via = "docker exec"
 
-    def __init__(self, chan, tty: bool):
+    def __init__(self, chan, tty: bool, stdin_full=None):
         self.chan, self.tty = chan, tty
+        self._stdin_full = stdin_full
         self.status = 255
         self._stream: engine.ExecStream | None = None
         self._exec_id: str | None = None
@@ -300,7 +302,7 @@ class ExecSession:
             "AttachStdin": True, "AttachStdout": True, "AttachStderr": True, "Tty": self.tty,
             "Cmd": argv, "Env": [f"{k}={v}" for k, v in env.items()], "WorkingDir": "/workspace"})
         self._exec_id = created["Id"]
-        self._stream = await engine.exec_start(self._exec_id, self.chan, self.tty)
+        self._stream = await engine.exec_start(self._exec_id, self.chan, self.tty, self._stdin_full)
         if self.tty and size:
             await self.resize(*size[:2])
         asyncio.get_running_loop().create_task(self._finish())
@@ -399,8 +401,8 @@ class Sessions:
         except (engine.EngineError, OSError, asyncio.TimeoutError) as exc:
             log.info("lease %s: the session helper did not start: %s", rec["id"], exc or "timed out")
 
-    async def open(self, rec: dict, chan, argv: list[str], env: dict, tty: bool, size):
-        """A started session (HelperSession or ExecSession) for an active lease."""
+    async def open(self, rec: dict, chan, argv: list[str], env: dict, tty: bool, size, stdin_full=None):
+        """A started session (HelperSession or ExecSession) for an active lease; stdin_full as theirs."""
         container = rec["container"]
         try:
             known, pid, name = self._known.get(rec["id"]) or (None, 0, None)
@@ -408,7 +410,7 @@ class Sessions:
                 name = (self._lease_dir(rec["id"]) / "helper.key").read_text().strip()
                 pid = await offload.call(self._runtime.pid, container, timeout=offload.QUICK)
                 self._known[rec["id"]] = (container, pid, name)
-            session = await HelperSession(chan, tty).start(pid, name, argv, env, size)
+            session = await HelperSession(chan, tty, stdin_full).start(pid, name, argv, env, size)
         except Exception as exc:  # whatever went wrong with the helper, this session goes on without it
             self._known.pop(rec["id"], None)
             if not isinstance(exc, (HelperError, RuntimeError_, OSError, ValueError, asyncio.TimeoutError)):
@@ -416,6 +418,6 @@ class Sessions:
             log.info("lease %s: session via docker exec (helper: %s)", rec["id"],
                      str(exc) or type(exc).__name__)
             self.start_helper(rec)
-            return await ExecSession(chan, tty).start(container, argv, env, size)
+            return await ExecSession(chan, tty, stdin_full).start(container, argv, env, size)
         log.info("lease %s: session via helper", rec["id"])
         return session

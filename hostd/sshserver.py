@@ -14,6 +14,7 @@ import signal as signals
 import asyncssh
 
 from shellrent.common import protocol
+from shellrent.common.flow import Gate
 from shellrent.keys import material
 
 from . import engine, netns, spawn
@@ -97,7 +98,8 @@ class _Sock(asyncio.Protocol):
 
     def connection_made(self, transport):
         self._b.transport = transport
-        transport.pause_reading()  # until the SSH channel is open
+        self._b.out.attach(transport)
+        self._b.out.hold("starting")  # until the SSH channel is open
 
     def data_received(self, data):
         self._b.chan.write(data)
@@ -107,10 +109,10 @@ class _Sock(asyncio.Protocol):
         return True
 
     def pause_writing(self):
-        self._b.chan.pause_reading()
+        self._b.inp.hold("socket full")
 
     def resume_writing(self):
-        self._b.chan.resume_reading()
+        self._b.inp.release("socket full")
 
     def connection_lost(self, exc):
         if self._b.chan:
@@ -123,12 +125,16 @@ class TcpBridge(asyncssh.SSHTCPSession):
     def __init__(self):
         self.chan = None
         self.transport = None
+        self.inp = Gate()  # reading the channel
+        self.out = Gate()  # reading the socket
 
     def connection_made(self, chan):
         self.chan = chan
-        self.transport.resume_reading()
+        self.inp.attach(chan)
+        self.out.release("starting")
 
     def data_received(self, data, datatype):
+        self.inp.check()
         self.transport.write(data)
 
     def eof_received(self):
@@ -137,10 +143,10 @@ class TcpBridge(asyncssh.SSHTCPSession):
         return True
 
     def pause_writing(self):
-        self.transport.pause_reading()
+        self.out.hold("channel full")
 
     def resume_writing(self):
-        self.transport.resume_reading()
+        self.out.release("channel full")
 
     def connection_lost(self, exc):
         self.transport.close()
@@ -160,7 +166,8 @@ class HostSession(asyncssh.SSHServerSession):
         self._pty: tuple | None = None
         self._size: tuple | None = None
         self._buf = b""
-        self._early: list[bytes] = []  # renter stdin that came before the exec stream was open
+        self._early: list[bytes] = []  # renter stdin that came before the exec stream was open (a packet)
+        self._in = Gate()  # reading the channel: held while starting and while the process's stdin is full
         self._early_eof = False
         self._stream: spawn.HelperSession | spawn.ExecSession | None = None
         self._out_paused = False  # the channel is full: the session's output waits (even while it starts)
@@ -170,6 +177,7 @@ class HostSession(asyncssh.SSHServerSession):
 
     def connection_made(self, chan):
         self._chan = chan
+        self._in.attach(chan)
 
     def pty_requested(self, term_type, term_size, term_modes):
         self._pty = (term_type, term_size)
@@ -201,7 +209,7 @@ class HostSession(asyncssh.SSHServerSession):
             self._chan.write_stderr(b"shellrent: this host has no control channel from the broker yet\r\n")
             self._chan.exit(2)
             return
-        self._chan.pause_reading()
+        self._in.hold("starting")  # asyncssh resumes it right after this returns; data_received pauses again
         self._task = asyncio.get_running_loop().create_task(self._run_exec())
 
     # the control channel: calls from the broker, replies and events back
@@ -269,9 +277,10 @@ class HostSession(asyncssh.SSHServerSession):
                 env["TERM"] = self._pty[0] or "xterm"
             argv, size = self._argv(rec["shell"]), self._size[:2] if tty and self._size else None
             if rec["state"] == "active":
-                self._stream = await self._agent.sessions.open(rec, self._chan, argv, env, tty, size)
+                self._stream = await self._agent.sessions.open(rec, self._chan, argv, env, tty, size,
+                                                                self._in.valve("stdin full"))
             else:  # an ended lease's files, in a container of their own
-                self._stream = await spawn.ExecSession(self._chan, tty).start(rec["container"], argv, env, size)
+                self._stream = await spawn.ExecSession(self._chan, tty, self._in.valve("stdin full")).start(rec["container"], argv, env, size)
         except Exception as exc:  # one line to the renter, whatever it was; never a session left hanging
             if not isinstance(exc, (SessionError, engine.EngineError, OSError, asyncio.TimeoutError)):
                 log.exception("session in lease %s failed to start", self._lease)
@@ -287,7 +296,7 @@ class HostSession(asyncssh.SSHServerSession):
         if self._early_eof:
             self._stream.write_eof()
         self._early = []
-        self._chan.resume_reading()
+        self._in.release("starting")
         while not await _within(self._stream.done, GONE_CHECK):
             if self._chan.is_closing():
                 # The broker closed the channel while it was paused (stdin the process does not
@@ -309,7 +318,9 @@ class HostSession(asyncssh.SSHServerSession):
     def data_received(self, data, datatype):
         if self._control:
             self._control_data(data)
-        elif self._stream:
+            return
+        self._in.check()
+        if self._stream:
             self._stream.write(data)
         else:
             self._early.append(data)

@@ -135,3 +135,19 @@ def test_a_container_paused_or_removed_while_hostd_is_away_counts_from_when_it_w
         wait_for(lambda: broker_leases(c)[lid]["state"] == "ended", timeout=30, what="the lease to end")
         assert went - 6 <= broker_leases(c)[lid]["ended"] <= went
     wait_agree(c)
+
+
+def test_a_second_hostd_on_one_home_is_refused_and_the_first_goes_on(cluster):
+    c = cluster
+    first = c.procs["hostd-pc1"]
+    for _ in range(2):
+        r = c.hostd("pc1", "run", check=False, timeout=30)
+        err = r.stderr.decode()
+        assert r.returncode == 1 and err.count("\n") == 1, err
+        assert f"another hostd is running on {c.hostd_homes['pc1']} (pid {first.pid})" in err, err
+    assert first.poll() is None
+    c.wait_connected("pc1")
+    assert c.ssh("echo still", user=f"rent+{c.lease}").stdout == b"still\n"
+    c.kill("hostd-pc1")  # killed with -9: the kernel drops the lock, and the next one starts
+    c.start_hostd("pc1")
+    assert c.ssh("echo back", user=f"rent+{c.lease}").stdout == b"back\n"

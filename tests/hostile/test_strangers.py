@@ -104,3 +104,48 @@ async def test_one_connection_cannot_try_keys_without_end(broker):
         await asyncio.wait_for(asyncssh.connect("127.0.0.1", c.ssh_port, username="rent", client_keys=keys,
                                                 known_hosts=str(c.root / "known_hosts")), 30)
     assert (c.bhome / "audit.log").read_text().count("auth-fail") == 6
+
+
+def _kexinit(names: bytes) -> bytes:
+    """A client's first key-exchange packet (unencrypted), every name-list set to names."""
+    import os
+    import struct
+    payload = bytes([20]) + os.urandom(16) + b"".join(struct.pack(">I", len(names)) + names for _ in range(10))
+    payload += b"\0" + b"\0\0\0\0"
+    pad = 8 - (len(payload) + 5) % 8
+    pad += 8 if pad < 4 else 0
+    return struct.pack(">IB", len(payload) + pad + 1, pad) + payload + b"\0" * pad
+
+
+FORGED = b"curve25519-sha256\n2026-12-01 00:00:00,000 INFO shellrent.audit: login renter=root\x1b[2J\r,x"
+
+
+def test_a_strangers_words_never_forge_a_log_line(fresh_cluster):
+    c = fresh_cluster
+    c.kill("broker")
+    c.start_broker("-v")
+    for port in (c.ssh_port, c.tunnel_port):
+        s = socket.create_connection(("127.0.0.1", port), timeout=5)
+        s.sendall(b"SSH-2.0-evil\x1b[31m\r\n" + _kexinit(FORGED))
+        try:
+            while s.recv(4096):
+                pass
+        except OSError:
+            pass
+        s.close()
+    wait_for(lambda: "evil" in c.log("broker") and c.log("broker").count("renter=root") >= 2,
+             what="the broker to log the strangers' words")
+    for line in c.log("broker").splitlines():
+        assert not line.startswith("2026-12-01 00:00:00,000"), repr(line)  # no line is the stranger's
+        assert not any(ch < " " or "\x7f" <= ch <= "\x9f" for ch in line), repr(line)
+
+
+def test_no_port_names_a_version(cluster):
+    c = cluster
+    for port in (c.ssh_port, c.tunnel_port):
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+            s.sendall(b"SSH-2.0-probe\r\n")
+            banner = b""
+            while not banner.endswith(b"\r\n"):
+                banner += s.recv(1)
+        assert banner == b"SSH-2.0-shellrent\r\n", (port, banner)
