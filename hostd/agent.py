@@ -23,7 +23,7 @@ from .disk import Workspaces
 from .gpuwatch import GpuWatch
 from .leases import Leases
 from .pulls import PullError, Pulls
-from .runtime import Runtime, RuntimeError_, default_limits
+from .runtime import Runtime, RuntimeError_, default_limits, pid_max, pids_per_gpu
 from .sshserver import HostServer, SessionError
 from .store import Store
 from .watch import Watch
@@ -488,7 +488,8 @@ class Agent:
         shutil.copyfile(selfcheck.SCRIPT, self.leases.lease_dir(lease["id"]) / "gpu-check.py")  # `gpu-check`
         inv = self._inventory or await offload.call(self.inventory, timeout=30)
         rec["disk_gb"] = float(inv["disk_per_gpu"] * max(1, len(gpus)))
-        limits = {"disk": int(rec["disk_gb"] * 1e9)}
+        limits = {"disk": int(rec["disk_gb"] * 1e9),
+                  "pids": pids_per_gpu(pid_max(), len(inv.get("shared") or ())) * max(1, len(gpus))}
         if gpus:
             cpus = float(inv["cpu_per_gpu"] * len(gpus))
             rec["cpuset"] = self._pick_cores(cpus)

@@ -14,7 +14,7 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import gpus as gpus_mod, settings as settings_mod
+from . import gpus as gpus_mod, runtime, settings as settings_mod
 from .config import Config
 
 OK, WARN, FAIL = "ok", "warn", "FAIL"
@@ -58,6 +58,7 @@ def run_checks(home: Path, *, source=None, engine=None, which=shutil.which,
     if source is None:
         source = _open_source(fake_spec)
     checks += nvidia_checks(source, info, which, toolkit_config, fake_set=bool(fake_spec))
+    checks.append(pids_check(runtime.pid_max(), _gpu_count(source)))
     checks += disk_checks(info.get("DockerRootDir") or "/", home)
     checks += broker_checks(Config(home=home))
     return checks
@@ -131,6 +132,25 @@ def limits_check(info: dict) -> Check:
         return Check("limits", WARN, f"swap is not capped: a container can swap past its memory share ({text})",
                      "boot with swapaccount=1 (or use cgroup v2) and restart Docker", True)
     return Check("limits", OK, text, required=True)
+
+
+def _gpu_count(source) -> int:
+    try:
+        return len(source.gpus())
+    except Exception:
+        return 1
+
+
+def pids_check(host_pid_max: int, gpus: int) -> Check:
+    """PIDs are sized, not isolated: each lease's pids limit is a share of pid_max with a reserve kept."""
+    per_gpu = runtime.pids_per_gpu(host_pid_max, gpus)
+    rented = per_gpu * max(1, gpus)
+    text = (f"pid_max {host_pid_max}: a lease gets {per_gpu} PIDs per GPU; with all {max(1, gpus)} GPU(s) "
+            f"rented, leases hold {rented} and the host keeps {host_pid_max - rented}")
+    if per_gpu < runtime.PIDS_PER_GPU:
+        return Check("pids", WARN, text + f" (under {runtime.PIDS_PER_GPU} per GPU)",
+                     "raise it: `sysctl -w kernel.pid_max=4194304` and the same line in /etc/sysctl.d/")
+    return Check("pids", OK, text)
 
 
 # NVIDIA driver and container toolkit

@@ -3,8 +3,11 @@
 Every lease network's bridge is named BRIDGE_PREFIX + lease id, so two chains of hostd's own match
 all leases at once:
 - SHELLRENT-FWD (jumped to from Docker's DOCKER-USER, or FORWARD): traffic a container sends through
-  the host is refused to private, shared, loopback, link-local (cloud metadata), multicast and
-  reserved IPv4 ranges, and to other leases' bridges; the internet stays open.
+  the host is refused to every range of IANA's special-purpose registries that is not globally
+  reachable (private, shared, loopback, link-local and cloud metadata, documentation, benchmarking,
+  multicast, reserved), to every subnet of every interface of the host (a neighbour on the
+  provider's network with a public address is the provider's too), and to other leases' bridges;
+  the internet stays open.
 - SHELLRENT-IN (jumped to from INPUT): a container cannot open connections to the host itself, on
   any of its addresses (the bridge gateway, the LAN address, the public one).
 The provider's `egress_allow` setting lets chosen destinations (IP, IP:PORT, CIDR or CIDR:PORT)
@@ -17,6 +20,7 @@ off inside their containers. Rules are rewritten as a whole at every start and s
 `hostd firewall remove`. The chains are machine-wide: one hostd per machine.
 """
 import ipaddress
+import json
 import logging
 import shutil
 import subprocess
@@ -25,9 +29,12 @@ log = logging.getLogger("shellrent.firewall")
 
 BRIDGE_PREFIX = "srl-"
 FWD, IN = "SHELLRENT-FWD", "SHELLRENT-IN"
+# IANA's IPv4 and IPv6 special-purpose address registries: every block not globally reachable.
 BLOCKED = ("0.0.0.0/8", "10.0.0.0/8", "100.64.0.0/10", "127.0.0.0/8", "169.254.0.0/16", "172.16.0.0/12",
-           "192.0.0.0/24", "192.168.0.0/16", "198.18.0.0/15", "224.0.0.0/4", "240.0.0.0/4")
-BLOCKED6 = ("::/128", "::1/128", "fc00::/7", "fe80::/10", "ff00::/8")
+           "192.0.0.0/24", "192.0.2.0/24", "192.88.99.0/24", "192.168.0.0/16", "198.18.0.0/15",
+           "198.51.100.0/24", "203.0.113.0/24", "224.0.0.0/4", "240.0.0.0/4")
+BLOCKED6 = ("::/128", "::1/128", "::ffff:0:0/96", "64:ff9b:1::/48", "100::/64", "2001::/23", "2001:db8::/32",
+            "2002::/16", "3fff::/20", "5f00::/16", "fc00::/7", "fe80::/10", "ff00::/8")
 _REJECT = ["-j", "REJECT", "--reject-with", "icmp-admin-prohibited"]
 _REJECT6 = ["-j", "REJECT", "--reject-with", "icmp6-adm-prohibited"]
 
@@ -78,8 +85,29 @@ def resolvers(paths=("/etc/resolv.conf", "/run/systemd/resolve/resolv.conf")) ->
     return found
 
 
-def rules(allow: list[tuple[str, int | None]], v6: bool = False,
-          dns: list[str] = ()) -> dict[str, list[list[str]]]:
+def host_networks() -> list[str]:
+    """Every subnet of every interface of this machine but the lease bridges (`ip -j addr`), both families."""
+    try:
+        proc = subprocess.run(["ip", "-j", "addr", "show"], capture_output=True, text=True, timeout=10)
+        links = json.loads(proc.stdout or "[]")
+    except (OSError, ValueError, subprocess.TimeoutExpired):
+        return []
+    nets = []
+    for link in links:
+        if str(link.get("ifname", "")).startswith(BRIDGE_PREFIX):
+            continue
+        for addr in link.get("addr_info") or []:
+            try:
+                net = str(ipaddress.ip_network(f"{addr['local']}/{addr['prefixlen']}", strict=False))
+            except (KeyError, ValueError):
+                continue
+            if net not in nets:
+                nets.append(net)
+    return sorted(nets)
+
+
+def rules(allow: list[tuple[str, int | None]], v6: bool = False, dns: list[str] = (),
+          host_nets: list[str] = ()) -> dict[str, list[list[str]]]:
     """The two chains' rules, in order (pure); IPv4, or IPv6 (where nothing is allowed)."""
     reject = _REJECT6 if v6 else _REJECT
     allowed = [] if v6 else [["-d", net, *(["-p", "tcp", "--dport", str(port)] if port else []), "-j", "RETURN"]
@@ -87,7 +115,9 @@ def rules(allow: list[tuple[str, int | None]], v6: bool = False,
     allowed += [] if v6 else [["-d", f"{ns}/32", "-p", proto, "--dport", "53", "-j", "RETURN"]
                               for ns in dns for proto in ("udp", "tcp")]
     established = [["-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED", "-j", "RETURN"]]
-    fwd = established + allowed + [["-d", net, *reject] for net in (BLOCKED6 if v6 else BLOCKED)] + \
+    version = 6 if v6 else 4
+    own = [net for net in host_nets if ipaddress.ip_network(net).version == version]
+    fwd = established + allowed + [["-d", net, *reject] for net in (BLOCKED6 if v6 else BLOCKED) + tuple(own)] + \
         [["-o", BRIDGE_PREFIX + "+", *reject], ["-j", "RETURN"]]
     inp = established + [r[:-1] + ["ACCEPT"] for r in allowed] + [reject]
     return {FWD: fwd, IN: inp}
@@ -113,9 +143,10 @@ def install(allow: list[tuple[str, int | None]]) -> None:
     """Write the chains afresh (IPv4 and, where ip6tables is, IPv6) and make lease traffic jump there."""
     if not shutil.which("iptables"):
         raise FirewallError("iptables is not installed: lease containers can reach this machine and its LAN")
-    dns = resolvers()
+    global _installed
+    dns, own = resolvers(), host_networks()
     for tool, v6 in _tools():
-        chains = rules(allow, v6, dns)
+        chains = rules(allow, v6, dns, own)
         text = "*filter\n" + "".join(f":{chain} - [0:0]\n" for chain in chains) + \
             "".join(f"-A {chain} {' '.join(line)}\n" for chain, lines in chains.items() for line in lines) + "COMMIT\n"
         proc = subprocess.run([f"{tool}-restore", "--noflush", "-w", "20"], input=text, capture_output=True, text=True,
@@ -126,6 +157,10 @@ def install(allow: list[tuple[str, int | None]]) -> None:
             jump = ["-i", BRIDGE_PREFIX + "+", "-j", chain]
             if not _ipt(tool, "-C", parent, *jump, check=False):
                 _ipt(tool, "-I", parent, "1", *jump)
+    _installed = own
+
+
+_installed: list[str] | None = None  # the host's subnets the chains were last written with
 
 
 def missing() -> str | None:
@@ -141,6 +176,8 @@ def missing() -> str | None:
         for chain, rule in ((FWD, ["-o", BRIDGE_PREFIX + "+", *reject]), (IN, reject)):
             if not _ipt(tool, "-C", chain, *rule, check=False):
                 return f"{tool}: {chain} is not whole"
+    if _installed is not None and host_networks() != _installed:
+        return "the machine's own networks changed"
     return None
 
 

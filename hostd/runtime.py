@@ -12,6 +12,7 @@ import shutil
 import signal as signals
 import stat
 import time
+from pathlib import Path
 
 import docker
 from docker.errors import APIError, DockerException, NotFound
@@ -449,7 +450,26 @@ def _epoch(text: str | None) -> float | None:
         return None
 
 
+PIDS_PER_GPU = 4096  # the most a lease gets per GPU, however large the host's pid_max
+PIDS_RESERVE = 4096  # kept for the host at least (a quarter of pid_max when that is more)
+
+
+def pid_max() -> int:
+    try:
+        return int(Path("/proc/sys/kernel/pid_max").read_text())
+    except (OSError, ValueError):
+        return 32768
+
+
+def pids_per_gpu(host_pid_max: int, gpus_shared: int) -> int:
+    """A lease's pids limit per GPU: the host's PIDs less a reserve, shared among the GPUs it offers,
+    so that every lease together cannot take the PIDs the host and its other leases need."""
+    reserve = max(PIDS_RESERVE, host_pid_max // 4)
+    return max(64, min(PIDS_PER_GPU, (host_pid_max - reserve) // max(1, gpus_shared)))
+
+
 def default_limits() -> dict:
     """Per-lease limits until per-GPU shares are configured: most of the machine."""
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    return {"cpus": float(os.cpu_count() or 1), "memory": int(mem * 0.8), "pids": 4096, "shm": 1 << 30}
+    return {"cpus": float(os.cpu_count() or 1), "memory": int(mem * 0.8), "pids": pids_per_gpu(pid_max(), 1),
+            "shm": 1 << 30}

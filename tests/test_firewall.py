@@ -12,11 +12,13 @@ def test_every_range_the_policy_names_is_refused():
     for addr in ("10.1.2.3", "172.20.0.1", "192.168.1.50", "100.64.0.1", "169.254.169.254", "224.0.0.1",
                  "127.0.0.1", "0.0.0.0"):
         assert any(ipaddress.ip_address(addr) in net for net in refused), addr
-    for addr in ("1.1.1.1", "8.8.8.8", "198.51.100.2"):
+    for addr in ("192.0.2.10", "198.51.100.2", "203.0.113.9", "198.18.0.1", "255.255.255.255"):  # IANA's too
+        assert any(ipaddress.ip_address(addr) in net for net in refused), addr
+    for addr in ("1.1.1.1", "8.8.8.8", "45.0.0.1"):
         assert not any(ipaddress.ip_address(addr) in net for net in refused), addr
     fwd6 = firewall.rules([], v6=True)[firewall.FWD]
     refused6 = [ipaddress.ip_network(r[1]) for r in fwd6 if r[0] == "-d"]
-    for addr in ("fd00::1", "fe80::1", "ff02::1", "::1"):
+    for addr in ("fd00::1", "fe80::1", "ff02::1", "::1", "2001:db8::1", "::ffff:10.0.0.1", "2002::1", "3fff::1"):
         assert any(ipaddress.ip_address(addr) in net for net in refused6), addr
     assert firewall.rules([])[firewall.IN][-1][:2] == ["-j", "REJECT"]  # the host itself: nothing
 
@@ -52,3 +54,20 @@ def test_dns_to_the_machines_resolvers_passes(tmp_path):
     dns = [["-d", "192.168.1.1/32", "-p", proto, "--dport", "53", "-j", "RETURN"] for proto in ("udp", "tcp")]
     assert fwd[1:3] == dns  # before the refusal of 192.168/16; nothing else to that address passes
     assert ["-d", "192.168.1.1/32", "-j", "RETURN"] not in fwd
+
+
+def test_the_hosts_own_subnets_are_refused_whatever_the_family():
+    own = ["45.0.0.0/24", "2a01:4f8::/64", "10.0.0.0/8"]
+    fwd = firewall.rules([], host_nets=own)[firewall.FWD]
+    fwd6 = firewall.rules([], v6=True, host_nets=own)[firewall.FWD]
+    assert ["-d", "45.0.0.0/24", *firewall._REJECT] in fwd and not any("2a01:4f8::/64" in r for r in fwd)
+    assert ["-d", "2a01:4f8::/64", *firewall._REJECT6] in fwd6 and not any("45.0.0.0/24" in r for r in fwd6)
+    allow = firewall.parse_allow("45.0.0.7:8000")
+    fwd = firewall.rules(allow, host_nets=own)[firewall.FWD]
+    assert fwd.index(["-d", "45.0.0.7/32", "-p", "tcp", "--dport", "8000", "-j", "RETURN"]) < \
+        fwd.index(["-d", "45.0.0.0/24", *firewall._REJECT])  # egress_allow still lets one through
+
+
+def test_host_networks_are_read_from_the_machine():
+    nets = firewall.host_networks()
+    assert "127.0.0.0/8" in nets and not any(n.startswith(firewall.BRIDGE_PREFIX) for n in nets)

@@ -2,8 +2,10 @@
 metadata address or another lease; the provider's egress_allow lets chosen destinations through.
 
 The test makes its own network namespaces: "lan" (10.213.7.2, and 169.254.169.254 as a metadata
-server) and "inet" (198.51.100.2, a documentation address standing in for the internet), each tied to
-this host by a veth pair and serving HTTP. Probes go only to addresses those namespaces, this host
+server), "inet" (45.0.0.1, a public address routed into it, standing in for the internet) and "nbr"
+(198.51.100.77: a neighbour with a public-looking address on a subnet of the host's own interface, and
+203.0.113.10, an IANA special-purpose address, routed through it), each tied to this host by a veth pair
+and serving HTTP. Probes go only to addresses those namespaces, this host
 or the test's own containers serve, and only after the route to each is checked."""
 import json
 import shutil
@@ -20,7 +22,8 @@ from ..faults.records import balances, broker_leases
 
 pytestmark = [pytest.mark.docker, pytest.mark.hostile]
 
-NETS = {"lan": ("10.213.7.1", "10.213.7.2", ["169.254.169.254"]), "inet": ("198.51.100.1", "198.51.100.2", [])}
+NETS = {"lan": ("10.213.7.1", "10.213.7.2", ["169.254.169.254"]), "inet": ("10.213.8.1", "10.213.8.2", ["45.0.0.1"]),
+        "nbr": ("198.51.100.1", "198.51.100.77", ["203.0.113.10"])}
 PROBE = ("import socket,sys\n"
          "for t in sys.argv[1:]:\n"
          "    h, p = t.rsplit(':', 1)\n"
@@ -118,8 +121,9 @@ def test_a_lease_reaches_the_internet_only(fresh_cluster, nets, host_server):
     other = next(iter(info[1]["NetworkSettings"]["Networks"].values()))["IPAddress"]
     wait_for(lambda: _probe(c, b, "127.0.0.1:8000")["127.0.0.1:8000"] == "open", what="lease b's server")
     port = host_server
-    want = {"198.51.100.2:8000": "open",                                       # the internet
+    want = {"45.0.0.1:8000": "open",                                           # the internet
             "10.213.7.2:8000": "blocked", "169.254.169.254:8000": "blocked",   # the LAN, cloud metadata
+            "198.51.100.77:8000": "blocked", "203.0.113.10:8000": "blocked",     # the host's subnet, IANA's
             f"{gateway}:{port}": "blocked", f"10.213.7.1:{port}": "blocked",   # the host, any address
             f"198.51.100.1:{port}": "blocked", f"{other}:8000": "blocked"}    # ... and another lease
     assert _probe(c, a, *want) == want

@@ -3,6 +3,7 @@ pinning), and two leases get different cores. Real broker, hostd, Docker and Ope
 import json
 import os
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -25,6 +26,23 @@ def test_nproc_shows_the_leases_cores(fresh_cluster):
         cores.append(cpuset.strip())
     if len(os.sched_getaffinity(0)) > 1:
         assert cores[0] != cores[1], cores  # spread over the machine, not stacked on core 0
+
+
+def test_all_gpus_rented_leave_the_host_its_pids(fresh_cluster):
+    """8 leases of 4,096 PIDs took every PID of a pid_max of 32,768: each GPU's share is sized from it."""
+    c = fresh_cluster
+    c.add_host("pc1", {"fake_gpus": ",".join(["RTX 4090:24"] * 8), "cpu_per_gpu": "1", "ram_per_gpu": "1",
+                       "disk_per_gpu": "1"})
+    c.broker("renter", "credit", "alice", "50")
+    wait_for(lambda: c.ssh("offers", "--json", user="ctl", check=True).stdout != b"[]\n", what="the offer")
+    lid = json.loads(c.ssh("rent", "--gpus", "2", "--hours", "1", "--yes", "--json", user="ctl", check=True).stdout)["id"]
+    limit = int(run("docker", "inspect", "-f", "{{.HostConfig.PidsLimit}}", f"shellrent-{lid}").stdout)
+    pid_max = int(Path("/proc/sys/kernel/pid_max").read_text())
+    per_gpu = min(4096, (pid_max - max(4096, pid_max // 4)) // 8)
+    assert limit == 2 * per_gpu, limit
+    assert pid_max - 8 * per_gpu >= max(4096, pid_max // 4)  # all 8 GPUs rented: the host keeps its reserve
+    doctor = c.hostd("pc1", "doctor", check=False).stdout.decode()
+    assert f"pid_max {pid_max}: a lease gets {per_gpu} PIDs per GPU" in doctor, doctor
 
 
 def test_workspace_and_writable_layer_are_held_to_the_disk_share(fresh_cluster):
