@@ -180,9 +180,9 @@ class Agent:
                     log.info("lease %s: cannot size its layer now: %s", rec["id"], exc or "timed out")
                     continue
                 if rec.get("disk_gb") and used > rec["disk_gb"] * 1e9:
-                    log.warning("lease %s holds %.2f GB of disk, over its %.1f GB share: ending it",
+                    log.warning("lease %s holds %.2f GB of disk, over its %.1f GB share: freezing and ending it",
                                 rec["id"], used / 1e9, rec["disk_gb"])
-                    asyncio.get_running_loop().create_task(self.leases.end(rec["id"]))
+                    asyncio.get_running_loop().create_task(self.leases.end(rec["id"], freeze=True))
 
     async def watch(self) -> None:
         """Notice settings changes and inventory drift; report them to the broker."""

@@ -190,6 +190,15 @@ class Runtime:
         except (APIError, DockerException) as exc:
             raise RuntimeError_(f"stopping lease {lease_id}: {exc}") from None
 
+    def freeze(self, lease_id: str) -> None:
+        """Freeze every process of a lease's container (the engine's pause: the cgroup freezer)."""
+        try:
+            self.client.api.pause(f"shellrent-{lease_id}")
+        except NotFound:
+            pass
+        except (APIError, DockerException) as exc:
+            raise RuntimeError_(f"freezing lease {lease_id}: {exc}") from None
+
     def signal_all(self, lease_id: str, signal: str = "TERM") -> int:
         """Send signal to every process of the lease's container but its init; returns how many.
 

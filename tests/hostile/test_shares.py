@@ -79,3 +79,32 @@ def test_a_deleted_file_kept_open_still_counts(fresh_cluster):
     wait_for(lambda: json.loads(c.broker("lease", "list", "--json").stdout)[0]["state"] == "ended", timeout=60,
              what="the lease to end though its file has no name")
     wait_for(lambda: not c.containers(), what="its container to go")
+
+
+# Ignores SIGTERM and writes its layer for as long as it runs, 4 MB at a time, each step counted in
+# /workspace (which stays readable after the lease).
+GREEDY = ("nohup bash -c \"trap '' TERM; n=0; while true; do head -c 4M /dev/zero >> /root/fill; "
+          "n=\\$((n+4)); echo \\$n > /workspace/written; done\" >/dev/null 2>&1 &")
+
+
+def test_a_lease_over_its_disk_share_writes_nothing_more_once_seen(fresh_cluster):
+    """A writer that ignores SIGTERM wrote 7.5 GB past a 1 GB share through the grace; now frozen when seen."""
+    c = fresh_cluster
+    c.env["HOSTD_DISK_CHECK"] = "1"
+    c.add_host("pc1", {"disk_per_gpu": "0.2", "grace": "20s"})
+    lid = c.create_lease()
+    assert c.ssh(GREEDY, user=f"rent+{lid}").returncode == 0
+    wait_for(lambda: "over its 0.2 GB share" in c.log("hostd-pc1"), timeout=60, what="the watch to see it")
+    seen = c.hostd_log_time("over its 0.2 GB share")
+    wait_for(lambda: json.loads(c.broker("lease", "list", "--json").stdout)[0]["state"] == "ended", timeout=30,
+             what="the lease to end")
+    ended = c.hostd_log_time(f"lease {lid} ended")
+    assert ended - seen < 10, ended - seen  # no 20 s grace for a lease frozen over its share
+    line = next(x for x in c.log("hostd-pc1").splitlines() if "over its 0.2 GB share" in x)
+    held_mb = float(line.split(" holds ")[1].split(" GB")[0]) * 1000
+    wait_for(lambda: not c.containers(), what="its container to go")
+    batch, got = c.root / "get.batch", c.root / "written"
+    batch.write_text(f"get /workspace/written {got}\n")
+    run("sftp", "-b", batch, "-P", str(c.ssh_port), *c.ssh_opts(), f"rent+{lid}@127.0.0.1")  # an ended lease's files
+    written = int(got.read_text())
+    assert written <= held_mb + 64, (written, held_mb)  # at most what was on its way when the watch looked
