@@ -59,7 +59,7 @@ class BrokerServer:
             server_host_keys=[host_key], encoding=None, line_editor=False, encryption_algs=RENTER_CIPHERS,
             login_timeout=cfg.login_timeout, keepalive_interval=cfg.keepalive * 4,
             x11_forwarding=False, agent_forwarding=False, allow_scp=False,
-            server_version="shellrent", tunnel=QuickAckListener())
+            server_version="shellrent", tunnel=QuickAckListener(startups))
         admin = AdminServer(cfg.admin_socket, self.broker)
         await admin.start()
         self._closers = [ssh.close, admin.close]
