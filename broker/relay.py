@@ -8,8 +8,8 @@ Each side's flow control drives the other's reading: when one channel's send win
 asyncssh calls pause_writing and we stop reading the other. Data is handed straight across,
 never queued here, except a session's stdin that comes before the host's channel is open (at most
 a packet: reading is held from `session_started` on, through a Gate of shellrent.common.flow, so a
-resume for one reason never undoes a pause for another). Exit status and exit signal are held until the host closes its channel, and so
-is the host's EOF: the renter's client sees the exit status first and then the close (with the
+resume for one reason never undoes a pause for another). Exit status and exit signal are held until
+the host closes its channel, and so is the host's EOF: the renter's client sees the exit status first and then the close (with the
 output before both). A client that closes as soon as both sides sent EOF (PuTTY's plink) would
 otherwise lose the status that came after the EOF.
 """

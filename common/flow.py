@@ -71,12 +71,15 @@ class Valve:
 
 
 def _deliver_data(self, data, datatype) -> None:
-    """asyncssh's SSHChannel._deliver_data, granting window only for what is really consumed."""
-    held = self._recv_window + sum(len(chunk) for chunk, _ in self._recv_buf)
-    if held < self._init_recv_window / 2:
-        adjust = self._init_recv_window - held
-        self.send_packet(asyncssh.channel.MSG_CHANNEL_WINDOW_ADJUST, UInt32(adjust))
-        self._recv_window += adjust
+    """asyncssh's SSHChannel._deliver_data, granting window only for what is really consumed.
+    The buffer is summed only when the window is low (held >= the window), as rarely as asyncssh adjusts."""
+    half = self._init_recv_window / 2
+    if self._recv_window < half:
+        held = self._recv_window + sum(len(chunk) for chunk, _ in self._recv_buf)
+        if held < half:
+            adjust = self._init_recv_window - held
+            self.send_packet(asyncssh.channel.MSG_CHANNEL_WINDOW_ADJUST, UInt32(adjust))
+            self._recv_window += adjust
     if self._encoding:
         try:
             data = self._decoder.decode(data)

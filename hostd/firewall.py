@@ -37,6 +37,7 @@ BLOCKED6 = ("::/128", "::1/128", "::ffff:0:0/96", "64:ff9b:1::/48", "100::/64", 
             "2002::/16", "3fff::/20", "5f00::/16", "fc00::/7", "fe80::/10", "ff00::/8")
 _REJECT = ["-j", "REJECT", "--reject-with", "icmp-admin-prohibited"]
 _REJECT6 = ["-j", "REJECT", "--reject-with", "icmp6-adm-prohibited"]
+_installed: list[str] | None = None  # the host's subnets the chains were last written with (install())
 
 
 class FirewallError(Exception):
@@ -158,9 +159,6 @@ def install(allow: list[tuple[str, int | None]]) -> None:
             if not _ipt(tool, "-C", parent, *jump, check=False):
                 _ipt(tool, "-I", parent, "1", *jump)
     _installed = own
-
-
-_installed: list[str] | None = None  # the host's subnets the chains were last written with
 
 
 def missing() -> str | None:

@@ -26,6 +26,12 @@ def wait_for(predicate, timeout: float = 30, what: str = "condition"):
         time.sleep(0.05)
 
 
+def rss_mb(pid: int) -> float:
+    """A process's resident memory now, in MiB."""
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024
+
+
 def run(*args, check=True, **kw) -> subprocess.CompletedProcess:
     kw.setdefault("capture_output", True)
     kw.setdefault("timeout", 120)

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from .cluster import run, wait_for
+from .cluster import rss_mb, run, wait_for
 
 pytestmark = pytest.mark.docker
 
@@ -165,11 +165,6 @@ while True:
 """
 
 
-def _rss_mb(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024
-
-
 def test_output_before_the_answer_still_waits_for_a_reader(fresh_cluster):
     """Flow control holds from the first byte: output a session makes while it starts is not read
     into hostd faster than the renter takes it (a fake helper floods before and after it answers)."""
@@ -181,13 +176,13 @@ def test_output_before_the_answer_still_waits_for_a_reader(fresh_cluster):
           "nohup python3 /tmp/flood.py >/tmp/flood.log 2>&1 &", user=f"rent+{a}", input=FLOOD.encode())
     wait_for(lambda: b"listening" in c.ssh("cat /tmp/flood.log", user=f"rent+{a}").stdout, what="the flood")
     hostd = c.procs["hostd-pc1"].pid
-    before = _rss_mb(hostd)
+    before = rss_mb(hostd)
     reader = subprocess.Popen(c.ssh_cmd(f"rent+{a}", "-T") + ["true"], stdout=subprocess.PIPE,
                               stdin=subprocess.DEVNULL)  # never reads
     try:
         wait_for(lambda: "session via helper" in c.log("hostd-pc1").rsplit("flood", 1)[-1], what="the session")
         time.sleep(4)
-        assert _rss_mb(hostd) < before + 64  # at most windows and buffers, not the flood (GBs in 4 s)
+        assert rss_mb(hostd) < before + 64  # at most windows and buffers, not the flood (GBs in 4 s)
     finally:
         reader.kill()
         reader.wait()

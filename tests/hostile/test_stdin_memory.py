@@ -4,7 +4,9 @@
 the session helper and through `docker exec`, with and without a terminal, and while the host is slow to
 open its channel (a FakeHost on the real tunnel protocol that takes 5 s and then never reads)."""
 import asyncio
+import json
 import shlex
+import socket
 import subprocess
 import threading
 import time
@@ -12,7 +14,7 @@ import time
 import asyncssh
 import pytest
 
-from ..cluster import wait_for
+from ..cluster import rss_mb, wait_for
 from .fakehost import FakeHost, _HostChannel, _HostServer
 
 pytestmark = [pytest.mark.docker, pytest.mark.hostile]
@@ -21,17 +23,12 @@ GIB = 1 << 30
 BOUND_MB = 64
 
 
-def _rss_mb(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024
-
-
 class _Peak:
     """The highest RSS of each process, sampled every 50 ms while the block runs."""
 
     def __init__(self, pids: dict[str, int]):
         self.pids = pids
-        self.base = {k: _rss_mb(p) for k, p in pids.items()}
+        self.base = {k: rss_mb(p) for k, p in pids.items()}
         self.peak = dict(self.base)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -39,7 +36,7 @@ class _Peak:
     def _run(self):
         while not self._stop.wait(0.05):
             for k, p in self.pids.items():
-                self.peak[k] = max(self.peak[k], _rss_mb(p))
+                self.peak[k] = max(self.peak[k], rss_mb(p))
 
     def __enter__(self):
         self._thread.start()
@@ -129,7 +126,7 @@ async def test_a_slow_host_that_never_reads_does_not_grow_the_broker(fresh_clust
     try:
         r = await asyncio.to_thread(c.ssh, "rent", "host_id=slow", "--hours", "1", "--yes", "--json", user="ctl")
         assert r.returncode == 0, r.stderr
-        lease = __import__("json").loads(r.stdout)["id"]
+        lease = json.loads(r.stdout)["id"]
         pid = c.procs["broker"].pid
         with _Peak({"broker": pid}) as peak:
             ssh = c.ssh_cmd(f"rent+{lease}", "-T") + ["sleep 12"]
@@ -143,7 +140,7 @@ async def test_a_slow_host_that_never_reads_does_not_grow_the_broker(fresh_clust
         assert peak.growth()["broker"] < BOUND_MB, peak.growth()
         assert host.unread < BOUND_MB << 20
         await asyncio.sleep(2)  # and nothing of it stays once the renter is gone
-        assert _rss_mb(pid) < peak.base["broker"] + BOUND_MB
+        assert rss_mb(pid) < peak.base["broker"] + BOUND_MB
     finally:
         host.close()
 
@@ -156,7 +153,6 @@ DEAF = ("nohup python3 -c 'import socket,time; s=socket.socket(); s.bind((\"127.
 def test_a_forward_into_a_listener_that_never_reads_moves_neither_daemon(flood_cluster):
     c = flood_cluster
     assert c.ssh(DEAF, user=f"rent+{c.lease}").returncode == 0
-    import socket
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         local = probe.getsockname()[1]
@@ -181,7 +177,6 @@ def test_a_forward_into_a_listener_that_never_reads_moves_neither_daemon(flood_c
 
 
 def _connect(port: int):
-    import socket
     try:
         return socket.create_connection(("127.0.0.1", port), timeout=1)
     except OSError:

@@ -9,7 +9,7 @@ import time
 import asyncssh
 import pytest
 
-from ..cluster import Cluster, wait_for
+from ..cluster import Cluster, rss_mb, wait_for
 
 pytestmark = [pytest.mark.docker, pytest.mark.hostile]
 
@@ -33,14 +33,6 @@ def _dropped(s: socket.socket) -> bool:
         return False
     except OSError:
         return True
-
-
-def _rss_mb(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    raise AssertionError("no VmRSS")
 
 
 @pytest.fixture
@@ -102,13 +94,13 @@ def test_unauthenticated_connections_are_bounded_per_address_and_in_total(broker
 def test_a_flood_leaves_the_brokers_memory_where_it_was(broker):
     c = broker
     pid = c.procs["broker"].pid
-    before = _rss_mb(pid)
+    before = rss_mb(pid)
     for round_ in range(10):
         wave = [_open(c.ssh_port, f"127.0.3.{1 + (i % 200)}") for i in range(300)]
         for s in wave:
             s.close()
     wait_for(lambda: c.ssh("offers", user="ctl").returncode == 0, what="the broker to serve again")
-    after = _rss_mb(pid)
+    after = rss_mb(pid)
     print(f"broker RSS: {before:.0f} MB before 3,000 connections, {after:.0f} MB after")
     assert after - before < 40, f"broker RSS grew from {before:.0f} to {after:.0f} MB after 3,000 connections"
 
