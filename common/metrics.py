@@ -3,9 +3,11 @@
 A small asyncio HTTP/1.0 server: GET /metrics answers Prometheus' text format from a registry (after
 `refresh`, an async callable that updates gauges read from state), GET /healthz answers "ok". Off
 unless asked for; meant for 127.0.0.1 or a private network (it has no authentication), and it never
-costs its process much: at most CONNECTIONS at a time (more are closed at once), a request's head
-within HEAD_TIMEOUT, one refresh at a time, shared by the scrapes within FRESH seconds, and a refresh
-that takes longer than REFRESH_TIMEOUT answers 500.
+costs its process much: at most CONNECTIONS at a time, a request's head within HEAD_TIMEOUT, one
+refresh at a time, shared by the scrapes within FRESH seconds, and a refresh that takes longer than
+REFRESH_TIMEOUT answers 500. Idle connections never lock a scraper out: a newcomer at the bound closes
+the oldest connection still waiting for its head, of the address with the most such connections, so
+a scraper that sends its request at once is answered however many idle ones are redialled.
 """
 import asyncio
 import logging
@@ -41,15 +43,36 @@ async def serve(host: str, port: int, registry, refresh=None) -> asyncio.Abstrac
     """Listen on host:port (0: any free port); returns the server (its port: .sockets[0])."""
     shared = _Shared(refresh) if refresh else None
     active = 0
+    waiting: dict[asyncio.StreamWriter, str] = {}  # no head yet, oldest first
+    evicted: set[asyncio.StreamWriter] = set()  # closed to make room, counted out already
+
+    def make_room() -> bool:
+        """At the bound, close the oldest connection waiting for its head of the client with the most waiting."""
+        nonlocal active
+        if active < CONNECTIONS:
+            return True
+        if not waiting:
+            return False
+        clients = list(waiting.values())
+        crowded = max(set(clients), key=clients.count)
+        victim = next(w for w, c in waiting.items() if c == crowded)
+        del waiting[victim]
+        victim.close()
+        evicted.add(victim)
+        active -= 1
+        return True
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         nonlocal active
-        if active >= CONNECTIONS:
+        client = (writer.get_extra_info("peername") or ("?",))[0]
+        if not make_room():
             writer.close()
             return
         active += 1
+        waiting[writer] = client
         try:
             head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), HEAD_TIMEOUT)
+            waiting.pop(writer, None)
             method, path, *_ = head.decode("latin-1").split(" ", 2) + ["", ""]
             status, kind, body = await _answer(method, path, registry, shared)
             writer.write(f"HTTP/1.0 {status}\r\nContent-Type: {kind}\r\nContent-Length: {len(body)}\r\n"
@@ -58,7 +81,11 @@ async def serve(host: str, port: int, registry, refresh=None) -> asyncio.Abstrac
         except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, asyncio.TimeoutError, OSError):
             pass
         finally:
-            active -= 1
+            waiting.pop(writer, None)
+            if writer in evicted:
+                evicted.discard(writer)
+            else:
+                active -= 1
             writer.close()
 
     return await asyncio.start_server(handle, host, port, limit=MAX_REQUEST)

@@ -59,16 +59,57 @@ async def test_a_refresh_that_fails_or_hangs_is_a_500_and_the_endpoint_lives_on(
         server.close()
 
 
-async def test_idle_connections_beyond_the_cap_are_closed_at_once():
+async def test_idle_connections_make_room_for_a_scraper_and_never_lock_it_out():
     server, port = await _serve()
     idle = [await asyncio.open_connection("127.0.0.1", port) for _ in range(metrics.CONNECTIONS)]
     try:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        assert await asyncio.wait_for(reader.read(), 2) == b""  # closed, not queued
-        writer.close()
-        for r, w in idle:
+        assert (await asyncio.wait_for(_get(port), 2)).startswith(b"HTTP/1.0 200")  # the oldest idle one made room
+        assert await asyncio.wait_for(idle[0][0].read(), 2) == b""
+        for r, w in idle[1:]:
             assert await asyncio.wait_for(r.read(), metrics.HEAD_TIMEOUT + 2) == b""  # the head never came
             w.close()
         assert (await _get(port)).startswith(b"HTTP/1.0 200")  # and the slots are free again
+    finally:
+        server.close()
+
+
+async def _pests(port: int, count: int, source: str, pause: float):
+    """count idle connections from source, each redialled pause seconds after the server closes it."""
+    stop = asyncio.Event()
+
+    async def pest():
+        while not stop.is_set():
+            reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=(source, 0))
+            try:
+                await asyncio.wait_for(reader.read(), 3)
+            except (asyncio.TimeoutError, OSError):
+                pass
+            writer.close()
+            await asyncio.sleep(pause)
+    tasks = [asyncio.ensure_future(pest()) for _ in range(count)]
+
+    async def end():
+        stop.set()
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    return end
+
+
+async def test_idle_connections_redialled_all_the_time_leave_every_scrape_answered(monkeypatch):
+    """The attack: 16 idle connections redialled at once (from another address), or every 0.1 s from the
+    scraper's own; every scrape is answered."""
+    monkeypatch.setattr(metrics, "HEAD_TIMEOUT", 0.5)
+    server, port = await _serve()
+    try:
+        for count, source, pause in ((2 * metrics.CONNECTIONS, "127.0.0.2", 0.0),
+                                     (metrics.CONNECTIONS, "127.0.0.1", 0.1)):
+            end = await _pests(port, count, source, pause)
+            try:
+                await asyncio.sleep(0.3)
+                answers = [await asyncio.wait_for(_get(port), 2) for _ in range(20)]
+                assert all(a.startswith(b"HTTP/1.0 200") for a in answers), (source, answers)
+            finally:
+                await end()
     finally:
         server.close()
