@@ -81,9 +81,10 @@ class Leases:
             rec = self.store.get(c["lease"])
             seen.add(c["lease"])
             if rec is None and c["ends_at"] > now:
-                log.warning("adopting container of unknown lease %s", c["lease"])
-                rec = {"id": c["lease"], "renter": "?", "image": "?", "ends_at": c["ends_at"],
-                       "state": "active", "container": c["id"], "shell": "/bin/sh", "gpus": "[]"}
+                log.warning("adopting container of unknown lease %s (GPUs %s)", c["lease"], ",".join(c["gpus"]) or "none")
+                rec = {"id": c["lease"], "renter": c.get("renter") or "?", "image": c.get("image") or "?",
+                       "ends_at": c["ends_at"], "state": "active", "container": c["id"], "shell": "/bin/sh",
+                       "gpus": json.dumps(c.get("gpus") or []), "seen": now}
                 self.store.put(rec)
             if rec is None or rec["state"] != "active":
                 log.info("container of lease %s has no live lease: removing it", c["lease"])

@@ -64,7 +64,8 @@ class Runtime:
 
     def _labels(self, lease: dict) -> dict:
         return {LABEL: "1", f"{LABEL}.hostd": self.owner, f"{LABEL}.lease": lease["id"],
-                f"{LABEL}.renter": lease["renter"], f"{LABEL}.ends_at": str(int(lease["ends_at"]))}
+                f"{LABEL}.renter": lease["renter"], f"{LABEL}.ends_at": str(int(lease["ends_at"])),
+                f"{LABEL}.gpus": ",".join(lease.get("gpus") or [])}
 
     def start(self, lease: dict, device_ids: list[str], lease_dir: str, limits: dict | None = None) -> tuple[str, str]:
         """Create and start a lease's container; returns (container id, login shell).
@@ -417,11 +418,24 @@ class Runtime:
         return pid
 
     def containers(self) -> list[dict]:
-        """This hostd's containers: id, lease, ends_at, running."""
+        """This hostd's containers: id, lease, ends_at, status, and what a hostd that lost its database
+        needs to adopt one: renter, image and GPUs (from the labels, else NVIDIA_VISIBLE_DEVICES)."""
         found = self.client.containers.list(all=True, filters={"label": f"{LABEL}.hostd={self.owner}"})
         return [{"id": c.id, "lease": c.labels.get(f"{LABEL}.lease"), "status": c.status,
-                 "ends_at": float(c.labels.get(f"{LABEL}.ends_at", 0))}
+                 "ends_at": float(c.labels.get(f"{LABEL}.ends_at", 0)), "renter": c.labels.get(f"{LABEL}.renter"),
+                 "image": (c.attrs.get("Config") or {}).get("Image"), "gpus": _container_gpus(c)}
                 for c in found if not c.name.endswith("-files") and f"{LABEL}.selfcheck" not in c.labels]
+
+
+def _container_gpus(container) -> list[str]:
+    """The GPUs a lease's container was made for, as hostd labelled it (or, made before the label,
+    pinned it with NVIDIA_VISIBLE_DEVICES)."""
+    label = container.labels.get(f"{LABEL}.gpus")
+    if label is None:
+        env = (container.attrs.get("Config") or {}).get("Env") or []
+        label = next((e.split("=", 1)[1] for e in env if e.startswith("NVIDIA_VISIBLE_DEVICES=")), "")
+        label = "" if label == "void" else label
+    return [u for u in label.split(",") if u]
 
 
 def check_name(owner: str) -> str:

@@ -2,6 +2,7 @@
 killed, stopped, paused and removed from outside (as a provider could). Afterwards broker, hostd,
 the engine and the ledger agree; no lease is billed for time its container did not run.
 Real broker, hostd, Docker and OpenSSH."""
+import json
 import subprocess
 import time
 
@@ -151,3 +152,27 @@ def test_a_second_hostd_on_one_home_is_refused_and_the_first_goes_on(cluster):
     c.kill("hostd-pc1")  # killed with -9: the kernel drops the lock, and the next one starts
     c.start_hostd("pc1")
     assert c.ssh("echo back", user=f"rent+{c.lease}").stdout == b"back\n"
+
+
+def test_a_hostd_that_lost_its_database_adopts_the_container_with_its_gpus(fresh_cluster):
+    c = fresh_cluster
+    market(c, {"power_limit": "200"})
+    lid = ctl_json(c, "rent", "--hours", "1h", "--yes")["id"]
+    (gpu,) = json.loads(host_leases(c)[lid]["gpus"])
+    c.kill("hostd-pc1")
+    for f in c.hostd_homes["pc1"].glob("hostd.db*"):
+        f.unlink()
+    _restart_hostd(c)
+    rec = host_leases(c)[lid]
+    assert json.loads(rec["gpus"]) == [gpu] and rec["renter"] == "alice" and rec["state"] == "active"
+
+    def gpus():
+        return {g["uuid"]: g for g in json.loads(c.hostd("pc1", "gpus", "--json").stdout)}
+    assert gpus()[gpu]["lease"] == lid                    # the watchdog and the power limit act on it again
+    wait_for(lambda: gpus()[gpu]["power_limit_w"] == 200, what="the power limit on the adopted lease's GPU")
+    assert c.ssh("echo adopted", user=f"rent+{lid}", check=True).stdout == b"adopted\n"
+    other = ctl_json(c, "rent", "--hours", "1h", "--yes")["id"]  # gets the other GPU, not the adopted one's
+    assert json.loads(host_leases(c)[other]["gpus"]) == [u for u in gpus() if u != gpu]
+    for lease in (lid, other):
+        assert ctl(c, "release", lease).returncode == 0
+    wait_agree(c)
