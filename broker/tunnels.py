@@ -8,6 +8,7 @@ and replies, and the host's events, travel on it and on nothing else.
 import asyncio
 import itertools
 import logging
+import math
 import time
 from typing import Awaitable, Callable
 
@@ -24,6 +25,8 @@ log = logging.getLogger("shellrent.tunnels")
 TUNNEL_CIPHERS = ["aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "chacha20-poly1305@openssh.com"]
 MAX_EVENTS = 5000  # events waiting to be handled; a host that floods more is cut off
 MAX_ERROR = 300
+CLOCK_EVERY = 30.0  # seconds between measurements of a host's clock
+CLOCK_ROUND_TRIP = 2.0  # a measurement over a longer round trip is off by too much to use
 
 
 class Refused(Unavailable):
@@ -122,6 +125,7 @@ class HostLink:
         self.control = control
         self.since = time.time()
         self.hello_at = self.since
+        self.offset: float | None = None  # the host's clock less the broker's, as last measured
 
     async def call(self, op: str, timeout: float = 120, alive=None, **args) -> dict:
         """One control call; raises Unavailable with hostd's message when it fails."""
@@ -149,6 +153,14 @@ class _TunnelClient(asyncssh.SSHClient):
         # Every key may finish the handshake; Tunnels._accepted then demands a pinned key or a
         # valid join token before the connection is used for anything.
         return True
+
+
+def measured(reply: dict, asked: float, answered: float) -> float | None:
+    """The host's clock less the broker's, from the time in its reply and the round trip's midpoint."""
+    theirs = reply.get("time")
+    if isinstance(theirs, bool) or not isinstance(theirs, (int, float)) or not math.isfinite(theirs):
+        return None
+    return theirs - (asked + answered) / 2
 
 
 Identify = Callable[[asyncssh.SSHClientConnection, asyncssh.SSHKey, dict], Awaitable[str]]
@@ -195,6 +207,7 @@ class Tunnels:
             await asyncio.wait_for(conn.create_session(lambda: control, subsystem=protocol.CONTROL, encoding=None), 30)
             asked = time.time()
             hello = await control.call("hello", timeout=30)
+            offset = measured(hello, asked, time.time())
             if hello.get("proto") != protocol.PROTO:
                 raise Unavailable(f"unsupported protocol version {protocol.printable(str(hello.get('proto')))[:20]}")
             name = await self._identify(conn, key, hello)
@@ -209,16 +222,18 @@ class Tunnels:
         old = self.links.get(name)
         link = self.links[name] = HostLink(name, conn, control)
         link.hello_at = asked  # the host's list of leases is as of this moment
+        link.offset = offset
         if old and old.conn is not conn:
             old.conn.close()
         log.info("host %s connected from %s", name, peer)
         control.events = asyncio.Queue()
         try:
-            await control.call("welcome", timeout=30, host=name)
+            await control.call("welcome", timeout=30, host=name, offset=offset)
         except Unavailable as exc:
             log.warning("host %s: welcome failed: %s", name, exc)
         loop = asyncio.get_running_loop()
         loop.create_task(self._watch(name, conn))
+        loop.create_task(self._clock(link))
         if self._connected:
             try:
                 await self._connected(link, hello)
@@ -234,6 +249,28 @@ class Tunnels:
                     await self._event(link.name, event)
                 except Exception:
                     log.exception("host %s: event failed", link.name)
+
+    async def _clock(self, link: HostLink) -> None:
+        """Measure the host's clock every CLOCK_EVERY seconds and tell it (hostd keeps leases on the
+        broker's time); a measurement over a slow round trip is not believed."""
+        while not link.conn.is_closed():
+            await asyncio.sleep(CLOCK_EVERY)
+            asked = time.time()
+            try:
+                reply = await link.call("clock", timeout=10, offset=link.offset)
+            except Unavailable as exc:
+                log.info("host %s: measuring its clock failed: %s", link.name, exc)
+                continue
+            answered = time.time()
+            offset = measured(reply, asked, answered)
+            if offset is not None and answered - asked < CLOCK_ROUND_TRIP:
+                moved = link.offset is None or abs(offset - link.offset) >= 0.05
+                link.offset = offset
+                if moved:
+                    try:
+                        await link.call("clock", timeout=10, offset=offset)
+                    except Unavailable:
+                        pass
 
     async def _watch(self, name: str, conn: asyncssh.SSHClientConnection) -> None:
         await conn.wait_closed()

@@ -18,6 +18,7 @@ from shellrent.common import faults, flow, protocol
 from shellrent.keys import material, tokens
 
 from . import firewall, gpus as gpus_mod, metrics as hostd_metrics, offload, selfcheck, settings as settings_mod, spawn
+from .clock import Clock
 from .config import Config, write_private
 from .disk import Workspaces
 from .gpuwatch import GpuWatch
@@ -51,6 +52,7 @@ class Agent:
         self.runtime: Runtime | None = None
         self.store: Store | None = None
         self.leases: Leases | None = None
+        self.clock = Clock(config.home / "clock.json")  # the broker's time, as the broker measured it
         self.sessions: spawn.Sessions | None = None
         self._egress_installed = False  # written whole by this process at least once
         self._settings = settings_mod.defaults()
@@ -103,7 +105,7 @@ class Agent:
         self._selfcheck = selfcheck.load(self.config.home / "selfcheck.json")
         self.gpuwatch = GpuWatch(lambda: self._gpus, self.store, self.settings, self.config.power_path)
         self._gpu_failures = self._gpu_checks()
-        self.leases = Leases(self.config, self.runtime, self.store, self.settings, self.emit)
+        self.leases = Leases(self.config, self.runtime, self.store, self.settings, self.emit, self.clock)
         self.sessions = spawn.Sessions(self.runtime, self.leases.lease_dir)
         self.leases.reconcile()
 
@@ -396,14 +398,30 @@ class Agent:
         inv = await offload.call(self.inventory, timeout=30) if self.runtime else None
         self._inventory = inv
         return {"ok": True, "proto": protocol.PROTO, "version": VERSION, "token": self._token, "leases": leases,
-                "inventory": inv, "time": time.time() + faults.clock_offset()}
+                "inventory": inv, "time": self.clock.host()}
 
     async def _op_welcome(self, req):
         self.host_name = protocol.name(req.get("host"), "host name")
+        self._clock_from(req)
         self._set_status(connected=True, host=self.host_name, since=time.time(), error=None)
         if not self.joined.done():
             self.joined.set_result(self.host_name)
         return {"ok": True}
+
+    async def _op_clock(self, req):
+        """The broker measures this machine's clock (the reply's time) and says what it measured before."""
+        self._clock_from(req)
+        return {"ok": True, "time": self.clock.host()}
+
+    def _clock_from(self, req: dict) -> None:
+        if req.get("offset") is None:
+            return
+        try:
+            moved = self.clock.set(req["offset"])
+        except ValueError as exc:
+            raise protocol.WireError(str(exc)) from None
+        if moved and self.leases:
+            self.leases.clock_moved()
 
     async def _op_reject(self, req):
         error = protocol.printable(str(req.get("error") or "the broker refused this host"))[:300]
@@ -506,7 +524,7 @@ class Agent:
                 asyncio.get_running_loop().create_task(self._clean_up(lease["id"]))
             return {"ok": False, "error": str(exc) or "the Docker engine did not answer in time"}
         await faults.point("hostd.start.created")
-        rec.update(container=container, shell=shell, state="active", seen=time.time())
+        rec.update(container=container, shell=shell, state="active", seen=self.clock.now())
         self.store.put(rec)
         self.leases.arm(rec)
         self.sessions.start_helper(rec)
@@ -601,7 +619,7 @@ class Agent:
 
 
 _OPS = {"hello": Agent._op_hello, "welcome": Agent._op_welcome, "reject": Agent._op_reject,
-        "earnings": Agent._op_earnings, "lease.start": Agent._op_lease_start,
+        "clock": Agent._op_clock, "earnings": Agent._op_earnings, "lease.start": Agent._op_lease_start,
         "image.pull": Agent._op_image_pull, "lease.stop": Agent._op_lease_stop,
         "lease.extend": Agent._op_lease_extend, "lease.discard": Agent._op_lease_discard}
 

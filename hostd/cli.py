@@ -2,7 +2,6 @@
 import asyncio
 import fcntl
 import json
-import logging
 import os
 import signal
 import sys

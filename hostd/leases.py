@@ -17,9 +17,11 @@ from pathlib import Path
 from shellrent.common import faults, protocol
 
 from . import offload, settings as settings_mod
+from .clock import Clock
 from .config import Config
 from .runtime import Runtime, RuntimeError_
 from .store import Store
+from .watch import engine_state, open_down
 
 log = logging.getLogger("shellrent.leases")
 
@@ -38,8 +40,9 @@ def _utc(t: float) -> str:
 class Leases:
     """The leases on this host and their timers."""
 
-    def __init__(self, config: Config, runtime: Runtime, store: Store, settings, emit):
+    def __init__(self, config: Config, runtime: Runtime, store: Store, settings, emit, clock: Clock | None = None):
         self.config = config
+        self.clock = clock or Clock()  # the broker's time: leases end at the broker's end
         self.runtime = runtime
         self.store = store
         self._settings = settings  # callable -> current settings dict
@@ -64,10 +67,10 @@ class Leases:
         return d
 
     def write_info(self, rec: dict) -> None:
-        left = rec["ends_at"] - time.time()
+        left = rec["ends_at"] - self.clock.now()
         text = (f"SHELLRENT_LEASE_ID={rec['id']}\nSHELLRENT_ENDS_AT={int(rec['ends_at'])}\n"
                 f"SHELLRENT_ENDS_AT_UTC='{_utc(rec['ends_at'])}'\nSHELLRENT_REMAINING={_fmt(left)}\n"
-                f"SHELLRENT_UPDATED={int(time.time())}\n")
+                f"SHELLRENT_UPDATED={int(self.clock.now())}\n")
         path = self.lease_dir(rec["id"]) / "lease"
         path.write_text(text)
         path.chmod(0o644)
@@ -75,7 +78,7 @@ class Leases:
     # start-up
     def reconcile(self) -> None:
         """Match labelled containers with the record; re-arm every lease."""
-        now = time.time()
+        now = self.clock.now()
         seen = set()
         for c in self.runtime.containers():
             rec = self.store.get(c["lease"])
@@ -90,7 +93,13 @@ class Leases:
                 log.info("container of lease %s has no live lease: removing it", c["lease"])
                 self.runtime.stop(c["lease"], 0)
                 continue
-            # a stopped container of an active lease is started again by hostd.watch, which records the gap
+            if c["status"] != "running":
+                # Down while hostd was away: recorded now, so that the hello carries it even when the
+                # lease is stopped before the watch looks (hostd.watch starts it again and closes it).
+                down = open_down(self.store, rec, engine_state(self.runtime.state(c["lease"]), self.clock), now)
+                if down:
+                    log.warning("lease %s: its container went down at %s while hostd was away", c["lease"],
+                                _utc(down[0]))
         for rec in self.store.all():
             if rec["state"] == "ending":  # hostd stopped during the grace: its container is gone now
                 self.store.update(rec["id"], state="ended", ended_at=now)
@@ -103,6 +112,12 @@ class Leases:
             elif rec["state"] in ("active", "ended"):
                 self.arm(rec)
 
+    def clock_moved(self) -> None:
+        """The broker's time moved against this machine's: every lease's timer sleeps to its moment anew."""
+        for rec in self.store.all():
+            if rec["id"] in self._tasks and rec["id"] not in self._ending:
+                self.arm(rec)
+
     def arm(self, rec: dict) -> None:
         old = self._tasks.pop(rec["id"], None)
         if old:
@@ -113,7 +128,7 @@ class Leases:
         warned: set[float] = set()
         while True:
             rec = self.store.get(lease_id)
-            now = time.time()
+            now = self.clock.now()
             cfg = self._settings()
             if rec["state"] == "active":
                 self.write_info(rec)
@@ -198,7 +213,7 @@ class Leases:
                             exc or "timed out")
         await faults.point("hostd.stop.signalled")
         await asyncio.sleep(grace)
-        now = dead_since or time.time()  # the lease is over now, whatever the engine makes of the removal
+        now = dead_since or self.clock.now()  # the lease is over now, whatever the engine makes of the removal
         downs = json.loads((self.store.get(lease_id) or {}).get("downs") or "[]")
         if downs and downs[-1][1] is None:  # down when it ended: the down ends with the lease
             downs[-1][1] = max(now, downs[-1][0])

@@ -22,9 +22,34 @@ MAX_RESTARTS = 3
 RESTART_WINDOW = 600.0
 
 
+def engine_state(state: dict | None, clock) -> dict | None:
+    """A container's state with the engine's stop time in the broker's time."""
+    return state and {**state, "finished": clock.engine(state.get("finished"))}
+
+
+def went_down(rec: dict, state: dict | None, now: float) -> float:
+    """When a lease's container went down: the engine's stop time if it stopped since hostd last saw it
+    running, else that last sighting (a pause or a removal leaves no time of its own)."""
+    seen = rec.get("seen") or now
+    finished = (state or {}).get("finished") if (state or {}).get("status") != "paused" else None
+    return min(now, max(seen, finished or 0))
+
+
+def open_down(store, rec: dict, state: dict | None, now: float) -> list | None:
+    """Record that a lease's container is down since went_down (unless a down is open already);
+    returns the new down, or None."""
+    downs = json.loads(rec.get("downs") or "[]")
+    if downs and downs[-1][1] is None:
+        return None
+    downs.append([went_down(rec, state, now), None])
+    store.update(rec["id"], downs=json.dumps(downs))
+    return downs[-1]
+
+
 class Watch:
     def __init__(self, runtime, store, leases, emit, interval: float = 5.0):
         self.runtime = runtime
+        self.clock = leases.clock
         self.store = store
         self.leases = leases
         self._emit = emit
@@ -49,7 +74,8 @@ class Watch:
     async def check(self) -> None:
         for rec in self.store.active():
             try:
-                state = await offload.call(self.runtime.state, rec["id"], timeout=offload.QUICK)
+                state = engine_state(await offload.call(self.runtime.state, rec["id"], timeout=offload.QUICK),
+                                     self.clock)
             except (RuntimeError_, asyncio.TimeoutError) as exc:
                 log.info("lease %s: cannot read its container's state now: %s", rec["id"], exc or "timed out")
                 continue
@@ -57,7 +83,7 @@ class Watch:
             if rec["state"] != "active":
                 continue  # it is being ended: its container stops on purpose
             if state is not None and state["status"] == "running":
-                self.store.update(rec["id"], seen=time.time())
+                self.store.update(rec["id"], seen=self.clock.now())
                 self._up(rec)
             else:
                 await self._revive(rec, state)
@@ -68,24 +94,18 @@ class Watch:
     def _up(self, rec: dict) -> None:
         downs = self._downs(rec)
         if downs and downs[-1][1] is None:
-            downs[-1][1] = time.time()
+            downs[-1][1] = self.clock.now()
             self.store.update(rec["id"], downs=json.dumps(downs))
             self._emit({"type": "lease.up", "id": rec["id"], "down": downs[-1]})
             log.info("lease %s: its container runs again (down %.1fs)", rec["id"], downs[-1][1] - downs[-1][0])
 
     async def _revive(self, rec: dict, state: dict | None) -> None:
-        lid, now = rec["id"], time.time()
-        downs = self._downs(rec)
-        if not downs or downs[-1][1] is not None:
-            # When it went down: the engine's stop time if it stopped since last seen running, else
-            # the last time seen running (a pause or a removal leaves no time of its own).
-            seen = rec.get("seen") or now
-            finished = (state or {}).get("finished") if (state or {}).get("status") != "paused" else None
-            at = min(now, max(seen, finished or 0))
-            downs.append([at, None])
-            self.store.update(lid, downs=json.dumps(downs))
-            self._emit({"type": "lease.down", "id": lid, "down": downs[-1]})
+        lid, now = rec["id"], self.clock.now()
+        down = open_down(self.store, rec, state, now)
+        if down:
+            self._emit({"type": "lease.down", "id": lid, "down": down})
             log.warning("lease %s: its container is %s", lid, state["status"] if state else "gone")
+        downs = self._downs(self.store.get(lid))
         since = downs[-1][0]
         recent = [d for d in downs if d[0] > now - RESTART_WINDOW]
         why = None

@@ -40,8 +40,11 @@ def settles(c: Cluster, lid: str) -> list[dict]:
 
 
 def charged(c: Cluster, lid: str) -> int:
-    """What the provider and the platform got for a lease (0 when it was refunded in full)."""
-    return sum(e["amount"] for e in settles(c, lid) if e["account"] in ("provider:pc1", "platform:fees"))
+    """What the provider and the platform got for a lease (0 when it was refunded in full): its
+    settlement less the corrections after it."""
+    rows = _rows(c.bhome / "broker.db", "SELECT e.account, e.amount FROM txs t JOIN entries e ON e.tx = t.id "
+                 "WHERE t.lease = ? AND (t.key = ? OR t.key LIKE ?)", [lid, f"settle:{lid}", f"adjust:{lid}:%"])
+    return sum(e["amount"] for e in rows if e["account"] in ("provider:pc1", "platform:fees"))
 
 
 def running(c: Cluster, host: str = "pc1") -> dict[str, str]:

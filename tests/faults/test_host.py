@@ -176,3 +176,30 @@ def test_a_hostd_that_lost_its_database_adopts_the_container_with_its_gpus(fresh
     for lease in (lid, other):
         assert ctl(c, "release", lease).returncode == 0
     wait_agree(c)
+
+
+@pytest.mark.parametrize("end", ["release", "time up"])
+def test_a_container_that_died_while_hostd_was_away_is_not_billed_after_it_died(fresh_cluster, end):
+    """It died, then the lease ended (released, or its time up) before hostd came back: the broker
+    settled it as if it ran to the end, and refunds the rest when hostd reports the engine's stop time."""
+    c = fresh_cluster
+    market(c)
+    lid = ctl_json(c, "rent", "--hours", "1h" if end == "release" else "20s", "--yes")["id"]
+    time.sleep(6)                                         # hostd has seen it running
+    c.kill("hostd-pc1")
+    run("docker", "kill", f"shellrent-{lid}")
+    died = time.time()
+    if end == "release":
+        time.sleep(6)
+        assert ctl(c, "release", lid).returncode == 0
+    else:
+        wait_for(lambda: broker_leases(c)[lid]["state"] == "ended", timeout=40, what="the lease's time to end")
+    lease = broker_leases(c)[lid]
+    assert charged(c, lid) >= (lease["ended"] - lease["started"] - 1) * PRICE // 3600  # settled as if it ran
+    _restart_hostd(c)
+    wait_agree(c)
+    lease = broker_leases(c)[lid]
+    ran = died - lease["started"]
+    wait_for(lambda: charged(c, lid) <= (ran + 1) * PRICE // 3600, timeout=20, what="the refund")
+    assert charged(c, lid) >= (ran - 1) * PRICE // 3600
+    assert ctl_json(c, "balance")["held_micro"] == 0 and running(c) == {}
