@@ -8,7 +8,7 @@ from collections import defaultdict
 
 import asyncssh
 
-from shellrent.common import flow, metrics as common_metrics
+from shellrent.common import algorithms, flow, metrics as common_metrics
 from shellrent.keys import material
 
 from . import ciphers, metrics
@@ -56,10 +56,11 @@ class BrokerServer:
         flow.mend_windows()
         ssh = await asyncssh.create_server(
             lambda: RenterServer(self.broker, limiter, sessions, startups), *cfg.ssh_addr,
-            server_host_keys=[host_key], encoding=None, line_editor=False, encryption_algs=RENTER_CIPHERS,
-            login_timeout=cfg.login_timeout, keepalive_interval=cfg.keepalive * 4,
-            x11_forwarding=False, agent_forwarding=False, allow_scp=False,
-            server_version="shellrent", tunnel=QuickAckListener(startups))
+            **algorithms.server(
+                server_host_keys=[host_key], encoding=None, line_editor=False, encryption_algs=RENTER_CIPHERS,
+                login_timeout=cfg.login_timeout, keepalive_interval=cfg.keepalive * 4,
+                x11_forwarding=False, agent_forwarding=False, allow_scp=False,
+                server_version="shellrent", tunnel=QuickAckListener(startups)))
         admin = AdminServer(cfg.admin_socket, self.broker)
         await admin.start()
         self._closers = [ssh.close, admin.close]

@@ -14,7 +14,7 @@ from typing import Awaitable, Callable
 
 import asyncssh
 
-from shellrent.common import protocol
+from shellrent.common import algorithms, protocol
 from shellrent.keys import material
 
 from .errors import Unavailable
@@ -185,11 +185,12 @@ class Tunnels:
     async def listen(self, host: str, port: int) -> int:
         """Start accepting host connections; returns the bound port."""
         self._acceptor = await asyncssh.listen_reverse(
-            host, port, client_factory=lambda: _TunnelClient(self._startups), client_keys=[self._key],
-            known_hosts=lambda h, a, p: ([], [], []), username="broker", client_version="shellrent",
-            encryption_algs=TUNNEL_CIPHERS, keepalive_interval=self._keepalive,
-            keepalive_count_max=3, login_timeout=self.login_timeout, acceptor=self._accepted,
-            error_handler=self._failed)
+            host, port, **algorithms.tunnel_client(
+                client_factory=lambda: _TunnelClient(self._startups), client_keys=[self._key],
+                known_hosts=lambda h, a, p: ([], [], []), username="broker", client_version="shellrent",
+                encryption_algs=TUNNEL_CIPHERS, keepalive_interval=self._keepalive,
+                keepalive_count_max=3, login_timeout=self.login_timeout, acceptor=self._accepted,
+                error_handler=self._failed))
         return self._acceptor.get_port()
 
     def get(self, name: str) -> HostLink | None:

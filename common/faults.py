@@ -3,7 +3,7 @@ see a skewed clock, so that a fault lands at an exact step instead of at a lucky
 
 Off unless the environment names some: SHELLRENT_FAULTS="release.settled=kill,clock=600". Actions:
 kill (SIGKILL to this process, as `kill -9` would), sleep:SECONDS, and for `clock` a number of
-seconds added to the time hostd reports. Whoever sets a process's environment already controls it,
+seconds added to hostd's whole clock (hostd.clock; the engine's stamps are taken as on that clock). Whoever sets a process's environment already controls it,
 so this gives nobody anything new.
 """
 import asyncio
@@ -36,5 +36,5 @@ async def point(name: str) -> None:
 
 
 def clock_offset() -> float:
-    """Seconds hostd adds to the time it reports (a provider's wrong clock)."""
+    """Seconds hostd's clock is off (a provider's wrong clock)."""
     return float(_SPEC.get("clock", 0))

@@ -14,7 +14,7 @@ import time
 
 import asyncssh
 
-from shellrent.common import faults, flow, protocol
+from shellrent.common import algorithms, faults, flow, protocol
 from shellrent.keys import material, tokens
 
 from . import firewall, gpus as gpus_mod, metrics as hostd_metrics, offload, selfcheck, settings as settings_mod, spawn
@@ -578,11 +578,11 @@ class Agent:
     # connection
     async def connect(self, host: str, port: int) -> asyncssh.SSHServerConnection:
         flow.mend_windows()
-        return await asyncio.wait_for(asyncssh.connect_reverse(
-            host, port, server_factory=lambda: HostServer(self), server_host_keys=[self.key],
+        return await asyncio.wait_for(asyncssh.connect_reverse(host, port, **algorithms.server(
+            server_factory=lambda: HostServer(self), server_host_keys=[self.key], signature_algs=algorithms.HOST_KEYS,
             encoding=None, line_editor=False, encryption_algs=CIPHERS, x11_forwarding=False,
             agent_forwarding=False, allow_scp=False, keepalive_interval=self.config.keepalive,
-            keepalive_count_max=3, login_timeout=30, server_version="shellrent-hostd"), 30)
+            keepalive_count_max=3, login_timeout=30, server_version="shellrent-hostd")), 30)
 
     async def run_forever(self, host: str, port: int) -> None:
         """Stay connected: reconnect after any drop, exponential backoff with full jitter."""
