@@ -14,7 +14,7 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import gpus as gpus_mod, runtime, settings as settings_mod
+from . import gpus as gpus_mod, limits as kernel_limits, runtime, settings as settings_mod
 from .config import Config
 
 OK, WARN, FAIL = "ok", "warn", "FAIL"
@@ -59,6 +59,7 @@ def run_checks(home: Path, *, source=None, engine=None, which=shutil.which,
         source = _open_source(fake_spec)
     checks += nvidia_checks(source, info, which, toolkit_config, fake_set=bool(fake_spec))
     checks.append(pids_check(runtime.pid_max(), _gpu_count(source)))
+    checks.append(per_user_check(kernel_limits.read()))
     checks += disk_checks(info.get("DockerRootDir") or "/", home)
     checks += broker_checks(Config(home=home))
     return checks
@@ -151,6 +152,18 @@ def pids_check(host_pid_max: int, gpus: int) -> Check:
         return Check("pids", WARN, text + f" (under {runtime.PIDS_PER_GPU} per GPU)",
                      "raise it: `sysctl -w kernel.pid_max=4194304` and the same line in /etc/sysctl.d/")
     return Check("pids", OK, text)
+
+
+def per_user_check(values: dict) -> Check:
+    """Per-user kernel limits (inotify) are shared by every lease and root: sized, not isolated."""
+    low = {n: v for n, v in values.items() if v is None or v < kernel_limits.SIZED[n]}
+    names = ", ".join(f"{n.replace('/', '.')} {v}" for n, v in values.items())
+    if low:
+        return Check("per-user limits", WARN, f"{names}: shared by every lease and root, and low enough for one "
+                     "lease to take them all; `hostd run` raises them", "let `hostd run` run as root, or "
+                     + "; ".join(f"`sysctl -w {n.replace('/', '.')}={kernel_limits.SIZED[n]}`" for n in low))
+    return Check("per-user limits", OK, f"{names}: shared by every lease and root (not isolated), out of any "
+                 "lease's reach: what it holds is charged to its own memory")
 
 
 # NVIDIA driver and container toolkit

@@ -305,3 +305,19 @@ def test_pids_are_a_share_of_pid_max_with_a_reserve_for_the_host(pid_max, gpus, 
     check = doctor.pids_check(pid_max, gpus)
     assert check.level == level and f"a lease gets {per_gpu} PIDs per GPU" in check.text
     assert (level == doctor.OK) == (check.fix is None or check.fix == "")
+
+
+def test_per_user_limits_are_raised_out_of_a_leases_reach_and_said_to_be_shared(tmp_path):
+    from shellrent.hostd import limits
+    for name in limits.SIZED:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("128\n")
+    check = doctor.per_user_check(limits.read(tmp_path))
+    assert check.level == doctor.WARN and "fs.inotify.max_user_instances 128" in check.text
+    assert limits.size(tmp_path) == []
+    assert limits.read(tmp_path) == limits.SIZED
+    check = doctor.per_user_check(limits.read(tmp_path))
+    assert check.level == doctor.OK and "not isolated" in check.text
+    (tmp_path / "fs/inotify/max_user_watches").unlink()
+    (tmp_path / "fs/inotify/max_user_watches").mkdir()  # unwritable, even for root
+    assert limits.size(tmp_path) == ["fs.inotify.max_user_watches is None and could not be raised: Is a directory"]

@@ -1,5 +1,6 @@
 """A lease sees its share of the machine: nproc inside the container counts the lease's cores (cpuset
 pinning), and two leases get different cores. Real broker, hostd, Docker and OpenSSH."""
+import ctypes
 import json
 import os
 import shutil
@@ -67,17 +68,63 @@ def test_workspace_and_writable_layer_are_held_to_the_disk_share(fresh_cluster):
     assert "over its 0.2 GB share" in c.log("hostd-pc1")
 
 
-def test_a_deleted_file_kept_open_still_counts(fresh_cluster):
+# Holds every inotify instance one process of a lease can (its open files' limit, at most 20,000),
+# then says how many it got and how many it tried for.
+HOARD = ("nohup python3 -c \"import ctypes, resource, time; _, hard = resource.getrlimit(resource.RLIMIT_NOFILE); "
+         "resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard)); want = min(hard - 16, 20000); "
+         "libc = ctypes.CDLL(None); n = 0\nwhile n < want and libc.inotify_init1(0) >= 0: n += 1\n"
+         "open('/workspace/held', 'w').write(f'{n} {want}'); time.sleep(600)\" >/dev/null 2>&1 &")
+ONE = "python3 -c 'import ctypes; print(ctypes.CDLL(None).inotify_init1(0))'"
+
+
+def test_a_lease_holding_every_inotify_instance_it_can_leaves_others_theirs(fresh_cluster):
+    """Every lease's root is the host's uid 0, and inotify instances are counted per user (128 by
+    default): hostd sizes the limit out of one lease's reach, so another lease and the host get theirs."""
+    c = fresh_cluster
+    c.add_host("pc1", {"fake_gpus": "RTX 4090:24,RTX 4090:24", "ram_per_gpu": "1"})
+    c.broker("renter", "credit", "alice", "5")
+    wait_for(lambda: c.ssh("offers", "--json", user="ctl", check=True).stdout != b"[]\n", what="the offer")
+    hoarder, other = [json.loads(c.ssh("rent", "--hours", "1", "--yes", "--json", user="ctl", check=True).stdout)["id"]
+                      for _ in range(2)]
+    c.ssh(HOARD, user=f"rent+{hoarder}", check=True)
+    wait_for(lambda: c.ssh("cat /workspace/held", user=f"rent+{hoarder}").stdout, timeout=60, what="the hoard")
+    held, want = map(int, c.ssh("cat /workspace/held", user=f"rent+{hoarder}").stdout.split())
+    assert held == want > 1000, (held, want)                          # far past the 128 a user had
+    assert int(c.ssh(ONE, user=f"rent+{other}", check=True).stdout) >= 0  # the other lease gets one
+    fd = ctypes.CDLL(None, use_errno=True).inotify_init1(0)               # and so does root on the host
+    assert fd >= 0, os.strerror(ctypes.get_errno())
+    os.close(fd)
+    doctor = c.hostd("pc1", "doctor", check=False).stdout.decode()
+    assert "per-user limits: fs.inotify.max_user_instances 2147483647" in doctor and "not isolated" in doctor
+
+
+# Ways to hold 300 MB of the layer that no name shows: a deleted file kept open, kept only by an mmap,
+# kept only by a descriptor in flight over a unix socket; and 5,000 empty files (0 bytes, 5,000 inodes
+# of the host's, over the 3,051 of a 0.2 GB share).
+HIDE = {
+    "open": "f = open('/root/x', 'wb'); os.unlink('/root/x'); [f.write(bytes(1 << 20)) for _ in range(300)]; "
+            "f.flush(); os.fsync(f.fileno())",
+    "mmap": "f = os.open('/root/x', os.O_RDWR | os.O_CREAT); [os.write(f, bytes(1 << 20)) for _ in range(300)]; "
+            "os.fsync(f); m = mmap.mmap(f, 300 << 20); os.close(f); os.unlink('/root/x')",
+    "in flight": "a, b = socket.socketpair(); f = os.open('/root/x', os.O_RDWR | os.O_CREAT); "
+                 "[os.write(f, bytes(1 << 20)) for _ in range(300)]; os.fsync(f); socket.send_fds(a, [b'x'], [f]); "
+                 "os.close(f); os.unlink('/root/x')",
+    "inodes": "[open(f'/root/f{i}', 'w').close() for i in range(5000)]",
+}
+
+
+@pytest.mark.parametrize("how", list(HIDE))
+def test_what_the_layer_holds_counts_however_it_is_hidden(fresh_cluster, how):
     c = fresh_cluster
     c.env["HOSTD_DISK_CHECK"] = "1"
     c.add_host("pc1", {"disk_per_gpu": "0.2"})
     lid = c.create_lease()
-    hide = ("nohup python3 -c \"import os,time; f=open('/root/x','wb'); os.unlink('/root/x'); "
-            "[f.write(bytes(1 << 20)) for _ in range(300)]; f.flush(); os.fsync(f.fileno()); time.sleep(600)\" "
-            ">/dev/null 2>&1 &")
-    c.ssh(hide, user=f"rent+{lid}")
+    code = f"import mmap, os, socket, time; {HIDE[how]}; time.sleep(600)"
+    c.ssh(f'nohup python3 -c "{code}" >/dev/null 2>&1 &', user=f"rent+{lid}", check=True)
     wait_for(lambda: json.loads(c.broker("lease", "list", "--json").stdout)[0]["state"] == "ended", timeout=60,
-             what="the lease to end though its file has no name")
+             what="the lease to end though what it holds has no name")
+    line = next(x for x in c.log("hostd-pc1").splitlines() if "freezing and ending it" in x)
+    assert ("files, over the 3051 of its 0.2 GB share" if how == "inodes" else "over its 0.2 GB share") in line
     wait_for(lambda: not c.containers(), what="its container to go")
 
 
