@@ -9,7 +9,10 @@ on its own, so it is set again after each read. Given to asyncssh as the listene
 documented hook for a listener of one's own.
 """
 import asyncio
+import fcntl
 import socket
+import struct
+import termios
 
 
 class _QuickAck(asyncio.Protocol):
@@ -34,7 +37,12 @@ class _QuickAck(asyncio.Protocol):
             self._start()
             return
         transport.pause_reading()  # while it waits: the client's bytes stay in the kernel
-        self._startups.arrive(transport.get_extra_info("peername"), self._start, transport.abort)
+        self._startups.arrive(transport.get_extra_info("peername"), self._start, transport.abort, self._sent)
+
+    def _sent(self) -> bool:
+        """Whether the client has sent anything while it waited (bytes in the kernel, unread)."""
+        fd = self._transport.get_extra_info("socket").fileno()
+        return struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0"))[0] > 0
 
     def _start(self):
         if self._gone:

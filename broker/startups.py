@@ -12,6 +12,7 @@ WAIT_PER_SOURCE = 64   # connections of one source waiting for a slot (a burst o
 WAIT_TOTAL = 512       # all sources together
 WAIT_FOR = 20.0        # seconds a connection may wait for its slot
 QUIET = 1.0            # a connection that sent nothing for this long may make room for a newcomer
+TICK = 0.1             # how often the waiting connections look for a slot
 
 
 def source(peer) -> str:
@@ -28,6 +29,13 @@ def source(peer) -> str:
     return str(ip)
 
 
+def _sent(entry) -> bool:
+    try:
+        return bool(entry[3]())
+    except Exception:  # the socket is gone: it has nothing to say
+        return False
+
+
 def _source(conn) -> str:
     return source(conn.get_extra_info("peername"))
 
@@ -42,61 +50,81 @@ class Startups:
     the total is reached, a connection that has sent nothing for QUIET seconds makes room (the
     longest quiet first, of the source holding the most), so a flood of idle connections from many
     addresses cannot keep a newcomer out, and a slow honest login, which keeps talking, is never
-    the one to go. When every connection is talking, the newcomer waits instead."""
+    the one to go. When every connection is talking, the newcomer waits instead. While anyone
+    waits, newcomers queue behind them (a flood cannot jump the queue), a waiter whose client has
+    already sent its version line goes first, and at WAIT_TOTAL a waiter that has sent nothing is
+    dropped for the newcomer."""
 
     def __init__(self, total: int, per_ip: int):
         self.total, self.per_ip = total, per_ip
         self._by_ip: dict[str, list] = {}  # source -> its unauthenticated connections, oldest first
         self._address: dict = {}  # counted connection -> its source
         self._heard: dict = {}  # counted connection -> when it last sent something
-        self._waiting: dict[str, collections.deque] = {}  # source -> (start, abort, timer) waiting for a slot
-        self._waiters = 0
+        self._waiting: list[list] = []  # [source, start, abort, sent, timer], oldest first
+        self._per_source: collections.Counter = collections.Counter()  # source -> how many wait
+        self._tick: asyncio.TimerHandle | None = None
 
     # the renter port's listener, before asyncssh sees the connection
-    def arrive(self, peer, start, abort) -> None:
-        """A new TCP connection: start() it now if its source has room, else queue it (or abort() it)."""
+    def arrive(self, peer, start, abort, sent=lambda: True) -> None:
+        """A new TCP connection: start() it now if there is room and nobody waits, else queue it (or
+        abort() it). sent() says whether the client has sent anything yet (its bytes wait in the kernel)."""
         ip = source(peer)
-        if self._room(ip) and not self._waiting.get(ip):
+        if not self._waiting and self._room(ip):
             start()
             return
-        queue = self._waiting.setdefault(ip, collections.deque())
-        if len(queue) >= WAIT_PER_SOURCE or self._waiters >= WAIT_TOTAL:
-            if not queue:
-                del self._waiting[ip]
+        if self._per_source[ip] >= WAIT_PER_SOURCE or (len(self._waiting) >= WAIT_TOTAL and not self._make_room()):
             log.info("dropping a connection from %s: too many connections waiting to log in", ip)
             abort()
             return
-        entry = [start, abort, None]
-        entry[2] = asyncio.get_running_loop().call_later(WAIT_FOR, self._expire, ip, entry)
-        queue.append(entry)
-        self._waiters += 1
+        entry = [ip, start, abort, sent, None]
+        entry[4] = asyncio.get_running_loop().call_later(WAIT_FOR, self._expire, entry)
+        self._waiting.append(entry)
+        self._per_source[ip] += 1
+        self._wake()
 
     def _room(self, ip: str) -> bool:
         if len(self._by_ip.get(ip, ())) >= self.per_ip:
             return False
         return len(self._address) < self.total or self._quiet_victim() is not None
 
-    def _expire(self, ip: str, entry) -> None:
-        queue = self._waiting.get(ip)
-        if queue and entry in queue:
-            queue.remove(entry)
-            self._waiters -= 1
-            if not queue:
-                del self._waiting[ip]
-            log.info("dropping a connection from %s: it waited %.0fs for a login slot", ip, WAIT_FOR)
-            entry[1]()
+    def _unqueue(self, entry) -> None:
+        self._waiting.remove(entry)
+        entry[4].cancel()
+        self._per_source[entry[0]] -= 1
+        if not self._per_source[entry[0]]:
+            del self._per_source[entry[0]]
+
+    def _make_room(self) -> bool:
+        """At WAIT_TOTAL: the oldest waiter that has sent nothing, of the source with the most waiting,
+        is dropped for the newcomer; False when every waiter is talking."""
+        idle = [e for e in self._waiting if not _sent(e)]
+        if not idle:
+            return False
+        _, victim = max(enumerate(idle), key=lambda p: (self._per_source[p[1][0]], -p[0]))
+        self._unqueue(victim)
+        log.info("dropping a connection from %s: it sent nothing while it waited for a login slot", victim[0])
+        victim[2]()
+        return True
+
+    def _expire(self, entry) -> None:
+        if entry in self._waiting:
+            self._unqueue(entry)
+            log.info("dropping a connection from %s: it waited %.0fs for a login slot", entry[0], WAIT_FOR)
+            entry[2]()
 
     def _wake(self) -> None:
-        """Slots freed: start the waiting connections that fit now, oldest source queue first."""
-        for ip in list(self._waiting):
-            queue = self._waiting[ip]
-            while queue and self._room(ip):
-                start, _, timer = queue.popleft()
-                self._waiters -= 1
-                timer.cancel()
-                start()
-            if not queue:
-                self._waiting.pop(ip, None)
+        """Start the waiting connections that fit now: those whose client has already talked first, then
+        the rest, oldest first each. While some still wait, look again in a moment (a connection going
+        quiet makes room without telling anyone)."""
+        if self._tick is not None:
+            self._tick.cancel()
+            self._tick = None
+        for entry in sorted(self._waiting, key=lambda e: not _sent(e)):
+            if self._room(entry[0]):
+                self._unqueue(entry)
+                entry[1]()
+        if self._waiting:
+            self._tick = asyncio.get_running_loop().call_later(TICK, self._wake)
 
     def heard(self, conn) -> None:
         """The connection sent something (it is talking, not just holding a slot)."""

@@ -79,3 +79,41 @@ async def test_waiting_is_bounded_per_source(monkeypatch):
     for i in range(5):
         s.arrive(("10.0.0.1", 1), lambda: out.append("start"), lambda i=i: out.append(f"abort{i}"))
     assert out == ["abort3", "abort4"]
+
+
+async def test_newcomers_queue_behind_the_waiting_and_a_talking_waiter_goes_first(monkeypatch):
+    """Churn from many addresses took every slot that opened, past a slow login waiting for one."""
+    now = [1000.0]
+    monkeypatch.setattr(startups.time, "monotonic", lambda: now[0])
+    s = Startups(total=2, per_ip=10)
+    held = [Conn("10.0.0.1"), Conn("10.0.0.2")]
+    for c in held:
+        s.admit(c)
+    order = []
+
+    def arrive(name, ip, sent=False):
+        s.arrive((ip, 1), lambda: (order.append(name), s.admit(Conn(ip))), lambda: order.append(f"dropped {name}"),
+                 lambda: sent)
+    arrive("idle", "10.0.1.1")
+    arrive("honest", "10.0.1.2", sent=True)  # its version line is in the kernel already
+    assert order == []
+    now[0] += 5                              # the held ones went quiet: room for two, and nobody jumped ahead
+    arrive("flood", "10.0.1.3")
+    assert order[:2] == ["honest", "idle"], order
+    s._tick and s._tick.cancel()
+
+
+async def test_at_the_waiting_cap_an_idle_waiter_makes_room(monkeypatch):
+    monkeypatch.setattr(startups, "WAIT_TOTAL", 3)
+    s = Startups(total=1, per_ip=10)
+    s.admit(Conn("10.0.0.1"))
+    s.heard(next(iter(s._heard)))
+    out = []
+    for i, sent in enumerate([False, True, False]):
+        s.arrive((f"10.0.2.{i}", 1), lambda: out.append("start"), lambda i=i: out.append(f"drop{i}"), lambda sent=sent: sent)
+    s.arrive(("10.0.3.1", 1), lambda: out.append("start"), lambda: out.append("drop newcomer"), lambda: True)
+    assert out == ["drop0"]                      # the oldest idle one, not the newcomer nor the talker
+    for i in (2, 3):
+        s.arrive((f"10.0.4.{i}", 1), lambda: None, lambda i=i: out.append(f"drop{i + 10}"), lambda: True)
+    assert out == ["drop0", "drop2", "drop13"]   # then the other idle one; then, all talking, the newcomer
+    s._tick and s._tick.cancel()

@@ -4,12 +4,13 @@ connection cannot try keys without end. Real broker; raw sockets and OpenSSH/asy
 import asyncio
 import socket
 import subprocess
+import threading
 import time
 
 import asyncssh
 import pytest
 
-from ..cluster import Cluster, rss_mb, wait_for
+from ..cluster import Cluster, rss_mb, run, wait_for
 
 pytestmark = [pytest.mark.docker, pytest.mark.hostile]
 
@@ -170,3 +171,109 @@ def test_a_burst_of_logins_from_one_address_all_get_in(fresh_cluster):
         p.stderr.close()
     failed = [r for r in results if r[0] != 0]
     assert not failed, (len(failed), failed[:2])
+
+
+def _churn(host: str, port: int, stop: threading.Event, rate: int = 150, sources: int = 300) -> None:
+    """Idle connections from `sources` loopback addresses at `rate` a second, each held until the
+    broker closes it (or 5 s), the way a flood that wants to evict honest logins would."""
+    held: list[tuple[float, socket.socket]] = []
+    i = 0
+    while not stop.is_set():
+        try:
+            s = socket.socket()
+            s.bind((f"127.0.{5 + i % sources // 250}.{1 + i % 250}", 0))
+            s.setblocking(False)
+            s.connect_ex((host, port))
+            held.append((time.monotonic(), s))
+        except OSError:
+            pass
+        i += 1
+        while held and (len(held) > 2000 or held[0][0] < time.monotonic() - 5):
+            held.pop(0)[1].close()
+        time.sleep(1 / rate)
+    for _, s in held:
+        s.close()
+
+
+class _SlowLink:
+    """A TCP relay from 127.0.0.1 (a port of its own) to the broker, from source address 127.0.9.9,
+    that delivers every chunk 100 ms after it came, each way: a login over a 200 ms round trip
+    (the kernel's netem is not built on this machine)."""
+
+    def __init__(self, port: int, delay: float = 0.1):
+        self.port, self.delay = port, delay
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.listen_port = asyncio.run_coroutine_threadsafe(self._listen(), self.loop).result(10)
+
+    async def _listen(self) -> int:
+        self.server = await asyncio.start_server(self._relay, "127.0.0.1", 0)
+        return self.server.sockets[0].getsockname()[1]
+
+    async def _relay(self, reader, writer):
+        ends = [writer]
+        try:
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.port, local_addr=("127.0.9.9", 0))
+            ends.append(up_writer)
+            await asyncio.gather(self._pump(reader, up_writer), self._pump(up_reader, writer))
+        except (OSError, asyncio.CancelledError):
+            pass
+        finally:
+            for end in ends:
+                end.transport.abort()
+
+    async def _pump(self, src, dst):
+        """Copy src to dst, each chunk delay seconds after it came, in order."""
+        queue: asyncio.Queue = asyncio.Queue()
+
+        async def deliver():
+            while (item := await queue.get()) is not None:
+                await asyncio.sleep(max(0.0, item[0] - self.loop.time()))
+                dst.write(item[1])
+            dst.close()
+        sender = asyncio.ensure_future(deliver())
+        try:
+            while data := await src.read(65536):
+                queue.put_nowait((self.loop.time() + self.delay, data))
+            queue.put_nowait(None)
+            await sender
+        finally:
+            sender.cancel()
+
+    def close(self):
+        async def stop():
+            self.server.close()
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        asyncio.run_coroutine_threadsafe(stop(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        self.loop.close()
+
+
+def test_a_slow_login_gets_in_under_churn_from_many_addresses(fresh_cluster):
+    """Churn from 300 addresses at 150 connections a second evicted a login over a 200 ms round trip
+    3 times of 3; eviction now spares a connection that keeps talking."""
+    c = fresh_cluster
+    link = _SlowLink(c.ssh_port)
+    stop = threading.Event()
+    try:
+        (c.root / "known_hosts_slow").write_text((c.root / "known_hosts").read_text().replace(
+            f"[127.0.0.1]:{c.ssh_port}", f"[127.0.0.1]:{link.listen_port}"))
+        opts = [o.replace(str(c.root / "known_hosts"), str(c.root / "known_hosts_slow")) for o in c.ssh_opts()]
+        slow = ["ssh", "-p", str(link.listen_port), *opts, "ctl@127.0.0.1", "balance"]
+        started = time.monotonic()
+        assert run(*slow, check=False, timeout=60).returncode == 0           # it works without the churn
+        assert time.monotonic() - started > 1.0                             # and it is slow: several round trips
+        churn = threading.Thread(target=_churn, args=("127.0.0.1", c.ssh_port, stop), daemon=True)
+        churn.start()
+        time.sleep(3)
+        results = [run(*slow, check=False, timeout=60) for _ in range(3)]
+        assert [r.returncode for r in results] == [0, 0, 0], [r.stderr for r in results]
+        assert rss_mb(c.procs["broker"].pid) < 200
+    finally:
+        stop.set()
+        link.close()
