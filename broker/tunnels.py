@@ -18,6 +18,7 @@ from shellrent.common import algorithms, protocol
 from shellrent.keys import material
 
 from .errors import Unavailable
+from .quickack import QuickAckListener
 from .startups import Startups
 
 log = logging.getLogger("shellrent.tunnels")
@@ -190,7 +191,7 @@ class Tunnels:
                 known_hosts=lambda h, a, p: ([], [], []), username="broker", client_version="shellrent",
                 encryption_algs=TUNNEL_CIPHERS, keepalive_interval=self._keepalive,
                 keepalive_count_max=3, login_timeout=self.login_timeout, acceptor=self._accepted,
-                error_handler=self._failed))
+                error_handler=self._failed, tunnel=QuickAckListener(self._startups)))
         return self._acceptor.get_port()
 
     def get(self, name: str) -> HostLink | None:

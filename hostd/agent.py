@@ -25,7 +25,7 @@ from .disk import Workspaces
 from .gpuwatch import GpuWatch
 from .leases import Leases
 from .pulls import PullError, Pulls
-from .runtime import INODE_BYTES, Runtime, RuntimeError_, default_limits, pid_max, pids_per_gpu
+from .runtime import Runtime, RuntimeError_, default_limits, pid_max, pids_per_gpu
 from .sshserver import HostServer, SessionError
 from .store import Store
 from .watch import Watch
@@ -34,7 +34,6 @@ log = logging.getLogger("shellrent.agent")
 VERSION = "0.2.0"
 READY_EVERY = 10  # seconds between asking the engine which listed images are here
 CIPHERS = ["aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "chacha20-poly1305@openssh.com"]
-DISK_TRIES = 3  # disk checks in a row that cannot finish before the lease is ended
 
 
 class JoinError(Exception):
@@ -174,38 +173,19 @@ class Agent:
 
     async def watch_disk(self) -> None:
         """End a lease that holds more of the host's disk than its share (/workspace, where ENOSPC
-        stops it, and the writable layer, which the engine cannot size here, together), in bytes or
-        in inodes (one per INODE_BYTES of the share); the renter is refunded the rest. A lease whose
-        use cannot be measured DISK_TRIES times in a row is ended too, with the reason: a layer made
-        too big to walk never counts as within its share."""
-        failed: dict[str, int] = {}
+        stops it, and the writable layer, which the engine cannot size here, together); the renter
+        is refunded the rest."""
         while True:
             await asyncio.sleep(self.config.disk_check)
             for rec in self.store.active():
-                share = (rec.get("disk_gb") or 0) * 1e9
-                if not share:
-                    continue
-                why = None
                 try:
-                    used = await offload.call(self.runtime.disk_used, rec["id"], share, share / INODE_BYTES,
-                                              timeout=offload.QUICK + 30)
+                    used = await offload.call(self.runtime.disk_used, rec["id"], timeout=offload.QUICK)
                 except (RuntimeError_, asyncio.TimeoutError) as exc:
-                    failed[rec["id"]] = failed.get(rec["id"], 0) + 1
-                    log.warning("lease %s: cannot measure its disk use (%d of %d): %s", rec["id"], failed[rec["id"]],
-                                DISK_TRIES, exc or "the engine did not answer in time")
-                    if failed[rec["id"]] < DISK_TRIES:
-                        continue
-                    why = f"its disk use could not be measured {DISK_TRIES} times in a row"
-                else:
-                    failed.pop(rec["id"], None)
-                    if used["bytes"] > share:
-                        why = f"holds {used['bytes'] / 1e9:.2f} GB of disk, over its {rec['disk_gb']:.1f} GB share"
-                    elif used["inodes"] > share / INODE_BYTES:
-                        why = (f"holds {used['inodes']} files, over the {int(share / INODE_BYTES)} of its "
-                               f"{rec['disk_gb']:.1f} GB share")
-                if why:
-                    failed.pop(rec["id"], None)
-                    log.warning("lease %s %s: freezing and ending it", rec["id"], why)
+                    log.info("lease %s: cannot size its layer now: %s", rec["id"], exc or "timed out")
+                    continue
+                if rec.get("disk_gb") and used > rec["disk_gb"] * 1e9:
+                    log.warning("lease %s holds %.2f GB of disk, over its %.1f GB share: freezing and ending it",
+                                rec["id"], used / 1e9, rec["disk_gb"])
                     asyncio.get_running_loop().create_task(self.leases.end(rec["id"], freeze=True))
 
     async def watch(self) -> None:

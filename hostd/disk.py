@@ -3,8 +3,7 @@
 A sparse ext4 image per lease in hostd's home, loop-mounted and bound into the container: a renter
 who fills /workspace gets ENOSPC inside the container, and the host's disk keeps the rest of its
 space. The container's writable layer cannot be sized on every engine (overlay2 needs xfs with
-project quotas), so hostd watches it instead (hostd.runtime.disk_used: what the filesystem holds for
-the layer, in bytes and inodes) and ends a lease whose layer outgrows its share.
+project quotas), so hostd watches it instead and ends a lease whose layer outgrows its share.
 """
 import logging
 import os

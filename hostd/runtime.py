@@ -7,7 +7,6 @@ all capabilities dropped but CAPS; no-new-privileges; pids, memory, CPU and /dev
 import calendar
 import hashlib
 import logging
-import math
 import os
 import shutil
 import signal as signals
@@ -309,67 +308,40 @@ class Runtime:
         except (DiskError, OSError) as exc:
             log.warning("removing the workspace of lease %s: %s", lease_id, exc)
 
-    def disk_used(self, lease_id: str, most_bytes: float = math.inf, most_inodes: float = math.inf,
-                  deadline: float = 30.0) -> dict:
-        """What a lease holds on the host's disk: {"bytes", "inodes"} of its writable layer as the
-        filesystem under it holds them, plus its /workspace's bytes.
-
-        The layer is walked where the engine keeps it (its upper and work directories, each inode
-        once: the blocks really allocated, so sparse files count what they use, and files deleted
-        but kept alive count too, which fuse-overlayfs moves into its work directory whatever keeps
-        them: a descriptor, an mmap, one in flight over a unix socket). On kernel overlay, where a
-        deleted file has no name left, the lease's processes' descriptors and mappings are added.
-        The walk stops as soon as the lease is over most_bytes or most_inodes (the answer says so
-        with "over"), and raises DiskCheckError, saying why, when it cannot finish by the deadline."""
+    def disk_used(self, lease_id: str) -> int:
+        """Bytes a lease holds on the host's disk: its writable layer, files it deleted there but
+        keeps open (which the engine's size does not see), and its /workspace."""
         try:
-            attrs = self.client.api.inspect_container(f"shellrent-{lease_id}")
-        except NotFound:
-            return {"bytes": 0, "inodes": 0}
+            found = self.client.api.containers(all=True, size=True, filters={"name": f"^/shellrent-{lease_id}$"})
         except (APIError, DockerException) as exc:
             raise RuntimeError_(f"sizing lease {lease_id}: {exc}") from None
-        used = {"bytes": 0, "inodes": 0}
+        used = (found[0].get("SizeRw") or 0) if found else 0
         if self.workspaces and self.workspaces.exists(lease_id):
             fs = os.statvfs(self.workspaces.mount(lease_id))
-            used["bytes"] += (fs.f_blocks - fs.f_bfree) * fs.f_frsize
-        driver = attrs.get("GraphDriver") or {}
-        dirs = [d for d in ((driver.get("Data") or {}).get(k) for k in ("UpperDir", "WorkDir")) if d]
-        if not dirs:
-            raise DiskCheckError(f"the engine's storage driver ({driver.get('Name')}) does not say where the layer is")
-        seen: set = set()
-        stop = time.monotonic() + deadline
-        for top in dirs:
-            if _walk(top, used, seen, most_bytes, most_inodes, stop):
-                return {**used, "over": True}
-        if driver.get("Name") != "fuse-overlayfs":
-            used["bytes"] += self._deleted_but_alive(lease_id, seen)
-        return used
-
-    def _deleted_but_alive(self, lease_id: str, seen: set) -> int:
-        """Bytes of files the lease's processes deleted from their root but keep open or mapped."""
+            used += (fs.f_blocks - fs.f_bfree) * fs.f_frsize
         init, pids = self._processes(lease_id)
         try:
             root = os.stat(f"/proc/{init}/root").st_dev if init else None
         except OSError:
             root = None
-        held = 0
+        seen = set()
         for pid in pids:
-            for kind in ("fd", "map_files"):
+            try:
+                fds = os.listdir(f"/proc/{pid}/fd")
+            except OSError:
+                continue
+            for fd in fds:
+                path = f"/proc/{pid}/fd/{fd}"
                 try:
-                    names = os.listdir(f"/proc/{pid}/{kind}")
+                    if not os.readlink(path).endswith(" (deleted)"):
+                        continue
+                    st = os.stat(path)
                 except OSError:
                     continue
-                for name in names:
-                    path = f"/proc/{pid}/{kind}/{name}"
-                    try:
-                        if not os.readlink(path).endswith(" (deleted)"):
-                            continue
-                        st = os.stat(path)
-                    except OSError:
-                        continue
-                    if stat.S_ISREG(st.st_mode) and st.st_dev == root and (st.st_dev, st.st_ino) not in seen:
-                        seen.add((st.st_dev, st.st_ino))
-                        held += st.st_blocks * 512 or st.st_size
-        return held
+                if stat.S_ISREG(st.st_mode) and st.st_dev == root and (st.st_dev, st.st_ino) not in seen:
+                    seen.add((st.st_dev, st.st_ino))
+                    used += st.st_blocks * 512 or st.st_size  # fuse-overlayfs reports no blocks
+        return used
 
     def purge(self, lease_id: str) -> None:
         """Remove everything left of a lease: containers, network and its workspace volume."""
@@ -466,40 +438,6 @@ def _container_gpus(container) -> list[str]:
     return [u for u in label.split(",") if u]
 
 
-class DiskCheckError(RuntimeError_):
-    """A lease's disk use could not be measured; str() says why."""
-
-
-def _walk(top: str, used: dict, seen: set, most_bytes: float, most_inodes: float, stop: float) -> bool:
-    """Add what the tree under top holds to used (each inode once); True as soon as it is over a bound."""
-    stack = [top]
-    while stack:
-        if time.monotonic() > stop:
-            raise DiskCheckError(f"walking the writable layer took too long ({used['inodes']} files, "
-                                 f"{used['bytes'] / 1e9:.2f} GB counted so far)")
-        try:
-            entries = os.scandir(stack.pop())
-        except OSError:
-            continue  # gone meanwhile
-        with entries:
-            for entry in entries:
-                try:
-                    st = entry.stat(follow_symlinks=False)
-                except OSError:
-                    continue
-                if st.st_nlink > 1 and not stat.S_ISDIR(st.st_mode):  # a hard link: its inode once
-                    if (st.st_dev, st.st_ino) in seen:
-                        continue
-                    seen.add((st.st_dev, st.st_ino))
-                used["inodes"] += 1
-                used["bytes"] += st.st_blocks * 512
-                if used["bytes"] > most_bytes or used["inodes"] > most_inodes:
-                    return True
-                if stat.S_ISDIR(st.st_mode):
-                    stack.append(entry.path)
-    return False
-
-
 def check_name(owner: str) -> str:
     """The self-check container's name: the owner is a base64 key fingerprint, whose / and + a
     container name cannot hold."""
@@ -535,7 +473,6 @@ def _epoch(text: str | None) -> float | None:
         return None
 
 
-INODE_BYTES = 64 * 1024  # a lease may hold one inode (a file, a directory) per 64 KiB of its disk share
 PIDS_PER_GPU = 4096  # the most a lease gets per GPU, however large the host's pid_max
 PIDS_RESERVE = 4096  # kept for the host at least (a quarter of pid_max when that is more)
 
