@@ -65,6 +65,7 @@ async def test_idle_connections_make_room_for_a_scraper_and_never_lock_it_out():
     try:
         assert (await asyncio.wait_for(_get(port), 2)).startswith(b"HTTP/1.0 200")  # the oldest idle one made room
         assert await asyncio.wait_for(idle[0][0].read(), 2) == b""
+        idle[0][1].close()
         for r, w in idle[1:]:
             assert await asyncio.wait_for(r.read(), metrics.HEAD_TIMEOUT + 2) == b""  # the head never came
             w.close()
@@ -84,7 +85,8 @@ async def _pests(port: int, count: int, source: str, pause: float):
                 await asyncio.wait_for(reader.read(), 3)
             except (asyncio.TimeoutError, OSError):
                 pass
-            writer.close()
+            finally:
+                writer.close()
             await asyncio.sleep(pause)
     tasks = [asyncio.ensure_future(pest()) for _ in range(count)]
 
@@ -93,6 +95,7 @@ async def _pests(port: int, count: int, source: str, pause: float):
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.sleep(metrics.HEAD_TIMEOUT + 0.3)  # the server's side of each is closed by then
     return end
 
 
