@@ -83,8 +83,9 @@ class Startups:
         self._wake()
 
     def _room(self, ip: str) -> bool:
-        if len(self._by_ip.get(ip, ())) >= self.per_ip:
-            return False
+        return len(self._by_ip.get(ip, ())) < self.per_ip and self._total_room()
+
+    def _total_room(self) -> bool:
         return len(self._address) < self.total or self._quiet_victim() is not None
 
     def _unqueue(self, entry) -> None:
@@ -120,7 +121,9 @@ class Startups:
             self._tick.cancel()
             self._tick = None
         for entry in sorted(self._waiting, key=lambda e: not _sent(e)):
-            if self._room(entry[0]):
+            if not self._total_room():
+                break  # nobody fits: the rest need not be looked at (a flood keeps hundreds waiting)
+            if len(self._by_ip.get(entry[0], ())) < self.per_ip:
                 self._unqueue(entry)
                 entry[1]()
         if self._waiting:
