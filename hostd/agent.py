@@ -18,7 +18,7 @@ from shellrent.common import algorithms, faults, flow, protocol
 from shellrent.keys import material, tokens
 
 from . import firewall, gpus as gpus_mod, limits as kernel_limits, metrics as hostd_metrics, offload, selfcheck, \
-    settings as settings_mod, spawn
+    settings as settings_mod, spawn, usage
 from .clock import Clock
 from .config import Config, write_private
 from .disk import Workspaces
@@ -173,19 +173,26 @@ class Agent:
 
     async def watch_disk(self) -> None:
         """End a lease that holds more of the host's disk than its share (/workspace, where ENOSPC
-        stops it, and the writable layer, which the engine cannot size here, together); the renter
-        is refunded the rest."""
+        stops it, and the writable layer, which the engine cannot size here, together), or more of
+        its inodes; the renter is refunded the rest. A layer too big to count in time is over."""
         while True:
             await asyncio.sleep(self.config.disk_check)
             for rec in self.store.active():
+                share = (rec.get("disk_gb") or 0) * 1e9
+                inodes = usage.inode_share(share) if share else 1 << 62
                 try:
-                    used = await offload.call(self.runtime.disk_used, rec["id"], timeout=offload.QUICK)
+                    used, held = await offload.call(self.runtime.disk_used, rec["id"], inodes,
+                                                    timeout=usage.WALK_TIMEOUT + 10)
                 except (RuntimeError_, asyncio.TimeoutError) as exc:
-                    log.info("lease %s: cannot size its layer now: %s", rec["id"], exc or "timed out")
+                    log.warning("lease %s: cannot size its layer now: %s", rec["id"], exc or "the engine did not answer")
                     continue
-                if rec.get("disk_gb") and used > rec["disk_gb"] * 1e9:
-                    log.warning("lease %s holds %.2f GB of disk, over its %.1f GB share: freezing and ending it",
-                                rec["id"], used / 1e9, rec["disk_gb"])
+                except usage.UsageError as exc:
+                    why = str(exc)
+                else:
+                    why = (f"{used / 1e9:.2f} GB of disk, over its {rec['disk_gb']:.1f} GB share" if share and used > share
+                           else f"over {inodes} inodes of the host's, its share" if held > inodes else None)
+                if why:
+                    log.warning("lease %s holds %s: freezing and ending it", rec["id"], why)
                     asyncio.get_running_loop().create_task(self.leases.end(rec["id"], freeze=True))
 
     async def watch(self) -> None:

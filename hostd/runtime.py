@@ -10,13 +10,13 @@ import logging
 import os
 import shutil
 import signal as signals
-import stat
 import time
 from pathlib import Path
 
 import docker
 from docker.errors import APIError, DockerException, NotFound
 
+from . import usage
 from .disk import DiskError, Workspaces
 from .firewall import bridge_name
 
@@ -308,40 +308,46 @@ class Runtime:
         except (DiskError, OSError) as exc:
             log.warning("removing the workspace of lease %s: %s", lease_id, exc)
 
-    def disk_used(self, lease_id: str) -> int:
-        """Bytes a lease holds on the host's disk: its writable layer, files it deleted there but
-        keeps open (which the engine's size does not see), and its /workspace."""
+    def disk_used(self, lease_id: str, max_inodes: int) -> tuple[int, int]:
+        """(bytes, inodes) a lease holds of the host's disk: its writable layer counted on the host
+        (hostd.usage: deleted files still held included), and its /workspace's bytes (a filesystem
+        of its own, whose inodes are not the host's; an engine volume instead is walked like the layer)."""
+        try:
+            attrs = self.client.api.inspect_container(f"shellrent-{lease_id}")
+        except NotFound:
+            return 0, 0
+        except (APIError, DockerException) as exc:
+            raise RuntimeError_(f"sizing lease {lease_id}: {exc}") from None
+        driver = attrs.get("GraphDriver") or {}
+        data = driver.get("Data") or {}
+        if not data.get("UpperDir"):  # a driver with no upper directory (btrfs, zfs): the engine's figure
+            return self._size_rw(lease_id), 0
+        dirs = [data["UpperDir"]] + ([data.get("WorkDir")] if driver.get("Name") == "fuse-overlayfs" else [])
+        if self.workspaces and self.workspaces.exists(lease_id):
+            fs = os.statvfs(self.workspaces.mount(lease_id))
+            ws = (fs.f_blocks - fs.f_bfree) * fs.f_frsize
+        else:
+            ws = 0
+            dirs += [m["Source"] for m in attrs.get("Mounts") or [] if m.get("Destination") == "/workspace"]
+        try:
+            used, inodes = usage.walk(dirs, max_inodes)
+        except OSError as exc:
+            raise RuntimeError_(f"sizing lease {lease_id}: {exc}") from None
+        if driver.get("Name") != "fuse-overlayfs":  # kernel overlayfs: deleted files held have no name
+            init, pids = self._processes(lease_id)
+            try:
+                root = os.stat(f"/proc/{init}/root").st_dev if init else None
+            except OSError:
+                root = None
+            used += usage.held_deleted(pids, root)
+        return used + ws, inodes
+
+    def _size_rw(self, lease_id: str) -> int:
         try:
             found = self.client.api.containers(all=True, size=True, filters={"name": f"^/shellrent-{lease_id}$"})
         except (APIError, DockerException) as exc:
             raise RuntimeError_(f"sizing lease {lease_id}: {exc}") from None
-        used = (found[0].get("SizeRw") or 0) if found else 0
-        if self.workspaces and self.workspaces.exists(lease_id):
-            fs = os.statvfs(self.workspaces.mount(lease_id))
-            used += (fs.f_blocks - fs.f_bfree) * fs.f_frsize
-        init, pids = self._processes(lease_id)
-        try:
-            root = os.stat(f"/proc/{init}/root").st_dev if init else None
-        except OSError:
-            root = None
-        seen = set()
-        for pid in pids:
-            try:
-                fds = os.listdir(f"/proc/{pid}/fd")
-            except OSError:
-                continue
-            for fd in fds:
-                path = f"/proc/{pid}/fd/{fd}"
-                try:
-                    if not os.readlink(path).endswith(" (deleted)"):
-                        continue
-                    st = os.stat(path)
-                except OSError:
-                    continue
-                if stat.S_ISREG(st.st_mode) and st.st_dev == root and (st.st_dev, st.st_ino) not in seen:
-                    seen.add((st.st_dev, st.st_ino))
-                    used += st.st_blocks * 512 or st.st_size  # fuse-overlayfs reports no blocks
-        return used
+        return (found[0].get("SizeRw") or 0) if found else 0
 
     def purge(self, lease_id: str) -> None:
         """Remove everything left of a lease: containers, network and its workspace volume."""

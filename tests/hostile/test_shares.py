@@ -98,13 +98,20 @@ def test_a_lease_holding_every_inotify_instance_it_can_leaves_others_theirs(fres
     assert "per-user limits: fs.inotify.max_user_instances 2147483647" in doctor and "not isolated" in doctor
 
 
-# Ways to hold 300 MB of the layer that no name shows: a deleted file kept open, and one kept only by
-# an mmap.
+# Ways to hold 300 MB of the layer that no name shows: a deleted file kept open, one kept only by an
+# mmap (Python's mmap keeps a descriptor of its own; libc's mmap through ctypes keeps none), and one
+# whose only descriptor is in flight over a unix socket (SCM_RIGHTS), which no /proc entry shows.
+FILL = "f = os.open('/root/x', os.O_RDWR | os.O_CREAT); [os.write(f, bytes(1 << 20)) for _ in range(300)]; os.fsync(f)"
 HIDE = {
-    "open": "f = open('/root/x', 'wb'); os.unlink('/root/x'); [f.write(bytes(1 << 20)) for _ in range(300)]; "
-            "f.flush(); os.fsync(f.fileno())",
-    "mmap": "f = os.open('/root/x', os.O_RDWR | os.O_CREAT); [os.write(f, bytes(1 << 20)) for _ in range(300)]; "
-            "os.fsync(f); m = mmap.mmap(f, 300 << 20); os.close(f); os.unlink('/root/x')",
+    "open": f"{FILL}; os.unlink('/root/x')",
+    "mmap": f"{FILL}; m = mmap.mmap(f, 300 << 20); os.close(f); os.unlink('/root/x')",
+    "libc-mmap": f"{FILL}; libc = ctypes.CDLL(None); libc.mmap.restype = ctypes.c_void_p; "
+                 "libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, "
+                 "ctypes.c_long]; assert libc.mmap(None, 300 << 20, 1, 1, f, 0) not in (None, 2**64 - 1); "
+                 "os.close(f); os.unlink('/root/x')",
+    "in-flight": f"{FILL}; a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM); "
+                 "a.sendmsg([b'x'], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array('i', [f]))]); "
+                 "os.close(f); os.unlink('/root/x')",
 }
 
 
@@ -114,11 +121,27 @@ def test_what_the_layer_holds_counts_however_it_is_hidden(fresh_cluster, how):
     c.env["HOSTD_DISK_CHECK"] = "1"
     c.add_host("pc1", {"disk_per_gpu": "0.2"})
     lid = c.create_lease()
-    code = f"import mmap, os, time; {HIDE[how]}; time.sleep(600)"
+    code = f"import array, ctypes, mmap, os, socket, time; {HIDE[how]}; time.sleep(600)"
     c.ssh(f'nohup python3 -c "{code}" >/dev/null 2>&1 &', user=f"rent+{lid}", check=True)
     wait_for(lambda: json.loads(c.broker("lease", "list", "--json").stdout)[0]["state"] == "ended", timeout=60,
              what="the lease to end though what it holds has no name")
-    assert "over its 0.2 GB share" in c.log("hostd-pc1")
+    held = [x for x in c.log("hostd-pc1").splitlines() if " holds " in x]
+    assert held and "over its 0.2 GB share" in held[0], held
+    wait_for(lambda: not c.containers(), what="its container to go")
+
+
+def test_inodes_are_part_of_the_disk_share(fresh_cluster):
+    """50,000 empty files counted 0 bytes and took 50,000 of the host's inodes; a 0.2 GB share holds 12,207."""
+    c = fresh_cluster
+    c.env["HOSTD_DISK_CHECK"] = "1"
+    c.add_host("pc1", {"disk_per_gpu": "0.2"})
+    lid = c.create_lease()
+    code = "import os; os.mkdir('/root/d'); [open(f'/root/d/{i}', 'w').close() for i in range(50000)]"
+    c.ssh(f'nohup python3 -c "{code}" >/dev/null 2>&1 &', user=f"rent+{lid}", check=True)
+    wait_for(lambda: json.loads(c.broker("lease", "list", "--json").stdout)[0]["state"] == "ended", timeout=90,
+             what="the lease to end over its inodes")
+    held = [x for x in c.log("hostd-pc1").splitlines() if " holds " in x]
+    assert held and "over 12207 inodes of the host's, its share" in held[0], held
     wait_for(lambda: not c.containers(), what="its container to go")
 
 
