@@ -224,8 +224,13 @@ class Runtime:
             return 0, []
         except (APIError, DockerException) as exc:
             raise RuntimeError_(f"lease {lease_id}: {exc}") from None
+        return init, self._pids_with(init, lease_id)
+
+    @staticmethod
+    def _pids_with(init: int, lease_id: str) -> list[int]:
+        """Host pids of every process in the pid namespace of init (none when init is 0)."""
         if not init:
-            return 0, []
+            return []
         try:
             ns = os.readlink(f"/proc/{init}/ns/pid")
         except OSError as exc:
@@ -237,7 +242,7 @@ class Runtime:
                     pids.append(int(entry))
             except OSError:
                 continue
-        return init, pids
+        return pids
 
     def broadcast(self, lease_id: str, message: str) -> None:
         """Write message on every terminal in the lease's container (sessions and tmux panes).
@@ -334,7 +339,8 @@ class Runtime:
         except OSError as exc:
             raise RuntimeError_(f"sizing lease {lease_id}: {exc}") from None
         if driver.get("Name") != "fuse-overlayfs":  # kernel overlayfs: deleted files held have no name
-            init, pids = self._processes(lease_id)
+            init = (attrs.get("State") or {}).get("Pid") or 0  # the inspect above: not asked twice
+            pids = self._pids_with(init, lease_id)
             try:
                 root = os.stat(f"/proc/{init}/root").st_dev if init else None
             except OSError:
