@@ -152,6 +152,10 @@ class ExecStream(asyncio.Protocol):
                 self._chan.write(chunk)
 
     def eof_received(self):
+        """The exec ended. dockerd only half-closes the hijacked socket (CloseWrite) and keeps its end
+        open until Go's collector closes it, so stdin still queued for the ended process would hold
+        close() for as long, and the session with it: drop it."""
+        self.transport.abort()
         return False
 
     def connection_lost(self, exc):

@@ -1,10 +1,11 @@
 """The exec stream's HTTP upgrade and Docker frame parsing, fed byte streams cut every which way."""
 import asyncio
+import socket
 
 import asyncssh
 from hypothesis import given, settings, strategies as st
 
-from shellrent.hostd.engine import ExecStream, _dechunk
+from shellrent.hostd.engine import ExecStream, _dechunk, exec_start
 
 
 class Recorder:
@@ -81,3 +82,34 @@ def test_refused_upgrade_is_an_error():
 
 def test_dechunk():
     assert _dechunk(b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n") == b"hello world"
+
+
+async def test_a_half_closed_stream_ends_although_stdin_is_still_queued(tmp_path, monkeypatch):
+    """dockerd ends an exec with CloseWrite only and keeps its socket open until Go collects it: stdin
+    the ended process never read must not hold the session open (it hung for minutes this way)."""
+    path = str(tmp_path / "docker.sock")
+    conns = []
+
+    async def engine(reader, writer):  # upgrades, never reads stdin, then half-closes and keeps the socket
+        conns.append(writer)
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(HEAD)
+        await asyncio.sleep(0.5)
+        writer.transport.get_extra_info("socket").shutdown(socket.SHUT_WR)
+
+    server = await asyncio.start_unix_server(engine, path)
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{path}")
+
+    class Chan(Recorder):
+        def pause_reading(self):
+            pass
+
+    try:
+        stream = await exec_start("x", Chan(), False)
+        stream.write(b"\0" * (16 << 20))  # far more than the socket buffers take
+        await asyncio.wait_for(stream.done, 5)
+    finally:
+        for writer in conns:
+            writer.close()
+        server.close()
+        await server.wait_closed()
