@@ -41,11 +41,12 @@ class Check:
 
 
 def run_checks(home: Path, *, source=None, engine=None, which=shutil.which,
-               toolkit_config: Path = TOOLKIT_CONFIG) -> list[Check]:
+               toolkit_config: Path = TOOLKIT_CONFIG, layer=runtime.layer_sizing) -> list[Check]:
     """Every check for the hostd home `home`, in the order printed.
 
     source: a GPU source (hostd.gpus); opened from the fake_gpus setting when None. engine: a docker
-    client (or anything with .version() and .info()); docker.from_env() when None."""
+    client (or anything with .version() and .info()); docker.from_env() when None. layer: why the
+    engine cannot size a writable layer, or None (runtime.layer_sizing)."""
     home = Path(home)
     checks = []
     try:
@@ -54,7 +55,8 @@ def run_checks(home: Path, *, source=None, engine=None, which=shutil.which,
         checks.append(Check("settings", FAIL, str(exc), "fix it with `hostd config set KEY VALUE`", True))
         fake_spec = ""
     docker, version, info = docker_check(engine)
-    checks += [docker, cgroup_check(info), limits_check(info)]
+    checks += [docker, cgroup_check(info), limits_check(info),
+               layer_check(layer() if info else "not probed: Docker engine unreachable")]
     if source is None:
         source = _open_source(fake_spec)
     checks += nvidia_checks(source, info, which, toolkit_config, fake_set=bool(fake_spec))
@@ -133,6 +135,15 @@ def limits_check(info: dict) -> Check:
         return Check("limits", WARN, f"swap is not capped: a container can swap past its memory share ({text})",
                      "boot with swapaccount=1 (or use cgroup v2) and restart Docker", True)
     return Check("limits", OK, text, required=True)
+
+
+def layer_check(why: str | None) -> Check:
+    """Whether a lease's writable layer is sized (a hard limit) or only counted and frozen past its share."""
+    if why is None:
+        return Check("layer", OK, "the engine sizes each lease's writable layer to its disk share")
+    return Check("layer", WARN, f"the engine cannot size a lease's writable layer ({why}): hostd counts it and "
+                 "freezes a lease over its share", "for a hard limit, give Docker's root an xfs filesystem mounted "
+                 "with pquota and use the overlay2 storage driver")
 
 
 def _gpu_count(source) -> int:

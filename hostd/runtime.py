@@ -36,6 +36,32 @@ BROADCAST = ('for t in /dev/pts/[0-9]*; do printf "\\r\\n%s\\r\\n" "$1" > "$t" 2
              'while read -r c; do tmux display-message -c "$c" "$1"; done; true')
 
 
+# POSIX message queues are counted per user, and every lease's root is the host's root: each lease's
+# limit is the kernel's default (800 KiB for all of uid 0's queues), whatever the engine inherited.
+MSGQUEUE = docker.types.Ulimit(name="msgqueue", soft=819200, hard=819200)
+
+
+def layer_sizing(client=None) -> str | None:
+    """Why this engine cannot size a container's writable layer (the `size` storage option), or None
+    when it can: probed with a container made from a local image and removed at once (hostd doctor)."""
+    own = client is None
+    try:
+        client = client or docker.from_env(timeout=30)
+        tags = [t for image in client.images.list() for t in image.tags]
+        if not tags:
+            return "not probed: no image on this host yet"
+        client.containers.create(tags[0], ["true"], storage_opt={"size": "1G"}, network_mode="none",
+                                 labels={f"{LABEL}.probe": "1"}).remove(force=True)
+        return None
+    except APIError as exc:
+        return exc.explanation or str(exc)
+    except DockerException as exc:
+        return f"not probed: {exc}"
+    finally:
+        if own and client is not None:
+            client.close()
+
+
 class RuntimeError_(Exception):
     """A container could not be made or controlled; str() is the reason."""
 
@@ -53,6 +79,7 @@ class Runtime:
         self.limits = limits
         self.workspaces = workspaces  # sized /workspace filesystems; None: plain engine volumes
         self._root: str | None = None
+        self.layer_sized: bool | None = None  # whether the engine sizes writable layers (learnt at the first create)
 
     def unenforced_limits(self) -> list[str]:
         """Limits this engine says it cannot enforce (said once at start-up)."""
@@ -139,19 +166,38 @@ class Runtime:
         pinned = ",".join(lease.get("gpus") or []) or "void"
         env = {"SHELLRENT_LEASE_ID": lease["id"], "SHELLRENT_ENDS_AT": str(int(lease["ends_at"])),
                "NVIDIA_VISIBLE_DEVICES": pinned}
-        container = self.client.containers.create(
-            lease["image"], MAIN, name=f"shellrent-{lease['id']}", hostname=f"rent-{lease['id']}",
+        container = self._create_sized(
+            lease["image"], MAIN, lim.get("disk"), name=f"shellrent-{lease['id']}", hostname=f"rent-{lease['id']}",
             labels=self._labels(lease), environment=env, working_dir="/workspace", init=True,
             volumes={workspace: {"bind": "/workspace", "mode": "rw"},
                      lease_dir: {"bind": "/etc/shellrent", "mode": "ro"}}, network=network,
             cap_drop=["ALL"], cap_add=CAPS, security_opt=["no-new-privileges"], privileged=False,
             pids_limit=lim["pids"], mem_limit=lim["memory"], nano_cpus=int(lim["cpus"] * 1e9),
             cpuset_cpus=lim.get("cpuset"), shm_size=lim["shm"], device_requests=self._gpus(device_ids),
-            mounts=self._device_mounts(device_ids), detach=True)
+            mounts=self._device_mounts(device_ids), ulimits=[MSGQUEUE], detach=True)
         wrong = pinning_errors(container.attrs, device_ids, pinned)
         if wrong:
             self._remove(container)
             raise DockerException(f"the engine did not pin the container's GPUs: {wrong}")
+        return container
+
+    def _create_sized(self, image: str, command: list, disk: int | None, **kw):
+        """containers.create with the writable layer sized to the lease's disk share where the engine
+        can (the `size` storage option: overlay2 on xfs with pquota, btrfs, zfs). Where it cannot, the
+        engine's reason is logged once and the layer is only counted (Agent.watch_disk)."""
+        if self.layer_sized is False or not disk:
+            return self.client.containers.create(image, command, **kw)
+        try:
+            container = self.client.containers.create(image, command, storage_opt={"size": str(int(disk))}, **kw)
+        except APIError as exc:
+            container = self.client.containers.create(image, command, **kw)  # a refusal of its own is raised
+            self.layer_sized = False
+            log.warning("disk shares: the engine cannot size a lease's writable layer (%s): it is counted "
+                        "and a lease over its share is frozen", exc.explanation or exc)
+            return container
+        if self.layer_sized is None:
+            log.info("disk shares: the engine sizes each lease's writable layer to its share (ENOSPC past it)")
+        self.layer_sized = True
         return container
 
     @staticmethod

@@ -68,7 +68,7 @@ def checks_for(tmp_path, source=None, engine=None, config=SAFE, which=hook):
     if config is not None:
         toml.write_text(config)
     return by_name(doctor.run_checks(tmp_path / "home", source=source or Source(), engine=engine or Engine(),
-                                     which=which, toolkit_config=toml))
+                                     which=which, toolkit_config=toml, layer=lambda: None))
 
 
 def hostd(home, *args):
@@ -170,6 +170,12 @@ def test_engine_cgroups_and_limits(tmp_path):
     assert c["limits"].level == "warn" and "swap" in c["limits"].text
     c = checks_for(tmp_path, engine=Engine(PidsLimit=False, MemoryLimit=None))
     assert c["limits"].level == "FAIL" and c["limits"].required and "memory, pids" in c["limits"].text
+
+
+def test_the_layer_is_sized_or_said_to_be_only_counted(tmp_path):
+    assert checks_for(tmp_path)["layer"].level == doctor.OK
+    c = doctor.layer_check("--storage-opt is supported only for overlay over xfs with 'pquota' mount option")
+    assert c.level == doctor.WARN and not c.required and "only for overlay over xfs" in c.text and "pquota" in c.fix
 
 
 def test_an_unreachable_engine_fails(tmp_path):
@@ -275,7 +281,12 @@ def test_doctor_on_this_machine(tmp_path):
     assert got["nvidia driver"] == ("FAIL  nvidia driver: no NVIDIA driver (NVML not found) "
                                     "-- fix: install the NVIDIA driver (>= 525)")
     assert got["joined"] == "FAIL  joined: not joined to a broker -- fix: run `hostd join BROKER:PORT TOKEN`"
+    # fuse-overlayfs here: the engine's own reason, and how a provider gets a hard limit
+    assert got["layer"].startswith("warn  layer: the engine cannot size a lease's writable layer "
+                                   "(--storage-opt is not supported)") and "pquota" in got["layer"]
     assert not (tmp_path / "home").exists()  # the doctor only looks
+    assert not subprocess.run(["docker", "ps", "-aq", "--filter", "label=shellrent.probe"], capture_output=True,
+                              text=True, check=True).stdout  # and leaves no probe behind
 
 
 def test_doctor_with_fake_gpus_skips_the_nvidia_checks(tmp_path):

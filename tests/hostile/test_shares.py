@@ -60,12 +60,49 @@ def test_workspace_and_writable_layer_are_held_to_the_disk_share(fresh_cluster):
     assert size <= 200_000_000
     assert free - shutil.disk_usage(c.root).free < 250_000_000  # the host kept the rest
     assert c.ssh("rm /workspace/big && echo ok > /workspace/note", user=f"rent+{lid}").returncode == 0
-    # Outside /workspace the engine cannot size the layer here: hostd watches it and ends the lease.
+    # Outside /workspace the engine cannot size the layer here (fuse-overlayfs): hostd says so once, watches
+    # the layer and ends the lease.
+    assert c.log("hostd-pc1").count("the engine cannot size a lease's writable layer (--storage-opt is not") == 1
     c.ssh("head -c 300M /dev/zero > /root/big", user=f"rent+{lid}")
     wait_for(lambda: json.loads(c.ssh("ls", "--json", user="ctl", check=True).stdout)[0]["state"] == "ended",
              timeout=60, what="the lease to end over its share")
     wait_for(lambda: not c.containers(), what="its container to go")
     assert "over its 0.2 GB share" in c.log("hostd-pc1")
+
+
+# Makes POSIX message queues of 10 x 8 KiB (the most a queue may be without CAP_SYS_RESOURCE) until the
+# kernel refuses; prints how many it made, the errno, and whether the limit could be raised.
+QUEUES = """
+import ctypes, os, resource
+class Attr(ctypes.Structure):
+    _fields_ = [("flags", ctypes.c_long), ("maxmsg", ctypes.c_long), ("msgsize", ctypes.c_long),
+                ("curmsgs", ctypes.c_long), ("pad", ctypes.c_long * 4)]
+libc = ctypes.CDLL(None, use_errno=True)
+n = 0
+while n < 256 and libc.mq_open(f"/q{n}".encode(), os.O_CREAT | os.O_RDWR, 0o600, ctypes.byref(Attr(0, 10, 8192))) >= 0:
+    n += 1
+err = ctypes.get_errno()
+try:
+    resource.setrlimit(resource.RLIMIT_MSGQUEUE, (1 << 30, 1 << 30))
+    raised = True
+except (ValueError, OSError):
+    raised = False
+print(n, err, raised, resource.getrlimit(resource.RLIMIT_MSGQUEUE)[1])
+"""
+
+
+def test_message_queues_are_held_to_the_kernels_default(fresh_cluster):
+    """Every lease's root is the host's uid 0, whose POSIX message queues share one byte count: each lease's
+    limit is set to the kernel's 800 KiB, whatever the engine inherited, and cannot be raised from inside."""
+    c = fresh_cluster
+    c.add_host("pc1")
+    lid = c.create_lease()
+    c.ssh(f"cat > /workspace/q.py <<'EOF'\n{QUEUES}\nEOF", user=f"rent+{lid}", check=True)
+    made, err, raised, hard = c.ssh("python3 /workspace/q.py", user=f"rent+{lid}", check=True).stdout.decode().split()
+    assert (raised, int(hard)) == ("False", 819200)
+    assert 1 <= int(made) < 10 and int(err) == 24, (made, err)  # EMFILE: 800 KiB in all, not 256 queues of 80
+    ulimits = json.loads(run("docker", "inspect", "-f", "{{json .HostConfig.Ulimits}}", f"shellrent-{lid}").stdout)
+    assert {"Name": "msgqueue", "Soft": 819200, "Hard": 819200} in ulimits  # set, not inherited from the engine
 
 
 # Holds every inotify instance one process of a lease can (its open files' limit, at most 20,000),
