@@ -12,7 +12,7 @@ from typing import Awaitable, Callable
 from shellrent.common import protocol
 from shellrent.keys import material
 
-from . import metrics, render
+from . import ledger, metrics, render
 from .config import public_address
 from .errors import BrokerError, KeyTaken, NotFound
 from .leases import credits, format_duration, parse_duration
@@ -215,8 +215,8 @@ class Commands:
 
     async def _refund(self, lid: str) -> int:
         for tx in await self.b.history(self.renter):
-            if tx["key"] == f"settle:{lid}":
-                return sum(e["amount"] for e in tx["entries"] if e["account"] == f"renter:{self.renter}")
+            if tx["key"] == ledger.settle_key(lid):
+                return sum(e["amount"] for e in tx["entries"] if e["account"] == ledger.renter(self.renter))
         return 0
 
     async def cmd_ssh_config(self, args: Args, **_):
@@ -256,8 +256,8 @@ class Commands:
         for t in txs:
             mine = {e["account"]: e["amount"] for e in t["entries"]}
             rows.append({"when": t["created"], "kind": t["kind"], "lease": t["lease"],
-                         "balance_change": credits(mine.get(f"renter:{self.renter}", 0)),
-                         "held_change": credits(mine.get(f"hold:{self.renter}", 0)), "memo": t["memo"]})
+                         "balance_change": credits(mine.get(ledger.renter(self.renter), 0)),
+                         "held_change": credits(mine.get(ledger.hold_account(self.renter), 0)), "memo": t["memo"]})
         return render.table(rows, ["when", "kind", "lease", "balance_change", "held_change", "memo"])
 
     async def cmd_history(self, args: Args, **_):

@@ -12,6 +12,7 @@ import time
 
 from shellrent.common import protocol
 
+from . import reconcile
 from .errors import BrokerError, NotFound, Unavailable
 from .progress import check_view
 from .tunnels import HostLink, Refused
@@ -26,51 +27,40 @@ class HostSync:
     """Reconcile and sync, for service.Broker."""
 
     async def _reconcile(self, link: HostLink, theirs: dict) -> None:
-        """Make the host's record and the broker's agree, lease by lease (README, "Leases"). The
-        broker's record decides everything that touches money; the host's, what really ran."""
+        """Make the host's record and the broker's agree, lease by lease (reconcile.decide's rules).
+        A step that fails skips the rest of that lease's steps, not the other leases'."""
         ours = {lease["id"]: lease for lease in await self.db(self.store.leases_on, link.name, False)}
-        for lid, st in theirs.items():
-            if not (protocol.LEASE_ID.fullmatch(lid) and isinstance(st, dict)
-                    and st.get("state") in ("starting", "active", "ending", "ended", "purged", "lost")):
-                log.warning("host %s: ignoring a malformed lease entry", link.name)
+        failed = set()
+        for action in reconcile.decide(ours, theirs, self._launching, link.hello_at):
+            if action.lease in failed:
                 continue
             try:
-                await self._reconcile_one(link, lid, ours.get(lid), st)
+                await self._apply(link, action, ours.get(action.lease))
             except (BrokerError, protocol.WireError) as exc:
-                log.warning("host %s, lease %s: reconcile failed: %s", link.name, lid, exc)
-        for lid, lease in ours.items():
-            if lid in theirs or lid in self._launching or (lease["started"] or lease["created"]) >= link.hello_at:
-                continue  # started after the host listed its leases: not its to know yet
-            if lease["state"] == "active":  # rule 7: the host has no record of it
-                at = await self.db(self.store.last_down, link.name) or time.time()
-                log.warning("host %s no longer knows lease %s: ending it at %s", link.name, lid, at)
-                await self.end_lease(lid, at)
-            # rule 8: over here, unknown there: the sync's stop or discard hears "absent" and frees it
+                failed.add(action.lease)
+                log.warning("host %s, lease %s: reconcile failed: %s", link.name, action.lease, exc)
         self.sync(link.name)
 
-    async def _reconcile_one(self, link: HostLink, lid: str, lease: dict | None, st: dict) -> None:
-        state = st["state"]
-        if lease is None:  # rule 1: a lease the broker never made: the host removes it
-            if state != "purged":
-                await link.call("lease.discard", id=lid)
-            return
-        await self._downs(lease, st.get("downs"))
-        gone = state in ("ended", "purged", "lost")
-        if lease["state"] == "active":
-            if gone:  # rule 3: it ended there (time up, lost, disk share): it ends here at that time
-                at = st.get("ended_at")
-                await self.host_ended(link.name, lid, at if isinstance(at, (int, float)) else None)
-            elif state == "active" and st.get("ends_at") != lease["ends_at"]:
-                # rule 2: the end the broker holds wins (an extension the host was not told of)
-                await self.db(lambda: self.store.update_lease(lid, host_ends_at=None))
-        elif lease["state"] in ("ended", "purged", "failed") and gone:  # rule 4: both sides agree it is over
-            at = st.get("ended_at")
-            await self.host_ended(link.name, lid, at if isinstance(at, (int, float)) else None)
-            if lease["state"] == "ended" and state == "purged":
-                await self.db(lambda: self.store.update_lease(lid, state="purged"))
-        elif lease["state"] in ("ended", "purged", "failed"):  # rule 5: over here, running there: stop it
+    async def _apply(self, link: HostLink, action: reconcile.Action, lease: dict | None) -> None:
+        lid = action.lease
+        if action.kind == "malformed":
+            log.warning("host %s: ignoring a malformed lease entry", link.name)
+        elif action.kind == "discard":
+            await link.call("lease.discard", id=lid)
+        elif action.kind == "downs":
+            await self._downs(lease, action.downs)
+        elif action.kind == "ended":
+            await self.host_ended(link.name, lid, action.at)
+        elif action.kind == "retell_end":
+            await self.db(lambda: self.store.update_lease(lid, host_ends_at=None))
+        elif action.kind == "purged":
+            await self.db(lambda: self.store.update_lease(lid, state="purged"))
+        elif action.kind == "restop":
             await self.db(lambda: self.store.update_lease(lid, host_ended=None))
-        # rule 6: starting here: the start call under way decides (or recovery fails it)
+        elif action.kind == "missing":
+            at = await self.db(self.store.last_down, link.name) or time.time()
+            log.warning("host %s no longer knows lease %s: ending it at %s", link.name, lid, at)
+            await self.end_lease(lid, at)
 
     async def _downs(self, lease: dict, downs) -> None:
         """Times the host says a lease's container was down, kept as the host stamped them (a down
@@ -208,17 +198,18 @@ class HostSync:
         link = self.tunnels.get(lease["host"]) if self.tunnels else None
         if not link:
             return False  # done when it reconnects
+        op = reconcile.next_push(lease)
         try:
-            if lease["state"] == "active" and lease["host_ends_at"] != lease["ends_at"]:
-                await link.call("lease.extend", id=lid, ends_at=lease["ends_at"])
+            if op == "lease.extend":
+                await link.call(op, id=lid, ends_at=lease["ends_at"])
                 await self.db(self.store.acknowledged_end, lid, lease["ends_at"])
-            elif lease["state"] in ("ended", "purged") and lease["host_ended"] is None:
-                reply = await link.call("lease.stop", id=lid, timeout=self.config.stop_timeout)
+            elif op == "lease.stop":
+                reply = await link.call(op, id=lid, timeout=self.config.stop_timeout)
                 if reply.get("state") not in ("ended", "purged", "lost", "absent"):
                     return False
                 await self._freed(lid)
-            elif lease["state"] == "failed" and lease["host_ended"] is None:
-                await link.call("lease.discard", id=lid, timeout=self.config.stop_timeout)
+            elif op == "lease.discard":
+                await link.call(op, id=lid, timeout=self.config.stop_timeout)
                 await self._freed(lid)
         except Refused as exc:
             log.warning("lease %s: host %s refused: %s", lid, lease["host"], exc)

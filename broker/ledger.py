@@ -28,6 +28,36 @@ def provider(host: str) -> str:
 
 FEES = "platform:fees"
 WORLD = "world:deposits"
+PROVIDERS = "provider:"  # every provider account starts so
+
+
+# Transaction keys: each is posted at most once (the store refuses a key twice), which is what makes
+# settling, holding and correcting idempotent however often a step is retried.
+def settle_key(lease: str) -> str:
+    """A lease's settlement (or its full refund when it failed to start): one per lease."""
+    return f"settle:{lease}"
+
+
+def hold_key(lease: str) -> str:
+    return f"hold:{lease}"
+
+
+def extend_key(lease: str, n: int) -> str:
+    return f"extend:{lease}:{n}"
+
+
+def undo_key(lease: str, n: int) -> str:
+    """Extension n taken back (the host refused it)."""
+    return f"extend-undo:{lease}:{n}"
+
+
+def adjust_key(lease: str, charge: int) -> str:
+    """A settled lease corrected down to `charge`: once per new charge."""
+    return f"adjust:{lease}:{charge}"
+
+
+def deposit_key(nonce: str) -> str:
+    return f"deposit:{nonce}"
 
 
 def deposit(name: str, amount: int) -> Entries:

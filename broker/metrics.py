@@ -37,19 +37,8 @@ def session_kind(session) -> str:
     return "sftp" if req.get("subsystem") else "exec" if req.get("command") else "shell"
 
 
-def snapshot(store) -> dict:
-    """What the gauges read from the store (run on the store's thread): index lookups and small
-    tables, never a scan of every ledger entry."""
-    q = store.db.execute
-    states = dict(q("SELECT state, count(*) FROM leases GROUP BY state").fetchall())
-    held = q("SELECT COALESCE(SUM(held), 0) FROM leases WHERE state IN ('starting', 'active', 'ending')").fetchone()
-    settled = q("SELECT COALESCE(SUM(amount), 0) FROM entries WHERE (account >= 'provider:' AND account < "
-                "'provider;') OR account = 'platform:fees'").fetchone()
-    return {"states": states, "held": held[0], "settled": settled[0]}
-
-
 async def refresh(broker) -> None:
-    snap = await broker.db(snapshot, broker.store)
+    snap = await broker.db(broker.store.gauges)
     HOSTS.set(len(broker.tunnels.links) if broker.tunnels else 0)
     counts = dict.fromkeys(KINDS, 0)
     for sessions in broker._relayed.values():

@@ -18,11 +18,10 @@ import asyncssh
 from shellrent.common import faults, protocol
 from shellrent.keys import material, tokens
 
-from . import inventory as inventory_mod, ledger, offers as offers_mod, query
+from . import billing, inventory as inventory_mod, ledger, offers as offers_mod, query
 from .config import Config
 from .errors import BrokerError, NotFound, Unavailable
-from .leases import advance, billable_seconds, cost, credits, format_duration, hold_for, offline_gaps, \
-    parse_window, reliability, window_end
+from .leases import advance, credits, format_duration, hold_for, parse_window, reliability, window_end
 from .hostsync import HostSync
 from .store import Store
 from .tunnels import HostLink, Refused, Tunnels
@@ -82,7 +81,7 @@ def invite(store: Store, config: Config, host: str, broker_fpr: str) -> str:
 def credit(store: Store, renter: str, amount: int) -> int:
     """Operator adds credit to a renter; returns the new balance."""
     store.require_renter(renter)
-    store.post(f"deposit:{secrets.token_hex(8)}", "deposit", ledger.deposit(renter, amount), renter=renter)
+    store.post(ledger.deposit_key(secrets.token_hex(8)), "deposit", ledger.deposit(renter, amount), renter=renter)
     return store.balance(ledger.renter(renter))
 
 
@@ -304,7 +303,7 @@ class Broker(HostSync):
                                   f"(operator limit BROKER_MAX_LEASES={self.config.max_leases}); release one first")
             self.store.insert_lease(lease)
             if lease["held"]:
-                self.store.post(f"hold:{lease['id']}", "hold", ledger.hold(lease["renter"], lease["held"]),
+                self.store.post(ledger.hold_key(lease["id"]), "hold", ledger.hold(lease["renter"], lease["held"]),
                                 lease=lease["id"], renter=lease["renter"],
                                 memo=f"{format_duration(lease['ends_at'] - lease['created'])} on {lease['host']}")
         return lease
@@ -422,7 +421,7 @@ class Broker(HostSync):
                 self.store.update_lease(lid, state="failed", error=error[:300], host_ended=None)
             elif lease["state"] != "failed":
                 return
-            self.store.post(f"settle:{lid}", "refund",
+            self.store.post(ledger.settle_key(lid), "refund",
                             ledger.settle(lease["renter"], lease["host"], lease["held"], 0, 0),
                             lease=lid, renter=lease["renter"], memo="lease failed to start: full refund")
 
@@ -529,7 +528,7 @@ class Broker(HostSync):
             n = lease["extensions"] + 1
             amount = hold_for(lease["price"], len(json.loads(lease["gpus"])), seconds)
             if amount:
-                self.store.post(f"extend:{lid}:{n}", "hold", ledger.hold(lease["renter"], amount), lease=lid,
+                self.store.post(ledger.extend_key(lid, n), "hold", ledger.hold(lease["renter"], amount), lease=lid,
                                 renter=lease["renter"], memo=f"extend {format_duration(seconds)}")
             self.store.update_lease(lid, ends_at=lease["ends_at"] + seconds, held=lease["held"] + amount,
                                     extensions=n)
@@ -540,10 +539,10 @@ class Broker(HostSync):
         there is nothing to take back: settling returned all that was held."""
         with self.store.tx():
             lease = self.store.lease(lid)
-            if self.store.posted(f"settle:{lid}") or lease["state"] != "active":
+            if self.store.posted(ledger.settle_key(lid)) or lease["state"] != "active":
                 log.warning("lease %s: extension %d refused after the lease ended; nothing to undo", lid, n)
                 return
-            if amount and not self.store.post(f"extend-undo:{lid}:{n}", "refund",
+            if amount and not self.store.post(ledger.undo_key(lid, n), "refund",
                                               ledger.release(lease["renter"], amount), lease=lid,
                                               renter=lease["renter"], memo="extension refused by the host"):
                 return  # undone before
@@ -616,7 +615,7 @@ class Broker(HostSync):
             start = lease["started"] or end
             seconds, charge = self._charge(lease, start, end)
             posted = self.store.post(
-                f"settle:{lid}", "settle",
+                ledger.settle_key(lid), "settle",
                 ledger.settle(lease["renter"], lease["host"], lease["held"], charge, lease["fee_percent"]),
                 lease=lid, renter=lease["renter"],
                 memo=f"{format_duration(seconds)} billed of {format_duration(end - start)}")
@@ -624,10 +623,9 @@ class Broker(HostSync):
 
     def _charge(self, lease: dict, start: float, end: float) -> tuple[int, int]:
         """(billable seconds, charge) of a lease that ran from start to end (store thread)."""
-        ups = self.store.uptimes(start - 1).get(lease["host"], [])
-        seconds = billable_seconds(start, end, offline_gaps(ups, start, end), self.config.offline_grace,
-                                   self.store.downs(lease["id"]))
-        return seconds, min(lease["held"], cost(lease["price"], len(json.loads(lease["gpus"])), seconds))
+        return billing.charge(lease["held"], lease["price"], len(json.loads(lease["gpus"])), start, end,
+                              self.store.uptimes(start - 1).get(lease["host"], []), self.store.downs(lease["id"]),
+                              self.config.offline_grace)
 
     def _end_earlier(self, lid: str, at: float) -> None:
         """The host says a settled lease's container stopped before the broker's end (store thread)."""
@@ -648,8 +646,8 @@ class Broker(HostSync):
                 return
             charged = self.store.charged(lid)
             seconds, charge = self._charge(lease, lease["started"], lease["ended"])
-            if charge < charged:
-                self.store.post(f"adjust:{lid}:{charge}", "refund",
+            if billing.correction(charged, charge):
+                self.store.post(ledger.adjust_key(lid, charge), "refund",
                                 ledger.adjust(lease["renter"], lease["host"], charged, charge, lease["fee_percent"]),
                                 lease=lid, renter=lease["renter"],
                                 memo=f"corrected: {format_duration(seconds)} billed of "

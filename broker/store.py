@@ -273,7 +273,7 @@ class Store:
         return list(self.db.query(
             "SELECT * FROM leases WHERE state IN ('pending', 'starting', 'ending') OR "
             "(state IN ('ended', 'purged', 'failed') AND NOT EXISTS "
-            "(SELECT 1 FROM txs WHERE txs.key = 'settle:' || leases.id))"))
+            "(SELECT 1 FROM txs WHERE txs.key = ? || leases.id))", [ledger.settle_key("")]))
 
     def live_count(self, renter: str) -> int:
         return self.db["leases"].count_where(f"renter = ? AND state IN ({','.join('?' * len(LIVE))})",
@@ -305,12 +305,23 @@ class Store:
                 self.db.execute("INSERT INTO lease_downs (lease, down, up) VALUES (?, ?, ?)", [lease, down, up])
         return True
 
+    def gauges(self) -> dict:
+        """What the metrics gauges read: leases by state, credit held by live leases, and all that was
+        ever settled to providers and the platform. Index lookups and small tables, never a scan of
+        every ledger entry."""
+        q = self.db.execute
+        states = dict(q("SELECT state, count(*) FROM leases GROUP BY state").fetchall())
+        held = q("SELECT COALESCE(SUM(held), 0) FROM leases WHERE state IN ('starting', 'active', 'ending')").fetchone()
+        settled = q("SELECT COALESCE(SUM(amount), 0) FROM entries WHERE (account >= ? AND account < ?) OR account = ?",
+                    [ledger.PROVIDERS, ledger.PROVIDERS[:-1] + ";", ledger.FEES]).fetchone()
+        return {"states": states, "held": held[0], "settled": settled[0]}
+
     def charged(self, lease: str) -> int:
         """What a lease's renter has paid so far: provider and platform shares of its settlement and
         corrections."""
         return self.db.execute(
             "SELECT COALESCE(SUM(e.amount), 0) FROM txs t JOIN entries e ON e.tx = t.id WHERE t.lease = ? "
-            "AND (e.account LIKE 'provider:%' OR e.account = ?)", [lease, ledger.FEES]).fetchone()[0]
+            "AND (e.account LIKE ? OR e.account = ?)", [lease, ledger.PROVIDERS + "%", ledger.FEES]).fetchone()[0]
 
     def downs(self, lease: str) -> list[tuple[float, float | None]]:
         return [tuple(r) for r in self.db.execute("SELECT down, up FROM lease_downs WHERE lease = ? ORDER BY down",
