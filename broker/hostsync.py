@@ -26,6 +26,9 @@ LINES_PER_MINUTE = 60  # log lines about one host's bad events: a host cannot fl
 class HostSync:
     """Reconcile and sync, for service.Broker."""
 
+    def __init__(self):
+        self._recent: dict[tuple[str, str], list[float]] = {}  # (what, host) -> times, for the rate limits
+
     async def _reconcile(self, link: HostLink, theirs: dict) -> None:
         """Make the host's record and the broker's agree, lease by lease (reconcile.decide's rules).
         A step that fails skips the rest of that lease's steps, not the other leases'."""
@@ -58,7 +61,7 @@ class HostSync:
         elif action.kind == "restop":
             await self.db(lambda: self.store.update_lease(lid, host_ended=None))
         elif action.kind == "missing":
-            at = await self.db(self.store.last_down, link.name) or time.time()
+            at = await self.db(self.store.last_down, link.name) or self.now()
             log.warning("host %s no longer knows lease %s: ending it at %s", link.name, lid, at)
             await self.end_lease(lid, at)
 
@@ -119,7 +122,7 @@ class HostSync:
     def _within(self, what: str, host: str, now: float, most: int) -> bool:
         """Whether one more `what` of this host fits in `most` a minute (said once when it does not)."""
         key = (what, host)
-        recent = [t for t in self.__dict__.setdefault("_recent", {}).get(key, []) if t > now - 60]
+        recent = [t for t in self._recent.get(key, []) if t > now - 60]
         self._recent[key] = recent if len(recent) > most else recent + [now]
         if len(recent) == most:
             log.warning("host %s: more than %d %s a minute: not logging the rest", host, most, what)
@@ -150,7 +153,7 @@ class HostSync:
             log.warning("host %s claimed lease %s of host %s: refused", host, lid, lease["host"])
             return
         if lease["state"] in ("active", "ending"):
-            await self.end_lease(lid, protocol.timestamp(at) if at is not None else time.time())
+            await self.end_lease(lid, protocol.timestamp(at) if at is not None else self.now())
         elif lease["state"] in ("ended", "purged") and at is not None \
                 and protocol.timestamp(at) < (lease["ended"] or lease["ends_at"]):
             await self.db(self._end_earlier, lid, protocol.timestamp(at))  # it stopped before the broker's end
@@ -159,7 +162,7 @@ class HostSync:
 
     async def _freed(self, lid: str) -> None:
         """The host has no container for this lease any more: its GPUs may be offered again."""
-        await self.db(lambda: self.store.update_lease(lid, host_ended=time.time()))
+        await self.db(lambda: self.store.update_lease(lid, host_ended=self.now()))
         self.market_changed()
 
     # telling hosts what the broker decided: retried until they acknowledge

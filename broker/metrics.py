@@ -41,9 +41,8 @@ async def refresh(broker) -> None:
     snap = await broker.db(broker.store.gauges)
     HOSTS.set(len(broker.tunnels.links) if broker.tunnels else 0)
     counts = dict.fromkeys(KINDS, 0)
-    for sessions in broker._relayed.values():
-        for s in sessions:
-            counts[session_kind(s)] += 1
+    for s in broker.channels.all():
+        counts[session_kind(s)] += 1
     for kind, n in counts.items():
         SESSIONS.labels(kind).set(n)
     for state in ("starting", "active", "ending", "ended", "purged", "failed"):

@@ -27,6 +27,7 @@ from .tunnels import Tunnels
 RENTER_CIPHERS = ciphers.WIDE  # AES-GCM to every client that has it (broker.ciphers)
 
 log = logging.getLogger("shellrent.broker")
+DRAIN = 3.0  # seconds the background tasks under way get to finish when the broker stops
 
 
 class BrokerServer:
@@ -100,6 +101,7 @@ class BrokerServer:
         self._housekeeping.cancel()
         for close in self._closers:
             close()
+        await self.broker.tasks.drain(DRAIN)  # a release or start under way writes its records first
         await self.tunnels.close()
         (self.config.home / "serve.json").unlink(missing_ok=True)
         self.broker.close()

@@ -9,9 +9,7 @@ import logging
 import math
 import re
 import secrets
-import sqlite3
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 import asyncssh
 
@@ -23,7 +21,9 @@ from .config import Config
 from .errors import BrokerError, NotFound, Unavailable
 from .leases import advance, credits, format_duration, hold_for, parse_window, reliability, window_end
 from .hostsync import HostSync
-from .store import Store
+from .channels import ChannelRegistry
+from .store import Db, Store
+from .tasks import Tasks
 from .tunnels import HostLink, Refused, Tunnels
 
 log = logging.getLogger("shellrent.service")
@@ -122,19 +122,21 @@ def pick_lease(leases: list[dict], renter: str, wanted: str | None, now: float,
 class Broker(HostSync):
     """The running broker's use cases."""
 
-    def __init__(self, config: Config, store: Store, tunnels: Tunnels | None = None):
+    def __init__(self, config: Config, store: Store, tunnels: Tunnels | None = None, now=time.time):
+        super().__init__()
         self.config = config
         self.store = store
+        self.now = now  # the clock every use case reads (tests pass their own)
         self.tunnels = tunnels
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
+        self._db = Db(store)
         self._rent_lock = asyncio.Lock()
         self._market_cache: list[dict] | None = None
         self._market_at = 0.0
         self._offer_memo: dict = {}  # offers.build keeps each host's offers here between builds
         self._market_gen = 0    # bumped by every change; a build started before a bump is not kept
         self._market_built = -1
-        self._relayed: dict[str, set] = {}  # lease id -> its renters' open channels (each has .end())
-        self._tasks: set[asyncio.Task] = set()
+        self.channels = ChannelRegistry()  # renters' open channels, by lease
+        self.tasks = Tasks()
         self._launching: set[str] = set()  # leases whose start call is under way in this process
         self._pull_watch: dict[tuple[str, str], list] = {}  # (host, image) -> the rents waiting on its pull
         self._pulling: dict[str, asyncio.Task] = {}  # lease id -> its start task, while its image is pulled
@@ -142,47 +144,19 @@ class Broker(HostSync):
         self._retry: dict[str, tuple[float, int]] = {}  # lease id -> (next try, tries) after a failed sync
         self._full_logged = False
 
-    # renters' channels, so that a lease's end closes them
-    def track_session(self, lease_id: str, session) -> None:
-        session.relayed_lease = lease_id
-        self._relayed.setdefault(lease_id, set()).add(session)
-
-    def untrack_session(self, session) -> None:
-        lease_id = getattr(session, "relayed_lease", None)
-        sessions = self._relayed.get(lease_id)
-        if sessions is not None:
-            sessions.discard(session)
-            if not sessions:
-                del self._relayed[lease_id]
-
-    def _close_sessions(self, lease_id: str) -> None:
-        for session in list(self._relayed.pop(lease_id, ())):
-            session.end(f"lease {lease_id} has ended")
-
     def _background(self, coro) -> asyncio.Task:
-        task = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return task
+        return self.tasks.spawn(coro)
 
     def market_changed(self) -> None:
         """Inventories, connections or leases changed: build the offers afresh next time."""
         self._market_gen += 1
 
     async def db(self, fn, *args):
-        """Run a store call on the store's own thread. A full disk is one clear error; the store's
-        transaction rolled back, so nothing was half written."""
-        try:
-            return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
-        except sqlite3.OperationalError as exc:
-            if "full" in str(exc) or "disk I/O" in str(exc):
-                raise Unavailable("the broker cannot write its records (its disk is full): nothing was changed; "
-                                  "try again later") from None
-            raise
+        """Run a store call on the store's own thread (store.writer.Db)."""
+        return await self._db.run(fn, *args)
 
     def close(self) -> None:
-        self._pool.shutdown()
-        self.store.close()
+        self._db.close()
 
     # logins
     async def renter_for_key(self, key: asyncssh.SSHKey) -> str | None:
@@ -192,7 +166,7 @@ class Broker(HostSync):
                              files_only: bool = False) -> tuple[asyncssh.SSHClientConnection, str]:
         """(host connection, lease id) a renter's login reaches."""
         leases = await self.db(self.store.leases, renter, not wanted)
-        lease = pick_lease(leases, renter, wanted, time.time(), files_only)
+        lease = pick_lease(leases, renter, wanted, self.now(), files_only)
         link = self.tunnels.get(lease["host"])
         if not link:
             host = await self.db(self.store.host, lease["host"])
@@ -210,13 +184,13 @@ class Broker(HostSync):
         fpr = material.fingerprint(key)
         theirs = hello.get("time")
         if isinstance(theirs, (int, float)) and not isinstance(theirs, bool) and math.isfinite(theirs):
-            skew = theirs - time.time()
+            skew = theirs - self.now()
             if abs(skew) > self.config.max_skew:
                 raise BrokerError(f"the host's clock is {abs(skew):.0f} s {'ahead of' if skew > 0 else 'behind'} "
                                   f"the broker's (at most {self.config.max_skew:.0f} s allowed): set its time "
                                   f"(e.g. enable NTP); hostd reconnects by itself")
         host = await self.db(self.store.host_by_key, fpr)
-        now = time.time()
+        now = self.now()
         if host:
             if host["banned"]:
                 raise BrokerError(f"host {host['name']} is banned")
@@ -231,7 +205,7 @@ class Broker(HostSync):
 
     async def host_connected(self, link: HostLink, hello: dict) -> None:
         """Record uptime and inventory, settle what changed while apart, follow the host's events."""
-        now = time.time()
+        now = self.now()
         self.market_changed()
         await self.db(self.store.host_up, link.name, now)
         if hello.get("inventory") is not None:
@@ -252,7 +226,7 @@ class Broker(HostSync):
 
     async def host_disconnected(self, name: str, at: float | None = None) -> None:
         self.market_changed()
-        await self.db(self.store.host_down, name, min(at or time.time(), time.time()))
+        await self.db(self.store.host_down, name, min(at or self.now(), self.now()))
 
     async def _send_earnings(self, host: str) -> None:
         link = self.tunnels.get(host) if self.tunnels else None
@@ -275,7 +249,7 @@ class Broker(HostSync):
 
     async def market(self) -> list[dict]:
         """The offers now; rebuilt when something changed, and each minute for reliability."""
-        now = time.time()
+        now = self.now()
         if self._market_built == self._market_gen and now - self._market_at <= 60:
             return self._market_cache
         gen = self._market_gen
@@ -317,7 +291,7 @@ class Broker(HostSync):
     def _new_lease(self, renter: str, host: str, image: str, seconds: int, gpus: list[str] = (),
                    gpu_name: str | None = None, price: int = 0) -> dict:
         self._check_length(seconds)
-        now = time.time()
+        now = self.now()
         return {"id": secrets.token_hex(4), "renter": renter, "host": host, "image": image, "state": "pending",
                 "created": now, "ends_at": now + seconds, "gpus": json.dumps(list(gpus)), "gpu_name": gpu_name,
                 "price": price, "fee_percent": self.config.fee_percent,
@@ -364,7 +338,7 @@ class Broker(HostSync):
                 raise Unavailable(f"host {lease['host']} answered lease.start without a container id") from None
             await faults.point("rent.started")
             await self.db(lambda: self.store.update_lease(lid, state="active", container=container,
-                                                          started=time.time(), host_ends_at=lease["ends_at"]))
+                                                          started=self.now(), host_ends_at=lease["ends_at"]))
         except BaseException as exc:
             error = str(exc) or type(exc).__name__
             try:
@@ -402,8 +376,8 @@ class Broker(HostSync):
                 del self._pull_watch[key]
         say(f"pulled {lease['image']} in {time.monotonic() - started:.1f}s")
         length = lease["ends_at"] - lease["created"]
-        lease["ends_at"] = min(time.time() + length, closes or math.inf)
-        if lease["ends_at"] < time.time() + 60:
+        lease["ends_at"] = min(self.now() + length, closes or math.inf)
+        if lease["ends_at"] < self.now() + 60:
             raise BrokerError(f"host {lease['host']}'s window closed during the pull")
         await self.db(lambda: self.store.update_lease(lease["id"], ends_at=lease["ends_at"]))
 
@@ -468,12 +442,11 @@ class Broker(HostSync):
         ready = [o for o in allowing if _ready(o, image) and o["num_gpus"] >= gpus]
         return offers_mod.choose(ready or allowing, text, gpus)
 
-    @staticmethod
-    def _check_fit(offer: dict, seconds: int) -> None:
+    def _check_fit(self, offer: dict, seconds: int) -> None:
         closes = offer["window_end"]
-        if closes and time.time() + seconds > closes:
+        if closes and self.now() + seconds > closes:
             raise BrokerError(f"host {offer['host_id']} is available for at most "
-                              f"{format_duration(closes - time.time())} from now")
+                              f"{format_duration(closes - self.now())} from now")
 
     async def quote(self, text: str, seconds: int, gpus: int, image: str = DEFAULT_IMAGE) -> tuple[dict, int]:
         self._check_length(seconds)
@@ -482,7 +455,7 @@ class Broker(HostSync):
 
     async def _own_lease(self, renter: str, lease_id: str | None) -> dict:
         leases = await self.db(self.store.leases, renter, not lease_id)
-        return pick_lease(leases, renter, lease_id, time.time())
+        return pick_lease(leases, renter, lease_id, self.now())
 
     async def extend(self, renter: str, lease_id: str | None, seconds: int) -> dict:
         """More time on an active lease, if the host has it and the credit covers it. The new end
@@ -495,7 +468,7 @@ class Broker(HostSync):
             raise Unavailable(f"host {lease['host']!r} is offline; cannot extend now")
         host = await self.db(self.store.host, lease["host"])
         window = json.loads(host["inventory"]).get("window", "always") if host.get("inventory") else "always"
-        closes = window_end(time.time(), parse_window(window))
+        closes = window_end(self.now(), parse_window(window))
         added, n = await self.db(self._add_time, lid, seconds, closes)
         await faults.point("extend.held")
         return await asyncio.shield(self._background(self._tell_extension(link, lid, seconds, added, n)))
@@ -564,7 +537,7 @@ class Broker(HostSync):
                 raise BrokerError(f"lease {lease_id} is starting; stop it once it is active")
             if lease["state"] != "active":
                 raise BrokerError(f"lease {lease_id} is already {lease['state']}")
-        return await asyncio.shield(self._background(self._release(lease["id"], time.time())))
+        return await asyncio.shield(self._background(self._release(lease["id"], self.now())))
 
     async def _cancel_pull(self, lid: str) -> dict:
         """Release a rent still waiting on its image's pull: it fails, fully refunded (the host's pull
@@ -595,7 +568,7 @@ class Broker(HostSync):
         """Mark a lease ended at `at` (never before its start nor after now) and settle it, in one
         transaction; settling twice charges once. The renters' channels to it are closed."""
         charged = await self.db(self._end, lid, at)
-        self._close_sessions(lid)
+        self.channels.close_lease(lid, f"lease {lid} has ended")
         if charged is not None:
             lease = await self.db(self.store.lease, lid)
             log.info("lease %s ended; charged %s", lid, credits(charged))
@@ -606,7 +579,7 @@ class Broker(HostSync):
         with self.store.tx():
             lease = self.store.lease(lid)
             if lease["state"] in ("active", "ending"):
-                end = min(max(at, lease["started"] or lease["created"]), lease["ends_at"], time.time())
+                end = min(max(at, lease["started"] or lease["created"]), lease["ends_at"], self.now())
                 self.store.update_lease(lid, state="ended", ended=end)
             elif lease["state"] in ("ended", "purged"):
                 end = lease["ended"] or lease["ends_at"]
@@ -656,7 +629,7 @@ class Broker(HostSync):
     async def housekeeping(self) -> None:
         """End leases whose time is over; fail starts that lost their caller; tell hosts what they
         have not acknowledged; keep host last-seen times fresh."""
-        now = time.time()
+        now = self.now()
         try:
             for lease in await self.db(self.store.on_banned_hosts):  # banned: its leases end, refunded
                 log.warning("lease %s ends: its host %s was banned", lease["id"], lease["host"])
@@ -691,7 +664,7 @@ class Broker(HostSync):
                 log.warning("lease %s was %s when the broker stopped: failing it", lid, lease["state"])
                 await self.db(self._fail, lid, "broker restarted during start")
             elif lease["state"] == "ending":  # written by older brokers during a release
-                await self.end_lease(lid, lease["ended"] or time.time())
+                await self.end_lease(lid, lease["ended"] or self.now())
             elif lease["state"] in ("ended", "purged"):
                 await self.end_lease(lid, lease["ended"] or lease["ends_at"])
             elif lease["state"] == "failed":

@@ -122,7 +122,7 @@ class RenterServer(asyncssh.SSHServer):
             return CtlSession(Commands(self._broker, self.renter, address=(here[0], here[1])))
         self._take_slot()
         picker = None if self.lease else self._pick
-        return RenterSession(self._target, self._session_closed, picker, on_open=self._broker.track_session,
+        return RenterSession(self._target, self._session_closed, picker, on_open=self._broker.channels.track,
                              banner=self._banner)
 
     async def _banner(self, lease_id: str, env: dict) -> str:
@@ -146,7 +146,7 @@ class RenterServer(asyncssh.SSHServer):
             del self._sessions[self.renter]
 
     def _session_closed(self, session):
-        self._broker.untrack_session(session)
+        self._broker.channels.untrack(session)
         self._free_slot()
 
     async def _target(self, files_only: bool = False):
@@ -176,7 +176,7 @@ class RenterServer(asyncssh.SSHServer):
         except BaseException:
             self._free_slot()
             raise
-        self._broker.track_session(lease, down)
+        self._broker.channels.track(lease, down)
         down.on_close = self._session_closed
         return down
 

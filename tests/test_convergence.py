@@ -5,7 +5,6 @@ leases on its own clock, as hostd does. After every step the ledger's invariants
 the host is connected and the broker has told it everything, both records agree."""
 import asyncio
 import tempfile
-import time
 from pathlib import Path
 
 from hypothesis import given, settings, strategies as st
@@ -97,12 +96,13 @@ class Tunnels:
 async def _settle(b: Broker):
     for _ in range(20):
         await asyncio.sleep(0)
-        if b._tasks:
-            await asyncio.gather(*list(b._tasks), return_exceptions=True)
+        if b.tasks.running():
+            await asyncio.gather(*b.tasks.running(), return_exceptions=True)
 
 
 def _open_broker(tmp: Path, host: Host, **cfg) -> Broker:
-    b = Broker(Config(home=tmp, fee_percent=10, offline_grace=300, **cfg), Store(tmp / "b.db"), Tunnels(host))
+    b = Broker(Config(home=tmp, fee_percent=10, offline_grace=300, **cfg), Store(tmp / "b.db", now=host.clock),
+               Tunnels(host), now=host.clock)
     host.broker = b
     return b
 
@@ -120,13 +120,9 @@ def _world(tmp: Path, clock: Clock, credit: int = 1_000_000_000, **cfg) -> tuple
 
 
 def _with_clock(scenario):
-    clock = Clock()
-    real_time, time.time = time.time, clock
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
-            asyncio.run(scenario(Path(tmp), clock))
-    finally:
-        time.time = real_time
+    """The scenario on a clock of its own, passed to the broker and its store (time.time is not touched)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        asyncio.run(scenario(Path(tmp), Clock()))
 
 
 def _check(b: Broker, host: Host) -> None:
@@ -210,13 +206,11 @@ async def _run(tmp: Path, clock: Clock, seq) -> None:
         await b.housekeeping()
         await _settle(b)
         _check(b, host)
-    b._pool.shutdown()
-    b.store.close()
+    b.close()
 
 
 async def _restart(b: Broker, tmp: Path, host: Host) -> Broker:
-    b._pool.shutdown()
-    b.store.close()
+    b.close()
     b = _open_broker(tmp, host)
     await b.recover()
     if host.online:
@@ -240,8 +234,7 @@ async def _extension_replayed(tmp: Path, clock: Clock) -> None:
     assert host.leases[lease["id"]]["ends_at"] == lease["ends_at"] + 1800
     assert b.store.lease(lease["id"])["host_ends_at"] == lease["ends_at"] + 1800
     assert b.store.balance("hold:alice") == b.store.lease(lease["id"])["held"] == 600_000
-    b._pool.shutdown()
-    b.store.close()
+    b.close()
 
 
 # Found by attacking the above; each was a bug.
@@ -306,7 +299,7 @@ def test_a_host_that_never_answers_earnings_holds_up_nothing():
         host.call = call
         clock.now += 3601
         await asyncio.wait_for(b.housekeeping(), 3)
-        for task in b._tasks:
+        for task in b.tasks.running():
             task.cancel()
     _with_clock(scenario)
 

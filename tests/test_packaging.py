@@ -17,7 +17,7 @@ def test_the_wheel_holds_one_package_and_its_commands(tmp_path):
     tops = {n.split("/")[0] for n in names}
     assert tops == {"shellrent", next(t for t in tops if t.endswith(".dist-info"))}
     packages = {n.rsplit("/", 1)[0] for n in names if n.startswith("shellrent/")}
-    assert packages == {"shellrent/broker", "shellrent/hostd", "shellrent/keys", "shellrent/common"}
+    assert packages == {"shellrent/broker", "shellrent/broker/store", "shellrent/hostd", "shellrent/keys", "shellrent/common"}
     assert sorted(n for n in names if n.startswith("shellrent/keys/")) == [
         "shellrent/keys/__init__.py", "shellrent/keys/material.py", "shellrent/keys/tokens.py"]
     assert "shellrent/common/protocol.py" in names

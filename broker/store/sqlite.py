@@ -1,6 +1,6 @@
-"""The broker's SQLite store. The only module that touches the database.
+"""The broker's SQLite backend: the store's operations in SQL (the only module with SQL but its schema).
 
-Not thread-safe by itself: the server calls it from one writer thread (see server.Db), the CLI
+Not thread-safe by itself: the server calls it from one writer thread (store.writer.Db), the CLI
 directly. WAL mode and a busy timeout let the two share the file.
 """
 import sqlite3
@@ -10,81 +10,30 @@ from pathlib import Path
 
 import sqlite_utils
 
-from . import ledger
-from .leases import LIVE
-from .errors import BrokerError, KeyTaken, NotFound
-
+from .. import ledger
+from ..errors import BrokerError, KeyTaken, NotFound
+from ..leases import LIVE
+from .sqlite_schema import MIGRATIONS, SCHEMA
 
 MAX_DOWNS = 200  # down times kept per lease
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS renters (name TEXT PRIMARY KEY, created REAL NOT NULL);
-CREATE TABLE IF NOT EXISTS renter_keys (
-    fingerprint TEXT PRIMARY KEY, renter TEXT NOT NULL REFERENCES renters(name), key TEXT NOT NULL,
-    added REAL NOT NULL);
-CREATE TABLE IF NOT EXISTS hosts (
-    name TEXT PRIMARY KEY, fingerprint TEXT UNIQUE, key TEXT, invited REAL NOT NULL,
-    joined REAL, last_seen REAL, banned INTEGER NOT NULL DEFAULT 0);
-CREATE TABLE IF NOT EXISTS tokens (
-    hash TEXT PRIMARY KEY, host TEXT NOT NULL, expires REAL NOT NULL, used REAL);
-CREATE TABLE IF NOT EXISTS leases (
-    id TEXT PRIMARY KEY, renter TEXT NOT NULL, host TEXT NOT NULL, image TEXT NOT NULL,
-    state TEXT NOT NULL, created REAL NOT NULL, ends_at REAL NOT NULL, container TEXT, error TEXT);
-CREATE INDEX IF NOT EXISTS leases_renter ON leases(renter, state);
-"""
-
-# Each step brings a database from version N to N+1 (PRAGMA user_version).
-_MIGRATIONS = [
-    """
-    ALTER TABLE leases ADD COLUMN gpus TEXT NOT NULL DEFAULT '[]';
-    ALTER TABLE leases ADD COLUMN gpu_name TEXT;
-    ALTER TABLE leases ADD COLUMN price INTEGER NOT NULL DEFAULT 0;
-    ALTER TABLE leases ADD COLUMN fee_percent INTEGER NOT NULL DEFAULT 0;
-    ALTER TABLE leases ADD COLUMN held INTEGER NOT NULL DEFAULT 0;
-    ALTER TABLE leases ADD COLUMN started REAL;
-    ALTER TABLE leases ADD COLUMN ended REAL;
-    ALTER TABLE leases ADD COLUMN extensions INTEGER NOT NULL DEFAULT 0;
-    ALTER TABLE hosts ADD COLUMN inventory TEXT;
-    CREATE TABLE uptime (host TEXT NOT NULL, up REAL NOT NULL, down REAL);
-    CREATE INDEX uptime_host ON uptime(host, up);
-    CREATE TABLE txs (id INTEGER PRIMARY KEY, key TEXT NOT NULL UNIQUE, kind TEXT NOT NULL, lease TEXT,
-                      renter TEXT, created REAL NOT NULL, memo TEXT);
-    CREATE TABLE entries (tx INTEGER NOT NULL REFERENCES txs(id), account TEXT NOT NULL,
-                          amount INTEGER NOT NULL);
-    CREATE INDEX entries_account ON entries(account);
-    """,
-    """
-    ALTER TABLE leases ADD COLUMN host_ended REAL;
-    ALTER TABLE hosts ADD COLUMN inventory_error TEXT;
-    UPDATE leases SET host_ended = COALESCE(ended, created) WHERE state IN ('ended', 'purged');
-    """,
-    """
-    ALTER TABLE leases ADD COLUMN host_ends_at REAL;
-    UPDATE leases SET host_ends_at = ends_at WHERE state = 'active';
-    UPDATE leases SET host_ended = COALESCE(ended, created) WHERE state = 'failed';
-    CREATE TABLE lease_downs (lease TEXT NOT NULL, down REAL NOT NULL, up REAL, PRIMARY KEY (lease, down));
-    """,
-    """
-    ALTER TABLE renters ADD COLUMN tmux INTEGER NOT NULL DEFAULT 0;
-    """,
-]
 
 
 class Store:
     """Renters and their keys, hosts and join tokens, leases."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, now=time.time):
+        self.now = now  # stamps: when a renter, key, host or transaction was made
         conn = sqlite3.connect(str(path), timeout=10, check_same_thread=False, isolation_level=None)
         self.db = sqlite_utils.Database(conn)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA foreign_keys=ON")
         self._depth = 0
-        self.db.conn.executescript(_SCHEMA)
+        self.db.conn.executescript(SCHEMA)
         self._migrate()
 
     def _migrate(self) -> None:
         version = self.db.execute("PRAGMA user_version").fetchone()[0]
-        for n, script in enumerate(_MIGRATIONS[version:], version + 1):
+        for n, script in enumerate(MIGRATIONS[version:], version + 1):
             with self._tx():
                 for stmt in filter(str.strip, script.split(";")):
                     self.db.execute(stmt)
@@ -144,9 +93,9 @@ class Store:
             if self.db["renters"].count_where("name = ?", [name]):
                 raise BrokerError(f"renter {name!r} already exists")
             self._check_key_free(fingerprint)
-            self._insert("renters", {"name": name, "created": time.time()})
+            self._insert("renters", {"name": name, "created": self.now()})
             self._insert("renter_keys", {"fingerprint": fingerprint, "renter": name, "key": key,
-                                         "added": time.time()})
+                                         "added": self.now()})
 
     def _check_key_free(self, fingerprint: str) -> None:
         row = self.db.execute("SELECT renter FROM renter_keys WHERE fingerprint = ?", [fingerprint]).fetchone()
@@ -186,7 +135,7 @@ class Store:
             if row and row[0]:
                 raise BrokerError(f"host {host!r} has already joined")
             if not row:
-                self._insert("hosts", {"name": host, "invited": time.time()})
+                self._insert("hosts", {"name": host, "invited": self.now()})
             self._insert("tokens", {"hash": token_hash, "host": host, "expires": expires})
 
     def consume_token(self, token_hash: str, fingerprint: str, key: str, now: float) -> str:
@@ -223,7 +172,7 @@ class Store:
 
     def ban_host(self, name: str) -> None:
         self.host(name)
-        self.db.execute("UPDATE hosts SET banned = ? WHERE name = ? AND banned = 0", [time.time(), name])
+        self.db.execute("UPDATE hosts SET banned = ? WHERE name = ? AND banned = 0", [self.now(), name])
 
     def banned(self) -> set[str]:
         return {r[0] for r in self.db.execute("SELECT name FROM hosts WHERE banned != 0")}
@@ -333,7 +282,7 @@ class Store:
 
     def downs_by_host(self, since: float, host: str | None = None) -> dict[str, list[tuple[float, float]]]:
         """host_downs of every host (or of one), in one query."""
-        now = time.time()  # a down never outlasts its lease: a lease ended while down stops counting then
+        now = self.now()  # a down never outlasts its lease: a lease ended while down stops counting then
         out: dict[str, list] = {}
         for name, down, up in self.db.execute(
                 "SELECT l.host, d.down, MIN(COALESCE(d.up, l.ended, ?), COALESCE(l.ended, ?)) AS up FROM lease_downs d "
@@ -404,7 +353,7 @@ class Store:
                         raise ledger.LedgerError(
                             f"not enough credit: {ledger.credits_needed(self.balance(account), -amount)}")
             cur = self.db.execute("INSERT INTO txs (key, kind, lease, renter, created, memo) VALUES (?,?,?,?,?,?)",
-                                  [key, kind, lease, renter, now or time.time(), memo])
+                                  [key, kind, lease, renter, now or self.now(), memo])
             self.db.conn.executemany("INSERT INTO entries (tx, account, amount) VALUES (?, ?, ?)",
                                      [(cur.lastrowid, a, v) for a, v in entries])
         return True
@@ -440,7 +389,7 @@ class Store:
         with self._tx():
             self._check_key_free(fingerprint)
             self._insert("renter_keys", {"fingerprint": fingerprint, "renter": renter, "key": key,
-                                         "added": time.time()})
+                                         "added": self.now()})
 
     def remove_key(self, renter: str, fingerprint: str) -> None:
         with self._tx():
