@@ -10,7 +10,6 @@ import socket
 from pathlib import Path
 
 from .errors import BrokerError
-from .service import credit
 
 log = logging.getLogger("shellrent.admin")
 
@@ -52,7 +51,7 @@ class AdminServer:
         if op == "lease.stop":
             return {"lease": await self._broker.release(None, req["id"])}
         if op == "credit":
-            return {"balance": await self._broker.db(credit, self._broker.store, req["renter"], int(req["amount"]))}
+            return {"balance": await self._broker.accounts.add_credit(req["renter"], int(req["amount"]))}
         raise BrokerError(f"unknown admin op {op!r}")
 
     def close(self) -> None:

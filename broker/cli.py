@@ -12,7 +12,7 @@ import click
 from shellrent.common import logs, systemd
 from shellrent.keys import material
 
-from . import admin, leases, render, service
+from . import accounts, admin, hosts, leases, render, renting
 from .config import Config, parse_addr
 from .errors import BrokerError
 from .server import BrokerServer
@@ -178,7 +178,7 @@ def renter():
 @_fail_cleanly
 def renter_add(ctx, name, key_file):
     """Register renter NAME with the public key in FILE."""
-    fpr = service.add_renter(_store(ctx), name, key_file.read())
+    fpr = accounts.add_renter(_store(ctx), name, key_file.read())
     click.echo(f"renter {name} added, key {fpr}")
 
 
@@ -200,7 +200,7 @@ def renter_list(ctx, as_json):
 def renter_credit(ctx, name, amount):
     """Add AMOUNT credits (e.g. 25 or 12.50) to renter NAME."""
     micro = amount
-    balance = service.credit(_store(ctx), name, micro)
+    balance = accounts.credit(_store(ctx), name, micro)
     click.echo(f"renter {name}: +{leases.credits(micro)} credits, balance {leases.credits(balance)}")
 
 
@@ -241,7 +241,7 @@ def host_invite(ctx, name):
     cfg = _config(ctx)
     store = _store(ctx)
     broker_fpr = material.fingerprint(material.load_or_create(cfg.client_key_path))
-    token = service.invite(store, cfg, name, broker_fpr)
+    token = hosts.invite(store, cfg, name, broker_fpr)
     click.echo("On the provider's machine, within 24 hours, run: hostd join BROKER:2223 <token below>",
                err=True)
     click.echo(token)
@@ -277,7 +277,7 @@ def lease():
 @click.option("--renter", required=True)
 @click.option("--host", "host_name", required=True)
 @click.option("--hours", required=True, type=_Hours(), help="2, 1.5, 90m, 1d")
-@click.option("--image", default=service.DEFAULT_IMAGE, show_default=True)
+@click.option("--image", default=renting.DEFAULT_IMAGE, show_default=True)
 @json_option
 @click.pass_context
 @_fail_cleanly

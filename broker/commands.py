@@ -16,7 +16,9 @@ from . import ledger, metrics, render
 from .config import public_address
 from .errors import BrokerError, KeyTaken, NotFound
 from .leases import credits, format_duration, parse_duration
-from .service import DEFAULT_IMAGE, Broker, _one_key
+from .accounts import one_key
+from .renting import DEFAULT_IMAGE
+from .service import Broker
 
 HELP = """\
 usage: ssh ctl@BROKER COMMAND [ARGS]   (add --json for JSON)
@@ -175,7 +177,7 @@ class Commands:
 
     async def cmd_ls(self, args: Args, **_):
         now = time.time()
-        rows = [_lease_view(lease, now) for lease in await self.b.db(self.b.store.leases, self.renter)
+        rows = [_lease_view(lease, now) for lease in await self.b.accounts.leases(self.renter)
                 if lease["state"] != "purged" or args.json]
         return self._out(args, rows, render.table(rows, ["id", "state", "host", "gpus", "gpu_name", "left",
                                                          "price_per_hour", "image"]))
@@ -184,7 +186,7 @@ class Commands:
         if len(args.words) != 1:
             raise Usage("usage: show LEASE")
         try:
-            lease = await self.b.db(self.b.store.lease, args.words[0])
+            lease = await self.b.accounts.lease(args.words[0])
         except NotFound:
             lease = None
         if lease is None or lease["renter"] != self.renter:  # the same words whether it exists or not
@@ -223,7 +225,7 @@ class Commands:
         if args.words:
             raise Usage("usage: ssh-config")
         host, port = public_address(getattr(self.b.config, "public_host", ""), self.address)
-        leases = [lease for lease in await self.b.db(self.b.store.leases, self.renter) if lease["state"] == "active"]
+        leases = [lease for lease in await self.b.accounts.leases(self.renter) if lease["state"] == "active"]
         entries = [{"host": f"shellrent-{lease['id']}", "hostname": host, "port": port, "user": f"rent+{lease['id']}",
                     "local_forward": "8888 localhost:8888", "lease": lease["id"], "ends_at": lease["ends_at"]}
                    for lease in leases]
@@ -239,8 +241,8 @@ class Commands:
         if args.words and (len(args.words) != 2 or args.words[0] != "tmux" or args.words[1] not in ("on", "off")):
             raise Usage("usage: config | config tmux on|off")
         if args.words:
-            await self.b.db(self.b.store.set_renter_tmux, self.renter, args.words[1] == "on")
-        conf = await self.b.db(self.b.store.renter_config, self.renter)
+            await self.b.accounts.set_tmux(self.renter, args.words[1] == "on")
+        conf = await self.b.accounts.settings(self.renter)
         return self._out(args, conf, f"tmux {'on' if conf['tmux'] else 'off'}: " + (
             "ssh rent@ attaches to (or starts) the lease's tmux session 'main'; ssh -t rent@ bash for a plain shell\n"
             if conf["tmux"] else "ssh rent@ opens a plain shell (config tmux on: one that survives a drop)\n"))
@@ -266,18 +268,17 @@ class Commands:
 
     async def cmd_keys(self, args: Args, stdin: bytes = b"", **_):
         sub = args.words[0] if args.words else "list"
-        store = self.b.store
         if sub == "list":
-            rows = await self.b.db(store.renter_keys, self.renter)
+            rows = await self.b.accounts.keys(self.renter)
             return self._out(args, rows, render.table(rows, ["fingerprint", "added"]))
         if sub == "add":
-            key = _one_key(stdin.decode(errors="replace"))
+            key = one_key(stdin.decode(errors="replace"))
             try:
-                await self.b.db(store.add_key, self.renter, material.fingerprint(key), material.public_line(key))
+                await self.b.accounts.add_key(self.renter, key)
             except KeyTaken:
                 raise BrokerError("that key cannot be added") from None  # never say whose it is
             return f"key {material.fingerprint(key)} added\n"
         if sub == "rm" and len(args.words) == 2:
-            await self.b.db(store.remove_key, self.renter, args.words[1])
+            await self.b.accounts.remove_key(self.renter, args.words[1])
             return f"key {args.words[1]} removed\n"
         raise Usage("usage: keys list | keys add (public key on stdin) | keys rm FINGERPRINT")

@@ -15,3 +15,7 @@ class KeyTaken(BrokerError):
 
 class Unavailable(BrokerError):
     """A host is offline or refused the request."""
+
+
+class Refused(Unavailable):
+    """The host answered a call and said no (as opposed to not answering)."""

@@ -15,7 +15,8 @@ from .commands import Commands
 from .errors import BrokerError
 from .progress import StartProgress
 from .leases import credits, format_duration, hold_for, parse_duration
-from .service import DEFAULT_IMAGE, Broker
+from .renting import DEFAULT_IMAGE
+from .service import Broker
 
 
 class Aborted(BrokerError):

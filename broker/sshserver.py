@@ -1,4 +1,4 @@
-"""The renter-facing SSH server: an asyncssh adapter over broker.service.
+"""The renter-facing SSH server: an asyncssh adapter over the broker's use cases (broker.service).
 
 Public-key auth only. Logins: rent (the renter's only active lease), rent+LEASE, ctl.
 """
@@ -11,7 +11,7 @@ import asyncssh
 from shellrent.common import protocol
 from shellrent.keys import material
 
-from . import banner, metrics, service
+from . import banner, logins, metrics, service
 from .commands import Commands
 from .config import public_address
 from .errors import BrokerError
@@ -86,7 +86,7 @@ class RenterServer(asyncssh.SSHServer):
                                   "too many failed logins from your address; try again later")
             return True
         try:
-            self.kind, self.lease = service.lease_from_username(username)
+            self.kind, self.lease = logins.lease_from_username(username)
         except BrokerError:
             self.kind = None
         return True
@@ -128,8 +128,8 @@ class RenterServer(asyncssh.SSHServer):
     async def _banner(self, lease_id: str, env: dict) -> str:
         where = public_address(self._broker.config.public_host,
                                self._conn.get_extra_info("sockname") or ("BROKER", 22))
-        text = banner.text(await self._broker.db(self._broker.store.lease, lease_id), where, env)
-        return text, (await self._broker.db(self._broker.store.renter_config, self.renter))["tmux"]
+        text = banner.text(await self._broker.accounts.lease(lease_id), where, env)
+        return text, (await self._broker.accounts.settings(self.renter))["tmux"]
 
     async def _pick(self, write, readline):
         return await pick_and_rent(self._broker, self.renter, write, readline)

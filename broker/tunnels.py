@@ -17,7 +17,7 @@ import asyncssh
 from shellrent.common import algorithms, protocol
 from shellrent.keys import material
 
-from .errors import Unavailable
+from .errors import Refused, Unavailable  # noqa: F401 (Refused: raised here, caught by the use cases)
 from .quickack import QuickAckListener
 from .startups import Startups
 
@@ -28,10 +28,6 @@ MAX_EVENTS = 5000  # events waiting to be handled; a host that floods more is cu
 MAX_ERROR = 300
 CLOCK_EVERY = 30.0  # seconds between measurements of a host's clock
 CLOCK_ROUND_TRIP = 2.0  # a measurement over a longer round trip is off by too much to use
-
-
-class Refused(Unavailable):
-    """The host answered a call and said no (as opposed to not answering)."""
 
 
 class Control(asyncssh.SSHClientSession):

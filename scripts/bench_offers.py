@@ -47,7 +47,8 @@ async def _ctl(market: list[dict], line: str) -> float:
     """The ctl command as the broker runs it, with the market already built (as it is cached)."""
     with tempfile.TemporaryDirectory() as tmp:
         broker = Broker(Config(home=Path(tmp)), Store(Path(tmp) / "b.db"))
-        broker._market_cache, broker._market_at, broker._market_built = market, time.time(), broker._market_gen
+        m = broker.market  # as if built a moment ago
+        m._cache, m._at, m._built = market, time.time(), m._gen
         cmds = Commands(broker, "bench")
         samples = []
         for _ in range(20):

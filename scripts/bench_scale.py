@@ -19,7 +19,7 @@ import asyncssh
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from shellrent.broker import service  # noqa: E402
+from shellrent.broker import hosts  # noqa: E402
 from shellrent.broker.config import Config  # noqa: E402
 from shellrent.broker.store import Store  # noqa: E402
 from shellrent.common import protocol  # noqa: E402
@@ -137,7 +137,7 @@ class Scale:
         first = len(self.hosts)
 
         async def one(i):
-            token = service.invite(self._store, self._cfg, f"b{i}", self._fpr).split(".")[0]  # hostd sends the secret
+            token = hosts.invite(self._store, self._cfg, f"b{i}", self._fpr).split(".")[0]  # hostd sends the secret
             conn = await asyncssh.connect_reverse(
                 "127.0.0.1", self.c.tunnel_port, server_factory=lambda: LightHost(i, token),
                 server_host_keys=[asyncssh.generate_private_key("ssh-ed25519")], encoding=None,

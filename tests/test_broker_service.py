@@ -3,7 +3,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from shellrent.broker import service
+from shellrent.broker import accounts, hosts, logins
+from shellrent.broker.accounts import Accounts
 from shellrent.broker.commands import Commands
 from shellrent.broker.config import Config, parse_addr
 from shellrent.broker.errors import BrokerError, NotFound
@@ -24,24 +25,24 @@ def _pub(tmp_path, name="k"):
 
 
 def test_add_renter_and_find_by_key(store, tmp_path):
-    fpr = service.add_renter(store, "alice", _pub(tmp_path))
+    fpr = accounts.add_renter(store, "alice", _pub(tmp_path))
     assert store.renter_by_key(fpr) == "alice"
     with pytest.raises(BrokerError, match="renter 'alice' already exists"):
-        service.add_renter(store, "alice", _pub(tmp_path, "k2"))
+        accounts.add_renter(store, "alice", _pub(tmp_path, "k2"))
     with pytest.raises(BrokerError, match="already belongs to renter 'alice'"):
-        service.add_renter(store, "bob", _pub(tmp_path))
+        accounts.add_renter(store, "bob", _pub(tmp_path))
     assert [r["name"] for r in store.renters()] == ["alice"]  # the failed adds left nothing
 
 
 @pytest.mark.parametrize("name", ["Alice", "1x", "a b", "x" * 33, ""])
 def test_bad_names(store, tmp_path, name):
     with pytest.raises(BrokerError, match="bad renter name"):
-        service.add_renter(store, name, _pub(tmp_path))
+        accounts.add_renter(store, name, _pub(tmp_path))
 
 
 def test_token_is_single_use_and_expires(store, tmp_path):
     cfg = Config(home=tmp_path)
-    token = service.invite(store, cfg, "pc1", "SHA256:brokerfpr")
+    token = hosts.invite(store, cfg, "pc1", "SHA256:brokerfpr")
     secret, fpr = tokens.split(token)
     assert fpr == "SHA256:brokerfpr"
     now = time.time()
@@ -50,9 +51,9 @@ def test_token_is_single_use_and_expires(store, tmp_path):
         store.consume_token(tokens.hash_secret(secret), "SHA256:other", "k", now)
     assert store.host_by_key("SHA256:host")["name"] == "pc1"
     with pytest.raises(BrokerError, match="already joined"):
-        service.invite(store, cfg, "pc1", "SHA256:brokerfpr")
+        hosts.invite(store, cfg, "pc1", "SHA256:brokerfpr")
 
-    late = tokens.split(service.invite(store, cfg, "pc2", "SHA256:b"))[0]
+    late = tokens.split(hosts.invite(store, cfg, "pc2", "SHA256:b"))[0]
     with pytest.raises(BrokerError, match="expired"):
         store.consume_token(tokens.hash_secret(late), "SHA256:h2", "k", now + cfg.token_ttl + 1)
 
@@ -63,33 +64,33 @@ def _lease(id_, state="active", ends_at=2e9):
 
 def test_pick_lease():
     now = 1e9
-    assert service.pick_lease([_lease("a")], "al", None, now)["id"] == "a"
-    assert service.pick_lease([_lease("a"), _lease("b")], "al", "b", now)["id"] == "b"
+    assert logins.pick_lease([_lease("a")], "al", None, now)["id"] == "a"
+    assert logins.pick_lease([_lease("a"), _lease("b")], "al", "b", now)["id"] == "b"
     with pytest.raises(NotFound, match="renter al has no active lease"):
-        service.pick_lease([_lease("a", "ended")], "al", None, now)
+        logins.pick_lease([_lease("a", "ended")], "al", None, now)
     with pytest.raises(NotFound, match="renter al has no active lease"):
-        service.pick_lease([_lease("a", ends_at=now - 1)], "al", None, now)
+        logins.pick_lease([_lease("a", ends_at=now - 1)], "al", None, now)
     with pytest.raises(BrokerError, match=r"several active leases \(a b\)"):
-        service.pick_lease([_lease("a"), _lease("b")], "al", None, now)
+        logins.pick_lease([_lease("a"), _lease("b")], "al", None, now)
     with pytest.raises(NotFound, match="no lease 'zz' for renter al"):
-        service.pick_lease([_lease("a")], "al", "zz", now)
+        logins.pick_lease([_lease("a")], "al", "zz", now)
     with pytest.raises(BrokerError, match="lease a is failed, not active"):
-        service.pick_lease([_lease("a", "failed")], "al", "a", now)
+        logins.pick_lease([_lease("a", "failed")], "al", "a", now)
     with pytest.raises(BrokerError) as err:  # in the seconds between its end and the broker ending it
-        service.pick_lease([_lease("a", ends_at=now - 1)], "al", "a", now)
+        logins.pick_lease([_lease("a", ends_at=now - 1)], "al", "a", now)
     assert str(err.value) == "lease a has ended: its time ran out at 01:46:39 UTC"
 
 
 @pytest.mark.parametrize("user, expected", [("rent", ("rent", None)), ("rent+ab12", ("rent", "ab12")),
                                             ("ctl", ("ctl", None))])
 def test_login_names(user, expected):
-    assert service.lease_from_username(user) == expected
+    assert logins.lease_from_username(user) == expected
 
 
 @pytest.mark.parametrize("user", ["root", "ctl+x", "rent-x", ""])
 def test_bad_login_names(user):
     with pytest.raises(BrokerError, match="unknown user"):
-        service.lease_from_username(user)
+        logins.lease_from_username(user)
 
 
 def test_auth_limiter_blocks_then_forgets():
@@ -122,12 +123,12 @@ def test_parse_addr_errors(text):
 
 
 async def test_ctl_config_tmux_is_per_renter_and_checks_its_words(store, tmp_path):
-    service.add_renter(store, "alice", _pub(tmp_path))
-    service.add_renter(store, "bob", _pub(tmp_path, "k2"))
+    accounts.add_renter(store, "alice", _pub(tmp_path))
+    accounts.add_renter(store, "bob", _pub(tmp_path, "k2"))
 
     async def db(fn, *args):
         return fn(*args)
-    broker = SimpleNamespace(store=store, db=db)
+    broker = SimpleNamespace(accounts=Accounts(db, store))
     alice, bob = Commands(broker, "alice"), Commands(broker, "bob")
     assert (await alice.run("config --json")) == (0, '{"tmux": false}\n')
     code, text = await alice.run("config tmux on")

@@ -3,6 +3,7 @@ import json
 import subprocess
 from types import SimpleNamespace
 
+from shellrent.broker.accounts import Accounts
 from shellrent.broker.commands import Commands
 
 
@@ -12,6 +13,7 @@ class Broker:
         self.store = SimpleNamespace(leases=lambda renter: [
             {"id": "a1b2c3d4", "state": "active", "ends_at": 2e9}, {"id": "0f0f0f0f", "state": "ended", "ends_at": 1e9},
             {"id": "99aa88bb", "state": "active", "ends_at": 2e9 + 60}])
+        self.accounts = Accounts(self.db, self.store)
 
     async def db(self, fn, *args):
         return fn(*args)

@@ -15,7 +15,7 @@ from shellrent.broker.errors import BrokerError
 from shellrent.broker.leases import cost
 from shellrent.broker.service import Broker
 from shellrent.broker.store import Store
-from shellrent.broker.tunnels import Refused
+from shellrent.broker.errors import Refused
 
 PRICE = 400_000
 GPUS = ["GPU-1", "GPU-2", "GPU-3", "GPU-4"]
@@ -167,10 +167,10 @@ async def _run(tmp: Path, clock: Clock, seq) -> None:
         lid = active[n % len(active)] if active else None
         try:
             if action in ("rent", "kill_start"):
-                lease = b._new_lease("alice", "pc1", "img", n * 900, [GPUS[n - 1]], "RTX", PRICE)
-                b._open(lease)
+                lease = b.renting.new_lease("alice", "pc1", "img", n * 900, [GPUS[n - 1]], "RTX", PRICE)
+                b.renting.open_lease(lease)
                 if action == "rent":
-                    await b._launch(lease)
+                    await b.renting.launch(lease)
                 else:  # the broker dies after hostd made the container, before it recorded it
                     if host.online:
                         await host.call("lease.start", lease={"id": lease["id"], "ends_at": lease["ends_at"]})
@@ -179,7 +179,7 @@ async def _run(tmp: Path, clock: Clock, seq) -> None:
             elif action == "extend" and lid:
                 await b.extend("alice", lid, n * 300)
             elif action == "kill_extend" and lid:  # the broker dies after holding, before telling the host
-                b._add_time(lid, n * 300)
+                b.extending.add_time(lid, n * 300)
                 b = await _restart(b, tmp, host)
             elif action == "release" and lid:
                 await b.release("alice", lid)
@@ -224,10 +224,10 @@ def test_an_extension_the_host_never_heard_of_is_told_at_reconnect():
 
 async def _extension_replayed(tmp: Path, clock: Clock) -> None:
     b, host = _world(tmp, clock, credit=5_000_000)
-    lease = b._new_lease("alice", "pc1", "img", 3600, ["GPU-1"], "RTX", PRICE)
-    b._open(lease)
-    await b._launch(lease)
-    b._add_time(lease["id"], 1800)            # broker killed here: the host still has the old end
+    lease = b.renting.new_lease("alice", "pc1", "img", 3600, ["GPU-1"], "RTX", PRICE)
+    b.renting.open_lease(lease)
+    await b.renting.launch(lease)
+    b.extending.add_time(lease["id"], 1800)            # broker killed here: the host still has the old end
     assert host.leases[lease["id"]]["ends_at"] == lease["ends_at"]
     b = await _restart(b, tmp, host)
     await _settle(b)
@@ -239,9 +239,9 @@ async def _extension_replayed(tmp: Path, clock: Clock) -> None:
 
 # Found by attacking the above; each was a bug.
 async def _lease(b: Broker, seconds: int = 3600) -> str:
-    lease = b._new_lease("alice", "pc1", "img", seconds, ["GPU-1"], "RTX", PRICE)
-    b._open(lease)
-    await b._launch(lease)
+    lease = b.renting.new_lease("alice", "pc1", "img", seconds, ["GPU-1"], "RTX", PRICE)
+    b.renting.open_lease(lease)
+    await b.renting.launch(lease)
     return lease["id"]
 
 

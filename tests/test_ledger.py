@@ -37,10 +37,10 @@ def _check(b: Broker) -> None:
 
 
 def _rent(b: Broker, renter: str, hours: int, now: float) -> str | None:
-    lease = b._new_lease(renter, "pc1", "img", hours * 3600, ["GPU-1"], "RTX", PRICE)
+    lease = b.renting.new_lease(renter, "pc1", "img", hours * 3600, ["GPU-1"], "RTX", PRICE)
     lease.update(created=now, ends_at=now + hours * 3600)
     try:
-        b._open(lease)
+        b.renting.open_lease(lease)
     except BrokerError:
         assert not b.store.leases(renter) or lease["id"] not in [l["id"] for l in b.store.leases(renter)]
         return None
@@ -70,7 +70,7 @@ def test_invariants_hold_under_any_sequence(seq):
                 lid = _rent(b, renter, n, now)
                 if lid:
                     b.store.update_lease(lid, state="starting")
-                    b._fail(lid, "the host refused")
+                    b.renting.fail(lid, "the host refused")
             elif action == "offline":
                 b.store.host_down("pc1", now)
                 now += n * 200
@@ -79,18 +79,18 @@ def test_invariants_hold_under_any_sequence(seq):
                 lid = live[n % len(live)]
                 if action == "extend":
                     try:
-                        b._add_time(lid, n * 600)
+                        b.extending.add_time(lid, n * 600)
                     except BrokerError:
                         pass
                 elif action in ("release", "expire"):
                     lease = b.store.lease(lid)
-                    b._end(lid, now if action == "release" else lease["ends_at"])
+                    b.settlement.end(lid, now if action == "release" else lease["ends_at"])
                     live.remove(lid)
                 elif action == "again":  # the same end reported twice, e.g. after a restart
                     before = b.store.balances()
                     lease = b.store.lease(lid)
                     if lease["state"] == "ended":
-                        assert b._end(lid, now) is None
+                        assert b.settlement.end(lid, now) is None
                         assert b.store.balances() == before
             _check(b)
         b.close()
@@ -100,11 +100,11 @@ def test_one_full_lease_life(tmp_path):
     b = _world(tmp_path)
     b.store.host_up("pc1", 0)
     lid = _rent(b, "alice", 2, 1000.0)          # holds 0.80
-    b._add_time(lid, 3600)                      # holds 0.40 more
+    b.extending.add_time(lid, 3600)                      # holds 0.40 more
     b.store.host_down("pc1", 2000)              # 10 minutes offline: refunded
     b.store.host_up("pc1", 2600)
-    assert b._end(lid, 1000 + 3600) == 333_333  # 3000 s billed of 3600
-    assert b._end(lid, 1000 + 3600) is None     # settles once
+    assert b.settlement.end(lid, 1000 + 3600) == 333_333  # 3000 s billed of 3600
+    assert b.settlement.end(lid, 1000 + 3600) is None     # settles once
     bal = b.store.balances()
     assert bal["renter:alice"] == 3_000_000 - 333_333
     assert bal["provider:pc1"] == 300_000 and bal["platform:fees"] == 33_333
@@ -118,16 +118,16 @@ def test_an_extension_refused_after_the_lease_settled_is_not_refunded_twice(tmp_
     b = _world(tmp_path)
     b.store.host_up("pc1", 0)
     lid = _rent(b, "alice", 1, 1000.0)
-    added, n = b._add_time(lid, 3600)           # the host is asked; meanwhile the lease is released
-    b._end(lid, 1600)
+    added, n = b.extending.add_time(lid, 3600)           # the host is asked; meanwhile the lease is released
+    b.settlement.end(lid, 1600)
     after_settle = b.store.balances()
-    b._undo_time(lid, 3600, added, n)          # ...and then the host refuses the extension
+    b.extending.undo_time(lid, 3600, added, n)          # ...and then the host refuses the extension
     assert b.store.balances() == after_settle
     assert [t["kind"] for t in b.store.journal("alice")] == ["deposit", "hold", "hold", "settle"]
     lid2 = _rent(b, "alice", 1, 2000.0)         # while a refusal in time is undone once
-    added, n = b._add_time(lid2, 3600)
-    b._undo_time(lid2, 3600, added, n)
-    b._undo_time(lid2, 3600, added, n)
+    added, n = b.extending.add_time(lid2, 3600)
+    b.extending.undo_time(lid2, 3600, added, n)
+    b.extending.undo_time(lid2, 3600, added, n)
     assert b.store.balance("hold:alice") == b.store.lease(lid2)["held"] == 400_000
     b.close()
 

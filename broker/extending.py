@@ -1,0 +1,86 @@
+"""Extending: more time on an active lease when the host's window and the renter's credit allow; the
+new end and its hold are one transaction, the host is told, and a host that refuses undoes it."""
+import asyncio
+import json
+import logging
+import time
+
+from shellrent.common import faults
+
+from . import ledger
+from .errors import BrokerError, Refused, Unavailable
+from .leases import format_duration, hold_for, parse_window, window_end
+from .renting import check_length
+
+log = logging.getLogger("shellrent.service")
+
+
+class Extending:
+    def __init__(self, config, db, store, links, logins, tasks, now):
+        self._config, self._db, self._store, self._links = config, db, store, links
+        self._logins, self._tasks, self._now = logins, tasks, now
+
+    async def extend(self, renter: str, lease_id: str | None, seconds: int) -> dict:
+        """More time on an active lease, if the host has it and the credit covers it. The new end
+        and its hold are one transaction; telling the host runs as its own task (a cut connection
+        does not stop it). A host that refuses undoes it; one that does not answer is told later."""
+        lease = await self._logins.own_lease(renter, lease_id)
+        lid = lease["id"]
+        link = self._links().get(lease["host"])
+        if not link:
+            raise Unavailable(f"host {lease['host']!r} is offline; cannot extend now")
+        host = await self._db(self._store.host, lease["host"])
+        window = json.loads(host["inventory"]).get("window", "always") if host.get("inventory") else "always"
+        closes = window_end(self._now(), parse_window(window))
+        added, n = await self._db(self.add_time, lid, seconds, closes)
+        await faults.point("extend.held")
+        return await asyncio.shield(self._tasks.spawn(self._tell(link, lid, seconds, added, n)))
+
+    async def _tell(self, link, lid: str, seconds: int, added: int, n: int) -> dict:
+        lease = await self._db(self._store.lease, lid)
+        try:
+            await link.call("lease.extend", id=lid, ends_at=lease["ends_at"])
+        except Refused:
+            await self._db(self.undo_time, lid, seconds, added, n)
+            raise
+        except Unavailable as exc:
+            log.warning("lease %s: host did not confirm the extension (%s); it is told when it answers", lid, exc)
+            return lease
+        await self._db(self._store.acknowledged_end, lid, lease["ends_at"])
+        return await self._db(self._store.lease, lid)
+
+    def add_time(self, lid: str, seconds: int, closes: float | None = None) -> tuple[int, int]:
+        """Hold credit for more time and move the end (store thread); returns the amount held and
+        the extension's number. The limits are checked again here, on the row as it is now, so that
+        concurrent extensions cannot pass them together."""
+        store = self._store
+        with store.tx():
+            lease = store.lease(lid)
+            if lease["state"] != "active":
+                raise BrokerError(f"lease {lid} is {lease['state']}; only active leases can be extended")
+            check_length(self._config, lease["ends_at"] + seconds - (lease["started"] or lease["created"]))
+            if closes and lease["ends_at"] + seconds > closes:
+                raise BrokerError(f"host {lease['host']} is available only until "
+                                  f"{time.strftime('%H:%M UTC', time.gmtime(closes))}")
+            n = lease["extensions"] + 1
+            amount = hold_for(lease["price"], len(json.loads(lease["gpus"])), seconds)
+            if amount:
+                store.post(ledger.extend_key(lid, n), "hold", ledger.hold(lease["renter"], amount), lease=lid,
+                           renter=lease["renter"], memo=f"extend {format_duration(seconds)}")
+            store.update_lease(lid, ends_at=lease["ends_at"] + seconds, held=lease["held"] + amount, extensions=n)
+        return amount, n
+
+    def undo_time(self, lid: str, seconds: int, amount: int, n: int) -> None:
+        """Take back extension n that the host refused (store thread). Once the lease is settled
+        there is nothing to take back: settling returned all that was held."""
+        store = self._store
+        with store.tx():
+            lease = store.lease(lid)
+            if store.posted(ledger.settle_key(lid)) or lease["state"] != "active":
+                log.warning("lease %s: extension %d refused after the lease ended; nothing to undo", lid, n)
+                return
+            if amount and not store.post(ledger.undo_key(lid, n), "refund", ledger.release(lease["renter"], amount),
+                                         lease=lid, renter=lease["renter"], memo="extension refused by the host"):
+                return  # undone before
+            store.update_lease(lid, ends_at=lease["ends_at"] - seconds, held=lease["held"] - amount,
+                               host_ends_at=None)

@@ -1,0 +1,62 @@
+"""The broker's periodic and start-up jobs: end leases whose time is over or whose host was banned,
+fail starts that lost their caller, tell hosts what they have not acknowledged; after a restart,
+finish every state a crash can leave."""
+import logging
+
+from .errors import Unavailable
+
+log = logging.getLogger("shellrent.service")
+
+
+class Jobs:
+    def __init__(self, db, store, links, market, renting, settlement, sync_all, now):
+        self._db, self._store, self._links, self._market = db, store, links, market
+        self._renting, self._settlement, self._sync_all, self._now = renting, settlement, sync_all, now
+        self._full_logged = False
+
+    async def housekeeping(self) -> None:
+        """End leases whose time is over; fail starts that lost their caller; tell hosts what they
+        have not acknowledged; keep host last-seen times fresh."""
+        now = self._now()
+        links = self._links()
+        end_lease = self._settlement.end_lease
+        try:
+            for lease in await self._db(self._store.on_banned_hosts):  # banned: its leases end, refunded
+                log.warning("lease %s ends: its host %s was banned", lease["id"], lease["host"])
+                await end_lease(lease["id"], lease["banned_at"] if lease["banned_at"] > 1 else now)
+            for name in (await self._db(self._store.banned)) & set(links.links if links else ()):
+                log.warning("host %s is banned: closing its tunnel", name)
+                self._market.changed()
+                links.links[name].conn.close()
+            for lease in await self._db(self._store.live_leases):
+                if lease["state"] == "active" and lease["ends_at"] <= now:
+                    await end_lease(lease["id"], lease["ends_at"])
+                elif lease["state"] in ("pending", "starting") and lease["id"] not in self._renting.in_flight \
+                        and now - lease["created"] > 5:
+                    await self._db(self._renting.fail, lease["id"], "the broker lost the start (restart or full disk)")
+            if links:
+                await self._sync_all(None)
+                await self._db(self._store.touch_hosts, list(links.links), now)
+            self._full_logged = False
+        except Unavailable as exc:
+            if not self._full_logged:
+                log.error("housekeeping: %s", exc)
+                self._full_logged = True
+
+    async def recover(self) -> None:
+        """After a restart, every state a crash can leave: leases caught mid-start fail and are
+        refunded (their hosts discard them); ended or failed leases not yet settled are settled;
+        what hosts were not told is told when they connect (sync)."""
+        await self._db(self._store.close_uptimes)
+        end_lease = self._settlement.end_lease
+        for lease in await self._db(self._store.to_recover):
+            lid = lease["id"]
+            if lease["state"] in ("pending", "starting"):
+                log.warning("lease %s was %s when the broker stopped: failing it", lid, lease["state"])
+                await self._db(self._renting.fail, lid, "broker restarted during start")
+            elif lease["state"] == "ending":  # written by older brokers during a release
+                await end_lease(lid, lease["ended"] or self._now())
+            elif lease["state"] in ("ended", "purged"):
+                await end_lease(lid, lease["ended"] or lease["ends_at"])
+            elif lease["state"] == "failed":
+                await self._db(self._renting.fail, lid, lease["error"] or "failed")

@@ -1,0 +1,61 @@
+"""Logins: which user names exist, which lease a renter's login reaches, and the route to its host."""
+import time
+
+from .errors import BrokerError, NotFound, Unavailable
+
+
+def lease_from_username(username: str) -> tuple[str, str | None]:
+    """('rent'|'ctl', lease or None) from the login name; BrokerError for anything else."""
+    base, _, lease = username.partition("+")
+    if base not in ("rent", "ctl") or (base == "ctl" and lease):
+        raise BrokerError(f"unknown user {username!r}: log in as rent, rent+LEASE or ctl")
+    return base, lease or None
+
+
+def pick_lease(leases: list[dict], renter: str, wanted: str | None, now: float,
+               files_only: bool = False) -> dict:
+    """The lease a login reaches: the one named, or the only active one.
+
+    With files_only (sftp), an ended lease whose workspace is still kept may be named too."""
+    active = [lease for lease in leases if lease["state"] == "active" and lease["ends_at"] > now]
+    if wanted:
+        for lease in leases:
+            if lease["id"] == wanted:
+                if lease in active or (files_only and lease["state"] in ("ending", "ended")):
+                    return lease
+                if lease["state"] == "active":  # its time is up; the broker is ending it this second
+                    raise BrokerError(f"lease {wanted} has ended: its time ran out at "
+                                      f"{time.strftime('%H:%M:%S UTC', time.gmtime(lease['ends_at']))}")
+                raise BrokerError(f"lease {wanted} is {lease['state']}, not active"
+                                  + ("" if files_only or lease["state"] != "ended"
+                                     else f" (its files stay readable: sftp rent+{wanted}@...)"))
+        raise NotFound(f"no lease {wanted!r} for renter {renter}")
+    if not active:
+        raise NotFound(f"renter {renter} has no active lease; rent one with: ssh ctl@BROKER rent --hours 1")
+    if len(active) > 1:
+        ids = " ".join(lease["id"] for lease in active)
+        raise BrokerError(f"several active leases ({ids}): log in as rent+LEASE")
+    return active[0]
+
+
+class Logins:
+    def __init__(self, db, store, links, now):
+        self._db, self._store, self._links, self._now = db, store, links, now
+
+    async def own_lease(self, renter: str, lease_id: str | None) -> dict:
+        """The renter's lease named (or its only active one)."""
+        leases = await self._db(self._store.leases, renter, not lease_id)
+        return pick_lease(leases, renter, lease_id, self._now())
+
+    async def session_target(self, renter: str, wanted: str | None, files_only: bool = False):
+        """(host connection, lease id) a renter's login reaches."""
+        leases = await self._db(self._store.leases, renter, not wanted)
+        lease = pick_lease(leases, renter, wanted, self._now(), files_only)
+        link = self._links().get(lease["host"])
+        if not link:
+            host = await self._db(self._store.host, lease["host"])
+            if host["banned"]:
+                raise Unavailable(f"lease {lease['id']} has ended: the operator removed its host "
+                                  f"(the unused time is refunded)")
+            raise Unavailable(f"host of lease {lease['id']} is offline; try again shortly")
+        return link.conn, lease["id"]
