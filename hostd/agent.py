@@ -25,7 +25,9 @@ from .disk import Workspaces
 from .gpuwatch import GpuWatch
 from .leases import Leases
 from .pulls import PullError, Pulls
-from .runtime import Runtime, RuntimeError_, default_limits, pid_max, pids_per_gpu
+from .procfs import pid_max
+from .runtime import Runtime, RuntimeError_
+from .sizing import default_limits, pids_per_gpu
 from .sshserver import HostServer, SessionError
 from .store import Store
 from .watch import Watch

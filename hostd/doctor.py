@@ -1,9 +1,9 @@
 """`hostd doctor`: is this machine ready to host? One check per line: ok, warn or FAIL, and the fix.
 
-Docker and the limits it can enforce, cgroup v2, the NVIDIA driver and container toolkit (and the toolkit
-setting that keeps an image from picking its own GPUs), free disk, and the broker. A FAIL of a required
-check means hostd cannot host safely; `hostd doctor` then exits 1. gpu_failures() is the GPU part alone,
-for hostd run to refuse to offer GPUs while any of it fails.
+Docker and the limits it can enforce, cgroup v2, the NVIDIA driver and container toolkit (and its setting
+that keeps an image from picking its own GPUs), the layer's size, free disk, and the broker. A required
+check that FAILs means hostd cannot host safely (exit 1); gpu_failures() is the GPU part alone, for hostd
+run to refuse to offer GPUs while any of it fails.
 """
 import json
 import logging
@@ -14,7 +14,7 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import gpus as gpus_mod, limits as kernel_limits, runtime, settings as settings_mod
+from . import gpus as gpus_mod, limits as kernel_limits, procfs, runtime, settings as settings_mod, sizing
 from .config import Config
 
 OK, WARN, FAIL = "ok", "warn", "FAIL"
@@ -44,9 +44,8 @@ def run_checks(home: Path, *, source=None, engine=None, which=shutil.which,
                toolkit_config: Path = TOOLKIT_CONFIG, layer=runtime.layer_sizing) -> list[Check]:
     """Every check for the hostd home `home`, in the order printed.
 
-    source: a GPU source (hostd.gpus); opened from the fake_gpus setting when None. engine: a docker
-    client (or anything with .version() and .info()); docker.from_env() when None. layer: why the
-    engine cannot size a writable layer, or None (runtime.layer_sizing)."""
+    source: a GPU source (hostd.gpus), else from the fake_gpus setting. engine: a docker client (or
+    anything with .version() and .info()), else docker.from_env(). layer: runtime.layer_sizing."""
     home = Path(home)
     checks = []
     try:
@@ -60,7 +59,7 @@ def run_checks(home: Path, *, source=None, engine=None, which=shutil.which,
     if source is None:
         source = _open_source(fake_spec)
     checks += nvidia_checks(source, info, which, toolkit_config, fake_set=bool(fake_spec))
-    checks.append(pids_check(runtime.pid_max(), _gpu_count(source)))
+    checks.append(pids_check(procfs.pid_max(), _gpu_count(source)))
     checks.append(per_user_check(kernel_limits.read()))
     checks += disk_checks(info.get("DockerRootDir") or "/", home)
     checks += broker_checks(Config(home=home))
@@ -139,11 +138,10 @@ def limits_check(info: dict) -> Check:
 
 def layer_check(why: str | None) -> Check:
     """Whether a lease's writable layer is sized (a hard limit) or only counted and frozen past its share."""
-    if why is None:
-        return Check("layer", OK, "the engine sizes each lease's writable layer to its disk share")
-    return Check("layer", WARN, f"the engine cannot size a lease's writable layer ({why}): hostd counts it and "
-                 "freezes a lease over its share", "for a hard limit, give Docker's root an xfs filesystem mounted "
-                 "with pquota and use the overlay2 storage driver")
+    return Check("layer", OK, "the engine sizes each lease's writable layer to its disk share") if why is None else \
+        Check("layer", WARN, f"the engine cannot size a lease's writable layer ({why}): hostd counts it and freezes a "
+              "lease over its share", "for a hard limit, give Docker's root an xfs filesystem mounted with pquota "
+              "and use the overlay2 storage driver")
 
 
 def _gpu_count(source) -> int:
@@ -155,12 +153,12 @@ def _gpu_count(source) -> int:
 
 def pids_check(host_pid_max: int, gpus: int) -> Check:
     """PIDs are sized, not isolated: each lease's pids limit is a share of pid_max with a reserve kept."""
-    per_gpu = runtime.pids_per_gpu(host_pid_max, gpus)
+    per_gpu = sizing.pids_per_gpu(host_pid_max, gpus)
     rented = per_gpu * max(1, gpus)
     text = (f"pid_max {host_pid_max}: a lease gets {per_gpu} PIDs per GPU; with all {max(1, gpus)} GPU(s) "
             f"rented, leases hold {rented} and the host keeps {host_pid_max - rented}")
-    if per_gpu < runtime.PIDS_PER_GPU:
-        return Check("pids", WARN, text + f" (under {runtime.PIDS_PER_GPU} per GPU)",
+    if per_gpu < sizing.PIDS_PER_GPU:
+        return Check("pids", WARN, text + f" (under {sizing.PIDS_PER_GPU} per GPU)",
                      "raise it: `sysctl -w kernel.pid_max=4194304` and the same line in /etc/sysctl.d/")
     return Check("pids", OK, text)
 

@@ -11,12 +11,11 @@ import os
 import shutil
 import signal as signals
 import time
-from pathlib import Path
 
 import docker
 from docker.errors import APIError, DockerException, NotFound
 
-from . import usage
+from . import procfs, usage
 from .disk import DiskError, Workspaces
 from .firewall import bridge_name
 
@@ -275,20 +274,10 @@ class Runtime:
     @staticmethod
     def _pids_with(init: int, lease_id: str) -> list[int]:
         """Host pids of every process in the pid namespace of init (none when init is 0)."""
-        if not init:
-            return []
         try:
-            ns = os.readlink(f"/proc/{init}/ns/pid")
+            return procfs.pid_namespace(init)
         except OSError as exc:
             raise RuntimeError_(f"lease {lease_id}: cannot read its pid namespace: {exc}") from None
-        pids = []
-        for entry in os.listdir("/proc"):
-            try:
-                if entry.isdigit() and os.readlink(f"/proc/{entry}/ns/pid") == ns:
-                    pids.append(int(entry))
-            except OSError:
-                continue
-        return pids
 
     def broadcast(self, lease_id: str, message: str) -> None:
         """Write message on every terminal in the lease's container (sessions and tmux panes).
@@ -529,28 +518,3 @@ def _epoch(text: str | None) -> float | None:
         return calendar.timegm(time.strptime(head, "%Y-%m-%dT%H:%M:%S")) + float(f"0.{frac or 0}")
     except ValueError:
         return None
-
-
-PIDS_PER_GPU = 4096  # the most a lease gets per GPU, however large the host's pid_max
-PIDS_RESERVE = 4096  # kept for the host at least (a quarter of pid_max when that is more)
-
-
-def pid_max() -> int:
-    try:
-        return int(Path("/proc/sys/kernel/pid_max").read_text())
-    except (OSError, ValueError):
-        return 32768
-
-
-def pids_per_gpu(host_pid_max: int, gpus_shared: int) -> int:
-    """A lease's pids limit per GPU: the host's PIDs less a reserve, shared among the GPUs it offers,
-    so that every lease together cannot take the PIDs the host and its other leases need."""
-    reserve = max(PIDS_RESERVE, host_pid_max // 4)
-    return max(64, min(PIDS_PER_GPU, (host_pid_max - reserve) // max(1, gpus_shared)))
-
-
-def default_limits() -> dict:
-    """Per-lease limits until per-GPU shares are configured: most of the machine."""
-    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    return {"cpus": float(os.cpu_count() or 1), "memory": int(mem * 0.8), "pids": pids_per_gpu(pid_max(), 1),
-            "shm": 1 << 30}

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import asyncssh
 
-from . import engine, netns, offload
+from . import engine, netns, offload, procfs
 from .runtime import RuntimeError_
 
 log = logging.getLogger("shellrent.sessions")
@@ -353,16 +353,6 @@ class ExecSession:
             self._stream.transport.abort()  # as HelperSession.close: unread stdin is not waited for
 
 
-def _in_container(pid: int, container: str) -> bool:
-    """Whether pid is (still) a process of that container: its cgroup path names the container
-    (cgroup v1 .../docker/ID, v2 .../docker-ID.scope)."""
-    try:
-        with open(f"/proc/{pid}/cgroup") as f:
-            return container in f.read()
-    except OSError:
-        return False
-
-
 class Sessions:
     """Opens sessions for hostd: the helper where it answers, docker exec otherwise."""
 
@@ -406,7 +396,7 @@ class Sessions:
         container = rec["container"]
         try:
             known, pid, name = self._known.get(rec["id"]) or (None, 0, None)
-            if known != container or not _in_container(pid, container):  # new, restarted, a reused number
+            if known != container or not procfs.in_container(pid, container):  # new, restarted, a reused number
                 name = (self._lease_dir(rec["id"]) / "helper.key").read_text().strip()
                 pid = await offload.call(self._runtime.pid, container, timeout=offload.QUICK)
                 self._known[rec["id"]] = (container, pid, name)

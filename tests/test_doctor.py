@@ -8,7 +8,7 @@ import threading
 
 import pytest
 
-from shellrent.hostd import doctor, runtime
+from shellrent.hostd import doctor, sizing
 from shellrent.hostd.config import Config
 
 from .cluster import BIN
@@ -310,9 +310,9 @@ def test_doctor_with_fake_gpus_skips_the_nvidia_checks(tmp_path):
     (32768, 1, 4096, doctor.OK), (32768, 8, 3072, doctor.WARN), (4194304, 8, 4096, doctor.OK),
     (8192, 2, 2048, doctor.WARN), (32768, 0, 4096, doctor.OK), (4096, 4, 64, doctor.WARN)])
 def test_pids_are_a_share_of_pid_max_with_a_reserve_for_the_host(pid_max, gpus, per_gpu, level):
-    assert runtime.pids_per_gpu(pid_max, gpus) == per_gpu
-    if pid_max > runtime.PIDS_RESERVE:  # every GPU rented leaves the host its reserve
-        assert pid_max - per_gpu * max(1, gpus) >= max(runtime.PIDS_RESERVE, pid_max // 4)
+    assert sizing.pids_per_gpu(pid_max, gpus) == per_gpu
+    if pid_max > sizing.PIDS_RESERVE:  # every GPU rented leaves the host its reserve
+        assert pid_max - per_gpu * max(1, gpus) >= max(sizing.PIDS_RESERVE, pid_max // 4)
     check = doctor.pids_check(pid_max, gpus)
     assert check.level == level and f"a lease gets {per_gpu} PIDs per GPU" in check.text
     assert (level == doctor.OK) == (check.fix is None or check.fix == "")

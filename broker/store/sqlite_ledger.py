@@ -1,4 +1,5 @@
-"""The SQLite backend's ledger: transactions posted once per key, their entries and balances (a part of store.sqlite.Store)."""
+"""The SQLite backend's ledger: transactions posted once per key, their entries and balances (a part
+of store.sqlite.Store)."""
 from .. import ledger
 
 
