@@ -5,29 +5,31 @@ Lease enforcement lives in hostd.leases and runs whether or not the broker is re
 import asyncio
 import json
 import logging
-import math
 import os
 import random
-import shutil
-import subprocess
 import time
 
 import asyncssh
 
-from shellrent.common import algorithms, faults, flow, protocol
+from shellrent.common import algorithms, flow, protocol
 from shellrent.keys import material, tokens
 
-from . import firewall, gpus as gpus_mod, limits as kernel_limits, metrics as hostd_metrics, offload, selfcheck, \
-    settings as settings_mod, spawn, usage
+from . import gpus as gpus_mod, limits as kernel_limits, metrics as hostd_metrics, offload, selfcheck, \
+    settings as settings_mod, spawn
 from .clock import Clock
-from .config import Config, write_private
+from .config import Config
 from .disk import Workspaces
+from .diskwatch import DiskWatch
+from .egress import EgressGuard
 from .gpuwatch import GpuWatch
 from .leases import Leases
+from .outbox import Outbox
 from .pulls import PullError, Pulls
 from .procfs import pid_max
 from .runtime import Runtime, RuntimeError_
-from .sizing import default_limits, pids_per_gpu
+from .sizing import default_limits
+from .starts import Starts
+from .status import StatusFile
 from .sshserver import HostServer, SessionError
 from .store import Store
 from .watch import Watch
@@ -57,7 +59,6 @@ class Agent:
         self.leases: Leases | None = None
         self.clock = Clock(config.home / "clock.json")  # the broker's time, as the broker measured it
         self.sessions: spawn.Sessions | None = None
-        self._egress_installed = False  # written whole by this process at least once
         self._settings = settings_mod.defaults()
         self._settings_mtime = None
         self._gpus = None
@@ -70,11 +71,12 @@ class Agent:
         self._inventory: dict | None = None
         self.pulls: Pulls | None = None
         self._ready: tuple[float, str, list[str]] | None = None  # (when, images setting, those here)
-        self._sink = None
-        self._pending: list[dict] = []
+        self.outbox = Outbox()
+        self.outbox.subscribe(self._heard)
         self._rejected: str | None = None  # why the broker refused the last connection
-        self._starts: dict[str, asyncio.Future] = {}  # lease id -> done when its start call ends
-        self._status = {"pid": os.getpid(), "connected": False}
+        self.starts = Starts(self)
+        self.egress = EgressGuard(self.settings)
+        self.status = StatusFile(config.status_path)
 
     @property
     def owner(self) -> str:
@@ -86,6 +88,27 @@ class Agent:
 
     def settings(self) -> dict:
         return self._settings
+
+    # what the parts read of the daemon (hostd.starts)
+    def gpu_source(self):
+        return self._gpus
+
+    def gpu_failures(self) -> list[str]:
+        return self._gpu_failures
+
+    def current_inventory(self) -> dict | None:
+        return self._inventory
+
+    def wake_gpus(self) -> None:
+        self._gpu_wake.set()
+
+    @staticmethod
+    def cores() -> list[int]:
+        return sorted(os.sched_getaffinity(0))
+
+    @staticmethod
+    def pid_max() -> int:
+        return pid_max()
 
     def open_runtime(self) -> None:
         """Settings, GPUs, Docker and the lease record; then reconcile and arm every lease."""
@@ -127,34 +150,6 @@ class Agent:
             log.info("the required GPU checks pass now: offering GPUs")
         return failures
 
-    def _apply_firewall(self) -> str | None:
-        """Install the egress policy; None, or why it is not in force (no lease starts until it is)."""
-        allow = firewall.parse_allow(self._settings["egress_allow"])
-        try:
-            firewall.install(allow)
-        except (firewall.FirewallError, OSError, subprocess.SubprocessError) as exc:
-            log.error("egress policy NOT in force, no lease starts until it is: %s", exc)
-            return str(exc) or type(exc).__name__
-        self._egress_installed = True
-        log.info("egress policy installed: lease containers reach the internet only%s",
-                 f" and {self._settings['egress_allow']}" if allow else "")
-        return None
-
-    def _egress_in_force(self) -> str | None:
-        """Check the egress rules are all there (another tool's firewall reload can flush them) and
-        put them back if not; None, or why they are not in force. The first time, they are written
-        whole (rules left by an earlier run may allow what the settings no longer do)."""
-        if not self._egress_installed:
-            return self._apply_firewall()
-        try:
-            why = firewall.missing()
-        except (OSError, subprocess.SubprocessError) as exc:
-            why = str(exc) or type(exc).__name__
-        if why is None:
-            return None
-        log.warning("egress rules were not in place (%s): installing them again", why)
-        return self._apply_firewall() or firewall.missing()
-
     def _reload_settings(self) -> bool:
         try:
             mtime = self.settings_path.stat().st_mtime_ns
@@ -173,30 +168,6 @@ class Agent:
         self._settings, self._settings_mtime = new, mtime
         return True
 
-    async def watch_disk(self) -> None:
-        """End a lease that holds more of the host's disk than its share (/workspace, where ENOSPC
-        stops it, and the writable layer, which the engine cannot size here, together), or more of
-        its inodes; the renter is refunded the rest. A layer too big to count in time is over."""
-        while True:
-            await asyncio.sleep(self.config.disk_check)
-            for rec in self.store.active():
-                share = (rec.get("disk_gb") or 0) * 1e9
-                inodes = usage.inode_share(share) if share else 1 << 62
-                try:
-                    used, held = await offload.call(self.runtime.disk_used, rec["id"], inodes,
-                                                    timeout=usage.WALK_TIMEOUT + 10)
-                except (RuntimeError_, asyncio.TimeoutError) as exc:
-                    log.warning("lease %s: cannot size its layer now: %s", rec["id"], exc or "the engine did not answer")
-                    continue
-                except usage.UsageError as exc:
-                    why = str(exc)
-                else:
-                    why = (f"{used / 1e9:.2f} GB of disk, over its {rec['disk_gb']:.1f} GB share" if share and used > share
-                           else f"over {inodes} inodes of the host's, its share" if held > inodes else None)
-                if why:
-                    log.warning("lease %s holds %s: freezing and ending it", rec["id"], why)
-                    asyncio.get_running_loop().create_task(self.leases.end(rec["id"], freeze=True))
-
     async def watch(self) -> None:
         """Notice settings changes and inventory drift; report them to the broker."""
         tick = 0
@@ -205,7 +176,7 @@ class Agent:
             changed = self._reload_settings() and self._settings["egress_allow"] != egress
             if self.runtime and (changed or tick % 10 == 0):
                 try:
-                    await offload.call(self._apply_firewall if changed else self._egress_in_force, timeout=60)
+                    await offload.call(self.egress.install if changed else self.egress.in_force, timeout=60)
                 except asyncio.TimeoutError:
                     log.error("egress policy: iptables did not answer in time")
             if self.runtime and tick % 60 == 59:  # a provider who fixed the driver or toolkit: no restart needed
@@ -235,8 +206,8 @@ class Agent:
         """Pull the listed images that are not here, in the background; show pulls in the status."""
         self.pulls.keep([i for i in protocol.image_list(inv["images"]) if i != "*" and i not in inv["ready"]])
         images = {"pulling": self.pulls.pulling(), "failed": self.pulls.failures()}
-        if self._status.get("images") != images:
-            self._set_status(images=images)
+        if self.status.get("images") != images:
+            self.status.set(images=images)
 
     async def watch_gpus(self) -> None:
         """The GPU watchdog and power limits (hostd.gpuwatch), every `watchdog` seconds and at once
@@ -256,8 +227,8 @@ class Agent:
                 self._kills = (self._kills + result["killed"])[-20:]
                 status = {"gpu_problems": result["problems"], "gpu_kills": self._kills,
                           "gpu_failures": self._gpu_failures}
-                if any(self._status.get(k) != v for k, v in status.items()):
-                    self._set_status(**status)
+                if any(self.status.get(k) != v for k, v in status.items()):
+                    self.status.set(**status)
             try:
                 await asyncio.wait_for(self._gpu_wake.wait(), self._settings["watchdog"])
             except asyncio.TimeoutError:
@@ -341,24 +312,20 @@ class Agent:
 
     # events to the broker
     def attach_sink(self, session) -> None:
-        self._sink = session
-        for event in self._pending:
-            session.send(event)
-        self._pending = []
+        self.outbox.attach(session)
 
     def detach_sink(self, session) -> None:
-        if self._sink is session:
-            self._sink = None
+        self.outbox.detach(session)
 
     def emit(self, event: dict) -> None:
+        self.outbox.emit(event)
+
+    def _heard(self, event: dict) -> None:
+        """What hostd itself does on its own events, before they are sent."""
         if event["type"] in ("lease.ended", "lease.purged") and self.sessions:
             self.sessions.forget(event["id"])
         if event["type"] == "lease.ended":
             self._gpu_wake.set()  # its GPUs' power limits back now
-        if self._sink:
-            self._sink.send(event)
-        elif event["type"] not in ("inventory", "pull.progress"):
-            self._pending = self._pending[-999:] + [event]
 
     # what sessions need
     async def session_lease(self, lease_id: str | None, files_only: bool = False) -> dict:
@@ -414,7 +381,7 @@ class Agent:
     async def _op_welcome(self, req):
         self.host_name = protocol.name(req.get("host"), "host name")
         self._clock_from(req)
-        self._set_status(connected=True, host=self.host_name, since=time.time(), error=None)
+        self.status.set(connected=True, host=self.host_name, since=time.time(), error=None)
         if not self.joined.done():
             self.joined.set_result(self.host_name)
         return {"ok": True}
@@ -437,7 +404,7 @@ class Agent:
     async def _op_reject(self, req):
         error = protocol.printable(str(req.get("error") or "the broker refused this host"))[:300]
         self._rejected = error
-        self._set_status(connected=False, error=error)
+        self.status.set(connected=False, error=error)
         if not self.joined.done():
             self.joined.set_exception(JoinError(error))
         return {"ok": True}
@@ -446,7 +413,7 @@ class Agent:
         earned = req.get("earned", 0)
         if isinstance(earned, bool) or not isinstance(earned, int):
             raise protocol.WireError("bad earnings")
-        self._set_status(earned=earned)
+        self.status.set(earned=earned)
         return {"ok": True}
 
     async def _op_image_pull(self, req):
@@ -466,105 +433,11 @@ class Agent:
         self.emit({"type": "pull.progress", **view})
 
     async def _op_lease_start(self, req):
-        """Start a lease; asked again for the same lease, the same answer (idempotent)."""
-        lease = protocol.lease_start(req.get("lease"))
-        if lease["id"] in self._starts:  # the same start is under way: its answer is this one's
-            return await asyncio.shield(self._starts[lease["id"]])
-        rec = self.store.get(lease["id"])
-        if rec and rec["state"] == "active":
-            return {"ok": True, "container": rec["container"]}
-        if rec:
-            return {"ok": False, "error": f"lease {lease['id']} is {rec['state']} on this host"}
-        if not protocol.image_allowed(self._settings["images"], lease["image"]):
-            return {"ok": False, "error": f"image {lease['image']!r} is not allowed on this host "
-                                          f"(allowed: {self._settings['images']})"}
-        gpus = lease["gpus"]
-        try:
-            known = {g["uuid"] for g in self._gpus.gpus() if not g.get("error")}
-        except gpus_mod.GpuError as exc:
-            return {"ok": False, "error": f"this host cannot read its GPUs now: {exc}"}
-        if not set(gpus) <= known or len(set(gpus)) != len(gpus):
-            return {"ok": False, "error": "asked for GPUs this host does not have"}
-        if set(gpus) & set(self.gpuwatch.withdrawn if self.gpuwatch else ()) or (gpus and self._gpu_failures):
-            return {"ok": False, "error": "asked for GPUs this host does not offer now"}
-        busy = {u for r in self.store.holding() for u in json.loads(r["gpus"] or "[]")}
-        if busy & set(gpus):
-            return {"ok": False, "error": "asked for GPUs that another lease holds"}
-        # Recorded before the container is made, so that a broker that loses the reply (a cut
-        # connection, a restart) hears of it at the next hello and can have it discarded.
-        rec = {**{k: lease[k] for k in ("id", "renter", "image", "ends_at")}, "state": "starting",
-               "gpus": json.dumps(gpus)}
-        self.store.put(rec)
-        done = self._starts[lease["id"]] = asyncio.get_running_loop().create_future()
-        reply = {"ok": False, "error": "the start was interrupted"}
-        try:
-            reply = await self._start(lease, rec)
-            return reply
-        finally:
-            self._starts.pop(lease["id"], None)
-            done.set_result(reply)
-
-    async def _start(self, lease: dict, rec: dict) -> dict:
-        gpus = lease["gpus"]
-        try:
-            why = await offload.call(self._egress_in_force, timeout=60)
-        except asyncio.TimeoutError:
-            why = "iptables did not answer in time"
-        if why:  # fail closed: a container without the egress policy could reach the provider's LAN
-            self.store.update(lease["id"], state="purged")
-            return {"ok": False, "error": f"this host cannot enforce its egress policy now: {why}"}
-        self.leases.write_info(rec)
-        shutil.copyfile(selfcheck.SCRIPT, self.leases.lease_dir(lease["id"]) / "gpu-check.py")  # `gpu-check`
-        inv = self._inventory or await offload.call(self.inventory, timeout=30)
-        rec["disk_gb"] = float(inv["disk_per_gpu"] * max(1, len(gpus)))
-        limits = {"disk": int(rec["disk_gb"] * 1e9),
-                  "pids": pids_per_gpu(pid_max(), len(inv.get("shared") or ())) * max(1, len(gpus))}
-        if gpus:
-            cpus = float(inv["cpu_per_gpu"] * len(gpus))
-            rec["cpuset"] = self._pick_cores(cpus)
-            limits.update(cpus=cpus, cpuset=rec["cpuset"], memory=int(inv["ram_per_gpu"] * len(gpus) * 1e9))
-        self.store.update(lease["id"], cpuset=rec.get("cpuset"), disk_gb=rec["disk_gb"])
-        try:
-            container, shell = await offload.call(
-                self.runtime.start, lease, self._gpus.device_ids(gpus), str(self.leases.lease_dir(lease["id"])),
-                limits, timeout=offload.START)
-        except (RuntimeError_, asyncio.TimeoutError) as exc:
-            self.store.update(lease["id"], state="purged")
-            if isinstance(exc, asyncio.TimeoutError):
-                # The engine may still make it: remove whatever it made once it answers again.
-                asyncio.get_running_loop().create_task(self._clean_up(lease["id"]))
-            return {"ok": False, "error": str(exc) or "the Docker engine did not answer in time"}
-        await faults.point("hostd.start.created")
-        rec.update(container=container, shell=shell, state="active", seen=self.clock.now())
-        self.store.put(rec)
-        self.leases.arm(rec)
-        self.sessions.start_helper(rec)
-        self._gpu_wake.set()  # the power limit on its GPUs now
-        log.info("lease %s started for %s (container %s, %d GPU)", lease["id"], lease["renter"], container[:12],
-                 len(gpus))
-        return {"ok": True, "container": container}
-
-    def _pick_cores(self, cpus: float) -> str:
-        """The least used of this machine's cores for a lease's share, so that nproc and thread pools
-        inside the container see the share, not every core."""
-        mine = sorted(os.sched_getaffinity(0))
-        use = {c: 0 for c in mine}
-        for r in self.store.holding():
-            for c in map(int, filter(None, (r.get("cpuset") or "").split(","))):
-                use[c] = use.get(c, 0) + 1
-        want = max(1, min(len(mine), math.ceil(cpus)))
-        return ",".join(map(str, sorted(sorted(mine, key=lambda c: (use[c], c))[:want])))
-
-    async def _clean_up(self, lease_id: str) -> None:
-        try:
-            await offload.call(self.runtime.purge, lease_id, timeout=offload.START)
-        except (RuntimeError_, asyncio.TimeoutError, OSError) as exc:
-            log.warning("lease %s: cleaning up a start that timed out failed: %s", lease_id, exc)
+        return await self.starts.start(req)
 
     async def _op_lease_stop(self, req):
         lease_id = protocol.lease_id(req.get("id"))
-        if lease_id in self._starts:  # stopped while its container is being made: stop it once made
-            await asyncio.shield(self._starts[lease_id])
+        await self.starts.wait(lease_id)  # stopped while its container is being made: stop it once made
         rec = self.store.get(lease_id)
         if not rec:
             return {"ok": True, "state": "absent"}
@@ -581,8 +454,7 @@ class Agent:
 
     async def _op_lease_discard(self, req):
         lease_id = protocol.lease_id(req.get("id"))
-        if lease_id in self._starts:  # its container is being made: discard it once it is
-            await asyncio.shield(self._starts[lease_id])
+        await self.starts.wait(lease_id)  # its container is being made: discard it once it is
         await self.leases.discard(lease_id)
         return {"ok": True}
 
@@ -598,7 +470,8 @@ class Agent:
     async def run_forever(self, host: str, port: int) -> None:
         """Stay connected: reconnect after any drop, exponential backoff with full jitter."""
         watcher = asyncio.get_running_loop().create_task(self.watch())
-        disk = asyncio.get_running_loop().create_task(self.watch_disk())
+        disk = asyncio.get_running_loop().create_task(
+            DiskWatch(self.runtime, self.store, self.leases, self.config.disk_check).run())
         containers = asyncio.get_running_loop().create_task(
             Watch(self.runtime, self.store, self.leases, self.emit, self.config.container_check).run())
         gpu_watch = asyncio.get_running_loop().create_task(self.watch_gpus())
@@ -609,12 +482,12 @@ class Agent:
                 try:
                     conn = await self.connect(host, port)
                 except (OSError, asyncssh.Error, asyncio.TimeoutError) as exc:
-                    self._set_status(connected=False, error=f"connect failed: {exc or type(exc).__name__}")
+                    self.status.set(connected=False, error=f"connect failed: {exc or type(exc).__name__}")
                 else:
                     await conn.wait_closed()
-                    if self._status.get("connected"):
+                    if self.status.get("connected"):
                         attempt = 0
-                    self._set_status(connected=False, error=self._rejected or "connection closed")
+                    self.status.set(connected=False, error=self._rejected or "connection closed")
                 delay = random.uniform(0, min(self.config.backoff_max, self.config.backoff_base * 2 ** attempt))
                 attempt = min(attempt + 1, 30)
                 log.info("reconnecting to %s:%d in %.1fs", host, port, delay)
@@ -623,10 +496,6 @@ class Agent:
             for task in (watcher, disk, containers, gpu_watch, self._check_task):
                 if task:
                     task.cancel()
-
-    def _set_status(self, **fields) -> None:
-        self._status.update(fields, updated=time.time())
-        write_private(self.config.status_path, json.dumps(self._status))
 
 
 _OPS = {"hello": Agent._op_hello, "welcome": Agent._op_welcome, "reject": Agent._op_reject,

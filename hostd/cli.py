@@ -98,7 +98,7 @@ async def _run(cfg: Config, pin: dict) -> None:
     if cfg.metrics_addr:
         served = await common_metrics.serve(*cfg.metrics_addr, hostd_metrics.REGISTRY,
                                           lambda: hostd_metrics.refresh(agent))
-        agent._set_status(metrics=[cfg.metrics_addr[0], served.sockets[0].getsockname()[1]])
+        agent.status.set(metrics=[cfg.metrics_addr[0], served.sockets[0].getsockname()[1]])
     task = asyncio.current_task()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -106,7 +106,7 @@ async def _run(cfg: Config, pin: dict) -> None:
     try:
         await agent.run_forever(*pin["addr"])
     except asyncio.CancelledError:
-        agent._set_status(connected=False, error="stopped")
+        agent.status.set(connected=False, error="stopped")
 
 
 @main.command()

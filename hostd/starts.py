@@ -1,0 +1,145 @@
+"""lease.start on hostd: whether this host takes the lease (admit: the image, the GPUs), what share of
+the machine it gets (shares, pick_cores), and the start itself (egress check, lease files, the
+container, its timer and session helper); idempotent, with the starts under way kept for stop and
+discard to wait on."""
+import asyncio
+import json
+import logging
+import math
+import shutil
+
+from shellrent.common import faults, protocol
+
+from . import gpus as gpus_mod, offload, selfcheck
+from .runtime import RuntimeError_
+from .sizing import pids_per_gpu
+
+log = logging.getLogger("shellrent.agent")
+
+
+def admit(lease: dict, images: str, known: set[str], withdrawn: set[str], failing: bool, busy: set[str]) -> str | None:
+    """Why this host refuses the lease, or None: the image must be allowed, and its GPUs this host's,
+    each once, offered now (not withdrawn by the watchdog, the GPU checks passing) and free."""
+    if not protocol.image_allowed(images, lease["image"]):
+        return f"image {lease['image']!r} is not allowed on this host (allowed: {images})"
+    gpus = lease["gpus"]
+    if not set(gpus) <= known or len(set(gpus)) != len(gpus):
+        return "asked for GPUs this host does not have"
+    if set(gpus) & withdrawn or (gpus and failing):
+        return "asked for GPUs this host does not offer now"
+    if busy & set(gpus):
+        return "asked for GPUs that another lease holds"
+    return None
+
+
+def shares(inv: dict, gpus: int, host_pid_max: int) -> tuple[float, dict]:
+    """(disk GB, limits) of a lease of `gpus` GPUs: the inventory's per-GPU shares (a lease without
+    GPUs gets one GPU's disk and the default CPU and memory), and its pids as a share of pid_max."""
+    disk_gb = float(inv["disk_per_gpu"] * max(1, gpus))
+    pids = pids_per_gpu(host_pid_max, len(inv.get("shared") or ())) * max(1, gpus)
+    limits = {"disk": int(disk_gb * 1e9), "pids": pids}
+    if gpus:
+        limits.update(cpus=float(inv["cpu_per_gpu"] * gpus), memory=int(inv["ram_per_gpu"] * gpus * 1e9))
+    return disk_gb, limits
+
+
+def pick_cores(cpus: float, mine: list[int], taken: list[str]) -> str:
+    """The least used of this machine's cores (`mine`; `taken`: the cpusets of the leases running) for
+    a lease's share, so that nproc and thread pools inside the container see the share."""
+    use = {c: 0 for c in mine}
+    for cpuset in taken:
+        for c in map(int, filter(None, (cpuset or "").split(","))):
+            use[c] = use.get(c, 0) + 1
+    want = max(1, min(len(mine), math.ceil(cpus)))
+    return ",".join(map(str, sorted(sorted(mine, key=lambda c: (use[c], c))[:want])))
+
+
+class Starts:
+    """The starts of one hostd (its agent's parts, given in the constructor)."""
+
+    def __init__(self, agent):
+        self._a = agent
+        self.under_way: dict[str, asyncio.Future] = {}  # lease id -> done when its start call ends
+
+    async def wait(self, lease_id: str) -> None:
+        """Until the start of this lease under way, if any, has ended (a stop or discard then acts)."""
+        if lease_id in self.under_way:
+            await asyncio.shield(self.under_way[lease_id])
+
+    async def start(self, req: dict) -> dict:
+        """Start a lease; asked again for the same lease, the same answer (idempotent)."""
+        a = self._a
+        lease = protocol.lease_start(req.get("lease"))
+        if lease["id"] in self.under_way:  # the same start is under way: its answer is this one's
+            return await asyncio.shield(self.under_way[lease["id"]])
+        rec = a.store.get(lease["id"])
+        if rec and rec["state"] == "active":
+            return {"ok": True, "container": rec["container"]}
+        if rec:
+            return {"ok": False, "error": f"lease {lease['id']} is {rec['state']} on this host"}
+        try:
+            known = {g["uuid"] for g in a.gpu_source().gpus() if not g.get("error")} \
+                if protocol.image_allowed(a.settings()["images"], lease["image"]) else set()
+        except gpus_mod.GpuError as exc:
+            return {"ok": False, "error": f"this host cannot read its GPUs now: {exc}"}
+        busy = {u for r in a.store.holding() for u in json.loads(r["gpus"] or "[]")}
+        why = admit(lease, a.settings()["images"], known, set(a.gpuwatch.withdrawn if a.gpuwatch else ()),
+                    bool(a.gpu_failures()), busy)
+        if why:
+            return {"ok": False, "error": why}
+        # Recorded before the container is made, so that a broker that loses the reply (a cut
+        # connection, a restart) hears of it at the next hello and can have it discarded.
+        rec = {**{k: lease[k] for k in ("id", "renter", "image", "ends_at")}, "state": "starting",
+               "gpus": json.dumps(lease["gpus"])}
+        a.store.put(rec)
+        done = self.under_way[lease["id"]] = asyncio.get_running_loop().create_future()
+        reply = {"ok": False, "error": "the start was interrupted"}
+        try:
+            reply = await self._start(lease, rec)
+            return reply
+        finally:
+            self.under_way.pop(lease["id"], None)
+            done.set_result(reply)
+
+    async def _start(self, lease: dict, rec: dict) -> dict:
+        a, gpus = self._a, lease["gpus"]
+        try:
+            why = await offload.call(a.egress.in_force, timeout=60)
+        except asyncio.TimeoutError:
+            why = "iptables did not answer in time"
+        if why:  # fail closed: a container without the egress policy could reach the provider's LAN
+            a.store.update(lease["id"], state="purged")
+            return {"ok": False, "error": f"this host cannot enforce its egress policy now: {why}"}
+        a.leases.write_info(rec)
+        shutil.copyfile(selfcheck.SCRIPT, a.leases.lease_dir(lease["id"]) / "gpu-check.py")  # `gpu-check`
+        inv = a.current_inventory() or await offload.call(a.inventory, timeout=30)
+        rec["disk_gb"], limits = shares(inv, len(gpus), a.pid_max())
+        if gpus:
+            rec["cpuset"] = limits["cpuset"] = pick_cores(limits["cpus"], a.cores(),
+                                                          [r.get("cpuset") for r in a.store.holding()])
+        a.store.update(lease["id"], cpuset=rec.get("cpuset"), disk_gb=rec["disk_gb"])
+        try:
+            container, shell = await offload.call(
+                a.runtime.start, lease, a.gpu_source().device_ids(gpus), str(a.leases.lease_dir(lease["id"])),
+                limits, timeout=offload.START)
+        except (RuntimeError_, asyncio.TimeoutError) as exc:
+            a.store.update(lease["id"], state="purged")
+            if isinstance(exc, asyncio.TimeoutError):
+                # The engine may still make it: remove whatever it made once it answers again.
+                asyncio.get_running_loop().create_task(self._clean_up(lease["id"]))
+            return {"ok": False, "error": str(exc) or "the Docker engine did not answer in time"}
+        await faults.point("hostd.start.created")
+        rec.update(container=container, shell=shell, state="active", seen=a.clock.now())
+        a.store.put(rec)
+        a.leases.arm(rec)
+        a.sessions.start_helper(rec)
+        a.wake_gpus()  # the power limit on its GPUs now
+        log.info("lease %s started for %s (container %s, %d GPU)", lease["id"], lease["renter"], container[:12],
+                 len(gpus))
+        return {"ok": True, "container": container}
+
+    async def _clean_up(self, lease_id: str) -> None:
+        try:
+            await offload.call(self._a.runtime.purge, lease_id, timeout=offload.START)
+        except (RuntimeError_, asyncio.TimeoutError, OSError) as exc:
+            log.warning("lease %s: cleaning up a start that timed out failed: %s", lease_id, exc)
