@@ -11,7 +11,9 @@ from pathlib import Path
 
 import click
 
-from .agent import Agent, JoinError, join as join_broker
+from .agent import Agent
+from .control import JoinError
+from .tunnel import join as join_broker
 from .config import Config
 from shellrent.common import logs, metrics as common_metrics, systemd
 from shellrent.keys import material

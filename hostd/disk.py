@@ -47,6 +47,17 @@ class Workspaces:
                 return str(exc)
         return None
 
+    @classmethod
+    def open(cls, root: Path, disk_check: float) -> "Workspaces | None":
+        """Sized workspaces under root, or None (said once) where this machine cannot make them."""
+        why = cls.check(root)
+        if why:
+            log.warning("disk shares NOT enforced for /workspace (%s): it is an engine volume", why)
+            return None
+        log.info("disk shares: /workspace is a filesystem of the lease's size (ENOSPC past it); "
+                 "the writable layer is watched every %.0fs", disk_check)
+        return cls(root)
+
     def _paths(self, lease_id: str) -> tuple[Path, Path]:
         lease_id = protocol.lease_id(lease_id)
         return self.root / f"{lease_id}.img", self.root / lease_id

@@ -33,7 +33,7 @@ async def refresh(agent) -> None:
         LEASES.labels(state).set(sum(r["state"] == state for r in records))
     RESTARTS.set(sum(len(json.loads(r.get("downs") or "[]")) for r in records))
     try:
-        gpus = await offload.call(agent._gpus.gpus, timeout=offload.QUICK)
+        gpus = await offload.call(agent.settings_watch.gpus.gpus, timeout=offload.QUICK)
     except (GpuError, asyncio.TimeoutError):  # the driver is gone or hangs: every GPU unreadable
         gpus = [{**g, "error": "unreadable"} for g in _last]
     _last[:] = gpus

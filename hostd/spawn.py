@@ -19,7 +19,6 @@ import json
 import logging
 import os
 import secrets
-import signal as signals
 import socket
 import time
 from pathlib import Path
@@ -27,8 +26,10 @@ from pathlib import Path
 import asyncssh
 
 from . import engine, netns, offload, procfs
+from .execsession import ExecSession
 from .runtime import RuntimeError_
 
+__all__ = ["ExecSession", "HelperError", "HelperSession", "Sessions", "install"]
 log = logging.getLogger("shellrent.sessions")
 
 HELPER_WAIT = 3.0      # seconds for the helper to answer before the session goes through docker exec
@@ -282,75 +283,6 @@ class HelperSession:
             if transport.is_closing():  # (a closed pipe transport's abort() fails)
                 continue
             transport.abort() if isinstance(transport, asyncio.WriteTransport) else transport.close()
-
-
-class ExecSession:
-    """A session as a `docker exec`, its hijacked stream spliced to the channel (hostd.engine)."""
-
-    via = "docker exec"
-
-    def __init__(self, chan, tty: bool, stdin_full=None):
-        self.chan, self.tty = chan, tty
-        self._stdin_full = stdin_full
-        self.status = 255
-        self._stream: engine.ExecStream | None = None
-        self._exec_id: str | None = None
-        self.done = asyncio.get_running_loop().create_future()
-
-    async def start(self, container: str, argv: list[str], env: dict, size) -> "ExecSession":
-        created = await engine.api("POST", f"/containers/{container}/exec", {
-            "AttachStdin": True, "AttachStdout": True, "AttachStderr": True, "Tty": self.tty,
-            "Cmd": argv, "Env": [f"{k}={v}" for k, v in env.items()], "WorkingDir": "/workspace"})
-        self._exec_id = created["Id"]
-        self._stream = await engine.exec_start(self._exec_id, self.chan, self.tty, self._stdin_full)
-        if self.tty and size:
-            await self.resize(*size[:2])
-        asyncio.get_running_loop().create_task(self._finish())
-        return self
-
-    async def _finish(self):
-        await self._stream.done
-        for _ in range(200):
-            try:
-                info = await engine.api("GET", f"/exec/{self._exec_id}/json")
-            except (engine.EngineError, OSError, asyncio.TimeoutError):
-                break
-            if not info["Running"] and info["ExitCode"] is not None:
-                self.status = info["ExitCode"]
-                break
-            await asyncio.sleep(0.01)
-        self.done.set_result(None)
-
-    def write(self, data: bytes) -> None:
-        self._stream.write(data)
-
-    def write_eof(self) -> None:
-        if not self.tty:
-            self._stream.write_eof()
-
-    def pause_reading(self) -> None:
-        self._stream.transport.pause_reading()
-
-    def resume_reading(self) -> None:
-        self._stream.transport.resume_reading()
-
-    async def resize(self, width: int, height: int) -> None:
-        try:
-            await engine.api("POST", f"/exec/{self._exec_id}/resize", h=height, w=width)
-        except (engine.EngineError, OSError, asyncio.TimeoutError) as exc:
-            log.debug("resize failed: %s", exc)
-
-    async def signal(self, name: str) -> None:
-        try:
-            info = await engine.api("GET", f"/exec/{self._exec_id}/json")
-            if info.get("Running") and info.get("Pid"):
-                os.kill(info["Pid"], getattr(signals, f"SIG{name}"))
-        except (engine.EngineError, OSError, asyncio.TimeoutError) as exc:
-            log.debug("signal %s failed: %s", name, exc)
-
-    def close(self) -> None:
-        if self._stream:
-            self._stream.transport.abort()  # as HelperSession.close: unread stdin is not waited for
 
 
 class Sessions:

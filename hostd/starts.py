@@ -6,11 +6,13 @@ import asyncio
 import json
 import logging
 import math
+import os
 import shutil
 
 from shellrent.common import faults, protocol
 
 from . import gpus as gpus_mod, offload, selfcheck
+from .procfs import pid_max
 from .runtime import RuntimeError_
 from .sizing import pids_per_gpu
 
@@ -55,10 +57,18 @@ def pick_cores(cpus: float, mine: list[int], taken: list[str]) -> str:
 
 
 class Starts:
-    """The starts of one hostd (its agent's parts, given in the constructor)."""
+    """The starts of one hostd, with the parts they drive given in the constructor."""
 
-    def __init__(self, agent):
-        self._a = agent
+    def __init__(self, store, runtime, leases, sessions, egress, health, inventory, settings, clock):
+        self._store = store
+        self._runtime = runtime
+        self._leases = leases
+        self._sessions = sessions  # hostd.spawn.Sessions: the lease's session helper
+        self._egress = egress
+        self._health = health  # hostd.gpuhealth: checks that fail, GPUs withdrawn
+        self._inventory = inventory
+        self._settings = settings  # hostd.settingswatch: the settings and the GPU source
+        self._clock = clock
         self.under_way: dict[str, asyncio.Future] = {}  # lease id -> done when its start call ends
 
     async def wait(self, lease_id: str) -> None:
@@ -68,30 +78,29 @@ class Starts:
 
     async def start(self, req: dict) -> dict:
         """Start a lease; asked again for the same lease, the same answer (idempotent)."""
-        a = self._a
         lease = protocol.lease_start(req.get("lease"))
         if lease["id"] in self.under_way:  # the same start is under way: its answer is this one's
             return await asyncio.shield(self.under_way[lease["id"]])
-        rec = a.store.get(lease["id"])
+        rec = self._store.get(lease["id"])
         if rec and rec["state"] == "active":
             return {"ok": True, "container": rec["container"]}
         if rec:
             return {"ok": False, "error": f"lease {lease['id']} is {rec['state']} on this host"}
+        images = self._settings.values["images"]
         try:
-            known = {g["uuid"] for g in a.gpu_source().gpus() if not g.get("error")} \
-                if protocol.image_allowed(a.settings()["images"], lease["image"]) else set()
+            known = {g["uuid"] for g in self._settings.gpus.gpus() if not g.get("error")} \
+                if protocol.image_allowed(images, lease["image"]) else set()
         except gpus_mod.GpuError as exc:
             return {"ok": False, "error": f"this host cannot read its GPUs now: {exc}"}
-        busy = {u for r in a.store.holding() for u in json.loads(r["gpus"] or "[]")}
-        why = admit(lease, a.settings()["images"], known, set(a.gpuwatch.withdrawn if a.gpuwatch else ()),
-                    bool(a.gpu_failures()), busy)
+        busy = {u for r in self._store.holding() for u in json.loads(r["gpus"] or "[]")}
+        why = admit(lease, images, known, set(self._health.withdrawn()), bool(self._health.failures), busy)
         if why:
             return {"ok": False, "error": why}
         # Recorded before the container is made, so that a broker that loses the reply (a cut
         # connection, a restart) hears of it at the next hello and can have it discarded.
         rec = {**{k: lease[k] for k in ("id", "renter", "image", "ends_at")}, "state": "starting",
                "gpus": json.dumps(lease["gpus"])}
-        a.store.put(rec)
+        self._store.put(rec)
         done = self.under_way[lease["id"]] = asyncio.get_running_loop().create_future()
         reply = {"ok": False, "error": "the start was interrupted"}
         try:
@@ -102,44 +111,44 @@ class Starts:
             done.set_result(reply)
 
     async def _start(self, lease: dict, rec: dict) -> dict:
-        a, gpus = self._a, lease["gpus"]
+        gpus, store, leases = lease["gpus"], self._store, self._leases
         try:
-            why = await offload.call(a.egress.in_force, timeout=60)
+            why = await offload.call(self._egress.in_force, timeout=60)
         except asyncio.TimeoutError:
             why = "iptables did not answer in time"
         if why:  # fail closed: a container without the egress policy could reach the provider's LAN
-            a.store.update(lease["id"], state="purged")
+            store.update(lease["id"], state="purged")
             return {"ok": False, "error": f"this host cannot enforce its egress policy now: {why}"}
-        a.leases.write_info(rec)
-        shutil.copyfile(selfcheck.SCRIPT, a.leases.lease_dir(lease["id"]) / "gpu-check.py")  # `gpu-check`
-        inv = a.current_inventory() or await offload.call(a.inventory, timeout=30)
-        rec["disk_gb"], limits = shares(inv, len(gpus), a.pid_max())
+        leases.write_info(rec)
+        shutil.copyfile(selfcheck.SCRIPT, leases.lease_dir(lease["id"]) / "gpu-check.py")  # `gpu-check`
+        inv = self._inventory.last or await offload.call(self._inventory.read, timeout=30)
+        rec["disk_gb"], limits = shares(inv, len(gpus), pid_max())
         if gpus:
-            rec["cpuset"] = limits["cpuset"] = pick_cores(limits["cpus"], a.cores(),
-                                                          [r.get("cpuset") for r in a.store.holding()])
-        a.store.update(lease["id"], cpuset=rec.get("cpuset"), disk_gb=rec["disk_gb"])
+            rec["cpuset"] = limits["cpuset"] = pick_cores(limits["cpus"], sorted(os.sched_getaffinity(0)),
+                                                          [r.get("cpuset") for r in store.holding()])
+        store.update(lease["id"], cpuset=rec.get("cpuset"), disk_gb=rec["disk_gb"])
         try:
             container, shell = await offload.call(
-                a.runtime.start, lease, a.gpu_source().device_ids(gpus), str(a.leases.lease_dir(lease["id"])),
+                self._runtime.start, lease, self._settings.gpus.device_ids(gpus), str(leases.lease_dir(lease["id"])),
                 limits, timeout=offload.START)
         except (RuntimeError_, asyncio.TimeoutError) as exc:
-            a.store.update(lease["id"], state="purged")
+            store.update(lease["id"], state="purged")
             if isinstance(exc, asyncio.TimeoutError):
                 # The engine may still make it: remove whatever it made once it answers again.
                 asyncio.get_running_loop().create_task(self._clean_up(lease["id"]))
             return {"ok": False, "error": str(exc) or "the Docker engine did not answer in time"}
         await faults.point("hostd.start.created")
-        rec.update(container=container, shell=shell, state="active", seen=a.clock.now())
-        a.store.put(rec)
-        a.leases.arm(rec)
-        a.sessions.start_helper(rec)
-        a.wake_gpus()  # the power limit on its GPUs now
+        rec.update(container=container, shell=shell, state="active", seen=self._clock.now())
+        store.put(rec)
+        leases.arm(rec)
+        self._sessions.start_helper(rec)
+        self._health.wake()  # the power limit on its GPUs now
         log.info("lease %s started for %s (container %s, %d GPU)", lease["id"], lease["renter"], container[:12],
                  len(gpus))
         return {"ok": True, "container": container}
 
     async def _clean_up(self, lease_id: str) -> None:
         try:
-            await offload.call(self._a.runtime.purge, lease_id, timeout=offload.START)
+            await offload.call(self._runtime.purge, lease_id, timeout=offload.START)
         except (RuntimeError_, asyncio.TimeoutError, OSError) as exc:
             log.warning("lease %s: cleaning up a start that timed out failed: %s", lease_id, exc)
