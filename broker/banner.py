@@ -4,7 +4,6 @@ Only for a terminal shell (not exec, sftp, scp or forwards); one screen of plain
 the renter's client sent no NO_COLOR and its terminal is not dumb. /etc/shellrent/lease in the
 container stays the machine-readable form.
 """
-import json
 import time
 
 from shellrent.common import protocol
@@ -15,7 +14,7 @@ from .leases import format_duration
 def text(lease: dict, broker: tuple[str, int], env: dict, now: float | None = None) -> str:
     """The banner for a lease record, with CRLF line ends (the renter's terminal is in raw mode)."""
     now = time.time() if now is None else now
-    gpus = json.loads(lease.get("gpus") or "[]")
+    gpus = lease.get("gpus") or []
     model = protocol.printable(str(lease.get("gpu_name") or "GPU"))[:64]
     what = f"{len(gpus)} x {model}" if gpus else "no GPU"
     left = max(0, lease["ends_at"] - now)

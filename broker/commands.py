@@ -3,7 +3,6 @@
 Each command takes the renter and its arguments and returns (exit status, output). Bad input is a
 one-line error and exit status 2; nothing changes.
 """
-import json
 import shlex
 import time
 from dataclasses import dataclass, field
@@ -95,7 +94,7 @@ def _gpus(args: Args) -> int:
 
 
 def _lease_view(lease: dict, now: float) -> dict:
-    gpus = json.loads(lease.get("gpus") or "[]")
+    gpus = lease.get("gpus") or []
     left = lease["ends_at"] - now if lease["state"] == "active" else 0
     return {"id": lease["id"], "state": lease["state"], "host": lease["host"], "gpus": len(gpus),
             "gpu_name": lease.get("gpu_name"), "image": lease["image"], "ends_at": lease["ends_at"],

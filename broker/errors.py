@@ -1,5 +1,7 @@
 """Domain errors: one line each, shown to the user as is."""
 
+FULL = "the broker cannot write its records (its disk is full): nothing was changed; try again later"
+
 
 class BrokerError(Exception):
     """Something the user asked for cannot be done; str(exc) is the one-line reason."""
@@ -19,3 +21,14 @@ class Unavailable(BrokerError):
 
 class Refused(Unavailable):
     """The host answered a call and said no (as opposed to not answering)."""
+
+
+class Changed(BrokerError):
+    """A record changed under a conditional write (another broker acted on it first); the transaction
+    is rolled back and nothing was done."""
+
+
+def changed(written: bool, what: str) -> None:
+    """Raise Changed unless a conditional write (the store's expect_state) was written."""
+    if not written:
+        raise Changed(f"{what} changed while this was being done; nothing was changed: try again")

@@ -1,14 +1,13 @@
 """Extending: more time on an active lease when the host's window and the renter's credit allow; the
 new end and its hold are one transaction, the host is told, and a host that refuses undoes it."""
 import asyncio
-import json
 import logging
 import time
 
 from shellrent.common import faults
 
 from . import ledger
-from .errors import BrokerError, Refused, Unavailable
+from .errors import BrokerError, Refused, Unavailable, changed
 from .leases import format_duration, hold_for, parse_window, window_end
 from .renting import check_length
 
@@ -30,7 +29,7 @@ class Extending:
         if not link:
             raise Unavailable(f"host {lease['host']!r} is offline; cannot extend now")
         host = await self._db(self._store.host, lease["host"])
-        window = json.loads(host["inventory"]).get("window", "always") if host.get("inventory") else "always"
+        window = (host.get("inventory") or {}).get("window", "always")
         closes = window_end(self._now(), parse_window(window))
         added, n = await self._db(self.add_time, lid, seconds, closes)
         await faults.point("extend.held")
@@ -55,7 +54,7 @@ class Extending:
         concurrent extensions cannot pass them together."""
         store = self._store
         with store.tx():
-            lease = store.lease(lid)
+            lease = store.lease(lid, for_update=True)
             if lease["state"] != "active":
                 raise BrokerError(f"lease {lid} is {lease['state']}; only active leases can be extended")
             check_length(self._config, lease["ends_at"] + seconds - (lease["started"] or lease["created"]))
@@ -63,11 +62,12 @@ class Extending:
                 raise BrokerError(f"host {lease['host']} is available only until "
                                   f"{time.strftime('%H:%M UTC', time.gmtime(closes))}")
             n = lease["extensions"] + 1
-            amount = hold_for(lease["price"], len(json.loads(lease["gpus"])), seconds)
+            amount = hold_for(lease["price"], len(lease["gpus"]), seconds)
             if amount:
                 store.post(ledger.extend_key(lid, n), "hold", ledger.hold(lease["renter"], amount), lease=lid,
                            renter=lease["renter"], memo=f"extend {format_duration(seconds)}")
-            store.update_lease(lid, ends_at=lease["ends_at"] + seconds, held=lease["held"] + amount, extensions=n)
+            changed(store.update_lease(lid, expect_state="active", ends_at=lease["ends_at"] + seconds,
+                                       held=lease["held"] + amount, extensions=n), f"lease {lid}")
         return amount, n
 
     def undo_time(self, lid: str, seconds: int, amount: int, n: int) -> None:
@@ -75,12 +75,12 @@ class Extending:
         there is nothing to take back: settling returned all that was held."""
         store = self._store
         with store.tx():
-            lease = store.lease(lid)
+            lease = store.lease(lid, for_update=True)
             if store.posted(ledger.settle_key(lid)) or lease["state"] != "active":
                 log.warning("lease %s: extension %d refused after the lease ended; nothing to undo", lid, n)
                 return
             if amount and not store.post(ledger.undo_key(lid, n), "refund", ledger.release(lease["renter"], amount),
                                          lease=lid, renter=lease["renter"], memo="extension refused by the host"):
                 return  # undone before
-            store.update_lease(lid, ends_at=lease["ends_at"] - seconds, held=lease["held"] - amount,
-                               host_ends_at=None)
+            changed(store.update_lease(lid, expect_state="active", ends_at=lease["ends_at"] - seconds,
+                                       held=lease["held"] - amount, host_ends_at=None), f"lease {lid}")

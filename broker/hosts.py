@@ -1,6 +1,5 @@
 """Hosts: invitations, who is behind a tunnel (its pinned key or a join token, and its clock), its
 connects and disconnects, the inventory it offers and the earnings it is told."""
-import json
 import logging
 import math
 import time
@@ -75,7 +74,7 @@ class Hosts:
     async def set_inventory(self, host: str, raw) -> None:
         """Keep a host's inventory if every field checks out; otherwise keep the host out of offers."""
         try:
-            inv, error = json.dumps(inventory_mod.check(raw, int(self._config.max_price * 1_000_000))), None
+            inv, error = inventory_mod.check(raw, int(self._config.max_price * 1_000_000)), None
         except inventory_mod.InventoryError as exc:
             inv, error = None, str(exc)
             log.warning("host %s: inventory refused (%s); its offers are withdrawn", host, error)

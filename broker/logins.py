@@ -2,6 +2,7 @@
 import time
 
 from .errors import BrokerError, NotFound, Unavailable
+from .route import Route
 
 
 def lease_from_username(username: str) -> tuple[str, str | None]:
@@ -47,8 +48,8 @@ class Logins:
         leases = await self._db(self._store.leases, renter, not lease_id)
         return pick_lease(leases, renter, lease_id, self._now())
 
-    async def session_target(self, renter: str, wanted: str | None, files_only: bool = False):
-        """(host connection, lease id) a renter's login reaches."""
+    async def session_target(self, renter: str, wanted: str | None, files_only: bool = False) -> Route:
+        """The route to the lease a renter's login reaches."""
         leases = await self._db(self._store.leases, renter, not wanted)
         lease = pick_lease(leases, renter, wanted, self._now(), files_only)
         link = self._links().get(lease["host"])
@@ -58,4 +59,4 @@ class Logins:
                 raise Unavailable(f"lease {lease['id']} has ended: the operator removed its host "
                                   f"(the unused time is refunded)")
             raise Unavailable(f"host of lease {lease['id']} is offline; try again shortly")
-        return link.conn, lease["id"]
+        return Route(lease["id"], lease["host"], link.conn)

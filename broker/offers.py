@@ -3,7 +3,6 @@
 One offer per host and GPU model: num_gpus is how many of them are free now; renting takes some or
 all. dph is the price per hour of the whole offer, in credits.
 """
-import json
 
 from . import query
 from .errors import BrokerError
@@ -51,21 +50,21 @@ def build(hosts: list[dict], online: set[str], live: list[dict], reliabilities: 
     the same offers without parsing or building them again."""
     used: dict[str, set] = {}
     for lease in live:
-        used.setdefault(lease["host"], set()).update(json.loads(lease.get("gpus") or "[]"))
+        used.setdefault(lease["host"], set()).update(lease.get("gpus") or ())
     memo = {} if memo is None else memo
     out = []
     for h in hosts:
-        name, text = h["name"], h.get("inventory")
-        if name not in online or not text:
+        name, inv = h["name"], h.get("inventory")
+        if name not in online or not inv:
             continue
         taken, rel = frozenset(used.get(name, ())), reliabilities.get(name, 1.0)
         hit = memo.get(name)
-        if hit and hit["text"] == text and hit["taken"] == taken and hit["rel"] == rel and hit["always"]:
+        if hit and (hit["inv"] is inv or hit["inv"] == inv) and hit["taken"] == taken and hit["rel"] == rel \
+                and hit["always"]:
             out += hit["offers"]
             continue
-        inv = hit["inv"] if hit and hit["text"] == text else json.loads(text)
         offers = host_offers(name, inv, taken, rel, now)
-        memo[name] = {"text": text, "inv": inv, "taken": taken, "rel": rel, "offers": offers,
+        memo[name] = {"inv": inv, "taken": taken, "rel": rel, "offers": offers,
                       "always": inv.get("window", "always") == "always"}  # a window's offers depend on now
         out += offers
     for name in memo.keys() - online:

@@ -25,12 +25,13 @@ from shellrent.common.flow import Gate
 from .errors import BrokerError, NotFound
 from .metrics import TO_HOST, TO_RENTER
 from .picker import LineReader
+from .route import Route
 
 log = logging.getLogger("shellrent.relay")
 
 SUBSYSTEMS = ("sftp",)
 
-Opener = Callable[[bool], Awaitable[tuple[asyncssh.SSHClientConnection, str]]]
+Opener = Callable[[bool], Awaitable[Route]]  # files only? -> the route to the lease (broker.route)
 Picker = Callable[..., Awaitable[object]]
 WINDOW = 8 * 1024 * 1024
 # Both tunnel ends are ours, so the packet size there is our choice: 64 KiB measured best. Against
@@ -147,11 +148,12 @@ class RenterSession(asyncssh.SSHServerSession):
     async def _open(self):
         try:
             try:
-                conn, lease = await self._opener(self._req.get("subsystem") == "sftp")
+                route = await self._opener(self._req.get("subsystem") == "sftp")
             except NotFound:
                 if not (self._pty and self._picker and not self._req):
                     raise
-                conn, lease = await self._pick()
+                route = await self._pick()
+            lease = route.lease
             env = protocol.filter_env(self.chan.get_environment())
             if self._pty and not self._req and self._banner:  # a person's shell: say where they are
                 text, tmux = await self._banner(lease, {**self.chan.get_environment(), "TERM": self._pty["term_type"]})
@@ -159,7 +161,7 @@ class RenterSession(asyncssh.SSHServerSession):
                 if tmux:  # the renter's `config tmux on`: the shell is the lease's tmux session
                     self._req = {"command": TMUX}
             env[protocol.LEASE_ENV] = lease
-            self._up, _ = await conn.create_session(
+            self._up, _ = await route.open_session(
                 lambda: _Upstream(self), **self._req, **self._pty, env=env, encoding=None,
                 window=WINDOW, max_pktsize=TUNNEL_PKTSIZE)
             self.out.attach(self._up)
@@ -331,11 +333,10 @@ class RenterTcp(asyncssh.SSHTCPSession):
             self.on_close(self)
 
 
-async def open_tcp(conn: asyncssh.SSHClientConnection, target: str, port: int,
-                   orig: tuple[str, int]) -> RenterTcp:
-    """Open the host side of a forward first, so a refused port is refused to the renter."""
+async def open_tcp(route, dest_host: str, port: int, orig: tuple[str, int]) -> RenterTcp:
+    """Open the host side of a forward first (broker.route), so a refused port is refused to the renter."""
     down = RenterTcp()
-    up, _ = await conn.create_connection(lambda: _TcpUpstream(down), target, port, *orig,
-                                         encoding=None, window=WINDOW, max_pktsize=TUNNEL_PKTSIZE)
+    up, _ = await route.open_forward(lambda: _TcpUpstream(down), dest_host, port, orig,
+                                     encoding=None, window=WINDOW, max_pktsize=TUNNEL_PKTSIZE)
     down.up = up
     return down

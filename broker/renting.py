@@ -1,14 +1,13 @@
 """Renting: pick an offer, hold the credit and take the GPUs (one transaction), start the container on
 the host (pulling its image first where needed), or fail and refund it all; starts under way."""
 import asyncio
-import json
 import math
 import secrets
 
 from shellrent.common import faults, protocol
 
 from . import ledger, offers as offers_mod
-from .errors import BrokerError, Unavailable
+from .errors import BrokerError, Unavailable, changed
 from .leases import advance, format_duration, hold_for
 
 DEFAULT_IMAGE = "shellrent-base:bookworm"
@@ -64,7 +63,7 @@ class Renting:
         check_length(self._config, seconds)
         now = self._now()
         return {"id": secrets.token_hex(4), "renter": renter, "host": host, "image": image, "state": "pending",
-                "created": now, "ends_at": now + seconds, "gpus": json.dumps(list(gpus)), "gpu_name": gpu_name,
+                "created": now, "ends_at": now + seconds, "gpus": list(gpus), "gpu_name": gpu_name,
                 "price": price, "fee_percent": self._config.fee_percent,
                 "held": hold_for(price, len(gpus), seconds)}
 
@@ -102,14 +101,15 @@ class Renting:
             say(f"starting the container on {lease['host']}...")
             reply = await link.call("lease.start", timeout=self._config.start_timeout, lease={
                 "id": lid, "renter": lease["renter"], "image": lease["image"], "ends_at": lease["ends_at"],
-                "gpus": json.loads(lease["gpus"])})
+                "gpus": lease["gpus"]})
             try:
                 container = protocol.container_id(reply.get("container"))
             except protocol.WireError:
                 raise Unavailable(f"host {lease['host']} answered lease.start without a container id") from None
             await faults.point("rent.started")
-            await self._db(lambda: self._store.update_lease(lid, state="active", container=container,
-                                                            started=self._now(), host_ends_at=lease["ends_at"]))
+            changed(await self._db(lambda: self._store.update_lease(
+                lid, expect_state="starting", state="active", container=container, started=self._now(),
+                host_ends_at=lease["ends_at"])), f"lease {lid}")
         except BaseException as exc:
             error = str(exc) or type(exc).__name__
             try:
@@ -126,9 +126,10 @@ class Renting:
         a failed lease not yet refunded is refunded."""
         store = self._store
         with store.tx():
-            lease = store.lease(lid)
+            lease = store.lease(lid, for_update=True)
             if lease["state"] in ("pending", "starting"):
-                store.update_lease(lid, state="failed", error=error[:300], host_ended=None)
+                changed(store.update_lease(lid, expect_state=lease["state"], state="failed", error=error[:300],
+                                           host_ended=None), f"lease {lid}")
             elif lease["state"] != "failed":
                 return
             store.post(ledger.settle_key(lid), "refund",
@@ -137,15 +138,16 @@ class Renting:
 
     async def _set_state(self, lease: dict, state: str) -> None:
         advance(lease["state"], state)
-        lease["state"] = state
-        await self._db(lambda: self._store.update_lease(lease["id"], state=state))
+        was, lease["state"] = lease["state"], state
+        changed(await self._db(lambda: self._store.update_lease(lease["id"], expect_state=was, state=state)),
+                f"lease {lease['id']}")
 
     async def create_lease(self, renter: str, host: str, hours: float, image: str) -> dict:
         """Admin: a lease on a named host, no GPUs, no charge."""
         if not (math.isfinite(hours) and 0 < hours <= 24 * 30):
             raise BrokerError(f"bad duration {hours} h: must be more than 0 and at most 720")
         await self._db(self._store.require_renter, renter)
-        inv = json.loads((await self._db(self._store.host, host))["inventory"] or "{}")
+        inv = (await self._db(self._store.host, host))["inventory"] or {}
         if not self._links().get(host):
             raise Unavailable(f"host {host!r} is offline")
         lease = await self._db(self.open_lease, self.new_lease(renter, host, image, int(hours * 3600)))

@@ -1,13 +1,12 @@
 """Settlement: a lease's end (released, time up, ended on its host) and its money, settled once in
 the same transaction as the end; corrections that only ever refund; the renters' channels closed."""
 import asyncio
-import json
 import logging
 
 from shellrent.common import faults
 
 from . import billing, ledger
-from .errors import BrokerError
+from .errors import BrokerError, changed
 from .leases import credits, format_duration
 
 log = logging.getLogger("shellrent.service")
@@ -68,10 +67,10 @@ class Settlement:
         self._market.changed()
         store = self._store
         with store.tx():
-            lease = store.lease(lid)
+            lease = store.lease(lid, for_update=True)
             if lease["state"] in ("active", "ending"):
                 end = min(max(at, lease["started"] or lease["created"]), lease["ends_at"], self._now())
-                store.update_lease(lid, state="ended", ended=end)
+                changed(store.update_lease(lid, expect_state=lease["state"], state="ended", ended=end), f"lease {lid}")
             elif lease["state"] in ("ended", "purged"):
                 end = lease["ended"] or lease["ends_at"]
             else:
@@ -87,17 +86,17 @@ class Settlement:
 
     def _charge(self, lease: dict, start: float, end: float) -> tuple[int, int]:
         """(billable seconds, charge) of a lease that ran from start to end (store thread)."""
-        return billing.charge(lease["held"], lease["price"], len(json.loads(lease["gpus"])), start, end,
+        return billing.charge(lease["held"], lease["price"], len(lease["gpus"]), start, end,
                               self._store.uptimes(start - 1).get(lease["host"], []), self._store.downs(lease["id"]),
                               self._config.offline_grace)
 
     def end_earlier(self, lid: str, at: float) -> None:
         """The host says a settled lease's container stopped before the broker's end (store thread)."""
         with self._store.tx():
-            lease = self._store.lease(lid)
+            lease = self._store.lease(lid, for_update=True)
             end = max(at, lease["started"] or lease["created"])
             if lease["state"] in ("ended", "purged") and end < (lease["ended"] or lease["ends_at"]):
-                self._store.update_lease(lid, ended=end)
+                changed(self._store.update_lease(lid, expect_state=("ended", "purged"), ended=end), f"lease {lid}")
                 self.reprice(lid)
 
     def reprice(self, lid: str) -> None:
@@ -106,7 +105,7 @@ class Settlement:
         A charge never goes up after settling (store thread)."""
         store = self._store
         with store.tx():
-            lease = store.lease(lid)
+            lease = store.lease(lid, for_update=True)
             if lease["state"] not in ("ended", "purged") or not lease["started"]:
                 return
             charged = store.charged(lid)

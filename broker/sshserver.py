@@ -152,11 +152,11 @@ class RenterServer(asyncssh.SSHServer):
     async def _target(self, files_only: bool = False):
         if self.kind == "ctl":
             raise BrokerError("ctl@ takes commands only, e.g. ssh ctl@BROKER offers")
-        conn, lease = await self._broker.session_target(self.renter, self.lease, files_only)
-        if self.lease != lease:
-            self.lease = lease
-            audit.info("session renter=%s ip=%s lease=%s", self.renter, self._ip, lease)
-        return conn, lease
+        route = await self._broker.session_target(self.renter, self.lease, files_only)
+        if self.lease != route.lease:
+            self.lease = route.lease
+            audit.info("session renter=%s ip=%s lease=%s", self.renter, self._ip, route.lease)
+        return route
 
     def connection_requested(self, dest_host, dest_port, orig_host, orig_port):
         if dest_host.lower() not in protocol.LOOPBACK or self.kind != "rent" or not 0 < dest_port < 65536:
@@ -168,15 +168,15 @@ class RenterServer(asyncssh.SSHServer):
 
     async def _forward(self, dest_host, dest_port, orig_host, orig_port):
         try:
-            conn, lease = await self._target()
-            down = await open_tcp(conn, protocol.target(lease, dest_host.lower()), dest_port, (orig_host, orig_port))
+            route = await self._target()
+            down = await open_tcp(route, dest_host.lower(), dest_port, (orig_host, orig_port))
         except BrokerError as exc:
             self._free_slot()
             raise asyncssh.ChannelOpenError(asyncssh.OPEN_CONNECT_FAILED, str(exc)) from None
         except BaseException:
             self._free_slot()
             raise
-        self._broker.channels.track(lease, down)
+        self._broker.channels.track(route.lease, down)
         down.on_close = self._session_closed
         return down
 

@@ -144,7 +144,7 @@ class Runtime(Processes, DiskUse, SideContainers):
         pinned = ",".join(lease.get("gpus") or []) or "void"
         env = {"SHELLRENT_LEASE_ID": lease["id"], "SHELLRENT_ENDS_AT": str(int(lease["ends_at"])),
                "NVIDIA_VISIBLE_DEVICES": pinned}
-        container = self._create_sized(
+        container = self.create_sized(
             lease["image"], MAIN, lim.get("disk"), name=f"shellrent-{lease['id']}", hostname=f"rent-{lease['id']}",
             labels=labels(self.owner, lease), environment=env, working_dir="/workspace", init=True,
             volumes={workspace: {"bind": "/workspace", "mode": "rw"},
@@ -159,7 +159,7 @@ class Runtime(Processes, DiskUse, SideContainers):
             raise DockerException(f"the engine did not pin the container's GPUs: {wrong}")
         return container
 
-    def _create_sized(self, image: str, command: list, disk: int | None, **kw):
+    def create_sized(self, image: str, command: list, disk: int | None, **kw):
         """containers.create with the writable layer sized to the lease's disk share where the engine
         can (the `size` storage option: overlay2 on xfs with pquota, btrfs, zfs). Where it cannot, the
         engine's reason is logged once and the layer is only counted (Agent.watch_disk)."""

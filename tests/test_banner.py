@@ -1,9 +1,8 @@
 """The login banner's text: one screen, the facts a renter needs, colour only where wanted."""
-import json
 
 from shellrent.broker import banner
 
-LEASE = {"id": "a1b2c3d4", "host": "pc1", "gpus": json.dumps(["GPU-a", "GPU-b"]), "gpu_name": "RTX 4090",
+LEASE = {"id": "a1b2c3d4", "host": "pc1", "gpus": ["GPU-a", "GPU-b"], "gpu_name": "RTX 4090",
          "ends_at": 1_800_000_000.0}
 
 
@@ -16,7 +15,7 @@ def test_the_banner_says_which_lease_gpus_time_left_end_and_how_to_extend():
 
 
 def test_bold_only_for_a_colour_terminal_and_host_text_made_printable():
-    lease = {**LEASE, "gpus": "[]", "host": "evil\x1b]0;x\x07", "gpu_name": None}
+    lease = {**LEASE, "gpus": [], "host": "evil\x1b]0;x\x07", "gpu_name": None}
     text = banner.text(lease, ("b", 22), {"TERM": "xterm-256color"}, now=0)
     assert text.startswith("\x1b[1mshellrent lease a1b2c3d4\x1b[0m: no GPU on evil\\x1b]0;x\\x07")
     assert "more: ssh ctl@b extend 1h" in text

@@ -127,7 +127,7 @@ def _with_clock(scenario):
 
 def _check(b: Broker, host: Host) -> None:
     store = b.store
-    assert not store.db.execute("SELECT tx FROM entries GROUP BY tx HAVING SUM(amount) != 0").fetchall()
+    assert not store.unbalanced()
     bal = store.balances()
     assert sum(bal.values()) == 0
     assert all(v >= 0 for a, v in bal.items() if a.startswith(("renter:", "hold:")))

@@ -31,7 +31,7 @@ def runtime(containers) -> Runtime:
 
 def test_an_engine_that_sizes_layers_gets_the_share():
     rt = runtime(Containers(sizes=True))
-    made = rt._create_sized("img", ["true"], 2_000_000_000, name="a")
+    made = rt.create_sized("img", ["true"], 2_000_000_000, name="a")
     assert made["storage_opt"] == {"size": "2000000000"} and rt.layer_sized is True
 
 
@@ -39,7 +39,7 @@ def test_an_engine_that_cannot_is_said_once_and_the_layer_is_only_counted(caplog
     rt = runtime(Containers(sizes=False))
     with caplog.at_level(logging.INFO):
         for name in "ab":
-            assert "storage_opt" not in rt._create_sized("img", ["true"], 10**9, name=name)
+            assert "storage_opt" not in rt.create_sized("img", ["true"], 10**9, name=name)
     assert rt.layer_sized is False and [r.message for r in caplog.records].count(
         "disk shares: the engine cannot size a lease's writable layer (--storage-opt is supported only for overlay "
         "over xfs with 'pquota' mount option): it is counted and a lease over its share is frozen") == 1
@@ -48,5 +48,5 @@ def test_an_engine_that_cannot_is_said_once_and_the_layer_is_only_counted(caplog
 def test_a_refusal_of_its_own_is_raised_and_teaches_nothing():
     rt = runtime(Containers(sizes=True, refuse="No such image: img"))
     with pytest.raises(APIError, match="refused"):
-        rt._create_sized("img", ["true"], 10**9, name="a")
+        rt.create_sized("img", ["true"], 10**9, name="a")
     assert rt.layer_sized is None

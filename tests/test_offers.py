@@ -1,5 +1,3 @@
-import json
-
 import pytest
 
 from shellrent.broker import offers
@@ -12,7 +10,7 @@ def inv(gpus, price=400_000, **kw):
             "paused": False, "geolocation": "DE", "cuda_version": 12.4, "driver_version": "550.1"}
     base["shared"] = [g["uuid"] for g in base["gpus"]]
     base.update(kw)
-    return json.dumps(base)
+    return base
 
 
 HOSTS = [{"name": "big", "inventory": inv([("H100", 80)] * 2, price=2_000_000)},
@@ -24,7 +22,7 @@ ONLINE = {"big", "cheap", "mid", "paused"}
 
 
 def test_offers_come_from_online_unpaused_free_gpus():
-    live = [{"host": "mid", "gpus": json.dumps(["U0"])}]
+    live = [{"host": "mid", "gpus": ["U0"]}]
     got = {o["id"]: o for o in offers.build(HOSTS, ONLINE, live, {}, 0)}
     assert set(got) == {"big/H100", "cheap/RTX_3060", "mid/RTX_4090"}
     assert got["mid/RTX_4090"]["num_gpus"] == 1 and got["mid/RTX_4090"]["gpus"] == ["U1"]
@@ -60,7 +58,7 @@ def test_a_memo_between_builds_changes_nothing_but_the_work():
     hosts, online, day = HOSTS + [night], ONLINE | {"night"}, 86400 * 10
     steps = [([], {}, day + 23 * 3600),                                   # all fresh
              ([], {}, day + 23 * 3600),                                   # all from the memo
-             ([{"host": "mid", "gpus": json.dumps(["U0"])}], {}, day + 23 * 3600),  # a lease takes a GPU
+             ([{"host": "mid", "gpus": ["U0"]}], {}, day + 23 * 3600),  # a lease takes a GPU
              ([], {"cheap": 0.5}, day + 23 * 3600),                       # reliability falls
              ([], {}, day + 12 * 3600)]                                   # the window closes
     for live, rel, now in steps:
@@ -79,7 +77,7 @@ def test_an_offer_is_verified_when_every_gpu_passed_the_self_check_and_shows_the
     assert (got["a"]["verified"], got["a"]["tflops"]) == (True, 650.5)
     assert (got["b"]["verified"], got["b"]["tflops"]) == (False, 0.0)
     assert (got["c"]["verified"], got["c"]["tflops"]) == (False, 0.0)
-    live = [{"host": "b", "gpus": json.dumps(["U1"])}]  # the unchecked GPU rented: what is left is verified
+    live = [{"host": "b", "gpus": ["U1"]}]  # the unchecked GPU rented: what is left is verified
     left = {o["host_id"]: o for o in offers.build(hosts, {"a", "b", "c"}, live, {}, 0)}
     assert (left["b"]["verified"], left["b"]["tflops"]) == (True, 700.0)
     assert offers.choose(list(got.values()), "verified=true", 1)["host_id"] == "a"

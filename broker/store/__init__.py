@@ -3,7 +3,7 @@ times, and the ledger. `Store` is the SQLite backend (store.sqlite, its schema i
 `Db` runs its calls on the running broker's one store thread (store.writer). SQL lives in this package
 and nowhere else."""
 from .sqlite import Store
-from .sqlite_leases import MAX_DOWNS
+from .sql_leases import MAX_DOWNS
 from .writer import Db
 
 __all__ = ["Db", "MAX_DOWNS", "Store"]

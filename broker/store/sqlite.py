@@ -1,42 +1,63 @@
-"""The broker's SQLite backend: the store's operations in SQL (the only module with SQL but its schema).
+"""The broker's SQLite backend: one file, the store's operations in the SQL of store.sql_* over it.
 
 Not thread-safe by itself: the server calls it from one writer thread (store.writer.Db), the CLI
 directly. WAL mode and a busy timeout let the two share the file.
 """
 import sqlite3
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import sqlite_utils
 
-from .sqlite_hosts import Hosts
-from .sqlite_leases import Leases
-from .sqlite_ledger import Ledger
-from .sqlite_renters import Renters
+from ..errors import FULL
+from .sql_hosts import Hosts
+from .sql_leases import Leases
+from .sql_ledger import Ledger
+from .sql_renters import Renters
+from .sql_tx import Transactions
 from .sqlite_schema import MIGRATIONS, SCHEMA
 
 
-class Store(Renters, Hosts, Leases, Ledger):
+class Store(Transactions, Renters, Hosts, Leases, Ledger):
     """Renters and their keys, hosts and join tokens, leases, the ledger: one SQLite file."""
+
+    LOCK_ROW = ""  # BEGIN IMMEDIATE has locked the whole database for the transaction
+    ENTRY_ID = "rowid"  # the order entries were posted in
 
     def __init__(self, path: Path, now=time.time):
         self.now = now  # stamps: when a renter, key, host or transaction was made
         conn = sqlite3.connect(str(path), timeout=10, check_same_thread=False, isolation_level=None)
         self.db = sqlite_utils.Database(conn)
-        self.db.execute("PRAGMA journal_mode=WAL")
+        self._wal()
         self.db.execute("PRAGMA foreign_keys=ON")
-        self._depth = 0
-        self.db.conn.executescript(SCHEMA)
+        with self._tx():
+            for stmt in filter(str.strip, SCHEMA.split(";")):
+                self.db.execute(stmt)
         self._migrate()
 
+    def _wal(self) -> None:
+        """WAL mode; a new file that another store is opening at the same moment refuses the switch
+        for an instant (without waiting, unlike every other statement): ask again."""
+        for attempt in range(100):
+            try:
+                self.db.execute("PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or attempt == 99:
+                    raise
+                time.sleep(0.05)
+
     def _migrate(self) -> None:
-        version = self.db.execute("PRAGMA user_version").fetchone()[0]
-        for n, script in enumerate(MIGRATIONS[version:], version + 1):
+        """Each step in a transaction of its own, the version read inside it: stores opened at once on
+        a new file (two broker commands) take each step once."""
+        while True:
             with self._tx():
-                for stmt in filter(str.strip, script.split(";")):
+                version = self.db.execute("PRAGMA user_version").fetchone()[0]
+                if version >= len(MIGRATIONS):
+                    return
+                for stmt in filter(str.strip, MIGRATIONS[version].split(";")):
                     self.db.execute(stmt)
-                self.db.execute(f"PRAGMA user_version = {n}")
+                self.db.execute(f"PRAGMA user_version = {version + 1}")
 
     def close(self) -> None:
         self.db.conn.close()
@@ -55,32 +76,39 @@ class Store(Renters, Hosts, Leases, Ledger):
         tmp.rename(path)
         return counts
 
-    @contextmanager
-    def _tx(self):
-        """One write transaction, taken up front so concurrent writers queue instead of failing.
+    def _begin(self) -> None:
+        self.db.execute("BEGIN IMMEDIATE")  # taken up front, so concurrent writers queue instead of failing
 
-        Nested use joins the outer transaction."""
-        if self._depth:
-            self._depth += 1
-            try:
-                yield
-            finally:
-                self._depth -= 1
-            return
-        self.db.execute("BEGIN IMMEDIATE")
-        self._depth = 1
-        try:
-            yield
-        except BaseException:
-            if self.db.conn.in_transaction:  # SQLite has already rolled back after e.g. a full disk
-                self.db.execute("ROLLBACK")
-            raise
-        finally:
-            self._depth = 0
+    def _rollback(self) -> None:
+        if self.db.conn.in_transaction:  # SQLite has already rolled back after e.g. a full disk
+            self.db.execute("ROLLBACK")
+
+    def _commit(self) -> None:
         self.db.execute("COMMIT")
 
-    tx = _tx
+    # what the shared SQL (store.sql_*) runs on: ? placeholders, DB-API cursors, rows as dicts
+    def _sql(self, sql: str, args=()):
+        return self.db.execute(sql, list(args))
+
+    def _rows(self, sql: str, args=()) -> list[dict]:
+        return list(self.db.query(sql, list(args)))
+
+    def _many(self, sql: str, rows) -> None:
+        self.db.conn.executemany(sql, rows)
+
+    def _count(self, table: str, where: str, args=()) -> int:
+        return self.db.execute(f"SELECT count(*) FROM {table} WHERE {where}", list(args)).fetchone()[0]
 
     def _insert(self, table: str, row: dict) -> None:
         cols = ", ".join(row)
         self.db.execute(f"INSERT INTO {table} ({cols}) VALUES ({', '.join('?' * len(row))})", list(row.values()))
+
+    def _lock_accounts(self, accounts: list[str]) -> None:
+        """Accounts whose balance a transaction checks stay as read until it ends: in SQLite, every
+        transaction already holds the database's write lock."""
+
+    def unavailable(self, exc: BaseException) -> str | None:
+        """Why the store cannot be written now (a full disk), or None for an error of another kind."""
+        if isinstance(exc, sqlite3.OperationalError) and ("full" in str(exc) or "disk I/O" in str(exc)):
+            return FULL
+        return None

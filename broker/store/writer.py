@@ -1,12 +1,10 @@
 """The broker's one store thread: every store call of the running broker runs on it, in order, and a
-backend's failure to write becomes one domain error (Unavailable) here and nowhere else."""
+backend's failure to write (as the backend's `unavailable` names it) becomes one domain error,
+Unavailable, here and nowhere else."""
 import asyncio
-import sqlite3
 from concurrent.futures import ThreadPoolExecutor
 
 from ..errors import Unavailable
-
-FULL = ("the broker cannot write its records (its disk is full): nothing was changed; try again later")
 
 
 class Db:
@@ -21,9 +19,10 @@ class Db:
         rolled back, so nothing was half written."""
         try:
             return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
-        except sqlite3.OperationalError as exc:
-            if "full" in str(exc) or "disk I/O" in str(exc):
-                raise Unavailable(FULL) from None
+        except Exception as exc:
+            why = self.store.unavailable(exc)  # the backend says which of its errors these are
+            if why:
+                raise Unavailable(why) from None
             raise
 
     def close(self) -> None:

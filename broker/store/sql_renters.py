@@ -1,4 +1,5 @@
-"""The SQLite backend's renters, their keys and settings (a part of store.sqlite.Store)."""
+"""The store's renters, their keys and settings, in SQL both backends run (a part of
+store.sqlite.Store and store.postgres.Store)."""
 from ..errors import BrokerError, KeyTaken, NotFound
 
 
@@ -8,7 +9,7 @@ class Renters:
     def add_renter(self, name: str, fingerprint: str, key: str) -> None:
         """Create a renter with one public key."""
         with self._tx():
-            if self.db["renters"].count_where("name = ?", [name]):
+            if self._count("renters", "name = ?", [name]):
                 raise BrokerError(f"renter {name!r} already exists")
             self._check_key_free(fingerprint)
             self._insert("renters", {"name": name, "created": self.now()})
@@ -16,38 +17,38 @@ class Renters:
                                          "added": self.now()})
 
     def _check_key_free(self, fingerprint: str) -> None:
-        row = self.db.execute("SELECT renter FROM renter_keys WHERE fingerprint = ?", [fingerprint]).fetchone()
+        row = self._sql("SELECT renter FROM renter_keys WHERE fingerprint = ?", [fingerprint]).fetchone()
         if row:
             raise KeyTaken(f"that key already belongs to renter {row[0]!r}")
 
     def renter_by_key(self, fingerprint: str) -> str | None:
         """The renter owning a key, or None."""
-        row = self.db.execute("SELECT renter FROM renter_keys WHERE fingerprint = ?", [fingerprint]).fetchone()
+        row = self._sql("SELECT renter FROM renter_keys WHERE fingerprint = ?", [fingerprint]).fetchone()
         return row[0] if row else None
 
     def require_renter(self, name: str) -> None:
-        if not self.db["renters"].count_where("name = ?", [name]):
+        if not self._count("renters", "name = ?", [name]):
             raise NotFound(f"unknown renter {name!r}")
 
     def renter_config(self, name: str) -> dict:
         """A renter's own settings: {"tmux": bool}."""
-        row = self.db.execute("SELECT tmux FROM renters WHERE name = ?", [name]).fetchone()
+        row = self._sql("SELECT tmux FROM renters WHERE name = ?", [name]).fetchone()
         if row is None:
             raise NotFound(f"unknown renter {name!r}")
         return {"tmux": bool(row[0])}
 
     def set_renter_tmux(self, name: str, on: bool) -> None:
         self.require_renter(name)
-        self.db.execute("UPDATE renters SET tmux = ? WHERE name = ?", [int(on), name])
+        self._sql("UPDATE renters SET tmux = ? WHERE name = ?", [int(on), name])
 
     def renters(self) -> list[dict]:
-        return list(self.db.query(
+        return list(self._rows(
             "SELECT r.name, r.created, count(k.fingerprint) AS keys FROM renters r "
             "LEFT JOIN renter_keys k ON k.renter = r.name GROUP BY r.name ORDER BY r.name"))
 
 
     def renter_keys(self, renter: str) -> list[dict]:
-        return list(self.db.query("SELECT fingerprint, key, added FROM renter_keys WHERE renter = ? ORDER BY added",
+        return list(self._rows("SELECT fingerprint, key, added FROM renter_keys WHERE renter = ? ORDER BY added",
                                   [renter]))
 
     def add_key(self, renter: str, fingerprint: str, key: str) -> None:
@@ -63,4 +64,4 @@ class Renters:
                 raise NotFound(f"no key {fingerprint} on your account")
             if len(keys) == 1:
                 raise BrokerError("that is your only key; add another one first")
-            self.db.execute("DELETE FROM renter_keys WHERE fingerprint = ?", [fingerprint])
+            self._sql("DELETE FROM renter_keys WHERE fingerprint = ?", [fingerprint])

@@ -1,0 +1,56 @@
+"""A throwaway PostgreSQL server for the tests: Debian's postgresql, initdb and pg_ctl as the postgres
+user in a temp dir, listening on a unix socket there only (no TCP port). Missing binaries are a
+failure, never a skip: scripts/test.sh installs them."""
+import glob
+import os
+import secrets
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import pytest
+
+
+def _bin(name: str) -> str:
+    found = shutil.which(name) or next(iter(sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"), reverse=True)), None)
+    if not found:
+        pytest.fail(f"PostgreSQL's {name} not found: these tests need the postgresql package (scripts/test.sh)")
+    return found
+
+
+def _as_postgres(*argv, **kw):
+    run_as = [] if os.getuid() else ["runuser", "-u", "postgres", "--"]
+    return subprocess.run([*run_as, *argv], capture_output=True, text=True, timeout=120, **kw)
+
+
+class PgServer:
+    def __init__(self):
+        self.dir = Path(tempfile.mkdtemp(prefix="shellrent-pg-"))
+        if not os.getuid():
+            shutil.chown(self.dir, "postgres", "postgres")
+        data = self.dir / "data"
+        for argv in ([_bin("initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8",
+                      "--locale=C", "--no-sync"],
+                     [_bin("pg_ctl"), "-D", str(data), "-w", "-l", str(self.dir / "log"), "-o",
+                      f"-k {self.dir} -c listen_addresses='' -c fsync=off -c synchronous_commit=off", "start"]):
+            proc = _as_postgres(*argv)
+            if proc.returncode:
+                pytest.fail(f"{Path(argv[0]).name} failed: {(proc.stderr or proc.stdout).strip()[-500:]}")
+
+    def dsn(self, schema: str | None = None) -> str:
+        """A connection string; with schema, the database's tables are made and found in it."""
+        dsn = f"host={self.dir} dbname=postgres user=postgres"
+        return dsn + (f" options='-c search_path={schema}'" if schema else "")
+
+    def fresh_schema(self) -> str:
+        """A connection string to a new empty schema (a database of one's own, made in milliseconds)."""
+        import psycopg
+        name = "t_" + secrets.token_hex(6)
+        with psycopg.connect(self.dsn(), autocommit=True) as conn:
+            conn.execute(f"CREATE SCHEMA {name}")
+        return self.dsn(name)
+
+    def stop(self) -> None:
+        _as_postgres(_bin("pg_ctl"), "-D", str(self.dir / "data"), "-m", "immediate", "stop")
+        shutil.rmtree(self.dir, ignore_errors=True)
