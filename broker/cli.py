@@ -16,7 +16,7 @@ from . import accounts, admin, hosts, leases, render, renting
 from .config import Config, parse_addr
 from .errors import BrokerError
 from .server import BrokerServer
-from .store import Store
+from .store import opening
 
 
 def _fail_cleanly(fn):
@@ -40,11 +40,14 @@ def _config(ctx) -> Config:
     return ctx.obj
 
 
-def _store(ctx) -> Store:
+def _store(ctx):
     cfg = _config(ctx)
-    if not cfg.db_path.exists():
-        raise BrokerError(f"{cfg.home} is not a broker home: run `broker --home {cfg.home} init` first")
-    return Store(cfg.db_path)
+    return opening.open_store(cfg.home, cfg.db_path, cfg.db_url or opening.url_of(cfg.home))
+
+
+db_option = click.option("--db", "db_url", default=None, envvar="BROKER_DB", metavar="URL",
+                         help="A PostgreSQL database (postgresql://...) instead of broker.db in the home; "
+                              "init remembers it (env BROKER_DB).")
 
 
 @click.group(context_settings={"auto_envvar_prefix": "BROKER", "help_option_names": ["-h", "--help"]})
@@ -57,17 +60,21 @@ def main(ctx, home):
 
 
 @main.command()
+@db_option
 @click.pass_context
 @_fail_cleanly
-def init(ctx):
+def init(ctx, db_url):
     """Create the state directory, keys and database (idempotent)."""
     cfg = _config(ctx)
+    url = opening.check_url(db_url) if db_url else opening.url_of(cfg.home)
     cfg.home.mkdir(parents=True, exist_ok=True)
     os.chmod(cfg.home, 0o700)
+    opening.open_store(cfg.home, cfg.db_path, url, create=True).close()  # the schema, before the keys
+    if url:
+        opening.remember(cfg.home, url)
     host_key = material.load_or_create(cfg.host_key_path)
     client_key = material.load_or_create(cfg.client_key_path)
-    Store(cfg.db_path).close()
-    click.echo(f"broker home {cfg.home}")
+    click.echo(f"broker home {cfg.home}" + (" (its database: PostgreSQL)" if url else ""))
     click.echo(f"ssh host key   {material.fingerprint(host_key)}")
     click.echo(f"tunnel key     {material.fingerprint(client_key)}")
 
@@ -79,11 +86,13 @@ def init(ctx):
 @click.option("--metrics", "metrics_addr", default=None, metavar="HOST:PORT",
               help="Serve Prometheus /metrics and /healthz here, e.g. 127.0.0.1:9464 (off by default).")
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
+@db_option
 @click.pass_context
 @_fail_cleanly
-def serve(ctx, ssh_addr, tunnel_addr, fee_percent, metrics_addr, verbose):
+def serve(ctx, ssh_addr, tunnel_addr, fee_percent, metrics_addr, verbose, db_url):
     """Serve renters and hosts until SIGINT/SIGTERM."""
     cfg = _config(ctx)
+    cfg.db_url = opening.url_of(cfg.home, db_url)
     cfg.metrics_addr = parse_addr(metrics_addr) if metrics_addr else None
     if fee_percent is not None:
         cfg.fee_percent = fee_percent
@@ -113,7 +122,7 @@ def service_install(ctx, ssh_addr, tunnel_addr, fee_percent, metrics_addr, only_
     """Write /etc/systemd/system/shellrent-broker.service: `serve` with these addresses, restarted on
     failure, as the owner of the home directory (allowed to bind ports below 1024)."""
     cfg = _config(ctx)
-    if not cfg.db_path.exists():
+    if not cfg.host_key_path.exists():
         raise BrokerError(f"{cfg.home} has no broker: run `broker --home {cfg.home} init` first")
     for addr in (ssh_addr, tunnel_addr, *([metrics_addr] if metrics_addr else [])):
         parse_addr(addr)
@@ -140,6 +149,9 @@ def backup(ctx, file):
     """Copy the database to FILE, consistent and safe while the broker serves (see README to restore)."""
     if file.exists():
         raise BrokerError(f"{file} already exists: name a new file")
+    if opening.url_of(_config(ctx).home):
+        raise BrokerError("this broker's database is PostgreSQL: back it up with PostgreSQL's own tools "
+                          "(pg_dump, or the server's backups); see docs/operator.md")
     counts = _store(ctx).backup(file)
     click.echo(f"backed up {_config(ctx).db_path} to {file}: {counts['leases']} leases, {counts['txs']} "
                f"transactions, {counts['renters']} renters")

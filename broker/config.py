@@ -16,6 +16,7 @@ class Config:
     ssh_addr: tuple[str, int] = ("0.0.0.0", 2222)
     tunnel_addr: tuple[str, int] = ("0.0.0.0", 2223)
     metrics_addr: tuple[str, int] | None = None  # /metrics and /healthz, when asked for
+    db_url: str | None = None  # a PostgreSQL database (broker.store.opening); None: broker.db in the home
     login_timeout: float = field(default_factory=lambda: _env_float("BROKER_LOGIN_TIMEOUT", 30))
     auth_fail_limit: int = field(default_factory=lambda: int(_env_float("BROKER_AUTH_FAIL_LIMIT", 20)))
     auth_fail_window: float = 60.0

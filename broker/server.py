@@ -18,7 +18,7 @@ from .quickack import QuickAckListener
 from .service import Broker
 from .sshserver import AuthLimiter, RenterServer
 from .startups import Startups
-from .store import Store
+from .store import opening
 from .tunnels import Tunnels
 
 # chacha20-poly1305 is OpenSSH's first choice but costs the broker a new cipher object and a
@@ -42,7 +42,7 @@ class BrokerServer:
         cfg = self.config
         host_key = material.load_or_create(cfg.host_key_path)
         client_key = material.load_or_create(cfg.client_key_path)
-        self.broker = Broker(cfg, Store(cfg.db_path))
+        self.broker = Broker(cfg, opening.open_store(cfg.home, cfg.db_path, cfg.db_url))
         self.tunnels = Tunnels(client_key, self.broker.identify_host, cfg.keepalive,
                                self.broker.host_connected, self.broker.host_disconnected, self.broker.event,
                                Startups(cfg.max_startups, cfg.max_startups_per_ip))

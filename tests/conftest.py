@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from .cluster import IMAGE, Cluster
+from .pg import PgServer
 
 
 def _require_docker() -> None:
@@ -40,3 +41,13 @@ def fresh_cluster():
         yield c
     finally:
         c.close()
+
+
+@pytest.fixture(scope="session")
+def pg_server():
+    """One throwaway PostgreSQL server for the run (tests/pg.py); each test takes a fresh schema of it."""
+    server = PgServer()
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -7,6 +7,7 @@ import secrets
 import shutil
 import subprocess
 import tempfile
+import urllib.parse
 from pathlib import Path
 
 import pytest
@@ -39,12 +40,12 @@ class PgServer:
                 pytest.fail(f"{Path(argv[0]).name} failed: {(proc.stderr or proc.stdout).strip()[-500:]}")
 
     def dsn(self, schema: str | None = None) -> str:
-        """A connection string; with schema, the database's tables are made and found in it."""
-        dsn = f"host={self.dir} dbname=postgres user=postgres"
-        return dsn + (f" options='-c search_path={schema}'" if schema else "")
+        """A database URL; with schema, the database's tables are made and found in it."""
+        query = {"host": str(self.dir), **({"options": f"-c search_path={schema}"} if schema else {})}
+        return "postgresql://postgres@/postgres?" + urllib.parse.urlencode(query, quote_via=urllib.parse.quote)
 
     def fresh_schema(self) -> str:
-        """A connection string to a new empty schema (a database of one's own, made in milliseconds)."""
+        """A database URL of a new empty schema (a database of one's own, made in milliseconds)."""
         import psycopg
         name = "t_" + secrets.token_hex(6)
         with psycopg.connect(self.dsn(), autocommit=True) as conn:

@@ -4,7 +4,6 @@ import pytest
 
 from shellrent.broker.store import Store
 
-from ..pg import PgServer
 
 
 class Clock:
@@ -26,15 +25,6 @@ def _postgres(request, tmp_path, clock):
 
 
 BACKENDS = {"sqlite": _sqlite, "postgres": _postgres}
-
-
-@pytest.fixture(scope="session")
-def pg_server():
-    server = PgServer()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture
