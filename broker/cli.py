@@ -12,7 +12,7 @@ import click
 from shellrent.common import logs, systemd
 from shellrent.keys import material
 
-from . import accounts, admin, hosts, leases, render, renting
+from . import accounts, admin, hosts, leases, proxyproto, render, renting
 from .config import Config, parse_addr
 from .errors import BrokerError
 from .server import BrokerServer
@@ -97,6 +97,7 @@ def serve(ctx, ssh_addr, tunnel_addr, fee_percent, metrics_addr, verbose, db_url
     if fee_percent is not None:
         cfg.fee_percent = fee_percent
     _store(ctx).close()
+    proxyproto.networks(cfg.proxy_from)  # a bad BROKER_PROXY_FROM is one line before anything starts
     cfg.ssh_addr, cfg.tunnel_addr = parse_addr(ssh_addr), parse_addr(tunnel_addr)
     logs.setup(verbose)
     logging.getLogger("shellrent.audit").addHandler(logs.audit_handler(cfg.audit_log))

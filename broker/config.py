@@ -40,6 +40,9 @@ class Config:
     # Where renters reach the broker, for `ctl ssh-config` (HOST or HOST:PORT; empty: the address and
     # port each renter connected to).
     public_host: str = field(default_factory=lambda: os.environ.get("BROKER_PUBLIC_HOST", ""))
+    # Load balancers in front of the renter port that send a PROXY v2 header (addresses or networks,
+    # comma-separated; broker.proxyproto). Empty: none, every peer is the client itself.
+    proxy_from: str = field(default_factory=lambda: os.environ.get("BROKER_PROXY_FROM", ""))
     max_skew: float = field(default_factory=lambda: _env_float("BROKER_MAX_SKEW", 30))
     # How long a host may take to start a container (image checks, workspace) and to stop one.
     start_timeout: float = field(default_factory=lambda: _env_float("BROKER_START_TIMEOUT", 330))

@@ -11,7 +11,7 @@ import asyncssh
 from shellrent.common import algorithms, flow, metrics as common_metrics
 from shellrent.keys import material
 
-from . import ciphers, metrics
+from . import ciphers, metrics, proxyproto
 from .admin import AdminServer
 from .config import Config
 from .quickack import QuickAckListener
@@ -61,7 +61,7 @@ class BrokerServer:
                 server_host_keys=[host_key], encoding=None, line_editor=False, encryption_algs=RENTER_CIPHERS,
                 login_timeout=cfg.login_timeout, keepalive_interval=cfg.keepalive * 4,
                 x11_forwarding=False, agent_forwarding=False, allow_scp=False,
-                server_version="shellrent", tunnel=QuickAckListener(startups)))
+                server_version="shellrent", tunnel=QuickAckListener(startups, proxyproto.networks(cfg.proxy_from))))
         admin = AdminServer(cfg.admin_socket, self.broker)
         await admin.start()
         self._closers = [ssh.close, admin.close]

@@ -3,7 +3,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-# What only the tests use: clients renters use besides OpenSSH (dropbear's, rclone's Go SSH, sshfs), PostgreSQL, a static
+# What only the tests use: clients renters use besides OpenSSH (dropbear's, rclone's Go SSH, sshfs), PostgreSQL, HAProxy, a static
 # busybox for the small images pushed to a registry of the tests' own, and that registry's server
 # (Debian's docker-registry, unpacked into .tools: installed, its package would start a registry service).
 need=()
@@ -13,6 +13,7 @@ done
 dpkg -s busybox-static >/dev/null 2>&1 || need+=(busybox-static)  # Debian's plain busybox is not static
 # PostgreSQL's server for the store's contract suite (tests/pg.py runs a throwaway one in a temp dir).
 compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || need+=(postgresql)
+command -v haproxy >/dev/null || [ -x /usr/sbin/haproxy ] || need+=(haproxy)  # the renter port behind a balancer
 if ((${#need[@]})); then
     echo "test: installing ${need[*]}"
     apt-get update -qq
