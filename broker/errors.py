@@ -23,6 +23,10 @@ class Refused(Unavailable):
     """The host answered a call and said no (as opposed to not answering)."""
 
 
+class GpusTaken(Unavailable):
+    """The GPUs a rent chose were taken meanwhile (through this broker or another); nothing was done."""
+
+
 class Changed(BrokerError):
     """A record changed under a conditional write (another broker acted on it first); the transaction
     is rolled back and nothing was done."""

@@ -7,7 +7,7 @@ import secrets
 from shellrent.common import faults, protocol
 
 from . import ledger, offers as offers_mod
-from .errors import BrokerError, Unavailable, changed
+from .errors import BrokerError, GpusTaken, Unavailable, changed
 from .leases import advance, format_duration, hold_for
 
 DEFAULT_IMAGE = "shellrent-base:bookworm"
@@ -43,11 +43,19 @@ class Renting:
         self.in_flight: set[str] = set()  # leases whose start call is under way in this process
 
     def open_lease(self, lease: dict) -> dict:
-        """Insert a pending lease and hold its credit, atomically (store thread)."""
+        """Insert a pending lease, take its GPUs and hold its credit, atomically (store thread). The
+        host's GPUs and the renter's count are locked first, so that two rents, through this broker or
+        another, cannot take one GPU or pass the limit together."""
         self._market.changed()
         store = self._store
+        renter, host = lease["renter"], lease["host"]
         with store.tx():
-            live = store.live_count(lease["renter"])
+            store.lock(*sorted({ledger.hold_account(renter), ledger.renter(renter), f"host:{host}"}))
+            taken = set(lease["gpus"]) & store.busy_gpus(host)
+            if taken:
+                raise GpusTaken(f"the GPU(s) of that offer on {host} were just rented by someone else; "
+                                f"nothing was charged: try again")
+            live = store.live_count(renter)
             if live >= self._config.max_leases:
                 raise BrokerError(f"you have {live} live leases, the most this broker allows per renter "
                                   f"(operator limit BROKER_MAX_LEASES={self._config.max_leases}); release one first")
@@ -159,12 +167,19 @@ class Renting:
         if gpus < 1:
             raise BrokerError("--gpus must be at least 1")
         check_length(self._config, seconds)
-        async with self._rent_lock:  # GPUs are taken by the lease row, so one rent picks at a time
-            offer = await self._pick(text, gpus, image)
-            self._check_fit(offer, seconds)
-            lease = self.new_lease(renter, offer["host_id"], image, seconds, offer["gpus"][:gpus],
-                                   offer["gpu_name"], offer["price"])
-            await self._db(self.open_lease, lease)
+        for tries_left in (1, 0):
+            async with self._rent_lock:  # one rent of this broker picks at a time
+                offer = await self._pick(text, gpus, image)
+                self._check_fit(offer, seconds)
+                lease = self.new_lease(renter, offer["host_id"], image, seconds, offer["gpus"][:gpus],
+                                       offer["gpu_name"], offer["price"])
+                try:
+                    await self._db(self.open_lease, lease)
+                    break
+                except GpusTaken:  # another broker's rent took them: the offers afresh, once
+                    self._market.changed()
+                    if not tries_left:
+                        raise
         pull = not _ready(offer, image)
         return await self.launch(lease, progress, pull, offer["window_end"])
 

@@ -3,11 +3,12 @@ driven through the broker's own store-thread operations on a real SQLite file.""
 import tempfile
 from pathlib import Path
 
+import pytest
 from hypothesis import given, settings, strategies as st
 
 from shellrent.broker import ledger
 from shellrent.broker.config import Config
-from shellrent.broker.errors import BrokerError
+from shellrent.broker.errors import BrokerError, GpusTaken
 from shellrent.broker.service import Broker
 from shellrent.broker.store import Store
 
@@ -24,8 +25,7 @@ def _world(tmp: Path) -> Broker:
 
 
 def _check(b: Broker) -> None:
-    db = b.store.db
-    assert not db.execute("SELECT tx FROM entries GROUP BY tx HAVING SUM(amount) != 0").fetchall()
+    assert not b.store.unbalanced()
     balances = b.store.balances()
     assert sum(balances.values()) == 0
     for account, value in balances.items():
@@ -36,8 +36,10 @@ def _check(b: Broker) -> None:
         assert balances.get(f"hold:{name}", 0) == live
 
 
-def _rent(b: Broker, renter: str, hours: int, now: float) -> str | None:
-    lease = b.renting.new_lease(renter, "pc1", "img", hours * 3600, ["GPU-1"], "RTX", PRICE)
+def _rent(b: Broker, renter: str, hours: int, now: float, gpu: str | None = None) -> str | None:
+    """A lease on a GPU of its own (or on gpu), active from now; None when the broker refused it."""
+    gpu = gpu or f"GPU-{len(b.store.leases()) + 1}"
+    lease = b.renting.new_lease(renter, "pc1", "img", hours * 3600, [gpu], "RTX", PRICE)
     lease.update(created=now, ends_at=now + hours * 3600)
     try:
         b.renting.open_lease(lease)
@@ -129,6 +131,22 @@ def test_an_extension_refused_after_the_lease_settled_is_not_refunded_twice(tmp_
     b.extending.undo_time(lid2, 3600, added, n)
     b.extending.undo_time(lid2, 3600, added, n)
     assert b.store.balance("hold:alice") == b.store.lease(lid2)["held"] == 400_000
+    b.close()
+
+
+def test_a_gpu_a_busy_lease_holds_is_not_taken_twice_and_nothing_is_charged(tmp_path):
+    b = _world(tmp_path)
+    first = _rent(b, "alice", 1, 1000.0, "GPU-1")
+    before = b.store.balances()
+    assert _rent(b, "bob", 1, 1001.0, "GPU-1") is None  # alice's: refused, no lease, no hold
+    assert b.store.balances() == before and [l["id"] for l in b.store.leases()] == [first]
+    lease = b.renting.new_lease("bob", "pc1", "img", 3600, ["GPU-1"], "RTX", PRICE)
+    with pytest.raises(GpusTaken, match="just rented by someone else; nothing was charged"):
+        b.renting.open_lease(lease)
+    b.settlement.end(first, 1500)
+    assert _rent(b, "bob", 1, 1600.0, "GPU-1") is None  # ended; its host has not said the container is gone
+    b.store.update_lease(first, host_ended=1600)
+    assert _rent(b, "bob", 1, 1700.0, "GPU-1") is not None
     b.close()
 
 

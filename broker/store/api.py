@@ -6,7 +6,9 @@ Read-check-write: a use case that reads a record and writes on what it saw does 
 reads with `for_update=True` (the backend locks the row until the transaction ends) and writes with
 `expect_state` (the write happens only if the record is still in that state; False otherwise), so
 that two brokers on one database cannot both act on the same lease. Ledger keys are unique: a
-transaction posted twice is posted once, the last defence against doing anything twice."""
+transaction posted twice is posted once, the last defence against doing anything twice. What is not a
+row yet (the GPUs a new lease takes, a renter's count of live leases) is guarded by `lock(name)`, taken
+in one order (sorted) by every transaction that takes several."""
 from contextlib import AbstractContextManager
 from typing import Protocol
 
@@ -59,6 +61,7 @@ class LeaseStore(Protocol):
     def unsynced(self, host: str | None = None) -> list[Lease]: ...
     def acknowledged_end(self, lease: str, ends_at: float) -> None: ...
     def busy_leases(self) -> list[Lease]: ...
+    def busy_gpus(self, host: str) -> set[str]: ...  # the host's GPUs that busy leases hold
     def set_down(self, lease: str, down: float, up: float | None) -> bool: ...
     def downs(self, lease: str) -> list[Interval]: ...
     def host_downs(self, host: str, since: float) -> list[Interval]: ...
@@ -80,5 +83,6 @@ class LedgerStore(Protocol):
 
 class Store(RenterStore, HostStore, LeaseStore, LedgerStore, Protocol):
     def tx(self) -> AbstractContextManager: ...  # one transaction; nested use joins the outer one
+    def lock(self, *names: str) -> None: ...  # in a transaction: other writers locking a name wait for its end
     def close(self) -> None: ...
     def unavailable(self, exc: BaseException) -> str | None: ...  # the one line for a backend error that means "cannot write now"

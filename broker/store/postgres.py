@@ -1,12 +1,13 @@
 """The broker's PostgreSQL backend: the store's operations in the SQL of store.sql_* over a database
 that several brokers share. Reads that check before they write lock what they read (FOR UPDATE, and
-transaction-scoped advisory locks on the accounts whose balance a posting checks); the schema is
+transaction-scoped advisory locks by name: the accounts whose balance a posting checks, a host's GPUs
+and a renter's live leases while a lease is opened); the schema is
 migrated under a transaction-scoped advisory lock, so brokers that start at once migrate it once.
 
 Like the SQLite backend it is called from one thread at a time (store.writer.Db, or the CLI).
 """
+import hashlib
 import time
-import zlib
 
 import psycopg
 from psycopg.rows import dict_row
@@ -90,11 +91,12 @@ class Store(Transactions, Renters, Hosts, Leases, Ledger):
     def _insert(self, table: str, row: dict) -> None:
         self._sql(f"INSERT INTO {table} ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})", row.values())
 
-    def _lock_accounts(self, accounts: list[str]) -> None:
-        """Hold each account whose balance this transaction checks until it ends (in one order: no
-        deadlock between two postings)."""
-        for account in accounts:
-            self._sql("SELECT pg_advisory_xact_lock(?)", [zlib.crc32(account.encode()) - (1 << 31)])
+    def lock(self, *names: str) -> None:
+        """Transaction-scoped advisory locks, one per name (a 64-bit hash of it), in the order given
+        (callers give them sorted: no deadlock between two transactions)."""
+        for name in names:
+            key = int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest(), "big", signed=True)
+            self._sql("SELECT pg_advisory_xact_lock(?)", [key])
 
     def unavailable(self, exc: BaseException) -> str | None:
         if isinstance(exc, psycopg.errors.DiskFull):

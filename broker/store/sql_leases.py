@@ -129,6 +129,13 @@ class Leases:
         row = self._sql("SELECT MAX(down) FROM uptime WHERE host = ?", [host]).fetchone()
         return row[0] if row else None
 
+    def busy_gpus(self, host: str) -> set[str]:
+        """The GPUs of a host that busy leases (as busy_leases) hold."""
+        return {g for r in self._sql(
+            f"SELECT gpus FROM leases WHERE host = ? AND (state IN ({','.join('?' * len(LIVE))}) "
+            "OR (state IN ('ended', 'purged', 'failed') AND host_ended IS NULL))", [host, *LIVE])
+            for g in json.loads(r[0] or "[]")}
+
     def busy_leases(self) -> list[dict]:
         """Leases whose GPUs are taken: live ones, and ended or failed ones whose host has not yet
         said that their container is gone."""

@@ -38,7 +38,7 @@ class Ledger:
         """Post one balanced transaction once: False (and nothing changes) if key was posted before."""
         ledger.check(entries)
         with self._tx():
-            self._lock_accounts(sorted(a for a, _ in entries if a.startswith(ledger.NON_NEGATIVE)))
+            self.lock(*sorted(a for a, _ in entries if a.startswith(ledger.NON_NEGATIVE)))  # balances checked
             if self._sql("SELECT 1 FROM txs WHERE key = ?", [key]).fetchone():
                 return False
             for account, amount in entries:

@@ -103,9 +103,9 @@ class Store(Transactions, Renters, Hosts, Leases, Ledger):
         cols = ", ".join(row)
         self.db.execute(f"INSERT INTO {table} ({cols}) VALUES ({', '.join('?' * len(row))})", list(row.values()))
 
-    def _lock_accounts(self, accounts: list[str]) -> None:
-        """Accounts whose balance a transaction checks stay as read until it ends: in SQLite, every
-        transaction already holds the database's write lock."""
+    def lock(self, *names: str) -> None:
+        """Named locks until the transaction ends: in SQLite, every transaction already holds the
+        database's write lock."""
 
     def unavailable(self, exc: BaseException) -> str | None:
         """Why the store cannot be written now (a full disk), or None for an error of another kind."""

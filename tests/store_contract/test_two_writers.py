@@ -112,3 +112,52 @@ def test_a_join_token_is_used_once_by_two_writers(opener):
         got = list(pool.map(join, range(4)))
     assert got.count("pc1") == 1 and set(got) - {"pc1"} == {"BrokerError"}
     assert stores[1].host("pc1")["fingerprint"] in {f"SHA256:k{i}" for i in range(4)}
+
+
+def test_a_named_lock_waits_for_the_other_writers_transaction(opener):
+    a, b = opener(), opener()
+    a.insert_lease(lease())  # the schema exists before either locks
+    locked, times = threading.Event(), {}
+
+    def first():
+        with a.tx():
+            a.lock("host:pc1")
+            locked.set()
+            time.sleep(0.5)
+            times["a_done"] = time.monotonic()
+
+    t = threading.Thread(target=first)
+    t.start()
+    assert locked.wait(10)
+    with b.tx():
+        b.lock("host:pc1")
+        times["b_in"] = time.monotonic()
+    t.join(10)
+    assert times["b_in"] >= times["a_done"]
+
+
+def test_two_brokers_renting_the_last_gpu_one_wins_and_the_other_pays_nothing(opener, tmp_path):
+    from shellrent.broker.config import Config
+    from shellrent.broker.errors import GpusTaken
+    from shellrent.broker.service import Broker
+    stores = [opener() for _ in range(4)]
+    for name in ("alice", "bob", "carol", "dave"):
+        stores[0].add_renter(name, f"SHA256:{name}", "k")
+        stores[0].post(ledger.deposit_key(name), "deposit", ledger.deposit(name, 1_000_000), renter=name)
+    brokers = [Broker(Config(home=tmp_path / str(i)), s) for i, s in enumerate(stores)]
+
+    def rent(i):
+        b = brokers[i]
+        try:
+            b.renting.open_lease(b.renting.new_lease(("alice", "bob", "carol", "dave")[i], "pc1", "img", 3600,
+                                                     ["GPU-last"], "RTX 4090", 400_000))
+            return "won"
+        except GpusTaken as exc:
+            return str(exc)
+    with ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(rent, range(4)))
+    assert got.count("won") == 1 and all("nothing was charged" in g for g in got if g != "won")
+    (winner,) = stores[1].leases()
+    assert stores[2].busy_gpus("pc1") == {"GPU-last"}
+    held = {n: stores[3].balance(ledger.hold_account(n)) for n in ("alice", "bob", "carol", "dave")}
+    assert held == {n: 400_000 if n == winner["renter"] else 0 for n in held} and stores[0].unbalanced() == []
