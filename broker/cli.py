@@ -61,22 +61,47 @@ def main(ctx, home):
 
 @main.command()
 @db_option
+@click.option("--keys-from", "keys_from", type=click.Path(file_okay=False, path_type=Path), default=None,
+              metavar="DIR", help="Another broker of the same database: take its renter-facing host key and "
+                                  "the tunnel key hosts pin (this broker gets its own peer key).")
 @click.pass_context
 @_fail_cleanly
-def init(ctx, db_url):
+def init(ctx, db_url, keys_from):
     """Create the state directory, keys and database (idempotent)."""
     cfg = _config(ctx)
     url = opening.check_url(db_url) if db_url else opening.url_of(cfg.home)
+    if keys_from:
+        _check_keys_from(cfg, keys_from, url)
     cfg.home.mkdir(parents=True, exist_ok=True)
     os.chmod(cfg.home, 0o700)
     opening.open_store(cfg.home, cfg.db_path, url, create=True).close()  # the schema, before the keys
     if url:
         opening.remember(cfg.home, url)
+    if keys_from:
+        other = Config(home=keys_from.absolute())
+        for src, dst in ((other.host_key_path, cfg.host_key_path), (other.client_key_path, cfg.client_key_path)):
+            if not dst.exists():
+                material.copy_private(src, dst)
     host_key = material.load_or_create(cfg.host_key_path)
     client_key = material.load_or_create(cfg.client_key_path)
+    peer_key = material.load_or_create(cfg.peer_key_path)
     click.echo(f"broker home {cfg.home}" + (" (its database: PostgreSQL)" if url else ""))
     click.echo(f"ssh host key   {material.fingerprint(host_key)}")
     click.echo(f"tunnel key     {material.fingerprint(client_key)}")
+    click.echo(f"peer key       {material.fingerprint(peer_key)}")
+
+
+def _check_keys_from(cfg: Config, keys_from: Path, url: str | None) -> None:
+    """Before anything is made: another broker's home with both keys, a shared database, and no
+    keys of this home's own that differ."""
+    if not url:
+        raise BrokerError("--keys-from makes another broker of one database: give --db with that database's URL")
+    other = Config(home=keys_from.absolute())
+    for src, dst in ((other.host_key_path, cfg.host_key_path), (other.client_key_path, cfg.client_key_path)):
+        if not src.exists():
+            raise BrokerError(f"{keys_from} is not a broker home: it has no {src.name}")
+        if dst.exists() and dst.read_bytes() != src.read_bytes():
+            raise BrokerError(f"{cfg.home} already has a {dst.name} of its own: --keys-from needs a new home")
 
 
 @main.command()

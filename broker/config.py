@@ -61,6 +61,11 @@ class Config:
         return self.home / "tunnel_client_ed25519_key"
 
     @property
+    def peer_key_path(self) -> Path:
+        """This broker's own identity among the brokers of one database (each has its own)."""
+        return self.home / "peer_ed25519_key"
+
+    @property
     def admin_socket(self) -> Path:
         return self.home / "admin.sock"
 

@@ -25,6 +25,17 @@ def load_or_create(path: Path) -> asyncssh.SSHKey:
     return key
 
 
+def copy_private(src: Path, dst: Path) -> asyncssh.SSHKey:
+    """Copy the private key at src to dst (0600; dst must not exist yet); returns it."""
+    key = load_or_create(src) if Path(src).exists() else None
+    if key is None:
+        raise KeyError_(f"{src}: no such key")
+    fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(key.export_private_key())
+    return key
+
+
 def fingerprint(key: asyncssh.SSHKey) -> str:
     """SHA256 fingerprint as OpenSSH prints it (SHA256:...)."""
     return key.get_fingerprint("sha256")
