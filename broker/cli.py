@@ -70,6 +70,8 @@ def init(ctx, db_url, keys_from):
     """Create the state directory, keys and database (idempotent)."""
     cfg = _config(ctx)
     url = opening.check_url(db_url) if db_url else opening.url_of(cfg.home)
+    if db_url:
+        opening.check_switch(cfg.home, cfg.db_path, url)
     if keys_from:
         _check_keys_from(cfg, keys_from, url)
     cfg.home.mkdir(parents=True, exist_ok=True)
@@ -100,7 +102,8 @@ def _check_keys_from(cfg: Config, keys_from: Path, url: str | None) -> None:
     for src, dst in ((other.host_key_path, cfg.host_key_path), (other.client_key_path, cfg.client_key_path)):
         if not src.exists():
             raise BrokerError(f"{keys_from} is not a broker home: it has no {src.name}")
-        if dst.exists() and dst.read_bytes() != src.read_bytes():
+        if dst.exists() and material.fingerprint(material.load_or_create(dst)) != \
+                material.fingerprint(material.load_or_create(src)):
             raise BrokerError(f"{cfg.home} already has a {dst.name} of its own: --keys-from needs a new home")
 
 

@@ -43,6 +43,7 @@ class BrokerServer:
         host_key = material.load_or_create(cfg.host_key_path)
         client_key = material.load_or_create(cfg.client_key_path)
         self.broker = Broker(cfg, opening.open_store(cfg.home, cfg.db_path, cfg.db_url))
+        self.broker.store.hold_serving()
         self.tunnels = Tunnels(client_key, self.broker.identify_host, cfg.keepalive,
                                self.broker.host_connected, self.broker.host_disconnected, self.broker.event,
                                Startups(cfg.max_startups, cfg.max_startups_per_ip))

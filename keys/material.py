@@ -26,13 +26,13 @@ def load_or_create(path: Path) -> asyncssh.SSHKey:
 
 
 def copy_private(src: Path, dst: Path) -> asyncssh.SSHKey:
-    """Copy the private key at src to dst (0600; dst must not exist yet); returns it."""
-    key = load_or_create(src) if Path(src).exists() else None
-    if key is None:
+    """Copy the private key file at src to dst as it is (0600; dst must not exist yet); returns it."""
+    if not Path(src).exists():
         raise KeyError_(f"{src}: no such key")
+    key = load_or_create(src)  # checked: a key, and not readable by others
     fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as f:
-        f.write(key.export_private_key())
+        f.write(Path(src).read_bytes())
     return key
 
 

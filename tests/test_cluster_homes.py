@@ -49,3 +49,48 @@ def test_keys_from_is_refused_in_one_line_and_makes_nothing(pg_server, tmp_path)
     _broker(c, "init", "--db", url)  # a home with keys of its own
     r = _broker(c, "init", "--db", url, "--keys-from", a, check=False)
     assert r.returncode == 1 and b"already has a ssh_host_ed25519_key of its own" in r.stderr
+
+
+def test_init_again_is_idempotent_and_never_moves_a_home_to_another_database(pg_server, tmp_path):
+    url, other = pg_server.fresh_schema(), pg_server.fresh_schema()
+    a, b = tmp_path / "a", tmp_path / "b"
+    _broker(a, "init", "--db", url)
+    first = _fingerprints(_broker(b, "init", "--db", url, "--keys-from", a).stdout)
+    assert _fingerprints(_broker(b, "init", "--db", url, "--keys-from", a).stdout) == first  # run twice: the same
+    r = _broker(b, "init", "--db", other, check=False)
+    assert r.returncode == 1 and b"already uses another database" in r.stderr
+    lite = tmp_path / "lite"
+    _broker(lite, "init")
+    r = _broker(lite, "init", "--db", url, check=False)
+    assert r.returncode == 1 and b"keeps its records in broker.db" in r.stderr
+    assert not (lite / "database").exists()
+
+
+def test_a_url_libpq_cannot_parse_is_one_line_without_the_url(tmp_path):
+    r = _broker(tmp_path / "a", "init", "--db", "postgresql://u:s3cr%zzet@db/x", check=False)
+    assert r.returncode == 1 and b"cannot be parsed" in r.stderr and b"s3cr" not in r.stderr
+    assert len(r.stderr.splitlines()) == 1
+
+
+def test_a_second_broker_serving_the_same_database_is_refused_for_now(pg_server, tmp_path):
+    import signal
+    import subprocess
+
+    from .cluster import wait_for
+    url = pg_server.fresh_schema()
+    a, b = tmp_path / "a", tmp_path / "b"
+    _broker(a, "init", "--db", url)
+    _broker(b, "init", "--db", url, "--keys-from", a)
+    env = {**os.environ, "BROKER_DB": ""}
+    with open(tmp_path / "a.log", "wb") as log:
+        first = subprocess.Popen([str(BIN / "broker"), "--home", str(a), "serve", "--ssh", "127.0.0.1:0",
+                                  "--tunnel", "127.0.0.1:0"], stdout=log, stderr=log, env=env)
+    try:
+        wait_for(lambda: (a / "serve.json").exists(), what="the first broker to serve")
+        r = run(BIN / "broker", "--home", b, "serve", "--ssh", "127.0.0.1:0", "--tunnel", "127.0.0.1:0",
+                check=False, env=env, timeout=60)
+        assert r.returncode == 1 and b"another broker already serves this database" in r.stderr, r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1
+    finally:
+        first.send_signal(signal.SIGTERM)
+        first.wait(30)

@@ -85,4 +85,5 @@ class Store(RenterStore, HostStore, LeaseStore, LedgerStore, Protocol):
     def tx(self) -> AbstractContextManager: ...  # one transaction; nested use joins the outer one
     def lock(self, *names: str) -> None: ...  # in a transaction: other writers locking a name wait for its end
     def close(self) -> None: ...
+    def hold_serving(self) -> None: ...  # BrokerError when another broker serves this database
     def unavailable(self, exc: BaseException) -> str | None: ...  # the one line for a backend error that means "cannot write now"

@@ -10,9 +10,10 @@ import hashlib
 import time
 
 import psycopg
+import psycopg.conninfo
 from psycopg.rows import dict_row
 
-from ..errors import FULL
+from ..errors import FULL, BrokerError, Unavailable
 from .postgres_schema import MIGRATIONS
 from .sql_hosts import Hosts
 from .sql_leases import Leases
@@ -21,7 +22,17 @@ from .sql_renters import Renters
 from .sql_tx import Transactions
 
 MIGRATION_LOCK = 0x5e11_0001  # pg_advisory_xact_lock key of schema migrations
+SERVING_LOCK = 0x5e11_0002  # held by the one broker that serves this database (until several can)
 UNREACHABLE = "the broker's database does not answer: nothing was changed; try again later"
+UNKNOWN = ("the broker's database went away while the change was being committed: it may or may not have been "
+           "recorded; check (e.g. ctl ls, ctl balance) before trying again")
+# What a connection gets unless its URL says otherwise: a dead peer noticed in about 30 s (not the
+# kernel's 15 minutes, with the store's one thread waiting), no statement or lock waited on for ever,
+# and floats sent exactly (acknowledged_end compares an end time read back).
+DEFAULTS = {"connect_timeout": "10", "keepalives": "1", "keepalives_idle": "10", "keepalives_interval": "5",
+            "keepalives_count": "3", "tcp_user_timeout": "30000",
+            "options": "-c lock_timeout=10s -c statement_timeout=30s -c idle_in_transaction_session_timeout=60s "
+                       "-c extra_float_digits=3"}
 
 
 def _pg(sql: str) -> str:
@@ -39,13 +50,33 @@ class Store(Transactions, Renters, Hosts, Leases, Ledger):
         self.now = now
         self._dsn = dsn
         self._conn: psycopg.Connection | None = None
+        self._serving = False
         self._migrate()
 
     def _connection(self) -> psycopg.Connection:
-        """The connection, made again after the database went away (between transactions only)."""
+        """The connection, made again after the database went away (between transactions only: in
+        one, the rest of it would not be atomic)."""
         if self._conn is None or self._conn.closed or self._conn.broken:
-            self._conn = psycopg.connect(self._dsn, autocommit=True, connect_timeout=10)
+            if self._depth:
+                raise psycopg.OperationalError("the connection was lost in a transaction")
+            given = psycopg.conninfo.conninfo_to_dict(self._dsn)
+            self._conn = psycopg.connect(self._dsn, autocommit=True,
+                                         **{k: v for k, v in DEFAULTS.items() if k not in given})
+            if self._serving:  # the lock went with the old connection: take it again, or stop serving
+                self._take_serving()
         return self._conn
+
+    def hold_serving(self) -> None:
+        """Until several brokers can serve one database (their starts, housekeeping and uptimes are
+        still each broker's own), only one may: a second is refused in one line."""
+        self._connection()
+        self._take_serving()
+        self._serving = True
+
+    def _take_serving(self) -> None:
+        if not self._conn.execute(f"SELECT pg_try_advisory_lock({SERVING_LOCK})").fetchone()[0]:
+            raise BrokerError("another broker already serves this database: serve from one broker per "
+                              "database for now (several at once are not done yet)")
 
     def _migrate(self) -> None:
         with self._tx():
@@ -67,11 +98,17 @@ class Store(Transactions, Renters, Hosts, Leases, Ledger):
         self._connection().execute("BEGIN")
 
     def _rollback(self) -> None:
-        if not self._conn.broken:
-            self._conn.execute("ROLLBACK")
+        try:
+            if not self._conn.broken:
+                self._conn.execute("ROLLBACK")
+        except psycopg.Error:
+            pass  # the connection went: the server rolls back; the original error is the one to raise
 
     def _commit(self) -> None:
-        self._conn.execute("COMMIT")
+        try:
+            self._conn.execute("COMMIT")
+        except psycopg.OperationalError:
+            raise Unavailable(UNKNOWN) from None
 
     # what the shared SQL (store.sql_*) runs on
     def _sql(self, sql: str, args=()):

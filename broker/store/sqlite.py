@@ -9,7 +9,7 @@ from pathlib import Path
 
 import sqlite_utils
 
-from ..errors import FULL
+from ..errors import FULL, BrokerError
 from .sql_hosts import Hosts
 from .sql_leases import Leases
 from .sql_ledger import Ledger
@@ -25,6 +25,8 @@ class Store(Transactions, Renters, Hosts, Leases, Ledger):
     ENTRY_ID = "rowid"  # the order entries were posted in
 
     def __init__(self, path: Path, now=time.time):
+        if sqlite3.sqlite_version_info < (3, 35):  # RETURNING (store.sql_*)
+            raise BrokerError(f"the broker needs SQLite 3.35 or newer; this Python has {sqlite3.sqlite_version}")
         self.now = now  # stamps: when a renter, key, host or transaction was made
         conn = sqlite3.connect(str(path), timeout=10, check_same_thread=False, isolation_level=None)
         self.db = sqlite_utils.Database(conn)
@@ -102,6 +104,9 @@ class Store(Transactions, Renters, Hosts, Leases, Ledger):
     def _insert(self, table: str, row: dict) -> None:
         cols = ", ".join(row)
         self.db.execute(f"INSERT INTO {table} ({cols}) VALUES ({', '.join('?' * len(row))})", list(row.values()))
+
+    def hold_serving(self) -> None:
+        """One broker serves a SQLite file: its home's run lock sees to that."""
 
     def lock(self, *names: str) -> None:
         """Named locks until the transaction ends: in SQLite, every transaction already holds the
