@@ -19,7 +19,7 @@ from .sql_hosts import Hosts
 from .sql_leases import Leases
 from .sql_ledger import Ledger
 from .sql_renters import Renters
-from .sql_tx import Transactions
+from .sql_base import SqlBase
 
 MIGRATION_LOCK = 0x5e11_0001  # pg_advisory_xact_lock key of schema migrations
 SERVING_LOCK = 0x5e11_0002  # held by the one broker that serves this database (until several can)
@@ -40,7 +40,7 @@ def _pg(sql: str) -> str:
     return sql.replace("%", "%%").replace("?", "%s")
 
 
-class Store(Transactions, Renters, Hosts, Leases, Ledger):
+class Store(SqlBase, Renters, Hosts, Leases, Ledger):
     """Renters and their keys, hosts and join tokens, leases, the ledger: one PostgreSQL database."""
 
     LOCK_ROW = " FOR UPDATE"
@@ -79,7 +79,7 @@ class Store(Transactions, Renters, Hosts, Leases, Ledger):
                               "database for now (several at once are not done yet)")
 
     def _migrate(self) -> None:
-        with self._tx():
+        with self.tx():
             self._sql(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK})")
             self._sql("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
             row = self._sql("SELECT version FROM schema_version").fetchone()
@@ -121,12 +121,6 @@ class Store(Transactions, Renters, Hosts, Leases, Ledger):
     def _many(self, sql: str, rows) -> None:
         with self._connection().cursor() as cur:
             cur.executemany(_pg(sql), list(rows))
-
-    def _count(self, table: str, where: str, args=()) -> int:
-        return self._sql(f"SELECT count(*) FROM {table} WHERE {where}", args).fetchone()[0]
-
-    def _insert(self, table: str, row: dict) -> None:
-        self._sql(f"INSERT INTO {table} ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})", row.values())
 
     def lock(self, *names: str) -> None:
         """Transaction-scoped advisory locks, one per name (a 64-bit hash of it), in the order given

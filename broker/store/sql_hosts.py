@@ -26,7 +26,7 @@ class Hosts:
 
     def add_token(self, host: str, token_hash: str, expires: float) -> None:
         """Invite a host by name (a new name, or one that never joined)."""
-        with self._tx():
+        with self.tx():
             row = self._sql("SELECT joined FROM hosts WHERE name = ?", [host]).fetchone()
             if row and row[0]:
                 raise BrokerError(f"host {host!r} has already joined")
@@ -36,7 +36,7 @@ class Hosts:
 
     def consume_token(self, token_hash: str, fingerprint: str, key: str, now: float) -> str:
         """Use a join token once: pin the host key and return the host's name."""
-        with self._tx():
+        with self.tx():
             row = self._sql(  # one conditional write: two joins with one token, through two brokers, use it once
                 "UPDATE tokens SET used = ? WHERE hash = ? AND used IS NULL AND expires > ? RETURNING host",
                 [now, token_hash, now]).fetchall()  # all: a RETURNING statement is finished before the commit
@@ -87,7 +87,7 @@ class Hosts:
         return [host_record(r) for r in self._rows("SELECT * FROM hosts WHERE joined IS NOT NULL AND banned = 0")]
 
     def host_up(self, name: str, now: float) -> None:
-        with self._tx():
+        with self.tx():
             self._sql("UPDATE uptime SET down = ? WHERE host = ? AND down IS NULL", [now, name])
             self._sql("INSERT INTO uptime (host, up) VALUES (?, ?)", [name, now])
 

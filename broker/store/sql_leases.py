@@ -93,7 +93,7 @@ class Leases:
     def set_down(self, lease: str, down: float, up: float | None) -> bool:
         """A time a lease's container was not running (its host said so); up None while it still is
         not. True when this is news (a new down, or its up)."""
-        with self._tx():
+        with self.tx():
             row = self._sql("SELECT up FROM lease_downs WHERE lease = ? AND down = ?", [lease, down]).fetchone()
             if row and (row[0] is not None or up is None):
                 return False

@@ -37,7 +37,7 @@ class Ledger:
              renter: str | None = None, memo: str = "", now: float | None = None) -> bool:
         """Post one balanced transaction once: False (and nothing changes) if key was posted before."""
         ledger.check(entries)
-        with self._tx():
+        with self.tx():
             self.lock(*sorted(a for a, _ in entries if a.startswith(ledger.NON_NEGATIVE)))  # balances checked
             if self._sql("SELECT 1 FROM txs WHERE key = ?", [key]).fetchone():
                 return False

@@ -8,7 +8,7 @@ class Renters:
 
     def add_renter(self, name: str, fingerprint: str, key: str) -> None:
         """Create a renter with one public key."""
-        with self._tx():
+        with self.tx():
             if self._count("renters", "name = ?", [name]):
                 raise BrokerError(f"renter {name!r} already exists")
             self._check_key_free(fingerprint)
@@ -52,13 +52,13 @@ class Renters:
                                   [renter]))
 
     def add_key(self, renter: str, fingerprint: str, key: str) -> None:
-        with self._tx():
+        with self.tx():
             self._check_key_free(fingerprint)
             self._insert("renter_keys", {"fingerprint": fingerprint, "renter": renter, "key": key,
                                          "added": self.now()})
 
     def remove_key(self, renter: str, fingerprint: str) -> None:
-        with self._tx():
+        with self.tx():
             keys = [k["fingerprint"] for k in self.renter_keys(renter)]
             if fingerprint not in keys:
                 raise NotFound(f"no key {fingerprint} on your account")

@@ -14,11 +14,11 @@ from .sql_hosts import Hosts
 from .sql_leases import Leases
 from .sql_ledger import Ledger
 from .sql_renters import Renters
-from .sql_tx import Transactions
+from .sql_base import SqlBase
 from .sqlite_schema import MIGRATIONS, SCHEMA
 
 
-class Store(Transactions, Renters, Hosts, Leases, Ledger):
+class Store(SqlBase, Renters, Hosts, Leases, Ledger):
     """Renters and their keys, hosts and join tokens, leases, the ledger: one SQLite file."""
 
     LOCK_ROW = ""  # BEGIN IMMEDIATE has locked the whole database for the transaction
@@ -32,7 +32,7 @@ class Store(Transactions, Renters, Hosts, Leases, Ledger):
         self.db = sqlite_utils.Database(conn)
         self._wal()
         self.db.execute("PRAGMA foreign_keys=ON")
-        with self._tx():
+        with self.tx():
             for stmt in filter(str.strip, SCHEMA.split(";")):
                 self.db.execute(stmt)
         self._migrate()
@@ -53,7 +53,7 @@ class Store(Transactions, Renters, Hosts, Leases, Ledger):
         """Each step in a transaction of its own, the version read inside it: stores opened at once on
         a new file (two broker commands) take each step once."""
         while True:
-            with self._tx():
+            with self.tx():
                 version = self.db.execute("PRAGMA user_version").fetchone()[0]
                 if version >= len(MIGRATIONS):
                     return
@@ -97,13 +97,6 @@ class Store(Transactions, Renters, Hosts, Leases, Ledger):
 
     def _many(self, sql: str, rows) -> None:
         self.db.conn.executemany(sql, rows)
-
-    def _count(self, table: str, where: str, args=()) -> int:
-        return self.db.execute(f"SELECT count(*) FROM {table} WHERE {where}", list(args)).fetchone()[0]
-
-    def _insert(self, table: str, row: dict) -> None:
-        cols = ", ".join(row)
-        self.db.execute(f"INSERT INTO {table} ({cols}) VALUES ({', '.join('?' * len(row))})", list(row.values()))
 
     def hold_serving(self) -> None:
         """One broker serves a SQLite file: its home's run lock sees to that."""
