@@ -24,5 +24,8 @@ class ChannelRegistry:
         for channel in list(self._by_lease.pop(lease_id, ())):
             channel.end(why)
 
+    def leases(self) -> set[str]:
+        return set(self._by_lease)
+
     def all(self) -> list:
         return [ch for channels in self._by_lease.values() for ch in channels]

@@ -113,14 +113,27 @@ def _check_keys_from(cfg: Config, keys_from: Path, url: str | None) -> None:
 @click.option("--fee-percent", type=click.IntRange(0, 100), default=None, help="Platform fee (env BROKER_FEE_PERCENT, default 10).")
 @click.option("--metrics", "metrics_addr", default=None, metavar="HOST:PORT",
               help="Serve Prometheus /metrics and /healthz here, e.g. 127.0.0.1:9464 (off by default).")
+@click.option("--peer", "peer_addr", default=None, metavar="HOST:PORT",
+              help="Serve with the other brokers of one PostgreSQL database: their link to this one listens here.")
+@click.option("--advertise", default=None, metavar="HOST",
+              help="The name or address other brokers and hosts reach this one at (default: the --peer host).")
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 @db_option
 @click.pass_context
 @_fail_cleanly
-def serve(ctx, ssh_addr, tunnel_addr, fee_percent, metrics_addr, verbose, db_url):
+def serve(ctx, ssh_addr, tunnel_addr, fee_percent, metrics_addr, peer_addr, advertise, verbose, db_url):
     """Serve renters and hosts until SIGINT/SIGTERM."""
     cfg = _config(ctx)
     cfg.db_url = opening.url_of(cfg.home, db_url)
+    if peer_addr:
+        if not cfg.db_url:
+            raise BrokerError("--peer serves one database with other brokers: give --db postgresql://...")
+        cfg.peer_addr = parse_addr(peer_addr)
+        cfg.advertise = advertise or (cfg.peer_addr[0] if cfg.peer_addr[0] not in ("0.0.0.0", "::") else "")
+        if not cfg.advertise:
+            raise BrokerError("--peer on all addresses: give --advertise HOST, where the others reach this broker")
+    elif advertise:
+        raise BrokerError("--advertise goes with --peer")
     cfg.metrics_addr = parse_addr(metrics_addr) if metrics_addr else None
     if fee_percent is not None:
         cfg.fee_percent = fee_percent

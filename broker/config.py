@@ -17,6 +17,9 @@ class Config:
     tunnel_addr: tuple[str, int] = ("0.0.0.0", 2223)
     metrics_addr: tuple[str, int] | None = None  # /metrics and /healthz, when asked for
     db_url: str | None = None  # a PostgreSQL database (broker.store.opening); None: broker.db in the home
+    peer_addr: tuple[str, int] | None = None  # where the cluster's other brokers dial this one (serve --peer)
+    advertise: str = ""  # the name they and hosts reach it at
+    drain: float = field(default_factory=lambda: _env_float("BROKER_DRAIN", 10))  # SIGTERM: sessions' time to end
     login_timeout: float = field(default_factory=lambda: _env_float("BROKER_LOGIN_TIMEOUT", 30))
     auth_fail_limit: int = field(default_factory=lambda: int(_env_float("BROKER_AUTH_FAIL_LIMIT", 20)))
     auth_fail_window: float = 60.0

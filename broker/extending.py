@@ -15,8 +15,8 @@ log = logging.getLogger("shellrent.service")
 
 
 class Extending:
-    def __init__(self, config, db, store, links, logins, tasks, now):
-        self._config, self._db, self._store, self._links = config, db, store, links
+    def __init__(self, config, db, store, reach, logins, tasks, now):
+        self._config, self._db, self._store, self._reach = config, db, store, reach
         self._logins, self._tasks, self._now = logins, tasks, now
 
     async def extend(self, renter: str, lease_id: str | None, seconds: int) -> dict:
@@ -25,7 +25,7 @@ class Extending:
         does not stop it). A host that refuses undoes it; one that does not answer is told later."""
         lease = await self._logins.own_lease(renter, lease_id)
         lid = lease["id"]
-        link = self._links().get(lease["host"])
+        link = await self._reach.link(lease["host"])  # here, or the broker that holds its tunnel
         if not link:
             raise Unavailable(f"host {lease['host']!r} is offline; cannot extend now")
         host = await self._db(self._store.host, lease["host"])

@@ -34,8 +34,8 @@ def skew_error(theirs, now: float, max_skew: float) -> str | None:
 
 
 class Hosts:
-    def __init__(self, config, db, store, links, market, tasks, now, reconcile):
-        self._config, self._db, self._store, self._links = config, db, store, links
+    def __init__(self, config, db, store, links, market, tasks, now, reconcile, cluster):
+        self._config, self._db, self._store, self._links, self._cluster = config, db, store, links, cluster
         self._market, self._tasks, self._now = market, tasks, now
         self._reconcile = reconcile  # hostsync: the host's record and the broker's, agreed at connect
 
@@ -81,8 +81,18 @@ class Hosts:
         await self._db(self._store.set_inventory, host, inv, error)
         self._market.changed()
 
-    async def disconnected(self, name: str, at: float | None = None) -> None:
+    async def welcome(self, name: str) -> dict:
+        """What a host is told when it is welcomed here: the epoch this broker drives it at (it
+        refuses calls of a lower one) and where every live broker's tunnel is (it moves to another
+        when it loses this one)."""
+        epoch = await self._cluster.own(name)
+        return {"epoch": epoch, "brokers": await self._cluster.tunnels()}
+
+    async def disconnected(self, name: str, at: float | None = None, epoch: int | None = None) -> None:
+        """The host's tunnel here closed; its uptime ends unless another broker holds it by now."""
         self._market.changed()
+        if epoch is not None and not await self._cluster.disown(name, epoch):
+            return
         await self._db(self._store.host_down, name, min(at or self._now(), self._now()))
 
     async def send_earnings(self, host: str) -> None:

@@ -9,10 +9,12 @@ log = logging.getLogger("shellrent.service")
 
 
 class Jobs:
-    def __init__(self, db, store, links, market, renting, settlement, sync_all, now):
+    def __init__(self, db, store, links, market, renting, settlement, sync_all, now, cluster, channels):
         self._db, self._store, self._links, self._market = db, store, links, market
+        self._cluster, self._channels = cluster, channels
         self._renting, self._settlement, self._sync_all, self._now = renting, settlement, sync_all, now
         self._full_logged = False
+        self._active: set[str] = set()  # the leases active at the last round
 
     async def housekeeping(self) -> None:
         """End leases whose time is over; fail starts that lost their caller; tell hosts what they
@@ -28,12 +30,21 @@ class Jobs:
                 log.warning("host %s is banned: closing its tunnel", name)
                 self._market.changed()
                 links.links[name].conn.close()
-            for lease in await self._db(self._store.live_leases):
+            if not self._cluster.fresh():  # paused or cut off: first learn what this broker still owns
+                await self._cluster.beat()
+            live = await self._db(self._store.live_leases)
+            others = {b["id"] for b in await self._cluster.live()} - {self._cluster.id}
+            for lease in live:
                 if lease["state"] == "active" and lease["ends_at"] <= now:
                     await end_lease(lease["id"], lease["ends_at"])
                 elif lease["state"] in ("pending", "starting") and lease["id"] not in self._renting.in_flight \
-                        and now - lease["created"] > 5:
+                        and now - lease["created"] > 5 and lease.get("broker") not in others:
                     await self._db(self._renting.fail, lease["id"], "the broker lost the start (restart or full disk)")
+            active = {lease["id"] for lease in live if lease["state"] == "active"}
+            for lid in self._channels.leases() & (self._active - active):  # ended by another broker
+                self._channels.close_lease(lid, f"lease {lid} has ended")
+            self._active = active
+            await self._db(self._store.expire_owners)  # hosts whose broker died and that came back nowhere
             if links:
                 await self._sync_all(None)
                 await self._db(self._store.touch_hosts, list(links.links), now)
@@ -44,13 +55,16 @@ class Jobs:
                 self._full_logged = True
 
     async def recover(self) -> None:
-        """After a restart, every state a crash can leave: leases caught mid-start fail and are
-        refunded (their hosts discard them); ended or failed leases not yet settled are settled;
-        what hosts were not told is told when they connect (sync)."""
-        await self._db(self._store.close_uptimes)
+        """After a restart, every state a crash can leave: leases caught mid-start (by this broker or
+        one that is gone) fail and are refunded (their hosts discard them); ended or failed leases
+        not yet settled are settled; what hosts were not told is told when they connect (sync)."""
+        await self._db(self._store.close_uptimes, self._cluster.id)
         end_lease = self._settlement.end_lease
+        others = {b["id"] for b in await self._cluster.live()} - {self._cluster.id}
         for lease in await self._db(self._store.to_recover):
             lid = lease["id"]
+            if lease["state"] in ("pending", "starting") and lease.get("broker") in others:
+                continue  # another broker's start, under way there
             if lease["state"] in ("pending", "starting"):
                 log.warning("lease %s was %s when the broker stopped: failing it", lid, lease["state"])
                 await self._db(self._renting.fail, lid, "broker restarted during start")

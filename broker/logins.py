@@ -1,6 +1,8 @@
 """Logins: which user names exist, which lease a renter's login reaches, and the route to its host."""
 import time
 
+from shellrent.common import protocol
+
 from .errors import BrokerError, NotFound, Unavailable
 from .route import Route
 
@@ -40,23 +42,39 @@ def pick_lease(leases: list[dict], renter: str, wanted: str | None, now: float,
 
 
 class Logins:
-    def __init__(self, db, store, links, now):
-        self._db, self._store, self._links, self._now = db, store, links, now
+    def __init__(self, db, store, reach, now):
+        self._db, self._store, self._reach, self._now = db, store, reach, now
 
     async def own_lease(self, renter: str, lease_id: str | None) -> dict:
         """The renter's lease named (or its only active one)."""
         leases = await self._db(self._store.leases, renter, not lease_id)
         return pick_lease(leases, renter, lease_id, self._now())
 
-    async def session_target(self, renter: str, wanted: str | None, files_only: bool = False) -> Route:
-        """The route to the lease a renter's login reaches."""
+    async def session_target(self, renter: str, wanted: str | None, files_only: bool = False):
+        """The route to the lease a renter's login reaches (here, or through the broker that holds
+        its host's tunnel)."""
         leases = await self._db(self._store.leases, renter, not wanted)
         lease = pick_lease(leases, renter, wanted, self._now(), files_only)
-        link = self._links().get(lease["host"])
+        route = await self._reach.route(lease["id"], lease["host"], renter)
+        if route is None:
+            await self._offline(lease)
+        return route
+
+    async def local_target(self, renter: str | None, lease_id, files_only: bool = False) -> Route:
+        """For another broker of the cluster: the route to a lease whose host's tunnel is here,
+        checked again (the renter's own lease, active or with its files kept)."""
+        lid = protocol.lease_id(lease_id)
+        lease = await self._db(self._store.lease, lid)
+        renter = renter if renter is not None else lease["renter"]
+        pick_lease([lease] if lease["renter"] == renter else [], renter, lid, self._now(), files_only)
+        link = self._reach.local(lease["host"])
         if not link:
-            host = await self._db(self._store.host, lease["host"])
-            if host["banned"]:
-                raise Unavailable(f"lease {lease['id']} has ended: the operator removed its host "
-                                  f"(the unused time is refunded)")
-            raise Unavailable(f"host of lease {lease['id']} is offline; try again shortly")
-        return Route(lease["id"], lease["host"], link.conn)
+            await self._offline(lease)
+        return Route(lid, lease["host"], link.conn)
+
+    async def _offline(self, lease: dict) -> None:
+        host = await self._db(self._store.host, lease["host"])
+        if host["banned"]:
+            raise Unavailable(f"lease {lease['id']} has ended: the operator removed its host "
+                              f"(the unused time is refunded)")
+        raise Unavailable(f"host of lease {lease['id']} is offline; try again shortly")

@@ -12,6 +12,7 @@ class Market:
         self._memo: dict = {}  # offers.build keeps each host's offers here between builds
         self._gen = 0          # bumped by every change; a build started before a bump is not kept
         self._built = -1
+        self.max_age = 60.0  # seconds an unchanged build is kept (a cluster's: short, other brokers rent too)
 
     def changed(self) -> None:
         """Inventories, connections or leases changed: build the offers afresh next time."""
@@ -21,6 +22,7 @@ class Market:
         """Offers now (runs on the store thread)."""
         store = self._store
         hosts = store.joined_hosts()
+        online = online | store.online_hosts()  # with tunnels to this broker or to another
         since = now - 30 * 86400
         ups, downs = store.uptimes(since), store.downs_by_host(since)
         rel = {h["name"]: reliability(now, h["joined"], ups.get(h["name"], []), downs=downs.get(h["name"], []))
@@ -28,9 +30,10 @@ class Market:
         return offers_mod.build(hosts, online, store.busy_leases(), rel, now, self._memo)
 
     async def current(self) -> list[dict]:
-        """The offers now; rebuilt when something changed, and each minute for reliability."""
+        """The offers now; rebuilt when something changed here, and after max_age (reliability, and
+        what other brokers changed)."""
         now = self._now()
-        if self._built == self._gen and now - self._at <= 60:
+        if self._built == self._gen and now - self._at <= self.max_age:
             return self._cache
         gen = self._gen
         links = self._links()

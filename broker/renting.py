@@ -35,8 +35,8 @@ def check_length(config, seconds: float) -> None:
 
 
 class Renting:
-    def __init__(self, config, db, store, links, market, pulls, tasks, now, sync):
-        self._config, self._db, self._store, self._links = config, db, store, links
+    def __init__(self, config, db, store, reach, cluster, market, pulls, tasks, now, sync):
+        self._config, self._db, self._store, self._reach, self._cluster = config, db, store, reach, cluster
         self._market, self._pulls, self._tasks, self._now = market, pulls, tasks, now
         self._sync = sync  # tell a host what it has not acknowledged (hostsync)
         self._rent_lock = asyncio.Lock()
@@ -73,14 +73,18 @@ class Renting:
         return {"id": secrets.token_hex(4), "renter": renter, "host": host, "image": image, "state": "pending",
                 "created": now, "ends_at": now + seconds, "gpus": list(gpus), "gpu_name": gpu_name,
                 "price": price, "fee_percent": self._config.fee_percent,
-                "held": hold_for(price, len(gpus), seconds)}
+                "held": hold_for(price, len(gpus), seconds), "broker": self._cluster.id}
 
     async def launch(self, lease: dict, progress=None, pull: bool = False, closes: float | None = None) -> dict:
-        """Start the lease on its host (pulling its image there first when pull). It runs as a task
-        of its own: a renter who cuts the connection meanwhile does not cancel it; it completes (the
-        lease is in `ctl ls`) or fails."""
+        """Start the lease on its host (pulling its image there first when pull), here or, when its
+        host's tunnel is on another broker of the cluster, by that broker. It runs as a task of its
+        own: a renter who cuts the connection meanwhile does not cancel it; it completes (the lease
+        is in `ctl ls`) or fails."""
         self.in_flight.add(lease["id"])
-        task = self._tasks.spawn(self._start_on_host(lease, progress, pull, closes))
+        local = self._reach.local(lease["host"]) or not await self._reach.owner(lease["host"])
+        start = self._start_on_host(lease, progress, pull, closes) if local else \
+            self._start_elsewhere(lease, progress, pull, closes)
+        task = self._tasks.spawn(start)
         task.add_done_callback(lambda _: self.in_flight.discard(lease["id"]))
         try:
             return await asyncio.shield(task)
@@ -89,6 +93,35 @@ class Renting:
                 raise BrokerError(f"lease {lease['id']} was released during its image's pull: "
                                   f"fully refunded") from None
             raise
+
+    async def launch_here(self, lid: str, progress, pull: bool, closes) -> dict:
+        """Another broker's renter rented on a host whose tunnel is here: the start is this broker's
+        from now on (the lease's broker), so that it completes or fails here whatever becomes of
+        that broker."""
+        lease = await self._db(self._store.lease, lid)
+        if not self._reach.local(lease["host"]):
+            raise Unavailable(f"host {lease['host']!r} is offline")
+        changed(await self._db(lambda: self._store.update_lease(lid, expect_state="pending", broker=self._cluster.id)),
+                f"lease {lid}")
+        lease["broker"] = self._cluster.id
+        return await self.launch(lease, progress, pull, closes)
+
+    async def _start_elsewhere(self, lease: dict, progress, pull: bool, closes) -> dict:
+        """The broker that holds the host's tunnel starts it; a start that fails there or on the way
+        is failed and refunded (once: whichever broker fails it first)."""
+        lid = lease["id"]
+        try:
+            owner = await self._reach.owner(lease["host"])
+            if owner is None:
+                raise Unavailable(f"host {lease['host']!r} is offline")
+            await self._reach.peers.call(owner, "launch", lambda item: _quietly(progress, item), timeout=None,
+                                         lease=lid, pull=pull, closes=closes)
+        except BaseException as exc:
+            await self._db(self.fail, lid, str(exc) or type(exc).__name__)
+            self._market.changed()
+            raise
+        self._market.changed()
+        return await self._db(self._store.lease, lid)
 
     async def _start_on_host(self, lease: dict, progress, pull: bool = False, closes: float | None = None) -> dict:
         """Active only once its container runs; any failure fails and refunds it in one transaction
@@ -101,7 +134,7 @@ class Renting:
         try:
             await self._set_state(lease, "starting")
             await faults.point("rent.starting")
-            link = self._links().get(lease["host"])
+            link = self._reach.local(lease["host"])
             if not link:
                 raise Unavailable(f"host {lease['host']!r} is offline")
             if pull:
@@ -156,7 +189,7 @@ class Renting:
             raise BrokerError(f"bad duration {hours} h: must be more than 0 and at most 720")
         await self._db(self._store.require_renter, renter)
         inv = (await self._db(self._store.host, host))["inventory"] or {}
-        if not self._links().get(host):
+        if not await self._reach.link(host):
             raise Unavailable(f"host {host!r} is offline")
         lease = await self._db(self.open_lease, self.new_lease(renter, host, image, int(hours * 3600)))
         listed = image in protocol.image_list(inv.get("images", ""))

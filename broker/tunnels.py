@@ -38,6 +38,7 @@ class Control(asyncssh.SSHClientSession):
         self._chan: asyncssh.SSHClientChannel | None = None
         self._buf = b""
         self._ids = itertools.count(1)
+        self.epoch: int | None = None  # sent with every call once welcomed (hostd refuses a lower one)
         self._calls: dict[int, asyncio.Future] = {}
         self.events: asyncio.Queue | None = None  # set once the host is known
 
@@ -92,7 +93,8 @@ class Control(asyncssh.SSHClientSession):
         self._calls[call_id] = fut
         started = time.monotonic()
         try:
-            self._chan.write(protocol.encode({**args, "op": op, "call": call_id}))
+            epoch = {"epoch": self.epoch} if self.epoch is not None else {}
+            self._chan.write(protocol.encode({**args, **epoch, "op": op, "call": call_id}))
             while not fut.done():
                 left = max(started, alive() if alive else started) + timeout - time.monotonic()
                 if left <= 0:
@@ -121,6 +123,7 @@ class HostLink:
         self.conn = conn
         self.control = control
         self.since = time.time()
+        self.epoch: int | None = None
         self.hello_at = self.since
         self.offset: float | None = None  # the host's clock less the broker's, as last measured
 
@@ -167,12 +170,13 @@ class Tunnels:
     """Listener for hostd connections and the registry of connected hosts."""
 
     def __init__(self, client_key: asyncssh.SSHKey, identify: Identify, keepalive: float = 15,
-                 connected=None, disconnected=None, event=None, startups: Startups | None = None):
+                 connected=None, disconnected=None, event=None, startups: Startups | None = None, welcome=None):
         self._key = client_key
         self._identify = identify
         self._connected = connected  # async (link, hello) -> None, after welcome
         self._disconnected = disconnected  # async (name, when it was last heard) -> None
         self._event = event  # async (name, event) -> None, in the order the host sent them
+        self._welcome = welcome  # async (name) -> what else the welcome tells the host (epoch, brokers)
         self._keepalive = keepalive
         self._startups = startups or Startups(100, 10)
         self.login_timeout = 30.0  # a connection that has not finished its handshake by then is dropped
@@ -226,7 +230,16 @@ class Tunnels:
         log.info("host %s connected from %s", name, peer)
         control.events = asyncio.Queue()
         try:
-            await control.call("welcome", timeout=30, host=name, offset=offset)
+            extra = await self._welcome(name) if self._welcome else {}
+        except Exception as exc:  # the database does not answer: the host comes back when it does
+            log.warning("host %s: cannot record its tunnel here (%s); closing it", name, exc)
+            del self.links[name]
+            conn.close()
+            return
+        link.epoch = extra.get("epoch")
+        try:
+            await control.call("welcome", timeout=30, host=name, offset=offset, **extra)
+            control.epoch = link.epoch
         except Unavailable as exc:
             log.warning("host %s: welcome failed: %s", name, exc)
         loop = asyncio.get_running_loop()
@@ -272,7 +285,8 @@ class Tunnels:
 
     async def _watch(self, name: str, conn: asyncssh.SSHClientConnection) -> None:
         await conn.wait_closed()
-        if self.links.get(name) and self.links[name].conn is conn:
+        link = self.links.get(name)
+        if link and link.conn is conn:
             del self.links[name]
             lost = getattr(conn.get_owner(), "lost", None)
             at = time.time()
@@ -280,7 +294,7 @@ class Tunnels:
                 at -= self._keepalive * 3  # it went silent before the keepalives gave up on it
             log.info("host %s disconnected (%s)", name, lost or "closed")
             if self._disconnected:
-                await self._disconnected(name, at)
+                await self._disconnected(name, at, link.epoch)
 
     async def close(self) -> None:
         if self._acceptor:

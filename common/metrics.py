@@ -39,8 +39,9 @@ class _Shared:
         await asyncio.wait_for(asyncio.shield(self._task), REFRESH_TIMEOUT)
 
 
-async def serve(host: str, port: int, registry, refresh=None) -> asyncio.AbstractServer:
-    """Listen on host:port (0: any free port); returns the server (its port: .sockets[0])."""
+async def serve(host: str, port: int, registry, refresh=None, ready=None) -> asyncio.AbstractServer:
+    """Listen on host:port (0: any free port); returns the server (its port: .sockets[0]). /healthz
+    answers 503 while ready() is false (a broker draining: a load balancer sends no one new)."""
     shared = _Shared(refresh) if refresh else None
     active = 0
     waiting: dict[asyncio.StreamWriter, str] = {}  # no head yet, oldest first
@@ -74,7 +75,7 @@ async def serve(host: str, port: int, registry, refresh=None) -> asyncio.Abstrac
             head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), HEAD_TIMEOUT)
             waiting.pop(writer, None)
             method, path, *_ = head.decode("latin-1").split(" ", 2) + ["", ""]
-            status, kind, body = await _answer(method, path, registry, shared)
+            status, kind, body = await _answer(method, path, registry, shared, ready)
             writer.write(f"HTTP/1.0 {status}\r\nContent-Type: {kind}\r\nContent-Length: {len(body)}\r\n"
                          "Connection: close\r\n\r\n".encode() + body)
             await writer.drain()
@@ -91,10 +92,12 @@ async def serve(host: str, port: int, registry, refresh=None) -> asyncio.Abstrac
     return await asyncio.start_server(handle, host, port, limit=MAX_REQUEST)
 
 
-async def _answer(method: str, path: str, registry, shared) -> tuple[str, str, bytes]:
+async def _answer(method: str, path: str, registry, shared, ready=None) -> tuple[str, str, bytes]:
     if method != "GET":
         return "405 Method Not Allowed", "text/plain", b"GET only\n"
     if path == "/healthz":
+        if ready and not ready():
+            return "503 Service Unavailable", "text/plain", b"draining\n"
         return "200 OK", "text/plain", b"ok\n"
     if path.split("?")[0] != "/metrics":
         return "404 Not Found", "text/plain", b"/metrics or /healthz\n"

@@ -79,6 +79,12 @@ class Agent:
         if event["type"] == "lease.ended":
             self.health.wake()  # its GPUs' power limits back now
 
+    def learn_brokers(self, raw) -> None:
+        """Keep the brokers' tunnel addresses a welcome names (hostd dials the others when it loses one)."""
+        brokers, pin = tunnel.brokers_from(raw), self.config.load_pin()
+        if brokers and pin is not None and pin.get("brokers") != brokers:
+            self.config.save_pin({**pin, "brokers": brokers})
+
     async def run_forever(self, host: str, port: int) -> None:
         """The loops (upkeep, disk and container watches, GPU health) and the tunnel, until cancelled."""
         upkeep = Upkeep(self.settings_watch, self.egress, self.health, self.inventory, self.pulls, self.status,

@@ -126,7 +126,9 @@ def status(cfg: Config, as_json):
     out = {"joined": bool(pin), "host": (pin or {}).get("host"), "broker": (pin or {}).get("addr"),
            "running": running, "connected": bool(running and st.get("connected")), "error": st.get("error"),
            "earned_micro": earned, "earned": f"{earned / 1e6:.2f}",
-           "paused": settings_mod.load(cfg.home / "settings.json")["paused"]}
+           "paused": settings_mod.load(cfg.home / "settings.json")["paused"],
+           "via": st.get("via") if running else None, "since": st.get("since") if running else None,
+           "brokers": (pin or {}).get("brokers", [])}
     out.update({k: st.get(k) or [] for k in ("gpu_problems", "gpu_kills", "gpu_failures")} if running else {})
     out.update({"images": st.get("images") or {"pulling": [], "failed": {}}} if running else {})
     if as_json:
@@ -147,7 +149,8 @@ def status(cfg: Config, as_json):
         click.echo(f"watchdog killed pid {k['pid']} ({k['command']}) of {k['where']} on GPU {k['index']} "
                    f"at {time.strftime('%H:%M:%S', time.gmtime(k['at']))} UTC")
     state = "connected" if out["connected"] else ("running, not connected" if running else "not running")
-    click.echo(f"host {out['host']} at broker {pin['addr'][0]}:{pin['addr'][1]}: {state}")
+    via = f" through {out['via']}" if out["connected"] and out["via"] else ""
+    click.echo(f"host {out['host']} at broker {pin['addr'][0]}:{pin['addr'][1]}: {state}{via}")
     if out["error"] and not out["connected"]:
         click.echo(f"last error: {out['error']}")
     click.echo(f"earnings: {out['earned']} credits" + ("; paused: taking no new rentals" if out["paused"] else ""))

@@ -22,11 +22,13 @@ class Control:
         self._token = token
         self.host_name: str | None = None  # the broker's name for this host, once welcomed
         self.rejected: str | None = None  # why the broker refused the last connection
+        self.epoch = 0  # the highest epoch a broker welcomed this host at: a call of a lower one is refused
         self.joined = daemon.loop.create_future()
         self._ops = {"hello": self._hello, "welcome": self._welcome, "reject": self._reject,
                      "clock": self._clock, "earnings": self._earnings, "image.pull": self._image_pull,
                      "lease.start": self._lease_start, "lease.stop": self._lease_stop,
-                     "lease.extend": self._lease_extend, "lease.discard": self._lease_discard}
+                     "lease.extend": self._lease_extend, "lease.discard": self._lease_discard,
+                     "brokers": self._brokers}
 
     async def call(self, req: dict, channel=None) -> dict:
         op = req.get("op")
@@ -35,6 +37,10 @@ class Control:
             return {"ok": False, "error": f"unknown op {protocol.printable(str(op))[:40]!r}"}
         if op not in ("hello", "welcome", "reject") and self.host_name is None:
             return {"ok": False, "error": f"{op} before welcome"}
+        epoch = req.get("epoch")
+        if epoch is not None and (isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < self.epoch):
+            return {"ok": False, "error": f"stale broker: its epoch {protocol.printable(str(epoch))[:20]} is below "
+                                          f"{self.epoch}, another broker drives this host now"}
         reply = await handler(req)
         if op == "welcome" and channel is not None:
             self._d.outbox.attach(channel)
@@ -56,10 +62,18 @@ class Control:
 
     async def _welcome(self, req):
         self.host_name = protocol.name(req.get("host"), "host name")
+        if req.get("epoch") is not None:
+            self.epoch = req["epoch"]
+        self._d.learn_brokers(req.get("brokers"))
         self._clock_from(req)
         self._d.status.set(connected=True, host=self.host_name, since=time.time(), error=None)
         if not self.joined.done():
             self.joined.set_result(self.host_name)
+        return {"ok": True}
+
+    async def _brokers(self, req):
+        """The cluster's brokers changed: where their tunnels are now (dialled when this one is lost)."""
+        self._d.learn_brokers(req.get("brokers"))
         return {"ok": True}
 
     async def _clock(self, req):

@@ -1,12 +1,14 @@
 """hostd's tunnel to the broker: dialled out from this machine (the broker is the SSH client of the
-server hostd runs on it), kept up with jittered exponential backoff, and the one-time join."""
+server hostd runs on it), kept up with jittered exponential backoff, moved to another broker of the
+cluster when one is lost, and the one-time join."""
 import asyncio
 import logging
 import random
+import re
 
 import asyncssh
 
-from shellrent.common import algorithms, flow
+from shellrent.common import algorithms, flow, protocol
 from shellrent.keys import tokens
 
 from .control import JoinError
@@ -14,6 +16,8 @@ from .sshserver import HostServer
 
 log = logging.getLogger("shellrent.agent")
 CIPHERS = ["aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "chacha20-poly1305@openssh.com"]
+MAX_BROKERS = 16
+HOSTNAME = re.compile(r"[A-Za-z0-9_.:-]{1,253}")
 
 
 async def connect(agent, host: str, port: int) -> asyncssh.SSHServerConnection:
@@ -26,23 +30,55 @@ async def connect(agent, host: str, port: int) -> asyncssh.SSHServerConnection:
         server_version="shellrent-hostd")), 30)
 
 
+def brokers_from(raw) -> list[list]:
+    """The brokers' tunnel addresses a welcome lists ([host, port] each; at most MAX_BROKERS); a
+    malformed entry is left out."""
+    out = []
+    for item in raw[:MAX_BROKERS] if isinstance(raw, list) else []:
+        if isinstance(item, list) and len(item) == 2 and isinstance(item[0], str) and HOSTNAME.fullmatch(item[0]) \
+                and protocol.number_in(item[1], 1, 65535, True):
+            out.append([item[0], item[1]])
+    return out
+
+
+def candidates(first: list, learned: list) -> list[list]:
+    """Where to dial: the address joined (or given), then the brokers last learned, each once."""
+    seen, out = set(), []
+    for addr in [first, *learned]:
+        if tuple(addr) not in seen:
+            seen.add(tuple(addr))
+            out.append(list(addr))
+    return out
+
+
 async def stay_connected(agent, host: str, port: int) -> None:
-    """Reconnect after any drop, exponential backoff with full jitter; the status says why it is down."""
-    config, status, attempt = agent.config, agent.status, 0
+    """Keep a tunnel to a live broker: after a drop, the next broker of the cluster (the address
+    given, then those its brokers last named) after a short random wait, so that a broker's death
+    is no reconnect storm; full-jitter exponential backoff once every address has failed in turn.
+    The status says why it is down."""
+    config, status, failures, at = agent.config, agent.status, 0, 0
     while True:
         agent.control.rejected = None
+        addrs = candidates([host, port], (config.load_pin() or {}).get("brokers", []))
+        dial = addrs[at % len(addrs)]
         try:
-            conn = await connect(agent, host, port)
+            conn = await connect(agent, *dial)
         except (OSError, asyncssh.Error, asyncio.TimeoutError) as exc:
-            status.set(connected=False, error=f"connect failed: {exc or type(exc).__name__}")
+            status.set(connected=False, error=f"connect to {dial[0]}:{dial[1]} failed: {exc or type(exc).__name__}")
+            failures += 1
         else:
+            status.set(via=f"{dial[0]}:{dial[1]}")
             await conn.wait_closed()
             if status.get("connected"):
-                attempt = 0
+                failures = 0
+            else:
+                failures += 1
             status.set(connected=False, error=agent.control.rejected or "connection closed")
-        delay = random.uniform(0, min(config.backoff_max, config.backoff_base * 2 ** attempt))
-        attempt = min(attempt + 1, 30)
-        log.info("reconnecting to %s:%d in %.1fs", host, port, delay)
+        at += 1  # the next broker: this one may be the one that died
+        rounds = max(0, failures - 1) // len(addrs)
+        delay = random.uniform(0, min(config.backoff_max, config.backoff_base * 2 ** min(rounds, 30)))
+        nxt = addrs[at % len(addrs)]
+        log.info("reconnecting to %s:%d in %.1fs", nxt[0], nxt[1], delay)
         await asyncio.sleep(delay)
 
 

@@ -44,7 +44,7 @@ def run(*args, check=True, **kw) -> subprocess.CompletedProcess:
 class Cluster:
     """Broker home, one renter key, a broker process and (optionally) hostd processes."""
 
-    def __init__(self, root: Path, env: dict | None = None):
+    def __init__(self, root: Path, env: dict | None = None, init=(), renter: bool = True):
         self.root = root
         self.bhome = root / "broker"
         self.env = {**os.environ, "HOSTD_BACKOFF_BASE": "0.2", "HOSTD_BACKOFF_MAX": "1",
@@ -53,9 +53,10 @@ class Cluster:
         self.hostd_homes: dict[str, Path] = {}
         self.tunnel_port = 0
         self.ssh_port = 0
-        self.broker("init")
+        self.broker("init", *init)
         self.key = self.new_key("alice")
-        self.broker("renter", "add", "alice", "--key", f"{self.key}.pub")
+        if renter:
+            self.broker("renter", "add", "alice", "--key", f"{self.key}.pub")
 
     # processes
     def broker(self, *args, check=True, **kw):
@@ -74,8 +75,8 @@ class Cluster:
         serve.unlink(missing_ok=True)
         self._spawn("broker", [BIN / "broker", "--home", self.bhome, "serve", "--ssh", "127.0.0.1:0",
                                "--tunnel", f"127.0.0.1:{self.tunnel_port}", *extra])
-        info = wait_for(lambda: serve.exists() and serve.read_text() and json.loads(serve.read_text()),
-                        what="broker to listen")
+        info = self.info = wait_for(lambda: serve.exists() and serve.read_text() and json.loads(serve.read_text()),
+                                    what="broker to listen")
         self.ssh_port, self.tunnel_port = info["ssh"][1], info["tunnel"][1]
         host_key = asyncssh.read_private_key(str(self.bhome / "ssh_host_ed25519_key"))
         (self.root / "known_hosts").write_text(

@@ -15,6 +15,7 @@ from psycopg.rows import dict_row
 
 from ..errors import FULL, BrokerError, Unavailable
 from .postgres_schema import MIGRATIONS
+from .sql_cluster import Cluster
 from .sql_hosts import Hosts
 from .sql_leases import Leases
 from .sql_ledger import Ledger
@@ -22,7 +23,7 @@ from .sql_renters import Renters
 from .sql_base import SqlBase
 
 MIGRATION_LOCK = 0x5e11_0001  # pg_advisory_xact_lock key of schema migrations
-SERVING_LOCK = 0x5e11_0002  # held by the one broker that serves this database (until several can)
+SERVING_LOCK = 0x5e11_0002  # a lone broker holds it alone, the brokers of a cluster share it
 UNREACHABLE = "the broker's database does not answer: nothing was changed; try again later"
 UNKNOWN = ("the broker's database went away while the change was being committed: it may or may not have been "
            "recorded; check (e.g. ctl ls, ctl balance) before trying again")
@@ -40,7 +41,7 @@ def _pg(sql: str) -> str:
     return sql.replace("%", "%%").replace("?", "%s")
 
 
-class Store(SqlBase, Renters, Hosts, Leases, Ledger):
+class Store(SqlBase, Renters, Hosts, Cluster, Leases, Ledger):
     """Renters and their keys, hosts and join tokens, leases, the ledger: one PostgreSQL database."""
 
     LOCK_ROW = " FOR UPDATE"
@@ -66,17 +67,23 @@ class Store(SqlBase, Renters, Hosts, Leases, Ledger):
                 self._take_serving()
         return self._conn
 
-    def hold_serving(self) -> None:
-        """Until several brokers can serve one database (their starts, housekeeping and uptimes are
-        still each broker's own), only one may: a second is refused in one line."""
+    def hold_serving(self, shared: bool = False) -> None:
+        """A broker that serves alone (no peer link: its starts, housekeeping and uptimes are its own)
+        excludes every other; brokers of a cluster (serve --peer) share the database. Refused in one
+        line when the other kind serves it."""
         self._connection()
+        self._serving = "shared" if shared else "alone"
         self._take_serving()
-        self._serving = True
 
     def _take_serving(self) -> None:
-        if not self._conn.execute(f"SELECT pg_try_advisory_lock({SERVING_LOCK})").fetchone()[0]:
-            raise BrokerError("another broker already serves this database: serve from one broker per "
-                              "database for now (several at once are not done yet)")
+        shared = self._serving == "shared"
+        fn = "pg_try_advisory_lock_shared" if shared else "pg_try_advisory_lock"
+        if not self._conn.execute(f"SELECT {fn}({SERVING_LOCK})").fetchone()[0]:
+            self._serving = False
+            raise BrokerError("a broker without --peer already serves this database: start every broker of one "
+                              "database with --peer" if shared else
+                              "another broker already serves this database: to serve it from several, start "
+                              "each with --peer HOST:PORT")
 
     def _migrate(self) -> None:
         with self.tx():
@@ -121,6 +128,10 @@ class Store(SqlBase, Renters, Hosts, Leases, Ledger):
     def _many(self, sql: str, rows) -> None:
         with self._connection().cursor() as cur:
             cur.executemany(_pg(sql), list(rows))
+
+    def db_time(self) -> float:
+        """The database server's clock, which every broker of it judges expiries by."""
+        return self._sql("SELECT extract(epoch FROM clock_timestamp())::float8").fetchone()[0]
 
     def lock(self, *names: str) -> None:
         """Transaction-scoped advisory locks, one per name (a 64-bit hash of it), in the order given

@@ -38,4 +38,12 @@ MIGRATIONS = [
     CREATE TABLE lease_downs (lease TEXT NOT NULL, down DOUBLE PRECISION NOT NULL, up DOUBLE PRECISION,
                               PRIMARY KEY (lease, down));
     """,
+    """
+    ALTER TABLE leases ADD COLUMN broker TEXT;
+    CREATE TABLE brokers (id TEXT PRIMARY KEY, ssh TEXT, tunnel TEXT, peer TEXT, peer_key TEXT,
+                          started DOUBLE PRECISION NOT NULL, heartbeat DOUBLE PRECISION NOT NULL,
+                          draining INTEGER NOT NULL DEFAULT 0);
+    CREATE TABLE host_owners (host TEXT PRIMARY KEY, broker TEXT NOT NULL, epoch BIGINT NOT NULL,
+                              expires DOUBLE PRECISION NOT NULL);
+    """,
 ]

@@ -25,6 +25,7 @@ class Lease(TypedDict, total=False):
     host_ended: float | None  # when its host confirmed the container gone
     host_ends_at: float | None  # the end time its host was last told
     banned_at: float  # on_banned_hosts() only: when its host was banned
+    broker: str | None  # the broker that opened it (its start is that broker's to finish)
 
 
 class Host(TypedDict, total=False):
@@ -65,3 +66,23 @@ class Tx(TypedDict):
     created: float
     memo: str | None
     entries: list[Entry]
+
+
+class BrokerRow(TypedDict):
+    id: str
+    ssh: str  # HOST:PORT renters reach it on (behind a load balancer: its own address)
+    tunnel: str  # HOST:PORT hosts dial
+    peer: str  # HOST:PORT the other brokers dial
+    peer_key: str  # its peer public key (OpenSSH text), pinned by the others
+    started: float
+    heartbeat: float  # database time
+    draining: int
+
+
+class Owner(TypedDict):
+    host: str
+    broker: str
+    epoch: int
+    expires: float  # database time
+    peer: str
+    peer_key: str

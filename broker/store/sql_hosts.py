@@ -94,11 +94,6 @@ class Hosts:
     def host_down(self, name: str, now: float) -> None:
         self._sql("UPDATE uptime SET down = ? WHERE host = ? AND down IS NULL", [now, name])
 
-    def close_uptimes(self) -> None:
-        """After a broker restart: an interval left open ended when the host was last seen."""
-        self._sql("UPDATE uptime SET down = (SELECT last_seen FROM hosts WHERE name = uptime.host) "
-                        "WHERE down IS NULL")
-
     def uptimes(self, since: float) -> dict[str, list[tuple[float, float | None]]]:
         out: dict[str, list] = {}
         for host, up, down in self._sql(

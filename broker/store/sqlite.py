@@ -10,6 +10,7 @@ from pathlib import Path
 import sqlite_utils
 
 from ..errors import FULL, BrokerError
+from .sql_cluster import Cluster
 from .sql_hosts import Hosts
 from .sql_leases import Leases
 from .sql_ledger import Ledger
@@ -18,7 +19,7 @@ from .sql_base import SqlBase
 from .sqlite_schema import MIGRATIONS, SCHEMA
 
 
-class Store(SqlBase, Renters, Hosts, Leases, Ledger):
+class Store(SqlBase, Renters, Hosts, Cluster, Leases, Ledger):
     """Renters and their keys, hosts and join tokens, leases, the ledger: one SQLite file."""
 
     LOCK_ROW = ""  # BEGIN IMMEDIATE has locked the whole database for the transaction
@@ -98,8 +99,12 @@ class Store(SqlBase, Renters, Hosts, Leases, Ledger):
     def _many(self, sql: str, rows) -> None:
         self.db.conn.executemany(sql, rows)
 
-    def hold_serving(self) -> None:
+    def hold_serving(self, shared: bool = False) -> None:
         """One broker serves a SQLite file: its home's run lock sees to that."""
+
+    def db_time(self) -> float:
+        """One file has one broker: its clock is the database's."""
+        return self.now()
 
     def lock(self, *names: str) -> None:
         """Named locks until the transaction ends: in SQLite, every transaction already holds the

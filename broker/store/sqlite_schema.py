@@ -50,4 +50,11 @@ MIGRATIONS = [
     """
     ALTER TABLE renters ADD COLUMN tmux INTEGER NOT NULL DEFAULT 0;
     """,
+    """
+    ALTER TABLE leases ADD COLUMN broker TEXT;
+    CREATE TABLE brokers (id TEXT PRIMARY KEY, ssh TEXT, tunnel TEXT, peer TEXT, peer_key TEXT,
+                          started REAL NOT NULL, heartbeat REAL NOT NULL, draining INTEGER NOT NULL DEFAULT 0);
+    CREATE TABLE host_owners (host TEXT PRIMARY KEY, broker TEXT NOT NULL, epoch INTEGER NOT NULL,
+                              expires REAL NOT NULL);
+    """,
 ]

@@ -1,0 +1,112 @@
+"""This broker among the brokers of one database: its id and row, the heartbeat that keeps its row
+and its hosts' owner rows alive and measures the database's clock (every expiry is judged on it),
+which hosts it drives and at which epoch, and where the other brokers are.
+
+A lone broker (SQLite, or PostgreSQL without --peer) keeps the same rows: its hosts are owned by it,
+its clock offset is the database's (zero for SQLite)."""
+import logging
+import secrets
+import time
+from pathlib import Path
+
+
+log = logging.getLogger("shellrent.cluster")
+
+TTL = 10.0  # a broker or a host-owner row not renewed for this long is gone (database time)
+BEAT = 2.0  # seconds between heartbeats
+
+
+def broker_id(home: Path) -> str:
+    """This home's broker id, made once and kept (a restarted broker is the same broker)."""
+    path = home / "broker_id"
+    if path.exists():
+        return path.read_text().strip()
+    made = "b-" + secrets.token_hex(4)
+    if home.is_dir():  # a broker in a test may have no home on disk: its id lasts as long as it does
+        path.write_text(made + "\n")
+    return made
+
+
+class Clock:
+    """The database's time as this broker sees it: its own clock plus the offset the last heartbeat
+    measured."""
+
+    def __init__(self):
+        self.offset = 0.0
+
+    def __call__(self) -> float:
+        return time.time() + self.offset
+
+
+class Cluster:
+    def __init__(self, db, store, ident: str, clock: Clock | None, peer_key: str = ""):
+        self._db, self._store, self.id, self._clock = db, store, ident, clock
+        self.peer_key = peer_key
+        self.addresses = {"ssh": "", "tunnel": "", "peer": ""}
+        self.epochs: dict[str, int] = {}  # the hosts this broker drives, with the epoch it took each at
+        self.draining = False
+        self._beat_ok = -TTL  # monotonic time of the last heartbeat the database took
+        self.on_lost = lambda hosts: None  # hosts another broker took: their tunnels here are closed
+
+    def fresh(self) -> bool:
+        """Whether this broker's rows are surely still alive (a heartbeat went through within TTL)."""
+        return time.monotonic() - self._beat_ok < TTL - BEAT
+
+    async def register(self) -> None:
+        a = self.addresses
+        await self._db(self._store.register_broker, self.id, a["ssh"], a["tunnel"], a["peer"], self.peer_key)
+        await self.beat()
+
+    async def beat(self) -> set[str]:
+        """Renew this broker's rows and measure the database's clock; the hosts it has lost (another
+        broker took them while this one was paused or cut off from the database)."""
+        asked = time.time()
+        now, owned = await self._db(self._store.beat, self.id, TTL, self.draining)
+        answered = time.time()
+        if self._clock is not None and answered - asked < 1.0:
+            self._clock.offset = now - (asked + answered) / 2
+        self._beat_ok = time.monotonic()
+        if self.id not in {b["id"] for b in await self.live()}:
+            await self.register()  # its row was dropped or had gone stale: written again
+        lost = set(self.epochs) - owned
+        for host in lost:
+            log.warning("host %s is driven by another broker now: letting it go", host)
+            self.epochs.pop(host, None)
+        if lost:
+            self.on_lost(lost)
+        return lost
+
+    async def own(self, host: str) -> int:
+        """This broker drives the host from now on; the epoch the host holds it to."""
+        epoch = await self._db(self._store.own_host, host, self.id, TTL)
+        self.epochs[host] = epoch
+        return epoch
+
+    async def disown(self, host: str, epoch: int) -> bool:
+        """The host's tunnel here closed: whether this broker still owned it (then its records are
+        this broker's to close)."""
+        if self.epochs.get(host) == epoch:
+            del self.epochs[host]
+        return await self._db(self._store.disown_host, host, self.id, epoch)
+
+    async def live(self) -> list[dict]:
+        """The brokers alive now (this one among them)."""
+        return await self._db(self._store.brokers, TTL)
+
+    async def tunnels(self) -> list[list]:
+        """Where hosts can dial the live brokers' tunnels, this broker's first ([host, port] each)."""
+        out = [self.addresses["tunnel"]]
+        out += [b["tunnel"] for b in await self.live() if b["id"] != self.id and not b["draining"]]
+        return [split(a) for a in dict.fromkeys(out) if a]
+
+    async def leave(self) -> None:
+        await self._db(self._store.drop_broker, self.id)
+
+
+def split(addr: str) -> list:
+    host, _, port = addr.rpartition(":")
+    return [host.strip("[]"), int(port)]
+
+
+def join(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

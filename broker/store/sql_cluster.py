@@ -1,0 +1,95 @@
+"""The brokers of one database and which of them drives each host: broker rows with a heartbeat and
+host-owner rows with an expiry and an epoch, all stamped on the database's clock (db_time), so that
+brokers whose clocks disagree still agree on who is alive and who owns what."""
+from .records import BrokerRow, Owner
+
+
+class Cluster:
+    """Shared SQL of the brokers and host_owners tables (? placeholders)."""
+
+    def register_broker(self, broker: str, ssh: str, tunnel: str, peer: str, peer_key: str) -> float:
+        """Write (or rewrite) this broker's row, alive from now; the database's time."""
+        with self.tx():
+            now = self.db_time()
+            self._sql("DELETE FROM brokers WHERE id = ?", [broker])
+            self._insert("brokers", {"id": broker, "ssh": ssh, "tunnel": tunnel, "peer": peer, "peer_key": peer_key,
+                                     "started": now, "heartbeat": now, "draining": 0})
+        return now
+
+    def beat(self, broker: str, ttl: float, draining: bool = False) -> tuple[float, set[str]]:
+        """A broker's heartbeat: its row and the hosts it owns are alive for ttl more seconds. The
+        database's time, and the hosts it still owns (a host another broker took is not among them)."""
+        with self.tx():
+            now = self.db_time()
+            self._sql("UPDATE brokers SET heartbeat = ?, draining = ? WHERE id = ?", [now, int(draining), broker])
+            owned = {r[0] for r in self._sql(
+                "UPDATE host_owners SET expires = ? WHERE broker = ? AND expires > ? RETURNING host",
+                [now + ttl, broker, now])}
+        return now, owned
+
+    def brokers(self, ttl: float) -> list[BrokerRow]:
+        """The brokers heard from within ttl seconds (database time), oldest first."""
+        return self._rows("SELECT * FROM brokers WHERE heartbeat > ? ORDER BY started, id",
+                          [self.db_time() - ttl])
+
+    def drop_broker(self, broker: str) -> None:
+        """A broker leaves: its row and its hosts go (their hosts move to the others)."""
+        with self.tx():
+            self._sql("UPDATE host_owners SET broker = '', expires = 0 WHERE broker = ?", [broker])
+            self._sql("DELETE FROM brokers WHERE id = ?", [broker])
+
+    def own_host(self, host: str, broker: str, ttl: float) -> int:
+        """The broker that holds a host's tunnel drives it from now on: a higher epoch than any
+        before (a host's row is never deleted, so its epochs only grow), which the host holds every
+        later call to."""
+        with self.tx():
+            now = self.db_time()
+            return self._sql(
+                "INSERT INTO host_owners (host, broker, epoch, expires) VALUES (?, ?, 1, ?) "
+                "ON CONFLICT (host) DO UPDATE SET broker = excluded.broker, epoch = host_owners.epoch + 1, "
+                "expires = excluded.expires RETURNING epoch", [host, broker, now + ttl]).fetchone()[0]
+
+    def disown_host(self, host: str, broker: str, epoch: int) -> bool:
+        """The host's tunnel to this broker closed: no broker drives it, unless another broker (or a
+        later connection here) owns it since."""
+        return bool(self._sql("UPDATE host_owners SET broker = '', expires = 0 "
+                              "WHERE host = ? AND broker = ? AND epoch = ? RETURNING host",
+                              [host, broker, epoch]).fetchall())
+
+    def host_owner(self, host: str) -> Owner | None:
+        """Who drives a host now (an unexpired row of a live broker), with its peer address and key."""
+        now = self.db_time()
+        rows = self._rows("SELECT o.host, o.broker, o.epoch, o.expires, b.peer, b.peer_key FROM host_owners o "
+                          "JOIN brokers b ON b.id = o.broker WHERE o.host = ? AND o.expires > ?", [host, now])
+        return rows[0] if rows else None
+
+    def online_hosts(self) -> set[str]:
+        """Hosts whose tunnel some broker holds now."""
+        return {r[0] for r in self._sql("SELECT host FROM host_owners WHERE expires > ?", [self.db_time()])}
+
+    def owned_elsewhere(self, broker: str) -> set[str]:
+        """Hosts that another broker drives now: this broker leaves their records alone."""
+        return {r[0] for r in self._sql("SELECT host FROM host_owners WHERE broker <> ? AND expires > ?",
+                                        [broker, self.db_time()])}
+
+    def close_uptimes(self, broker: str | None = None) -> None:
+        """An interval left open by a broker that stopped (this one, or one whose rows expired) ended
+        when the host was last seen; hosts another broker drives now are left alone."""
+        with self.tx():
+            now = self.db_time()
+            self._sql("UPDATE uptime SET down = (SELECT last_seen FROM hosts WHERE name = uptime.host) "
+                      "WHERE down IS NULL AND host NOT IN "
+                      "(SELECT host FROM host_owners WHERE broker <> ? AND expires > ?)", [broker or "", now])
+            self._sql("UPDATE host_owners SET broker = '', expires = 0 WHERE broker = ? OR expires <= ?",
+                      [broker or "", now])
+
+    def expire_owners(self) -> list[str]:
+        """Hosts whose broker stopped renewing them (it died, or lost the database) and that no broker
+        took since: their open uptime ends when they were last seen. Done once, by whichever broker
+        runs it first (the rows are marked as the intervals are closed)."""
+        with self.tx():
+            hosts = [r[0] for r in self._sql("UPDATE host_owners SET broker = '', expires = 0 "
+                                             "WHERE broker <> '' AND expires <= ? RETURNING host", [self.db_time()])]
+            self._many("UPDATE uptime SET down = (SELECT last_seen FROM hosts WHERE name = uptime.host) "
+                       "WHERE down IS NULL AND host = ?", [(h,) for h in hosts])
+        return hosts

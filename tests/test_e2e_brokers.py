@@ -1,0 +1,141 @@
+"""Two brokers on one PostgreSQL database (serve --peer): a renter through broker B works on a host
+whose tunnel is on broker A (shell and exit status, scp both ways, -L, extend, release), the host
+moves to B within 10 s of A's kill -9 and the renter logs in again; two renters racing for the last
+GPU through the two brokers: one lease, one clear line, no charge for the other."""
+import json
+import os
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from .cluster import Cluster, run, wait_for
+from .conftest import _require_docker
+
+pytestmark = pytest.mark.docker
+FAST = {"fake_gpus": "RTX 4090:24", "price": "0.40", "grace": "2s", "retention": "12s"}
+
+
+@pytest.fixture
+def pair(pg_server):
+    _require_docker()
+    url = pg_server.fresh_schema()
+    a = Cluster(Path(tempfile.mkdtemp(prefix="shellrent-test-")), env={"BROKER_DB": url})
+    b = None
+    try:
+        b = Cluster(Path(tempfile.mkdtemp(prefix="shellrent-test-")), env={"BROKER_DB": url},
+                    init=("--keys-from", a.bhome), renter=False)
+        b.key = a.key  # one renter, one key, whichever broker it reaches
+        for c in (a, b):
+            c.start_broker("--peer", "127.0.0.1:0")
+        yield a, b
+    finally:
+        for c in (b, a):
+            if c is not None:
+                c.close()
+
+
+def _ctl_json(c, *args, key=None):
+    r = c.ssh(*args, "--json", user="ctl", key=key)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
+
+
+def _status(c, name):
+    return json.loads(c.hostd(name, "status", "--json").stdout)
+
+
+def _get(url):
+    try:
+        return urllib.request.urlopen(url, timeout=2).read()
+    except OSError:
+        return None
+
+
+def _ledger(c):
+    ledger = json.loads(c.broker("ledger", "--json").stdout)
+    assert sum(ledger["balances"].values()) == 0
+    return ledger
+
+
+def test_a_renter_through_one_broker_works_on_the_others_host_and_the_host_moves_when_it_dies(pair, tmp_path):
+    a, b = pair
+    a.add_host("pc1", FAST)  # its tunnel is on A; A's welcome named B's tunnel too
+    assert _status(a, "pc1")["connected"]
+    a.broker("renter", "credit", "alice", "5")
+    wait_for(lambda: _ctl_json(b, "offers"), what="broker B to list the host of broker A")
+    lease = _ctl_json(b, "rent", "--hours", "1", "--yes")  # rented through B, started by A
+    assert lease["state"] == "active"
+
+    r = b.ssh("echo hello > /workspace/f; cat /workspace/f; echo oops >&2; exit 7")
+    assert (r.returncode, r.stdout, r.stderr) == (7, b"hello\n", b"oops\n")
+    src = tmp_path / "up.bin"
+    src.write_bytes(os.urandom(3 << 20))
+    scp = ["scp", "-P", str(b.ssh_port), *b.ssh_opts()]
+    run(*scp, src, "rent@127.0.0.1:/workspace/up.bin")
+    run(*scp, "rent@127.0.0.1:/workspace/up.bin", tmp_path / "down.bin")
+    assert (tmp_path / "down.bin").read_bytes() == src.read_bytes()
+
+    b.ssh("mkdir -p /tmp/www && echo peered > /tmp/www/i.html && "
+          "(cd /tmp/www && nohup python3 -m http.server 8888 --bind 127.0.0.1 >/dev/null 2>&1 &)", check=True)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    fwd = subprocess.Popen(b.ssh_cmd("rent", "-N", "-L", f"{port}:localhost:8888"))
+    try:
+        assert wait_for(lambda: _get(f"http://127.0.0.1:{port}/i.html"), what="-L through B") == b"peered\n"
+    finally:
+        fwd.terminate()
+        fwd.wait()
+
+    ends = lease["ends_at"]
+    b.ssh("extend", "30m", user="ctl", check=True)  # B asks A to tell the host
+    assert _ctl_json(b, "ls")[0]["ends_at"] == pytest.approx(ends + 1800)
+    a_log = a.log("broker")
+    assert "lease.extend" not in b.log("broker") and "refused" not in a_log
+
+    since = _status(a, "pc1")["since"]
+    killed = time.time()
+    a.kill("broker")  # -9: its renters' sessions end; the host moves to B
+    wait_for(lambda: (st := _status(a, "pc1"))["connected"] and st["since"] > since, timeout=15,
+             what="the host to move to broker B")
+    moved = time.time() - killed
+    assert moved < 10, f"the host took {moved:.1f} s to move"
+    print(f"\nHOST MOVED TO THE OTHER BROKER IN {moved:.2f} s")
+    assert b.ssh("cat /workspace/f", check=True).stdout == b"hello\n"
+    assert _ctl_json(b, "ls")[0]["state"] == "active"
+
+    out = b.ssh("release", lease["id"], user="ctl", check=True)
+    assert out.stdout.decode().startswith(f"lease {lease['id']} released; ")
+    wait_for(lambda: not a.containers(), what="the host to remove the container")
+    kinds = [t["kind"] for t in _ledger(b)["transactions"] if t["lease"] == lease["id"]]
+    assert sorted(kinds) == ["hold", "hold", "settle"]  # the rent, the extension, one settlement
+
+
+def test_two_renters_racing_for_the_last_gpu_through_two_brokers_one_wins(pair):
+    a, b = pair
+    a.add_host("pc1", FAST)  # one GPU
+    bob = b.new_key("bob")
+    a.broker("renter", "add", "bob", "--key", f"{bob}.pub")
+    for name in ("alice", "bob"):
+        a.broker("renter", "credit", name, "5")
+    for c, key in ((a, None), (b, bob)):
+        wait_for(lambda: _ctl_json(c, "offers", key=key), what="both brokers to list the GPU")
+    procs = [subprocess.Popen(c.ssh_cmd("ctl", key=key) + ["rent", "--hours", "1", "--yes"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for c, key in ((a, None), (b, bob))]
+    results = [(p.wait(timeout=120), p.stdout.read(), p.stderr.read()) for p in procs]
+    for p in procs:
+        p.stdout.close()
+        p.stderr.close()
+    won = [r for r in results if r[0] == 0]
+    lost = [r for r in results if r[0] != 0]
+    assert len(won) == 1 and len(lost) == 1, results
+    assert len(lost[0][2].strip().splitlines()) == 1 and b"Traceback" not in lost[0][2], lost[0][2]
+    ledger = _ledger(a)
+    loser = "bob" if results[0][0] == 0 else "alice"
+    assert [t["kind"] for t in ledger["transactions"] if t["renter"] == loser] == ["deposit"]  # no hold, no charge
+    assert ledger["balances"][f"renter:{loser}"] == 5_000_000
