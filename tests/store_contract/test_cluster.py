@@ -1,0 +1,56 @@
+"""The brokers of one database and who drives each host (store.sql_cluster), on the database's clock."""
+from .conftest import joined_host
+
+
+def _register(store, bid, peer="127.0.0.1:1"):
+    return store.register_broker(bid, "127.0.0.1:22", "127.0.0.1:23", peer, f"ssh-ed25519 KEY{bid}")
+
+
+def test_a_broker_is_alive_while_it_beats_on_the_databases_clock(store):
+    at = _register(store, "b-1")
+    assert abs(at - store.db_time()) < 5
+    (row,) = store.brokers(10)
+    assert (row["id"], row["peer"], row["peer_key"], row["draining"]) == ("b-1", "127.0.0.1:1", "ssh-ed25519 KEYb-1", 0)
+    now, owned = store.beat("b-1", 10, draining=True)
+    assert owned == set() and now >= at and store.brokers(10)[0]["draining"] == 1
+    assert store.brokers(-1) == []  # not heard from within -1 s: every row is stale by then
+    store.drop_broker("b-1")
+    assert store.brokers(10) == []
+
+
+def test_epochs_only_grow_and_a_former_owner_cannot_disown_what_another_took(store):
+    joined_host(store)
+    _register(store, "b-1")
+    _register(store, "b-2")
+    e1 = store.own_host("pc1", "b-1", 10)
+    e2 = store.own_host("pc1", "b-2", 10)  # the host moved
+    assert e2 > e1
+    owner = store.host_owner("pc1")
+    assert (owner["broker"], owner["epoch"], owner["peer_key"]) == ("b-2", e2, "ssh-ed25519 KEYb-2")
+    assert store.disown_host("pc1", "b-1", e1) is False  # its old tunnel closing changes nothing
+    assert store.host_owner("pc1")["broker"] == "b-2"
+    assert store.beat("b-1", 10)[1] == set() and store.beat("b-2", 10)[1] == {"pc1"}
+    assert store.online_hosts() == {"pc1"} and store.owned_elsewhere("b-1") == {"pc1"}
+    assert store.disown_host("pc1", "b-2", e2) is True
+    assert store.host_owner("pc1") is None and store.online_hosts() == set()
+    assert store.own_host("pc1", "b-1", 10) > e2  # a row is never reset: no epoch is given twice
+
+
+def test_a_dead_brokers_hosts_are_closed_once_and_others_hosts_are_left_alone(store):
+    for name in ("pc1", "pc2"):
+        joined_host(store, name, fingerprint=f"SHA256:{name}")
+        store.host_up(name, 100.0)
+        store.touch_hosts([name], 150.0)
+    _register(store, "b-1")
+    _register(store, "b-2")
+    store.own_host("pc1", "b-1", -1)  # b-1 stopped renewing it: expired
+    store.own_host("pc2", "b-2", 10)
+    assert store.host_owner("pc1") is None
+    assert store.expire_owners() == ["pc1"]
+    assert store.expire_owners() == []  # done once, by whichever broker ran it first
+    ups = store.uptimes(0.0)
+    assert ups["pc1"] == [(100.0, 150.0)] and ups["pc2"] == [(100.0, None)]
+    store.close_uptimes("b-1")  # b-1 restarts: pc2 is b-2's, its interval stays open
+    assert store.uptimes(0.0)["pc2"] == [(100.0, None)] and store.host_owner("pc2")["broker"] == "b-2"
+    store.drop_broker("b-2")
+    assert store.host_owner("pc2") is None
