@@ -45,6 +45,8 @@ class Cluster:
         self.addresses = {"ssh": "", "tunnel": "", "peer": ""}
         self.epochs: dict[str, int] = {}  # the hosts this broker drives, with the epoch it took each at
         self.draining = False
+        self.owners: dict[str, dict] = {}  # with a peer link: who drives each host, as of the last heartbeat
+        self.clustered = False
         self._beat_ok = -TTL  # monotonic time of the last heartbeat the database took
         self.on_lost = lambda hosts: None  # hosts another broker took: their tunnels here are closed
 
@@ -68,6 +70,8 @@ class Cluster:
         self._beat_ok = time.monotonic()
         if self.id not in {b["id"] for b in await self.live()}:
             await self.register()  # its row was dropped or had gone stale: written again
+        if self.clustered:
+            self.owners = await self._db(self._store.owners)
         lost = set(self.epochs) - owned
         for host in lost:
             log.warning("host %s is driven by another broker now: letting it go", host)

@@ -1,6 +1,7 @@
 """How this broker reaches a host: by its own tunnel to it, or through the peer link to the broker of
 the cluster that holds the host's tunnel now (the host-owner row), for a renter's channels and for
 the few control calls a renter's request makes (broker.peerserver.CALLS)."""
+from .errors import Unavailable
 from .peerlink import Peers
 from .route import Route
 
@@ -27,11 +28,14 @@ class Reach:
         links = self._links()
         return links.get(host) if links else None
 
-    async def owner(self, host: str) -> dict | None:
-        """The other broker that drives the host now, or None (here, or offline)."""
+    async def owner(self, host: str, cached: bool = False) -> dict | None:
+        """The other broker that drives the host now, or None (here, or offline). cached: as the
+        last heartbeat (at most 2 s ago) saw it, when it saw one; a login takes no round trip for it."""
         if self.peers is None:
             return None
-        row = await self._db(self._store.host_owner, host)
+        row = self._cluster.owners.get(host) if cached and self._cluster.fresh() else None
+        if row is None:
+            row = await self._db(self._store.host_owner, host)
         return row if row and row["broker"] != self._cluster.id else None
 
     async def link(self, host: str):
@@ -47,5 +51,11 @@ class Reach:
         link = self.local(host)
         if link:
             return Route(lease, host, link.conn)
-        owner = await self.owner(host)
-        return await self.peers.route(owner, lease, host, renter) if owner else None
+        owner = await self.owner(host, cached=True)
+        if owner is None:
+            return None
+        try:
+            return await self.peers.route(owner, lease, host, renter)
+        except Unavailable:  # that broker went since the heartbeat: ask the database who has it now
+            owner = await self.owner(host)
+            return await self.peers.route(owner, lease, host, renter) if owner else None

@@ -62,6 +62,7 @@ class BrokerServer:
         self.broker.tunnels = self.tunnels
         cluster = self.broker.cluster
         cluster.peer_key = material.public_line(peer_key) if cfg.peer_addr else ""
+        cluster.clustered = bool(cfg.peer_addr)
         cluster.on_lost = self._lost
         await cluster.register()
         await self.broker.recover()

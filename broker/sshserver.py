@@ -101,7 +101,12 @@ class RenterServer(asyncssh.SSHServer):
         return True
 
     async def validate_public_key(self, username, key):
-        renter = await self._broker.renter_for_key(key) if self.kind else None
+        try:
+            renter = await self._broker.renter_for_key(key) if self.kind else None
+        except BrokerError as exc:  # the database does not answer: say so, in one line, and go
+            self._conn.send_auth_banner(f"shellrent: {exc}\r\n")
+            self._conn.disconnect(asyncssh.DISC_SERVICE_NOT_AVAILABLE, f"shellrent: {exc}")
+            return False
         if not renter:
             self._limiter.failed(self._ip, time.time())
             metrics.FAILED_LOGINS.inc()

@@ -33,11 +33,23 @@ class PgServer:
         data = self.dir / "data"
         for argv in ([_bin("initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8",
                       "--locale=C", "--no-sync"],
-                     [_bin("pg_ctl"), "-D", str(data), "-w", "-l", str(self.dir / "log"), "-o",
-                      f"-k {self.dir} -c listen_addresses='' -c fsync=off -c synchronous_commit=off", "start"]):
+                     self._start_argv()):
             proc = _as_postgres(*argv)
             if proc.returncode:
                 pytest.fail(f"{Path(argv[0]).name} failed: {(proc.stderr or proc.stdout).strip()[-500:]}")
+
+    def _start_argv(self) -> list[str]:
+        return [_bin("pg_ctl"), "-D", str(self.dir / "data"), "-w", "-l", str(self.dir / "log"), "-o",
+                f"-k {self.dir} -c listen_addresses='' -c fsync=off -c synchronous_commit=off", "start"]
+
+    def down(self) -> None:
+        """The server stops at once (as if its machine went away); its data stays for up()."""
+        proc = _as_postgres(_bin("pg_ctl"), "-D", str(self.dir / "data"), "-m", "immediate", "stop")
+        assert proc.returncode == 0, proc.stderr
+
+    def up(self) -> None:
+        proc = _as_postgres(*self._start_argv())
+        assert proc.returncode == 0, proc.stderr
 
     def dsn(self, schema: str | None = None) -> str:
         """A database URL; with schema, the database's tables are made and found in it."""

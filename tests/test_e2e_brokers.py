@@ -4,6 +4,7 @@ moves to B within 10 s of A's kill -9 and the renter logs in again; two renters 
 GPU through the two brokers: one lease, one clear line, no charge for the other."""
 import json
 import os
+import signal
 import socket
 import subprocess
 import tempfile
@@ -13,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from shellrent.broker.store.postgres import Store as PgStore
+
 from .cluster import Cluster, run, wait_for
 from .conftest import _require_docker
 
@@ -21,22 +24,32 @@ FAST = {"fake_gpus": "RTX 4090:24", "price": "0.40", "grace": "2s", "retention":
 
 
 @pytest.fixture
-def pair(pg_server):
+def brokers(pg_server):
+    """brokers(n): n brokers of one database, each serving with --peer; the first made the keys."""
     _require_docker()
-    url = pg_server.fresh_schema()
-    a = Cluster(Path(tempfile.mkdtemp(prefix="shellrent-test-")), env={"BROKER_DB": url})
-    b = None
+    made = []
+
+    def make(n: int, env: dict | None = None) -> list[Cluster]:
+        url = pg_server.fresh_schema()
+        for i in range(n):
+            extra = {"init": ("--keys-from", made[0].bhome), "renter": False} if i else {}
+            made.append(Cluster(Path(tempfile.mkdtemp(prefix="shellrent-test-")),
+                                env={"BROKER_DB": url, **(env or {})}, **extra))
+            made[-1].key = made[0].key  # one renter, one key, whichever broker it reaches
+            made[-1].start_broker("--peer", "127.0.0.1:0")
+        made[0].url = url
+        return list(made)
+
     try:
-        b = Cluster(Path(tempfile.mkdtemp(prefix="shellrent-test-")), env={"BROKER_DB": url},
-                    init=("--keys-from", a.bhome), renter=False)
-        b.key = a.key  # one renter, one key, whichever broker it reaches
-        for c in (a, b):
-            c.start_broker("--peer", "127.0.0.1:0")
-        yield a, b
+        yield make
     finally:
-        for c in (b, a):
-            if c is not None:
-                c.close()
+        for c in reversed(made):
+            c.close()
+
+
+@pytest.fixture
+def pair(brokers):
+    return brokers(2)
 
 
 def _ctl_json(c, *args, key=None):
@@ -139,3 +152,110 @@ def test_two_renters_racing_for_the_last_gpu_through_two_brokers_one_wins(pair):
     loser = "bob" if results[0][0] == 0 else "alice"
     assert [t["kind"] for t in ledger["transactions"] if t["renter"] == loser] == ["deposit"]  # no hold, no charge
     assert ledger["balances"][f"renter:{loser}"] == 5_000_000
+
+
+def _settles(c, lid):
+    return [t["kind"] for t in _ledger(c)["transactions"] if t["lease"] == lid and t["kind"] != "hold"]
+
+
+def test_a_short_lease_with_three_brokers_running_settles_once(brokers):
+    a, b, c = brokers(3)
+    a.add_host("pc1", FAST)
+    a.broker("renter", "credit", "alice", "5")
+    wait_for(lambda: _ctl_json(c, "offers"), what="broker C to list the host")
+    lease = _ctl_json(c, "rent", "--hours", "20s", "--yes")
+    assert lease["state"] == "active"
+    wait_for(lambda: _ctl_json(b, "ls")[0]["state"] in ("ended", "purged"), timeout=60, what="the lease to end")
+    wait_for(lambda: not a.containers(), what="the host to remove the container")
+    time.sleep(3)  # every broker's housekeeping has had its turn since
+    assert _settles(a, lease["id"]) == ["settle"]
+    charged = _ledger(a)["balances"]
+    assert charged["renter:alice"] < 5_000_000 and charged.get("hold:alice", 0) == 0
+
+
+def test_a_broker_paused_past_its_expiry_acts_on_nothing_it_no_longer_owns(pair):
+    a, b = pair
+    a.add_host("pc1", FAST)
+    a.broker("renter", "credit", "alice", "5")
+    lease = _ctl_json(b, "rent", "--hours", "1", "--yes")
+    since = _status(a, "pc1")["since"]
+    a.procs["broker"].send_signal(signal.SIGSTOP)  # A holds the host's tunnel and stops answering
+    try:
+        wait_for(lambda: (st := _status(a, "pc1"))["connected"] and st["since"] > since, timeout=40,
+                 what="the host to leave the paused broker for B")
+        assert b.ssh("echo on-b", check=True).stdout == b"on-b\n"
+    finally:
+        a.procs["broker"].send_signal(signal.SIGCONT)
+    wait_for(lambda: "driven by another broker now" in a.log("broker") or "host pc1 disconnected" in a.log("broker"),
+             what="A to let the host go")
+    time.sleep(3)
+    st = _status(a, "pc1")
+    assert st["connected"] and st["via"] == f"127.0.0.1:{b.tunnel_port}"  # still on B
+    assert _ctl_json(a, "ls")[0]["state"] == "active" and "stale broker" not in a.log("hostd-pc1")
+    b.ssh("release", lease["id"], user="ctl", check=True)
+    assert _settles(a, lease["id"]) == ["settle"]
+
+
+def test_postgresql_down_sessions_keep_relaying_new_logins_get_one_line_and_work_resumes(pair, pg_server):
+    a, b = pair
+    a.add_host("pc1", FAST)
+    a.broker("renter", "credit", "alice", "5")
+    lease = _ctl_json(b, "rent", "--hours", "1", "--yes")
+    held = subprocess.Popen(b.ssh_cmd("rent", "-T"), stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        held.stdin.write(b"echo before\n")
+        held.stdin.flush()
+        assert held.stdout.readline() == b"before\n"
+        pg_server.down()
+        try:
+            held.stdin.write(b"echo during\n")  # an open session, through B to the host on A
+            held.stdin.flush()
+            assert held.stdout.readline() == b"during\n"
+            for user in ("rent", "ctl"):
+                cmd = b.ssh_cmd(user)
+                cmd[cmd.index("LogLevel=ERROR")] = "LogLevel=INFO"  # OpenSSH shows banners from INFO on
+                r = subprocess.run(cmd + ["true"], capture_output=True, timeout=60)
+                said = [line for line in r.stderr.splitlines() if line.startswith(b"shellrent:")]
+                assert r.returncode == 255 and len(said) == 1 and b"database does not answer" in said[0], r.stderr
+            time.sleep(12)  # past the rows' expiry: every heartbeat fails meanwhile
+            held.stdin.write(b"echo still\n")
+            held.stdin.flush()
+            assert held.stdout.readline() == b"still\n"
+        finally:
+            pg_server.up()
+        try:
+            wait_for(lambda: b.ssh("echo after").stdout == b"after\n", timeout=60, what="logins to work again")
+        except AssertionError:
+            import shutil
+            for c, n in ((a, "a"), (b, "b")):
+                shutil.copytree(c.root, f"/tmp/pgfail/{n}", dirs_exist_ok=True, ignore=shutil.ignore_patterns("*.sock"))
+            (Path("/tmp/pgfail") / "after.txt").write_bytes(b.ssh("echo after").stderr)
+            st = PgStore(a.url)
+            (Path("/tmp/pgfail") / "db.txt").write_text(repr((st.leases(), st.db_time(), time.time(), st.brokers(100),
+                                                               st.owners())))
+            st.close()
+            (Path("/tmp/pgfail") / "ls.txt").write_bytes(b.ssh("ls", "--json", user="ctl").stdout)
+            raise
+        assert _ctl_json(a, "ls")[0]["state"] == "active"
+    finally:
+        held.stdin.close()
+        held.wait(timeout=30)
+        held.stdout.close()
+    b.ssh("release", lease["id"], user="ctl", check=True)
+    assert _settles(a, lease["id"]) == ["settle"]
+
+
+def test_sigterm_drains_the_host_moves_and_the_broker_leaves(pair):
+    a, b = pair
+    a.add_host("pc1", FAST)
+    since = _status(a, "pc1")["since"]
+    a.kill("broker", signal.SIGTERM)  # waits for it to exit
+    st = wait_for(lambda: (st := _status(a, "pc1"))["connected"] and st["since"] > since and st, timeout=15,
+                  what="the host to move to B")
+    assert st["via"] == f"127.0.0.1:{b.tunnel_port}"
+    store = PgStore(a.url)
+    try:
+        assert [row["id"] for row in store.brokers(10)] == [b.info["broker"]]  # A left the table
+        assert store.host_owner("pc1")["broker"] == b.info["broker"]
+    finally:
+        store.close()

@@ -63,6 +63,12 @@ class Cluster:
                           "JOIN brokers b ON b.id = o.broker WHERE o.host = ? AND o.expires > ?", [host, now])
         return rows[0] if rows else None
 
+    def owners(self) -> dict[str, Owner]:
+        """Every host some broker drives now, with that broker's peer address and key."""
+        return {r["host"]: r for r in self._rows(
+            "SELECT o.host, o.broker, o.epoch, o.expires, b.peer, b.peer_key FROM host_owners o "
+            "JOIN brokers b ON b.id = o.broker WHERE o.expires > ?", [self.db_time()])}
+
     def online_hosts(self) -> set[str]:
         """Hosts whose tunnel some broker holds now."""
         return {r[0] for r in self._sql("SELECT host FROM host_owners WHERE expires > ?", [self.db_time()])}

@@ -31,6 +31,7 @@ def test_epochs_only_grow_and_a_former_owner_cannot_disown_what_another_took(sto
     assert store.host_owner("pc1")["broker"] == "b-2"
     assert store.beat("b-1", 10)[1] == set() and store.beat("b-2", 10)[1] == {"pc1"}
     assert store.online_hosts() == {"pc1"} and store.owned_elsewhere("b-1") == {"pc1"}
+    assert {h: (o["broker"], o["peer"]) for h, o in store.owners().items()} == {"pc1": ("b-2", "127.0.0.1:1")}
     assert store.disown_host("pc1", "b-2", e2) is True
     assert store.host_owner("pc1") is None and store.online_hosts() == set()
     assert store.own_host("pc1", "b-1", 10) > e2  # a row is never reset: no epoch is given twice
