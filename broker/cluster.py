@@ -49,6 +49,7 @@ class Cluster:
         self.clustered = False
         self._beat_ok = -TTL  # monotonic time of the last heartbeat the database took
         self.on_lost = lambda hosts: None  # hosts another broker took: their tunnels here are closed
+        self.on_reclaimed = lambda host, epoch: None  # a host kept at a new epoch
 
     def fresh(self) -> bool:
         """Whether this broker's rows are surely still alive (a heartbeat went through within TTL)."""
@@ -73,6 +74,12 @@ class Cluster:
         if self.clustered:
             self.owners = await self._db(self._store.owners)
         lost = set(self.epochs) - owned
+        for host in sorted(lost):  # lapsed while the database was away, and nobody took them: kept
+            epoch = await self._db(self._store.reclaim_host, host, self.id, TTL)
+            if epoch is not None:
+                self.epochs[host] = epoch
+                self.on_reclaimed(host, epoch)
+                lost.discard(host)
         for host in lost:
             log.warning("host %s is driven by another broker now: letting it go", host)
             self.epochs.pop(host, None)

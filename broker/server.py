@@ -64,6 +64,7 @@ class BrokerServer:
         cluster.peer_key = material.public_line(peer_key) if cfg.peer_addr else ""
         cluster.clustered = bool(cfg.peer_addr)
         cluster.on_lost = self._lost
+        cluster.on_reclaimed = self._reclaimed
         await cluster.register()
         await self.broker.recover()
         tunnel_port = await self.tunnels.listen(*cfg.tunnel_addr)
@@ -166,6 +167,11 @@ class BrokerServer:
             await link.call("brokers", timeout=10, brokers=brokers)
         except Exception as exc:
             log.info("host %s: telling it the brokers failed: %s", link.name, exc)
+
+    def _reclaimed(self, host: str, epoch: int) -> None:
+        link = self.tunnels.get(host)
+        if link:
+            link.epoch = link.control.epoch = epoch
 
     def _lost(self, hosts: set[str]) -> None:
         """Hosts another broker drives now (this one was paused or cut off): their tunnels here close."""

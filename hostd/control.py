@@ -38,9 +38,11 @@ class Control:
         if op not in ("hello", "welcome", "reject") and self.host_name is None:
             return {"ok": False, "error": f"{op} before welcome"}
         epoch = req.get("epoch")
-        if epoch is not None and (isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < self.epoch):
+        if epoch is not None and (not protocol.number_in(epoch, 0, 1 << 62, True) or epoch < self.epoch):
             return {"ok": False, "error": f"stale broker: its epoch {protocol.printable(str(epoch))[:20]} is below "
                                           f"{self.epoch}, another broker drives this host now"}
+        if epoch is not None:
+            self.epoch = epoch  # the broker took this host again: a higher epoch from now on
         reply = await handler(req)
         if op == "welcome" and channel is not None:
             self._d.outbox.attach(channel)
@@ -62,8 +64,6 @@ class Control:
 
     async def _welcome(self, req):
         self.host_name = protocol.name(req.get("host"), "host name")
-        if req.get("epoch") is not None:
-            self.epoch = req["epoch"]
         self._d.learn_brokers(req.get("brokers"))
         self._clock_from(req)
         self._d.status.set(connected=True, host=self.host_name, since=time.time(), error=None)

@@ -43,8 +43,10 @@ class PgServer:
                 f"-k {self.dir} -c listen_addresses='' -c fsync=off -c synchronous_commit=off", "start"]
 
     def down(self) -> None:
-        """The server stops at once (as if its machine went away); its data stays for up()."""
-        proc = _as_postgres(_bin("pg_ctl"), "-D", str(self.dir / "data"), "-m", "immediate", "stop")
+        """The server stops (connections cut, fast shutdown); its data stays for up(). Not an immediate
+        stop: this throwaway server runs with synchronous_commit off, so a crash would lose the
+        last commits it acknowledged, which a production server (synchronous_commit on) does not."""
+        proc = _as_postgres(_bin("pg_ctl"), "-D", str(self.dir / "data"), "-m", "fast", "stop")
         assert proc.returncode == 0, proc.stderr
 
     def up(self) -> None:

@@ -50,3 +50,6 @@ async def test_a_call_below_the_highest_epoch_welcomed_is_refused():
     assert (await control.call({"op": "welcome", "host": "pc1", "epoch": 4}))["ok"] and control.epoch == 4
     assert (await control.call({"op": "brokers", "epoch": 4, "brokers": [["c", 3]]}))["ok"]
     assert d.learned[-1] == [["c", 3]]
+    assert (await control.call({"op": "clock", "epoch": 5}))["ok"] and control.epoch == 5  # the owner took it again
+    assert not (await control.call({"op": "clock", "epoch": 4}))["ok"]
+    assert not (await control.call({"op": "clock", "epoch": 1 << 63}))["ok"]

@@ -49,6 +49,21 @@ class Cluster:
                 "ON CONFLICT (host) DO UPDATE SET broker = excluded.broker, epoch = host_owners.epoch + 1, "
                 "expires = excluded.expires RETURNING epoch", [host, broker, now + ttl]).fetchone()[0]
 
+    def reclaim_host(self, host: str, broker: str, ttl: float) -> int | None:
+        """A host whose tunnel is still here but whose row lapsed (the database was away longer than
+        ttl): this broker drives it again at a new epoch, unless another broker took it meanwhile.
+        An uptime closed meanwhile opens again."""
+        with self.tx():
+            now = self.db_time()
+            row = self._sql("SELECT broker, expires FROM host_owners WHERE host = ?" + self.LOCK_ROW,
+                            [host]).fetchone()
+            if row is None or (row[0] not in (broker, "") and row[1] > now):
+                return None
+            if row[0] == "":  # another broker closed its uptime when the row lapsed
+                self.host_up(host, now)
+            return self._sql("UPDATE host_owners SET broker = ?, epoch = epoch + 1, expires = ? WHERE host = ? "
+                             "RETURNING epoch", [broker, now + ttl, host]).fetchone()[0]
+
     def disown_host(self, host: str, broker: str, epoch: int) -> bool:
         """The host's tunnel to this broker closed: no broker drives it, unless another broker (or a
         later connection here) owns it since."""

@@ -55,3 +55,19 @@ def test_a_dead_brokers_hosts_are_closed_once_and_others_hosts_are_left_alone(st
     assert store.uptimes(0.0)["pc2"] == [(100.0, None)] and store.host_owner("pc2")["broker"] == "b-2"
     store.drop_broker("b-2")
     assert store.host_owner("pc2") is None
+
+
+def test_a_lapsed_row_is_taken_back_by_the_broker_that_still_holds_the_tunnel_unless_another_took_it(store):
+    joined_host(store)
+    store.host_up("pc1", 100.0)
+    store.touch_hosts(["pc1"], 150.0)
+    _register(store, "b-1")
+    _register(store, "b-2")
+    e1 = store.own_host("pc1", "b-1", -1)  # lapsed: the database was away longer than the ttl
+    assert store.reclaim_host("pc1", "b-1", 10) == e1 + 1 and store.host_owner("pc1")["broker"] == "b-1"
+    store.own_host("pc1", "b-1", -1)
+    assert store.expire_owners() == ["pc1"]  # another broker noticed first: the uptime closed
+    e3 = store.reclaim_host("pc1", "b-1", 10)
+    assert e3 is not None and store.uptimes(0.0)["pc1"][-1][1] is None  # and opened again
+    store.own_host("pc1", "b-2", 10)  # the host moved
+    assert store.reclaim_host("pc1", "b-1", 10) is None and store.host_owner("pc1")["broker"] == "b-2"
