@@ -58,6 +58,7 @@ class Logins:
         route = await self._reach.route(lease["id"], lease["host"], renter)
         if route is None:
             await self._offline(lease)
+        route.record = lease  # as read for this login (the banner shows it: no second read)
         return route
 
     async def local_target(self, renter: str | None, lease_id, files_only: bool = False) -> Route:

@@ -12,7 +12,7 @@ import asyncssh
 from shellrent.common import algorithms, flow, metrics as common_metrics
 from shellrent.keys import material
 
-from . import ciphers, cluster as cluster_mod, metrics, proxyproto
+from . import ciphers, cluster as cluster_mod, metrics, proxyproto, relay
 from .admin import AdminServer
 from .config import Config
 from .peerlink import CIPHERS as PEER_CIPHERS, Peers
@@ -90,6 +90,7 @@ class BrokerServer:
             peer = await asyncssh.create_server(
                 lambda: PeerServer(self.broker), *cfg.peer_addr, **algorithms.server(
                     server_host_keys=[peer_key], encoding=None, encryption_algs=PEER_CIPHERS,
+                    window=relay.WINDOW, max_pktsize=relay.TUNNEL_PKTSIZE,  # as the tunnels: both ends are ours
                     login_timeout=10, keepalive_interval=5, keepalive_count_max=2, x11_forwarding=False,
                     agent_forwarding=False, allow_scp=False, server_version="shellrent-peer"))
             self._closers.append(peer.close)

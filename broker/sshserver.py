@@ -60,6 +60,8 @@ class RenterServer(asyncssh.SSHServer):
         self._sessions = sessions
         self._startups = startups
         self._fails = 0
+        self._record: dict | None = None  # the lease as the last route to it read it
+        self._checked: tuple | None = None  # (user, key fingerprint, renter): OpenSSH asks twice per key
         self._conn = None
         self._ip = "?"
         self.renter: str | None = None
@@ -101,8 +103,12 @@ class RenterServer(asyncssh.SSHServer):
         return True
 
     async def validate_public_key(self, username, key):
+        fpr = material.fingerprint(key)
         try:
-            renter = await self._broker.renter_for_key(key) if self.kind else None
+            if self._checked and self._checked[:2] == (username, fpr):  # the signed request after the query
+                renter = self._checked[2]
+            else:
+                renter = await self._broker.renter_for_key(key) if self.kind else None
         except BrokerError as exc:  # the database does not answer: say so, in one line, and go
             self._conn.send_auth_banner(f"shellrent: {exc}\r\n")
             self._conn.disconnect(asyncssh.DISC_SERVICE_NOT_AVAILABLE, f"shellrent: {exc}")
@@ -110,11 +116,12 @@ class RenterServer(asyncssh.SSHServer):
         if not renter:
             self._limiter.failed(self._ip, time.time())
             metrics.FAILED_LOGINS.inc()
-            audit.info("auth-fail user=%s ip=%s key=%s", username, self._ip, material.fingerprint(key))
+            audit.info("auth-fail user=%s ip=%s key=%s", username, self._ip, fpr)
             self._fails += 1
             if self._fails >= self._broker.config.max_auth_tries:
                 self._conn.disconnect(asyncssh.DISC_NO_MORE_AUTH_METHODS_AVAILABLE, "too many authentication failures")
             return False
+        self._checked = (username, fpr, renter)
         if self.renter != renter:
             metrics.LOGINS.inc()
             audit.info("login renter=%s user=%s ip=%s", renter, username, self._ip)
@@ -133,7 +140,8 @@ class RenterServer(asyncssh.SSHServer):
     async def _banner(self, lease_id: str, env: dict) -> str:
         where = public_address(self._broker.config.public_host,
                                self._conn.get_extra_info("sockname") or ("BROKER", 22))
-        text = banner.text(await self._broker.accounts.lease(lease_id), where, env)
+        record = self._record if self._record and self._record["id"] == lease_id else None
+        text = banner.text(record or await self._broker.accounts.lease(lease_id), where, env)
         return text, (await self._broker.accounts.settings(self.renter))["tmux"]
 
     async def _pick(self, write, readline):
@@ -158,6 +166,7 @@ class RenterServer(asyncssh.SSHServer):
         if self.kind == "ctl":
             raise BrokerError("ctl@ takes commands only, e.g. ssh ctl@BROKER offers")
         route = await self._broker.session_target(self.renter, self.lease, files_only)
+        self._record = getattr(route, "record", None)
         if self.lease != route.lease:
             self.lease = route.lease
             audit.info("session renter=%s ip=%s lease=%s", self.renter, self._ip, route.lease)

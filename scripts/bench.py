@@ -4,9 +4,11 @@ this machine. Sets up everything itself on free loopback ports in a temp dir (an
 own config and keys; a broker, a hostd and a lease container, not the demo's), runs each case
 against both paths alternately and prints one table: median, spread (min-max) and the ratio.
 
-usage: scripts/bench [--quick] [--json FILE]
+usage: scripts/bench [--quick] [--json FILE] [--cluster]
   --quick      every case with tiny sizes and few runs (a smoke test)
   --json FILE  also write the medians as one JSON object
+  --cluster    the cluster cases instead (scripts/bench_cluster.py): a peered session against a direct
+               one, the store on PostgreSQL against SQLite, failover after kill -9
 """
 import argparse
 import asyncio
@@ -142,7 +144,11 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--cluster", action="store_true")
     args = ap.parse_args()
+    if args.cluster:
+        import bench_cluster
+        return bench_cluster.main(args.quick, args.json)
     if not Path(SSHD).exists() or not shutil.which("sftp"):
         print("bench: needs openssh-server and openssh-client (scripts/setup.sh installs them)", file=sys.stderr)
         return 2
