@@ -78,6 +78,8 @@ defaults
     timeout client 1h
     timeout server 1h
     timeout check 2s
+    retries 2
+    option redispatch
 frontend renters
     bind 127.0.0.1:$front
     default_backend brokers
