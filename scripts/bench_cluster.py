@@ -6,7 +6,9 @@
 - the store's latency for a login (key lookup + the renter's leases), a rent (open_lease: locks, GPU
   check, insert, hold) and a settlement, on SQLite and on PostgreSQL, in-process;
 - failover after kill -9 of the broker that holds the host: to the host reconnected to the other one,
-  and to a new login through the survivor working (p50 and max over several kills).
+  and to a new login through the survivor working (p50 and max over several kills);
+- three brokers of one database, each with 1,000 light hosts and 1,000 open sessions (bench_scale's):
+  each broker's RSS and CPU at rest.
 """
 import asyncio
 import json
@@ -103,8 +105,6 @@ def failover(pg: PgServer, work: Path, kills: int) -> dict:
             wait_for(lambda: other.ssh("true").returncode == 0, timeout=30, what="a login through the survivor")
             login.append(time.perf_counter() - t)
             holder.start_broker("--peer", "127.0.0.1:0")  # back, for the next round the other way
-            wait_for(lambda: len(json.loads(a.hostd("pc1", "status", "--json").stdout).get("brokers", [])) >= 2
-                     or True, what="-")
             time.sleep(3)  # its heartbeat is in and the host has learned it again
             holder, other = other, holder
     finally:
@@ -112,6 +112,42 @@ def failover(pg: PgServer, work: Path, kills: int) -> dict:
         a.close()
     return {"failover_host_p50_s": round(statistics.median(moved), 2), "failover_host_max_s": round(max(moved), 2),
             "failover_login_p50_s": round(statistics.median(login), 2), "failover_login_max_s": round(max(login), 2)}
+
+
+def scale(pg: PgServer, work: Path, n: int) -> dict:
+    """Three brokers of one database, each with n light hosts (bench_scale's) and n renter sessions
+    through it, all open at once: each broker's RSS and CPU at rest."""
+    import bench_scale
+    from shellrent.broker.store.postgres import Store as PgStore
+    url = pg.fresh_schema()
+    cs = []
+    try:
+        for i in range(3):
+            extra = {"init": ("--keys-from", cs[0].bhome), "renter": False} if i else {}
+            cs.append(Cluster(work / f"s{i}", env={"BROKER_DB": url, **bench_scale.ENV}, **extra))
+            cs[-1].key = cs[0].key
+            cs[-1].start_broker("--peer", "127.0.0.1:0")
+        cs[0].broker("renter", "credit", "alice", "1000000")
+
+        async def measure() -> dict:
+            scales = []
+            try:
+                for i, c in enumerate(cs):  # one broker at a time: the load generator is this one process
+                    s = bench_scale.Scale(c, c.procs["broker"].pid, store=PgStore(url), prefix=f"s{i}h")
+                    scales.append(s)
+                    await s.add_hosts(n)
+                    leases = await bench_scale._gather(s.rent(j) for j in range(max(1, n // 4)))
+                    await s.open_sessions(leases, n)
+                rest = [await s.at_rest(5) for s in scales]
+            finally:
+                for s in scales:
+                    await s.close()
+            return {"scale3_n": n, "scale3_rss_mb": [round(r[0], 1) for r in rest],
+                    "scale3_cpu_pct": [round(r[1], 1) for r in rest]}
+        return asyncio.run(measure())
+    finally:
+        for c in reversed(cs):
+            c.close()
 
 
 def run(quick: bool) -> tuple[list[tuple], dict]:
@@ -160,6 +196,10 @@ def run(quick: bool) -> tuple[list[tuple], dict]:
                          f"{lat['sqlite'][what]:.2f}", f"{lat['postgres'][what] / lat['sqlite'][what]:.2f}", "ms"))
         out["store"] = lat
         out.update(failover(pg, work, 2 if quick else 5))
+        out.update(scale(pg, work, 30 if quick else 1000))
+        rows.append((f"3 brokers x {out['scale3_n']:,} hosts + {out['scale3_n']:,} sessions: RSS per broker",
+                     " / ".join(f"{r:.0f}" for r in out["scale3_rss_mb"]), "-", "-", "MiB"))
+        rows.append(("... their CPU at rest", " / ".join(f"{c:.1f}" for c in out["scale3_cpu_pct"]), "-", "-", "%"))
         rows.append(("failover after kill -9: host on the other broker, p50 / max",
                      f"{out['failover_host_p50_s']:.2f} / {out['failover_host_max_s']:.2f}", "-", "-", "s"))
         rows.append(("failover after kill -9: a login through the survivor works, p50 / max",

@@ -123,13 +123,13 @@ async def _gather(coros, at_once: int = AT_ONCE) -> list:
 
 
 class Scale:
-    def __init__(self, cluster, broker_pid: int):
-        self.c, self.pid = cluster, broker_pid
+    def __init__(self, cluster, broker_pid: int, store=None, prefix: str = "b"):
+        self.c, self.pid, self.prefix = cluster, broker_pid, prefix  # host names: prefix + number
         self.hosts: list = []
         self.renters: list = []
         self.rented = 0
         cfg = Config(home=cluster.bhome)
-        self._store, self._cfg = Store(cfg.db_path), cfg
+        self._store, self._cfg = store or Store(cfg.db_path), cfg
         self._fpr = material.fingerprint(material.load_or_create(cfg.client_key_path))
         self._key = asyncssh.read_private_key(str(cluster.key))
 
@@ -137,7 +137,7 @@ class Scale:
         first = len(self.hosts)
 
         async def one(i):
-            token = hosts.invite(self._store, self._cfg, f"b{i}", self._fpr).split(".")[0]  # hostd sends the secret
+            token = hosts.invite(self._store, self._cfg, f"{self.prefix}{i}", self._fpr).split(".")[0]  # hostd sends the secret
             conn = await asyncssh.connect_reverse(
                 "127.0.0.1", self.c.tunnel_port, server_factory=lambda: LightHost(i, token),
                 server_host_keys=[asyncssh.generate_private_key("ssh-ed25519")], encoding=None,
@@ -168,7 +168,7 @@ class Scale:
 
     async def rent(self, host: int) -> str:
         self.rented += 1
-        return json.loads(await self.ctl(f"rent host_id=b{host} gpu_name=RTX_3060 --hours 1 --yes --json"))["id"]
+        return json.loads(await self.ctl(f"rent host_id={self.prefix}{host} gpu_name=RTX_3060 --hours 1 --yes --json"))["id"]
 
     async def open_sessions(self, leases: list[str], n: int) -> None:
         async def one(lease):
