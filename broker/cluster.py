@@ -47,6 +47,8 @@ class Cluster:
         self.draining = False
         self.owners: dict[str, dict] = {}  # with a peer link: who drives each host, as of the last heartbeat
         self.clustered = False
+        self.peer_keys: set[str] = set()  # the other live brokers' peer keys, as of the last heartbeat
+        self._keys_read = 0.0
         self._beat_ok = -TTL  # monotonic time of the last heartbeat the database took
         self.on_lost = lambda hosts: None  # hosts another broker took: their tunnels here are closed
         self.on_reclaimed = lambda host, epoch: None  # a host kept at a new epoch
@@ -64,7 +66,7 @@ class Cluster:
         """Renew this broker's rows and measure the database's clock; the hosts it has lost (another
         broker took them while this one was paused or cut off from the database)."""
         asked = time.time()
-        now, owned = await self._db(self._store.beat, self.id, TTL, self.draining)
+        now, owned = await self._db(self._store.beat, self.id, TTL, self.draining, sorted(self.epochs))
         answered = time.time()
         if self._clock is not None and answered - asked < 1.0:
             self._clock.offset = now - (asked + answered) / 2
@@ -73,6 +75,7 @@ class Cluster:
             await self.register()  # its row was dropped or had gone stale: written again
         if self.clustered:
             self.owners = await self._db(self._store.owners)
+            self.peer_keys = {b["peer_key"] for b in await self.live() if b["id"] != self.id and b["peer_key"]}
         lost = set(self.epochs) - owned
         for host in sorted(lost):  # lapsed while the database was away, and nobody took them: kept
             epoch = await self._db(self._store.reclaim_host, host, self.id, TTL)
@@ -93,22 +96,35 @@ class Cluster:
         self.epochs[host] = epoch
         return epoch
 
-    async def disown(self, host: str, epoch: int) -> bool:
-        """The host's tunnel here closed: whether this broker still owned it (then its records are
-        this broker's to close)."""
+    async def disown(self, host: str, epoch: int, at: float) -> bool:
+        """The host's tunnel here closed at `at`: if this broker still owned it, its uptime ends then
+        (one transaction: a broker that took it meanwhile keeps its own). A failure here is mended by
+        the next heartbeat, which renews only the hosts whose tunnels are here."""
         if self.epochs.get(host) == epoch:
             del self.epochs[host]
-        return await self._db(self._store.disown_host, host, self.id, epoch)
+        return await self._db(self._store.disown_host, host, self.id, epoch, at)
 
     async def live(self) -> list[dict]:
         """The brokers alive now (this one among them)."""
         return await self._db(self._store.brokers, TTL)
 
     async def tunnels(self) -> list[list]:
-        """Where hosts can dial the live brokers' tunnels, this broker's first ([host, port] each)."""
+        """Where hosts can dial the live brokers' tunnels, this broker's first ([host, port] each).
+        None for a lone broker: its hosts keep the address they were given (a proxy, a NAT)."""
+        if not self.clustered:
+            return []
         out = [self.addresses["tunnel"]]
         out += [b["tunnel"] for b in await self.live() if b["id"] != self.id and not b["draining"]]
         return [split(a) for a in dict.fromkeys(out) if a]
+
+    async def peer_key_known(self, line: str) -> bool:
+        """A key not among the last heartbeat's: the brokers table read again, at most once a second
+        (a stranger's flood of keys costs the store thread one read a second, not one per key)."""
+        if time.monotonic() - self._keys_read < 1.0:
+            return False
+        self._keys_read = time.monotonic()
+        self.peer_keys = {b["peer_key"] for b in await self.live() if b["id"] != self.id and b["peer_key"]}
+        return line in self.peer_keys
 
     async def leave(self) -> None:
         await self._db(self._store.drop_broker, self.id)

@@ -85,15 +85,17 @@ class Hosts:
         """What a host is told when it is welcomed here: the epoch this broker drives it at (it
         refuses calls of a lower one) and where every live broker's tunnel is (it moves to another
         when it loses this one)."""
-        epoch = await self._cluster.own(name)
-        return {"epoch": epoch, "brokers": await self._cluster.tunnels()}
+        brokers = await self._cluster.tunnels()
+        return {"epoch": await self._cluster.own(name), "brokers": brokers}
 
     async def disconnected(self, name: str, at: float | None = None, epoch: int | None = None) -> None:
         """The host's tunnel here closed; its uptime ends unless another broker holds it by now."""
         self._market.changed()
-        if epoch is not None and not await self._cluster.disown(name, epoch):
-            return
-        await self._db(self._store.host_down, name, min(at or self._now(), self._now()))
+        at = min(at or self._now(), self._now())
+        if epoch is not None:
+            await self._cluster.disown(name, epoch, at)
+        else:
+            await self._db(self._store.host_down, name, at)
 
     async def send_earnings(self, host: str) -> None:
         links = self._links()

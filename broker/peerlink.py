@@ -36,7 +36,9 @@ class PeerRoute:
         return await self._conn.create_session(factory, **kw)
 
     async def open_forward(self, factory, dest_host: str, port: int, orig: tuple[str, int], **kw):
-        return await self._conn.create_connection(factory, protocol.target(self.lease, dest_host), port, *orig, **kw)
+        """A forward names its lease in the destination and its renter in the originator (RENTER@HOST)."""
+        return await self._conn.create_connection(factory, protocol.target(self.lease, dest_host), port,
+                                                  f"{self.renter}@{orig[0]}", orig[1], **kw)
 
     def __repr__(self) -> str:
         return f"PeerRoute(lease={self.lease!r}, host={self.host!r}, via={self.broker!r})"
@@ -103,9 +105,9 @@ class Peers:
             chan, call = await conn.create_session(_Call, subsystem=RPC, encoding=None)
         except (OSError, asyncssh.Error) as exc:
             raise Unavailable(f"the broker that holds this host's tunnel refused the call: {exc}") from None
-        chan.write(protocol.encode({"verb": verb, **args}))
-        chan.write_eof()
         try:
+            chan.write(protocol.encode({"verb": verb, **args}))
+            chan.write_eof()
             async with asyncio.timeout(timeout):
                 while (line := await call.lines.get()) is not None:
                     msg = protocol.decode(line)
@@ -121,6 +123,8 @@ class Peers:
             raise Unavailable(f"the broker that holds this host's tunnel did not answer {verb}") from None
         except protocol.WireError:
             raise Unavailable(f"the broker that holds this host's tunnel answered {verb} badly") from None
+        except (OSError, asyncssh.Error) as exc:
+            raise Unavailable(f"the link to the broker that holds this host's tunnel failed: {exc}") from None
         finally:
             chan.close()
         raise Unavailable(f"the broker that holds this host's tunnel went away during {verb}")

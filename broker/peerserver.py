@@ -15,7 +15,7 @@ import asyncssh
 from shellrent.common import protocol
 from shellrent.keys import material
 
-from .errors import BrokerError
+from .errors import BrokerError, Unavailable
 from .peerlink import RENTER_ENV, RPC
 from .relay import RenterSession, open_tcp
 
@@ -36,8 +36,11 @@ class PeerSession(RenterSession):
 
     async def _route(self, files_only: bool):
         env = self.chan.get_environment()
-        return await self._peers.broker.logins.local_target(env.get(RENTER_ENV), env.get(protocol.LEASE_ENV),
-                                                           files_only)
+        renter = env.get(RENTER_ENV)
+        if not isinstance(renter, str):
+            raise BrokerError("a relayed session names its renter")
+        return await self._peers.broker.logins.local_target(protocol.name(renter, "renter"),
+                                                           env.get(protocol.LEASE_ENV), files_only)
 
     def _closed(self, session) -> None:
         self._peers.broker.channels.untrack(session)
@@ -70,13 +73,18 @@ class PeerSession(RenterSession):
         try:
             req = protocol.decode(self._input)
             reply = await self._peers.answer(req, lambda item: self.chan.write(protocol.encode({"say": item})))
-            self.chan.write(protocol.encode({"ok": True, **reply}))
+            answer = {"ok": True, **reply}
         except BrokerError as exc:
-            self.chan.write(protocol.encode({"ok": False, "kind": type(exc).__name__, "error": str(exc)}))
-        except (protocol.WireError, KeyError, TypeError) as exc:
-            self.chan.write(protocol.encode({"ok": False, "error": f"bad call: {exc}"}))
+            answer = {"ok": False, "kind": type(exc).__name__, "error": str(exc)}
+        except protocol.WireError as exc:
+            answer = {"ok": False, "error": f"bad call: {exc}"}
+        except Exception as exc:  # whatever went wrong, the caller hears of it and the channel closes
+            log.exception("a peer call failed")
+            answer = {"ok": False, "kind": "Unavailable", "error": f"the call failed here: {type(exc).__name__}"}
+        try:
+            self.chan.write(protocol.encode(answer))
         except (OSError, asyncssh.Error):
-            return
+            pass
         self.chan.close()
 
     def connection_lost(self, exc):
@@ -113,13 +121,19 @@ class PeerServer(asyncssh.SSHServer):
     async def validate_public_key(self, username, key):
         if username != "peer":
             return False
-        fpr = material.fingerprint(key)
-        for row in await self.broker.cluster.live():
-            if row["id"] != self.broker.cluster.id and row["peer_key"] and \
-                    material.fingerprint(material.parse_public_key(row["peer_key"])) == fpr:
+        line = material.public_line(key)
+        cluster = self.broker.cluster
+        if line not in cluster.peer_keys and not await cluster.peer_key_known(line):
+            return self._refuse(key)
+        for row in await cluster.live():  # the row as it is now: a broker gone since is refused
+            if row["id"] != cluster.id and row["peer_key"] == line:
                 self.peer = row["id"]
                 log.info("broker %s connected from %s", row["id"], self._conn.get_extra_info("peername"))
                 return True
+        return self._refuse(key)
+
+    def _refuse(self, key) -> bool:
+        fpr = material.fingerprint(key)
         log.warning("peer port: refused key %s from %s (not a live broker of this cluster)", fpr,
                     self._conn.get_extra_info("peername"))
         return False
@@ -129,13 +143,14 @@ class PeerServer(asyncssh.SSHServer):
 
     def connection_requested(self, dest_host, dest_port, orig_host, orig_port):
         where = protocol.parse_target(dest_host)
-        if where is None or not 0 < dest_port < 65536:
+        renter, _, orig = orig_host.partition("@") if isinstance(orig_host, str) else ("", "", "")
+        if where is None or not 0 < dest_port < 65536 or not protocol.NAME.fullmatch(renter):
             raise asyncssh.ChannelOpenError(asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED, "not a lease's port")
-        return self._forward(*where, dest_port, (orig_host, orig_port))
+        return self._forward(*where, dest_port, (orig, orig_port), renter)
 
-    async def _forward(self, lease: str, host: str, port: int, orig):
+    async def _forward(self, lease: str, host: str, port: int, orig, renter: str):
         try:
-            route = await self.broker.logins.local_target(None, lease, False)
+            route = await self.broker.logins.local_target(renter, lease, False)
             down = await open_tcp(route, host, port, orig)
         except BrokerError as exc:
             raise asyncssh.ChannelOpenError(asyncssh.OPEN_CONNECT_FAILED, str(exc)) from None
@@ -153,7 +168,10 @@ class PeerServer(asyncssh.SSHServer):
             raise BrokerError(f"unknown call {protocol.printable(str(verb))[:20]!r}")
         lid = protocol.lease_id(req.get("lease"))
         if verb == "launch":
-            await self.broker.renting.launch_here(lid, say, bool(req.get("pull")), req.get("closes"))
+            closes = req.get("closes")
+            if closes is not None:
+                closes = protocol.timestamp(closes)
+            await self.broker.renting.launch_here(lid, say, req.get("pull") is True, closes, self.peer)
             return {}
         op = req.get("op")
         if op not in CALLS:
@@ -161,7 +179,9 @@ class PeerServer(asyncssh.SSHServer):
         lease = await self.broker.db(self.broker.store.lease, lid)
         link = self.broker.tunnels.get(lease["host"])
         if link is None:
-            raise BrokerError(f"host {lease['host']} has no tunnel here")
-        args = {k: v for k, v in req.get("args", {}).items() if k not in ("op", "call", "epoch")}
-        reply = await link.call(op, **{**args, "id": lid})
+            raise Unavailable(f"host {lease['host']} has no tunnel here (it moved); it is told when it is back")
+        args = req.get("args")
+        if not isinstance(args, dict) or set(args) - {"ends_at"}:
+            raise protocol.WireError("lease.extend takes ends_at only")
+        reply = await link.call(op, id=lid, ends_at=protocol.timestamp(args.get("ends_at")))
         return {"reply": {k: v for k, v in reply.items() if k not in ("call",)}}

@@ -94,11 +94,13 @@ class Renting:
                                   f"fully refunded") from None
             raise
 
-    async def launch_here(self, lid: str, progress, pull: bool, closes) -> dict:
+    async def launch_here(self, lid: str, progress, pull: bool, closes, caller: str | None = None) -> dict:
         """Another broker's renter rented on a host whose tunnel is here: the start is this broker's
         from now on (the lease's broker), so that it completes or fails here whatever becomes of
-        that broker."""
+        that broker. Only the broker that opened the lease (caller) may hand it over."""
         lease = await self._db(self._store.lease, lid)
+        if caller is not None and lease["broker"] != caller:
+            raise BrokerError(f"lease {lid} is not that broker's to start")
         if not self._reach.local(lease["host"]):
             raise Unavailable(f"host {lease['host']!r} is offline")
         changed(await self._db(lambda: self._store.update_lease(lid, expect_state="pending", broker=self._cluster.id)),
@@ -107,21 +109,42 @@ class Renting:
         return await self.launch(lease, progress, pull, closes)
 
     async def _start_elsewhere(self, lease: dict, progress, pull: bool, closes) -> dict:
-        """The broker that holds the host's tunnel starts it; a start that fails there or on the way
-        is failed and refunded (once: whichever broker fails it first)."""
+        """The broker that holds the host's tunnel starts it (the lease becomes that broker's). If the
+        call fails on the way (the link dropped, this broker stops), the lease is what decides: a start
+        that broker took is left to it and followed here; one it never took is failed and refunded."""
         lid = lease["id"]
         try:
             owner = await self._reach.owner(lease["host"])
             if owner is None:
                 raise Unavailable(f"host {lease['host']!r} is offline")
-            await self._reach.peers.call(owner, "launch", lambda item: _quietly(progress, item), timeout=None,
-                                         lease=lid, pull=pull, closes=closes)
+            await self._reach.peers.call(owner, "launch", lambda item: _quietly(progress, item),
+                                         timeout=self._config.start_timeout * 13, lease=lid, pull=pull, closes=closes)
         except BaseException as exc:
-            await self._db(self.fail, lid, str(exc) or type(exc).__name__)
-            self._market.changed()
-            raise
+            now = await self._db(self._store.lease, lid)
+            if now["broker"] == self._cluster.id or isinstance(exc, BrokerError) and not isinstance(exc, Unavailable):
+                await self._db(self.fail, lid, str(exc) or type(exc).__name__)  # refused there, or never taken
+                self._market.changed()
+                raise
+            if isinstance(exc, asyncio.CancelledError):
+                raise  # this broker stops: the start is the other broker's
+            return await self._follow(lid, exc)
         self._market.changed()
         return await self._db(self._store.lease, lid)
+
+    async def _follow(self, lid: str, why: BaseException) -> dict:
+        """A start another broker took, after the call to it failed: its outcome, read from the lease
+        (failed by that broker, or by the others once that broker is gone)."""
+        deadline = self._now() + self._config.start_timeout * 13
+        while self._now() < deadline:
+            lease = await self._db(self._store.lease, lid)
+            if lease["state"] == "active":
+                self._market.changed()
+                return lease
+            if lease["state"] not in ("pending", "starting"):
+                raise BrokerError(f"lease {lid} did not start: {lease['error'] or lease['state']}")
+            await asyncio.sleep(0.5)
+        raise Unavailable(f"lease {lid}: its start was left to the broker that holds its host ({why}); "
+                          f"see ssh ctl@BROKER ls")
 
     async def _start_on_host(self, lease: dict, progress, pull: bool = False, closes: float | None = None) -> dict:
         """Active only once its container runs; any failure fails and refunds it in one transaction

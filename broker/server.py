@@ -57,7 +57,8 @@ class BrokerServer:
         self.broker.store.hold_serving(shared=bool(cfg.peer_addr))
         self.tunnels = Tunnels(client_key, self.broker.identify_host, cfg.keepalive,
                                self.broker.host_connected, self.broker.host_disconnected, self.broker.event,
-                               Startups(cfg.max_startups, cfg.max_startups_per_ip), welcome=self.broker.welcome_host)
+                               Startups(cfg.max_startups, cfg.max_startups_per_ip), welcome=self.broker.welcome_host,
+                               now=self.broker.now)
         self.tunnels.login_timeout = cfg.login_timeout
         self.broker.tunnels = self.tunnels
         cluster = self.broker.cluster

@@ -170,13 +170,15 @@ class Tunnels:
     """Listener for hostd connections and the registry of connected hosts."""
 
     def __init__(self, client_key: asyncssh.SSHKey, identify: Identify, keepalive: float = 15,
-                 connected=None, disconnected=None, event=None, startups: Startups | None = None, welcome=None):
+                 connected=None, disconnected=None, event=None, startups: Startups | None = None, welcome=None,
+                 now=time.time):
         self._key = client_key
         self._identify = identify
         self._connected = connected  # async (link, hello) -> None, after welcome
         self._disconnected = disconnected  # async (name, when it was last heard) -> None
         self._event = event  # async (name, event) -> None, in the order the host sent them
         self._welcome = welcome  # async (name) -> what else the welcome tells the host (epoch, brokers)
+        self._now = now  # the broker's time (the database's, in a cluster): hosts keep leases on it
         self._keepalive = keepalive
         self._startups = startups or Startups(100, 10)
         self.login_timeout = 30.0  # a connection that has not finished its handshake by then is dropped
@@ -207,9 +209,9 @@ class Tunnels:
         control = Control()
         try:
             await asyncio.wait_for(conn.create_session(lambda: control, subsystem=protocol.CONTROL, encoding=None), 30)
-            asked = time.time()
+            asked = self._now()
             hello = await control.call("hello", timeout=30)
-            offset = measured(hello, asked, time.time())
+            offset = measured(hello, asked, self._now())
             if hello.get("proto") != protocol.PROTO:
                 raise Unavailable(f"unsupported protocol version {protocol.printable(str(hello.get('proto')))[:20]}")
             name = await self._identify(conn, key, hello)
@@ -233,17 +235,20 @@ class Tunnels:
             extra = await self._welcome(name) if self._welcome else {}
         except Exception as exc:  # the database does not answer: the host comes back when it does
             log.warning("host %s: cannot record its tunnel here (%s); closing it", name, exc)
-            del self.links[name]
+            if self.links.get(name) is link:
+                del self.links[name]
             conn.close()
             return
         link.epoch = extra.get("epoch")
+        loop = asyncio.get_running_loop()
+        loop.create_task(self._watch(name, conn))  # from here on, its end is recorded
         try:
             await control.call("welcome", timeout=30, host=name, offset=offset, **extra)
             control.epoch = link.epoch
-        except Unavailable as exc:
-            log.warning("host %s: welcome failed: %s", name, exc)
-        loop = asyncio.get_running_loop()
-        loop.create_task(self._watch(name, conn))
+        except Unavailable as exc:  # refused (another broker's epoch is higher) or not answered: no use
+            log.warning("host %s: welcome failed: %s; closing its tunnel", name, exc)
+            conn.close()
+            return
         loop.create_task(self._clock(link))
         if self._connected:
             try:
@@ -266,13 +271,13 @@ class Tunnels:
         broker's time); a measurement over a slow round trip is not believed."""
         while not link.conn.is_closed():
             await asyncio.sleep(CLOCK_EVERY)
-            asked = time.time()
+            asked = self._now()
             try:
                 reply = await link.call("clock", timeout=10, offset=link.offset)
             except Unavailable as exc:
                 log.info("host %s: measuring its clock failed: %s", link.name, exc)
                 continue
-            answered = time.time()
+            answered = self._now()
             offset = measured(reply, asked, answered)
             if offset is not None and answered - asked < CLOCK_ROUND_TRIP:
                 moved = link.offset is None or abs(offset - link.offset) >= 0.05
@@ -289,7 +294,7 @@ class Tunnels:
         if link and link.conn is conn:
             del self.links[name]
             lost = getattr(conn.get_owner(), "lost", None)
-            at = time.time()
+            at = self._now()
             if lost is not None and "keepalive" in str(lost).lower():
                 at -= self._keepalive * 3  # it went silent before the keepalives gave up on it
             log.info("host %s disconnected (%s)", name, lost or "closed")

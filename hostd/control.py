@@ -38,6 +38,8 @@ class Control:
         if op not in ("hello", "welcome", "reject") and self.host_name is None:
             return {"ok": False, "error": f"{op} before welcome"}
         epoch = req.get("epoch")
+        if epoch is None and self.epoch and op not in ("hello", "reject"):
+            return {"ok": False, "error": f"{op} without an epoch: a broker of this host's cluster sends its epoch"}
         if epoch is not None and (not protocol.number_in(epoch, 0, 1 << 62, True) or epoch < self.epoch):
             return {"ok": False, "error": f"stale broker: its epoch {protocol.printable(str(epoch))[:20]} is below "
                                           f"{self.epoch}, another broker drives this host now"}

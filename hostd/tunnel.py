@@ -17,6 +17,7 @@ from .sshserver import HostServer
 log = logging.getLogger("shellrent.agent")
 CIPHERS = ["aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "chacha20-poly1305@openssh.com"]
 MAX_BROKERS = 16
+CONNECT_TIMEOUT = 10  # seconds to reach a broker and finish the handshake; then the next one is tried
 HOSTNAME = re.compile(r"[A-Za-z0-9_.:-]{1,253}")
 
 
@@ -27,7 +28,7 @@ async def connect(agent, host: str, port: int) -> asyncssh.SSHServerConnection:
         server_host_keys=[agent.key], signature_algs=algorithms.HOST_KEYS, encoding=None, line_editor=False,
         encryption_algs=CIPHERS, x11_forwarding=False, agent_forwarding=False, allow_scp=False,
         keepalive_interval=agent.config.keepalive, keepalive_count_max=3, login_timeout=30,
-        server_version="shellrent-hostd")), 30)
+        server_version="shellrent-hostd")), CONNECT_TIMEOUT)
 
 
 def brokers_from(raw) -> list[list]:
@@ -51,16 +52,24 @@ def candidates(first: list, learned: list) -> list[list]:
     return out
 
 
+def next_dial(addrs: list[list], last: list | None) -> list:
+    """The address to dial after `last` (lost, or failed): the one after it in the list, never it
+    again while there is another (it may be the broker that died); the first when it is not listed."""
+    if last not in addrs:
+        return addrs[0]
+    return addrs[(addrs.index(last) + 1) % len(addrs)]
+
+
 async def stay_connected(agent, host: str, port: int) -> None:
     """Keep a tunnel to a live broker: after a drop, the next broker of the cluster (the address
     given, then those its brokers last named) after a short random wait, so that a broker's death
     is no reconnect storm; full-jitter exponential backoff once every address has failed in turn.
     The status says why it is down."""
-    config, status, failures, at = agent.config, agent.status, 0, 0
+    config, status, failures, last = agent.config, agent.status, 0, None
     while True:
         agent.control.rejected = None
         addrs = candidates([host, port], (config.load_pin() or {}).get("brokers", []))
-        dial = addrs[at % len(addrs)]
+        dial = addrs[0] if last is None else next_dial(addrs, last)
         try:
             conn = await connect(agent, *dial)
         except (OSError, asyncssh.Error, asyncio.TimeoutError) as exc:
@@ -74,11 +83,10 @@ async def stay_connected(agent, host: str, port: int) -> None:
             else:
                 failures += 1
             status.set(connected=False, error=agent.control.rejected or "connection closed")
-        at += 1  # the next broker: this one may be the one that died
+        last = dial
         rounds = max(0, failures - 1) // len(addrs)
         delay = random.uniform(0, min(config.backoff_max, config.backoff_base * 2 ** min(rounds, 30)))
-        nxt = addrs[at % len(addrs)]
-        log.info("reconnecting to %s:%d in %.1fs", nxt[0], nxt[1], delay)
+        log.info("reconnecting in %.1fs (last tried %s:%d)", delay, dial[0], dial[1])
         await asyncio.sleep(delay)
 
 

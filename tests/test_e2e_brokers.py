@@ -1,9 +1,12 @@
 """Two brokers on one PostgreSQL database (serve --peer): a renter through broker B works on a host
 whose tunnel is on broker A (shell and exit status, scp both ways, -L, extend, release), the host
 moves to B within 10 s of A's kill -9 and the renter logs in again; two renters racing for the last
-GPU through the two brokers: one lease, one clear line, no charge for the other."""
+GPU through the two brokers: one lease, one clear line, no charge for the other; three brokers
+behind HAProxy; a short lease with three brokers settles once; a broker paused past its expiry;
+PostgreSQL stopped and started; SIGTERM drains."""
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -29,14 +32,14 @@ def brokers(pg_server):
     _require_docker()
     made = []
 
-    def make(n: int, env: dict | None = None) -> list[Cluster]:
+    def make(n: int, env: dict | None = None, serve=()) -> list[Cluster]:
         url = pg_server.fresh_schema()
         for i in range(n):
             extra = {"init": ("--keys-from", made[0].bhome), "renter": False} if i else {}
             made.append(Cluster(Path(tempfile.mkdtemp(prefix="shellrent-test-")),
                                 env={"BROKER_DB": url, **(env or {})}, **extra))
             made[-1].key = made[0].key  # one renter, one key, whichever broker it reaches
-            made[-1].start_broker("--peer", "127.0.0.1:0")
+            made[-1].start_broker("--peer", "127.0.0.1:0", *serve)
         made[0].url = url
         return list(made)
 
@@ -253,3 +256,51 @@ def test_sigterm_drains_the_host_moves_and_the_broker_leaves(pair):
         assert store.host_owner("pc1")["broker"] == b.info["broker"]
     finally:
         store.close()
+
+
+def _haproxy(root: Path, backends: list) -> tuple[subprocess.Popen, int]:
+    """HAProxy in front of the brokers' renter ports (mode tcp, PROXY v2, /healthz checks)."""
+    haproxy = shutil.which("haproxy") or "/usr/sbin/haproxy"
+    if not Path(haproxy).exists():
+        pytest.fail("haproxy not found: these tests need Debian's haproxy package (scripts/test.sh)")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    servers = "".join(f"  server b{i} 127.0.0.1:{c.ssh_port} send-proxy-v2 check port {c.info['metrics'][1]} "
+                      "inter 500 fall 2 rise 1\n" for i, c in enumerate(backends))
+    cfg = root / "haproxy.cfg"
+    cfg.write_text("global\n  maxconn 200\ndefaults\n  mode tcp\n  timeout connect 2s\n  timeout client 60s\n"
+                   "  timeout server 60s\n  timeout check 1s\n  retries 2\n  option redispatch\n"
+                   f"frontend renters\n  bind 127.0.0.1:{port}\n  default_backend brokers\n"
+                   f"backend brokers\n  balance roundrobin\n  option httpchk GET /healthz\n{servers}")
+    with open(root / "haproxy.log", "wb") as log:
+        proc = subprocess.Popen([haproxy, "-db", "-f", str(cfg)], stdout=log, stderr=log)
+    return proc, port
+
+
+def test_through_haproxy_logins_land_on_every_broker_and_work_within_5_s_of_a_kill(brokers, tmp_path):
+    a, b, c = brokers(3, env={"BROKER_PROXY_FROM": "127.0.0.1"}, serve=("--metrics", "127.0.0.1:0"))
+    a.add_host("pc1", FAST)
+    a.broker("renter", "credit", "alice", "5")
+    proc, port = _haproxy(tmp_path, [a, b, c])
+    try:
+        a.ssh_port = port  # the renter's client reaches the balancer only
+        key = (a.root / "known_hosts").read_text().split(" ", 1)[1]
+        (a.root / "known_hosts").write_text(f"[127.0.0.1]:{port} {key}")  # one host key, whichever broker
+        wait_for(lambda: a.ssh("offers", user="ctl").returncode == 0, what="haproxy to pass logins")
+        lease = _ctl_json(a, "rent", "--hours", "1", "--yes")
+        for _ in range(6):
+            assert a.ssh("echo hi", check=True).stdout == b"hi\n"
+        for x in (a, b, c):  # round robin: each broker took some, and saw the renter's own address
+            assert "login renter=alice user=rent ip=127.0.0.1" in (x.bhome / "audit.log").read_text()
+        killed = time.time()
+        a.kill("broker")  # the host's broker: its renters and its host go to the others
+        wait_for(lambda: a.ssh("echo back").stdout == b"back\n", timeout=15, what="a login through the balancer")
+        assert time.time() - killed < 5, f"logins worked again only after {time.time() - killed:.1f} s"
+        for _ in range(4):
+            assert a.ssh("cat /proc/1/comm", check=True).returncode == 0
+        a.ssh("release", lease["id"], user="ctl", check=True)
+        assert _settles(b, lease["id"]) == ["settle"]
+    finally:
+        proc.terminate()
+        proc.wait(10)

@@ -20,6 +20,13 @@ def test_the_address_given_is_dialled_first_then_each_learned_broker_once():
     assert tunnel.candidates(["a", 1], []) == [["a", 1]]
 
 
+def test_after_losing_a_broker_the_next_one_is_dialled_even_when_the_list_changed_meanwhile():
+    assert tunnel.next_dial([["a", 1], ["b", 2], ["c", 3]], ["c", 3]) == ["a", 1]
+    assert tunnel.next_dial([["a", 1], ["c", 3]], ["c", 3]) == ["a", 1]  # c's own list: never c again at once
+    assert tunnel.next_dial([["a", 1], ["b", 2]], ["z", 9]) == ["a", 1]
+    assert tunnel.next_dial([["a", 1]], ["a", 1]) == ["a", 1]  # the only one
+
+
 class _Daemon:
     def __init__(self):
         self.loop = asyncio.get_running_loop()

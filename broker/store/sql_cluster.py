@@ -16,16 +16,28 @@ class Cluster:
                                      "started": now, "heartbeat": now, "draining": 0})
         return now
 
-    def beat(self, broker: str, ttl: float, draining: bool = False) -> tuple[float, set[str]]:
-        """A broker's heartbeat: its row and the hosts it owns are alive for ttl more seconds. The
+    def beat(self, broker: str, ttl: float, draining: bool = False, hosts=()) -> tuple[float, set[str]]:
+        """A broker's heartbeat: its row, and the rows of the hosts whose tunnels it holds (hosts),
+        are alive for ttl more seconds. A row of this broker for a host it no longer holds (its
+        disconnect was not recorded) is released and that host's uptime closed when last seen. The
         database's time, and the hosts it still owns (a host another broker took is not among them)."""
+        hosts = list(hosts)
+        held = f"host IN ({', '.join('?' * len(hosts))})" if hosts else "1 = 0"
         with self.tx():
             now = self.db_time()
             self._sql("UPDATE brokers SET heartbeat = ?, draining = ? WHERE id = ?", [now, int(draining), broker])
             owned = {r[0] for r in self._sql(
-                "UPDATE host_owners SET expires = ? WHERE broker = ? AND expires > ? RETURNING host",
-                [now + ttl, broker, now])}
+                f"UPDATE host_owners SET expires = ? WHERE broker = ? AND expires > ? AND {held} RETURNING host",
+                [now + ttl, broker, now, *hosts]).fetchall()}
+            gone = [r[0] for r in self._sql(
+                f"UPDATE host_owners SET broker = '', expires = 0 WHERE broker = ? AND NOT ({held}) RETURNING host",
+                [broker, *hosts]).fetchall()]
+            self._close_uptimes(gone)
         return now, owned
+
+    def _close_uptimes(self, hosts: list[str]) -> None:
+        self._many("UPDATE uptime SET down = (SELECT last_seen FROM hosts WHERE name = uptime.host) "
+                   "WHERE down IS NULL AND host = ?", [(h,) for h in hosts])
 
     def brokers(self, ttl: float) -> list[BrokerRow]:
         """The brokers heard from within ttl seconds (database time), oldest first."""
@@ -35,7 +47,9 @@ class Cluster:
     def drop_broker(self, broker: str) -> None:
         """A broker leaves: its row and its hosts go (their hosts move to the others)."""
         with self.tx():
-            self._sql("UPDATE host_owners SET broker = '', expires = 0 WHERE broker = ?", [broker])
+            gone = [r[0] for r in self._sql("UPDATE host_owners SET broker = '', expires = 0 WHERE broker = ? "
+                                            "RETURNING host", [broker]).fetchall()]
+            self._close_uptimes(gone)  # hosts whose disconnect it did not get to record
             self._sql("DELETE FROM brokers WHERE id = ?", [broker])
 
     def own_host(self, host: str, broker: str, ttl: float) -> int:
@@ -47,7 +61,7 @@ class Cluster:
             return self._sql(
                 "INSERT INTO host_owners (host, broker, epoch, expires) VALUES (?, ?, 1, ?) "
                 "ON CONFLICT (host) DO UPDATE SET broker = excluded.broker, epoch = host_owners.epoch + 1, "
-                "expires = excluded.expires RETURNING epoch", [host, broker, now + ttl]).fetchone()[0]
+                "expires = excluded.expires RETURNING epoch", [host, broker, now + ttl]).fetchall()[0][0]
 
     def reclaim_host(self, host: str, broker: str, ttl: float) -> int | None:
         """A host whose tunnel is still here but whose row lapsed (the database was away longer than
@@ -62,14 +76,19 @@ class Cluster:
             if row[0] == "":  # another broker closed its uptime when the row lapsed
                 self.host_up(host, now)
             return self._sql("UPDATE host_owners SET broker = ?, epoch = epoch + 1, expires = ? WHERE host = ? "
-                             "RETURNING epoch", [broker, now + ttl, host]).fetchone()[0]
+                             "RETURNING epoch", [broker, now + ttl, host]).fetchall()[0][0]
 
-    def disown_host(self, host: str, broker: str, epoch: int) -> bool:
-        """The host's tunnel to this broker closed: no broker drives it, unless another broker (or a
-        later connection here) owns it since."""
-        return bool(self._sql("UPDATE host_owners SET broker = '', expires = 0 "
-                              "WHERE host = ? AND broker = ? AND epoch = ? RETURNING host",
-                              [host, broker, epoch]).fetchall())
+    def disown_host(self, host: str, broker: str, epoch: int, at: float | None = None) -> bool:
+        """The host's tunnel to this broker closed (at `at`): no broker drives it, and its uptime ends
+        then, unless another broker (or a later connection here) owns it since. One transaction."""
+        with self.tx():
+            if not self._sql("UPDATE host_owners SET broker = '', expires = 0 "
+                             "WHERE host = ? AND broker = ? AND epoch = ? RETURNING host",
+                             [host, broker, epoch]).fetchall():
+                return False
+            if at is not None:
+                self.host_down(host, at)
+        return True
 
     def host_owner(self, host: str) -> Owner | None:
         """Who drives a host now (an unexpired row of a live broker), with its peer address and key."""
@@ -110,7 +129,7 @@ class Cluster:
         runs it first (the rows are marked as the intervals are closed)."""
         with self.tx():
             hosts = [r[0] for r in self._sql("UPDATE host_owners SET broker = '', expires = 0 "
-                                             "WHERE broker <> '' AND expires <= ? RETURNING host", [self.db_time()])]
-            self._many("UPDATE uptime SET down = (SELECT last_seen FROM hosts WHERE name = uptime.host) "
-                       "WHERE down IS NULL AND host = ?", [(h,) for h in hosts])
+                                             "WHERE broker <> '' AND expires <= ? RETURNING host",
+                                             [self.db_time()]).fetchall()]
+            self._close_uptimes(hosts)
         return hosts

@@ -29,7 +29,7 @@ def test_epochs_only_grow_and_a_former_owner_cannot_disown_what_another_took(sto
     assert (owner["broker"], owner["epoch"], owner["peer_key"]) == ("b-2", e2, "ssh-ed25519 KEYb-2")
     assert store.disown_host("pc1", "b-1", e1) is False  # its old tunnel closing changes nothing
     assert store.host_owner("pc1")["broker"] == "b-2"
-    assert store.beat("b-1", 10)[1] == set() and store.beat("b-2", 10)[1] == {"pc1"}
+    assert store.beat("b-1", 10, hosts=["pc1"])[1] == set() and store.beat("b-2", 10, hosts=["pc1"])[1] == {"pc1"}
     assert store.online_hosts() == {"pc1"} and store.owned_elsewhere("b-1") == {"pc1"}
     assert {h: (o["broker"], o["peer"]) for h, o in store.owners().items()} == {"pc1": ("b-2", "127.0.0.1:1")}
     assert store.disown_host("pc1", "b-2", e2) is True
@@ -71,3 +71,19 @@ def test_a_lapsed_row_is_taken_back_by_the_broker_that_still_holds_the_tunnel_un
     assert e3 is not None and store.uptimes(0.0)["pc1"][-1][1] is None  # and opened again
     store.own_host("pc1", "b-2", 10)  # the host moved
     assert store.reclaim_host("pc1", "b-1", 10) is None and store.host_owner("pc1")["broker"] == "b-2"
+
+
+def test_a_heartbeat_releases_a_row_whose_tunnel_is_not_here_and_closes_its_uptime(store):
+    joined_host(store)
+    store.host_up("pc1", 100.0)
+    store.touch_hosts(["pc1"], 150.0)
+    _register(store, "b-1")
+    store.own_host("pc1", "b-1", 10)  # its disconnect was never recorded (the database blinked)
+    assert store.beat("b-1", 10, hosts=[])[1] == set()
+    assert store.host_owner("pc1") is None and store.uptimes(0.0)["pc1"] == [(100.0, 150.0)]
+    e = store.own_host("pc1", "b-1", 10)
+    store.host_up("pc1", 160.0)
+    assert store.disown_host("pc1", "b-1", e, at=170.0) is True  # the uptime ends with the row, at once
+    assert store.uptimes(0.0)["pc1"][-1] == (160.0, 170.0)
+    store.host_up("pc1", 200.0)
+    assert store.disown_host("pc1", "b-1", e, at=210.0) is False and store.uptimes(0.0)["pc1"][-1] == (200.0, None)
