@@ -2,8 +2,8 @@
 whose tunnel is on broker A (shell and exit status, scp both ways, -L, extend, release), the host
 moves to B within 10 s of A's kill -9 and the renter logs in again; two renters racing for the last
 GPU through the two brokers: one lease, one clear line, no charge for the other; three brokers
-behind HAProxy; a short lease with three brokers settles once; a broker paused past its expiry;
-PostgreSQL stopped and started; SIGTERM drains."""
+behind HAProxy (a short lease there settles once); a broker paused past its expiry; PostgreSQL
+stopped and started; SIGTERM drains."""
 import json
 import os
 import shutil
@@ -161,23 +161,8 @@ def _settles(c, lid):
     return [t["kind"] for t in _ledger(c)["transactions"] if t["lease"] == lid and t["kind"] != "hold"]
 
 
-def test_a_short_lease_with_three_brokers_running_settles_once(brokers):
-    a, b, c = brokers(3)
-    a.add_host("pc1", FAST)
-    a.broker("renter", "credit", "alice", "5")
-    wait_for(lambda: _ctl_json(c, "offers"), what="broker C to list the host")
-    lease = _ctl_json(c, "rent", "--hours", "20s", "--yes")
-    assert lease["state"] == "active"
-    wait_for(lambda: _ctl_json(b, "ls")[0]["state"] in ("ended", "purged"), timeout=60, what="the lease to end")
-    wait_for(lambda: not a.containers(), what="the host to remove the container")
-    time.sleep(3)  # every broker's housekeeping has had its turn since
-    assert _settles(a, lease["id"]) == ["settle"]
-    charged = _ledger(a)["balances"]
-    assert charged["renter:alice"] < 5_000_000 and charged.get("hold:alice", 0) == 0
-
-
-def test_a_broker_paused_past_its_expiry_acts_on_nothing_it_no_longer_owns(pair):
-    a, b = pair
+def test_a_broker_paused_past_its_expiry_acts_on_nothing_it_no_longer_owns(brokers):
+    a, b = brokers(2, env={"HOSTD_KEEPALIVE": "2"})  # the host gives up on the paused broker in about 6 s
     a.add_host("pc1", FAST)
     a.broker("renter", "credit", "alice", "5")
     lease = _ctl_json(b, "rent", "--hours", "1", "--yes")
@@ -278,7 +263,8 @@ def _haproxy(root: Path, backends: list) -> tuple[subprocess.Popen, int]:
     return proc, port
 
 
-def test_through_haproxy_logins_land_on_every_broker_and_work_within_5_s_of_a_kill(brokers, tmp_path):
+def test_through_haproxy_logins_land_on_every_broker_work_within_5_s_of_a_kill_and_a_short_lease_settles_once(
+        brokers, tmp_path):
     a, b, c = brokers(3, env={"BROKER_PROXY_FROM": "127.0.0.1"}, serve=("--metrics", "127.0.0.1:0"))
     a.add_host("pc1", FAST)
     a.broker("renter", "credit", "alice", "5")
@@ -288,7 +274,7 @@ def test_through_haproxy_logins_land_on_every_broker_and_work_within_5_s_of_a_ki
         key = (a.root / "known_hosts").read_text().split(" ", 1)[1]
         (a.root / "known_hosts").write_text(f"[127.0.0.1]:{port} {key}")  # one host key, whichever broker
         wait_for(lambda: a.ssh("offers", user="ctl").returncode == 0, what="haproxy to pass logins")
-        lease = _ctl_json(a, "rent", "--hours", "1", "--yes")
+        lease = _ctl_json(a, "rent", "--hours", "20s", "--yes")
         for _ in range(6):
             assert a.ssh("echo hi", check=True).stdout == b"hi\n"
         for x in (a, b, c):  # round robin: each broker took some, and saw the renter's own address
@@ -299,8 +285,13 @@ def test_through_haproxy_logins_land_on_every_broker_and_work_within_5_s_of_a_ki
         assert time.time() - killed < 5, f"logins worked again only after {time.time() - killed:.1f} s"
         for _ in range(4):
             assert a.ssh("cat /proc/1/comm", check=True).returncode == 0
-        a.ssh("release", lease["id"], user="ctl", check=True)
+        wait_for(lambda: _ctl_json(a, "ls")[0]["state"] in ("ended", "purged"), timeout=60,
+                 what="the lease's time to run out")  # two brokers' housekeeping and the host all see it
+        wait_for(lambda: not a.containers(), what="the host to remove the container")
+        time.sleep(3)  # every broker's housekeeping has had its turn since
         assert _settles(b, lease["id"]) == ["settle"]
+        charged = _ledger(b)["balances"]
+        assert charged["renter:alice"] < 5_000_000 and charged.get("hold:alice", 0) == 0
     finally:
         proc.terminate()
         proc.wait(10)
