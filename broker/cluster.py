@@ -49,6 +49,9 @@ class Cluster:
         self.clustered = False
         self.peer_keys: set[str] = set()  # the other live brokers' peer keys, as of the last heartbeat
         self._keys_read = 0.0
+        self.sessions: dict[str, int] = {}  # renter -> open sessions and forwards here (set by the server)
+        self.sessions_elsewhere: dict[str, int] = {}  # ... on the other brokers, as of the last heartbeat
+        self._published: dict[str, int] | None = None
         self._beat_ok = -TTL  # monotonic time of the last heartbeat the database took
         self.on_lost = lambda hosts: None  # hosts another broker took: their tunnels here are closed
         self.on_reclaimed = lambda host, epoch: None  # a host kept at a new epoch
@@ -74,6 +77,11 @@ class Cluster:
         if self.id not in {b["id"] for b in await self.live()}:
             await self.register()  # its row was dropped or had gone stale: written again
         if self.clustered:
+            counts = {r: n for r, n in self.sessions.items() if n > 0}
+            if counts != self._published:  # the rows count while this broker's heartbeat does
+                await self._db(self._store.publish_sessions, self.id, counts)
+                self._published = counts
+            self.sessions_elsewhere = await self._db(self._store.sessions_elsewhere, self.id, TTL)
             self.owners = await self._db(self._store.owners)
             self.peer_keys = {b["peer_key"] for b in await self.live() if b["id"] != self.id and b["peer_key"]}
         lost = set(self.epochs) - owned

@@ -70,7 +70,7 @@ class BrokerServer:
         await self.broker.recover()
         tunnel_port = await self.tunnels.listen(*cfg.tunnel_addr)
         limiter = AuthLimiter(cfg.auth_fail_limit, cfg.auth_fail_window, cfg.auth_block_for)
-        sessions = defaultdict(int)
+        sessions = cluster.sessions = defaultdict(int)  # published with each heartbeat in a cluster
         startups = Startups(cfg.max_startups, cfg.max_startups_per_ip)
         ciphers.install()
         flow.mend_windows()

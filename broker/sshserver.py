@@ -148,8 +148,10 @@ class RenterServer(asyncssh.SSHServer):
         return await pick_and_rent(self._broker, self.renter, write, readline)
 
     def _take_slot(self) -> None:
-        """Sessions and port forwards together are limited per renter (all their connections)."""
-        if self._sessions[self.renter] >= self._broker.config.sessions_per_renter:
+        """Sessions and port forwards together are limited per renter (all their connections, on
+        this broker and, as of their last heartbeat, on the other brokers of its cluster)."""
+        elsewhere = self._broker.cluster.sessions_elsewhere.get(self.renter, 0)
+        if self._sessions[self.renter] + elsewhere >= self._broker.config.sessions_per_renter:
             raise asyncssh.ChannelOpenError(asyncssh.OPEN_RESOURCE_SHORTAGE, "too many open sessions and forwards")
         self._sessions[self.renter] += 1
 

@@ -295,3 +295,28 @@ def test_through_haproxy_logins_land_on_every_broker_work_within_5_s_of_a_kill_a
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def test_a_renters_session_limit_counts_its_sessions_on_every_broker(brokers):
+    a, b = brokers(2, env={"BROKER_SESSIONS_PER_RENTER": "2"})
+    a.add_host("pc1", FAST)
+    a.broker("renter", "credit", "alice", "5")
+    _ctl_json(a, "rent", "--hours", "1", "--yes")
+    held = [subprocess.Popen(c.ssh_cmd("rent", "-T"), stdin=subprocess.PIPE, stdout=subprocess.PIPE) for c in (a, b)]
+    try:
+        for p in held:
+            p.stdin.write(b"echo up\n")
+            p.stdin.flush()
+            assert p.stdout.readline() == b"up\n"
+        time.sleep(4.5)  # both brokers' heartbeats have published their counts, and read the other's
+        for c in (a, b):
+            cmd = c.ssh_cmd("rent")
+            cmd[cmd.index("LogLevel=ERROR")] = "LogLevel=INFO"  # OpenSSH says why a channel was refused
+            r = subprocess.run(cmd + ["true"], capture_output=True, timeout=60)
+            assert r.returncode == 255 and b"too many open sessions" in r.stderr, r.stderr
+    finally:
+        for p in held:
+            p.stdin.close()
+            p.wait(timeout=30)
+            p.stdout.close()
+    wait_for(lambda: b.ssh("true").returncode == 0, timeout=15, what="the places to come back")

@@ -46,4 +46,8 @@ MIGRATIONS = [
     CREATE TABLE host_owners (host TEXT PRIMARY KEY, broker TEXT NOT NULL, epoch BIGINT NOT NULL,
                               expires DOUBLE PRECISION NOT NULL);
     """,
+    """
+    CREATE TABLE renter_sessions (broker TEXT NOT NULL, renter TEXT NOT NULL, n BIGINT NOT NULL,
+                                  PRIMARY KEY (broker, renter));
+    """,
 ]

@@ -44,9 +44,24 @@ class Cluster:
         return self._rows("SELECT * FROM brokers WHERE heartbeat > ? ORDER BY started, id",
                           [self.db_time() - ttl])
 
+    def publish_sessions(self, broker: str, counts: dict[str, int]) -> None:
+        """The renters' open sessions and forwards on this broker, as the others count them against
+        each renter's limit."""
+        with self.tx():
+            self._sql("DELETE FROM renter_sessions WHERE broker = ?", [broker])
+            self._many("INSERT INTO renter_sessions (broker, renter, n) VALUES (?, ?, ?)",
+                       [(broker, r, n) for r, n in counts.items() if n > 0])
+
+    def sessions_elsewhere(self, broker: str, ttl: float) -> dict[str, int]:
+        """Each renter's open sessions and forwards on the other live brokers."""
+        return {r: int(n) for r, n in self._sql(
+            "SELECT s.renter, SUM(s.n) FROM renter_sessions s JOIN brokers b ON b.id = s.broker "
+            "WHERE s.broker <> ? AND b.heartbeat > ? GROUP BY s.renter", [broker, self.db_time() - ttl]).fetchall()}
+
     def drop_broker(self, broker: str) -> None:
         """A broker leaves: its row and its hosts go (their hosts move to the others)."""
         with self.tx():
+            self._sql("DELETE FROM renter_sessions WHERE broker = ?", [broker])
             gone = [r[0] for r in self._sql("UPDATE host_owners SET broker = '', expires = 0 WHERE broker = ? "
                                             "RETURNING host", [broker]).fetchall()]
             self._close_uptimes(gone)  # hosts whose disconnect it did not get to record

@@ -57,4 +57,8 @@ MIGRATIONS = [
     CREATE TABLE host_owners (host TEXT PRIMARY KEY, broker TEXT NOT NULL, epoch INTEGER NOT NULL,
                               expires REAL NOT NULL);
     """,
+    """
+    CREATE TABLE renter_sessions (broker TEXT NOT NULL, renter TEXT NOT NULL, n INTEGER NOT NULL,
+                                  PRIMARY KEY (broker, renter));
+    """,
 ]

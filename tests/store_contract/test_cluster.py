@@ -87,3 +87,19 @@ def test_a_heartbeat_releases_a_row_whose_tunnel_is_not_here_and_closes_its_upti
     assert store.uptimes(0.0)["pc1"][-1] == (160.0, 170.0)
     store.host_up("pc1", 200.0)
     assert store.disown_host("pc1", "b-1", e, at=210.0) is False and store.uptimes(0.0)["pc1"][-1] == (200.0, None)
+
+
+def test_each_renters_sessions_elsewhere_count_while_their_broker_is_alive(store):
+    _register(store, "b-1")
+    _register(store, "b-2")
+    _register(store, "b-3")
+    store.publish_sessions("b-2", {"alice": 3, "bob": 1})
+    store.publish_sessions("b-3", {"alice": 2})
+    assert store.sessions_elsewhere("b-1", 10) == {"alice": 5, "bob": 1}
+    assert store.sessions_elsewhere("b-2", 10) == {"alice": 2}
+    store.publish_sessions("b-2", {"alice": 1})  # replaced, not added
+    assert store.sessions_elsewhere("b-1", 10) == {"alice": 3}
+    store._sql("UPDATE brokers SET heartbeat = 0 WHERE id = 'b-3'")  # b-3 died: its sessions with it
+    assert store.sessions_elsewhere("b-1", 10) == {"alice": 1}
+    store.drop_broker("b-2")
+    assert store.sessions_elsewhere("b-1", 10) == {}
