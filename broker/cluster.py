@@ -98,9 +98,10 @@ class Cluster:
             self.on_lost(lost)
         return lost
 
-    async def own(self, host: str) -> int:
-        """This broker drives the host from now on; the epoch the host holds it to."""
-        epoch = await self._db(self._store.own_host, host, self.id, TTL)
+    async def own(self, host: str, seen: int = 0) -> int:
+        """This broker drives the host from now on; the epoch the host holds it to (above `seen`,
+        the highest the host says it was welcomed at)."""
+        epoch = await self._db(self._store.own_host, host, self.id, TTL, seen)
         self.epochs[host] = epoch
         return epoch
 

@@ -81,12 +81,12 @@ class Hosts:
         await self._db(self._store.set_inventory, host, inv, error)
         self._market.changed()
 
-    async def welcome(self, name: str) -> dict:
+    async def welcome(self, name: str, seen: int = 0) -> dict:
         """What a host is told when it is welcomed here: the epoch this broker drives it at (it
         refuses calls of a lower one) and where every live broker's tunnel is (it moves to another
         when it loses this one)."""
         brokers = await self._cluster.tunnels()
-        return {"epoch": await self._cluster.own(name), "brokers": brokers}
+        return {"epoch": await self._cluster.own(name, seen), "brokers": brokers}
 
     async def disconnected(self, name: str, at: float | None = None, epoch: int | None = None) -> None:
         """The host's tunnel here closed; its uptime ends unless another broker holds it by now."""

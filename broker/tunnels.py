@@ -177,7 +177,7 @@ class Tunnels:
         self._connected = connected  # async (link, hello) -> None, after welcome
         self._disconnected = disconnected  # async (name, when it was last heard) -> None
         self._event = event  # async (name, event) -> None, in the order the host sent them
-        self._welcome = welcome  # async (name) -> what else the welcome tells the host (epoch, brokers)
+        self._welcome = welcome  # async (name, epoch the host saw) -> what else the welcome tells it
         self._now = now  # the broker's time (the database's, in a cluster): hosts keep leases on it
         self._keepalive = keepalive
         self._startups = startups or Startups(100, 10)
@@ -232,7 +232,8 @@ class Tunnels:
         log.info("host %s connected from %s", name, peer)
         control.events = asyncio.Queue()
         try:
-            extra = await self._welcome(name) if self._welcome else {}
+            seen = hello.get("epoch") if protocol.number_in(hello.get("epoch"), 0, 1 << 62, True) else 0
+            extra = await self._welcome(name, seen) if self._welcome else {}
         except Exception as exc:  # the database does not answer: the host comes back when it does
             log.warning("host %s: cannot record its tunnel here (%s); closing it", name, exc)
             if self.links.get(name) is link:

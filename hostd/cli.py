@@ -128,6 +128,7 @@ def status(cfg: Config, as_json):
            "earned_micro": earned, "earned": f"{earned / 1e6:.2f}",
            "paused": settings_mod.load(cfg.home / "settings.json")["paused"],
            "via": st.get("via") if running else None, "since": st.get("since") if running else None,
+           "epoch": st.get("epoch") if running else None,
            "brokers": (pin or {}).get("brokers", [])}
     out.update({k: st.get(k) or [] for k in ("gpu_problems", "gpu_kills", "gpu_failures")} if running else {})
     out.update({"images": st.get("images") or {"pulling": [], "failed": {}}} if running else {})

@@ -61,14 +61,15 @@ class Control:
         inv = None
         if d.inventory:
             inv = d.inventory.last = await offload.call(d.inventory.read, timeout=30)
-        return {"ok": True, "proto": protocol.PROTO, "version": VERSION, "token": self._token, "leases": leases,
+        return {"ok": True, "proto": protocol.PROTO, "version": VERSION, "token": self._token, "epoch": self.epoch,
+                "leases": leases,
                 "inventory": inv, "time": d.clock.host()}
 
     async def _welcome(self, req):
         self.host_name = protocol.name(req.get("host"), "host name")
         self._d.learn_brokers(req.get("brokers"))
         self._clock_from(req)
-        self._d.status.set(connected=True, host=self.host_name, since=time.time(), error=None)
+        self._d.status.set(connected=True, host=self.host_name, since=time.time(), error=None, epoch=self.epoch)
         if not self.joined.done():
             self.joined.set_result(self.host_name)
         return {"ok": True}

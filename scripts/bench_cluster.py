@@ -13,6 +13,7 @@
 import asyncio
 import json
 import secrets
+import shutil
 import signal
 import statistics
 import subprocess
@@ -206,6 +207,7 @@ def run(quick: bool) -> tuple[list[tuple], dict]:
                      f"{out['failover_login_p50_s']:.2f} / {out['failover_login_max_s']:.2f}", "-", "-", "s"))
     finally:
         pg.stop()
+        shutil.rmtree(work, ignore_errors=True)
     return rows, out
 
 

@@ -67,16 +67,19 @@ class Cluster:
             self._close_uptimes(gone)  # hosts whose disconnect it did not get to record
             self._sql("DELETE FROM brokers WHERE id = ?", [broker])
 
-    def own_host(self, host: str, broker: str, ttl: float) -> int:
+    def own_host(self, host: str, broker: str, ttl: float, above: int = 0) -> int:
         """The broker that holds a host's tunnel drives it from now on: a higher epoch than any
-        before (a host's row is never deleted, so its epochs only grow), which the host holds every
-        later call to."""
+        before (a host's row is never deleted, so its epochs only grow), and above the one the host
+        says it last saw (a database restored from a backup has older epochs), which the host holds
+        every later call to."""
         with self.tx():
             now = self.db_time()
             return self._sql(
-                "INSERT INTO host_owners (host, broker, epoch, expires) VALUES (?, ?, 1, ?) "
-                "ON CONFLICT (host) DO UPDATE SET broker = excluded.broker, epoch = host_owners.epoch + 1, "
-                "expires = excluded.expires RETURNING epoch", [host, broker, now + ttl]).fetchall()[0][0]
+                "INSERT INTO host_owners (host, broker, epoch, expires) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (host) DO UPDATE SET broker = excluded.broker, expires = excluded.expires, "
+                "epoch = CASE WHEN host_owners.epoch >= excluded.epoch THEN host_owners.epoch + 1 "
+                "ELSE excluded.epoch END RETURNING epoch",
+                [host, broker, max(1, above + 1), now + ttl]).fetchall()[0][0]
 
     def reclaim_host(self, host: str, broker: str, ttl: float) -> int | None:
         """A host whose tunnel is still here but whose row lapsed (the database was away longer than

@@ -171,8 +171,9 @@ class FakeBroker:
     """Accepts a real hostd with the broker's pinned client key; opens control first, then lets a
     test open any channel on that hostd, as a broker that relayed everything would."""
 
-    def __init__(self, client_key_path):
+    def __init__(self, client_key_path, epoch: int = 0):
         self.key = asyncssh.read_private_key(str(client_key_path))
+        self.epoch = epoch  # the epoch hostd was last welcomed at (it refuses a lower one, or none)
         self.conn: asyncssh.SSHClientConnection | None = None
         self.connected = asyncio.Event()
         self.control = None
@@ -195,7 +196,7 @@ class FakeBroker:
     async def call(self, op: str, **args) -> dict:
         """One call; events that come meanwhile are skipped."""
         writer, reader, _ = self.control
-        writer.write(protocol.encode({**args, "op": op, "call": 1}))
+        writer.write(protocol.encode({"epoch": self.epoch, **args, "op": op, "call": 1}))
         while True:
             reply = json.loads(await asyncio.wait_for(reader.readline(), 30))
             if "call" in reply:

@@ -47,8 +47,9 @@ def test_renter_cannot_reach_control_through_the_relay(cluster):
 
 async def _fake_broker(c) -> FakeBroker:
     """Stop the real broker and put a FakeBroker on its tunnel port; the real hostd reconnects to it."""
+    epoch = json.loads(c.hostd("pc1", "status", "--json").stdout)["epoch"]  # the real broker's, last
     await asyncio.to_thread(c.kill, "broker", signal.SIGTERM)
-    fake = FakeBroker(c.bhome / "tunnel_client_ed25519_key")
+    fake = FakeBroker(c.bhome / "tunnel_client_ed25519_key", epoch)
     await fake.listen(c.tunnel_port)
     await asyncio.wait_for(fake.connected.wait(), 30)
     return fake

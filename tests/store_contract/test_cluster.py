@@ -103,3 +103,11 @@ def test_each_renters_sessions_elsewhere_count_while_their_broker_is_alive(store
     assert store.sessions_elsewhere("b-1", 10) == {"alice": 1}
     store.drop_broker("b-2")
     assert store.sessions_elsewhere("b-1", 10) == {}
+
+
+def test_a_new_owner_goes_above_the_epoch_the_host_last_saw(store):
+    joined_host(store)
+    _register(store, "b-1")
+    assert store.own_host("pc1", "b-1", 10) == 1
+    assert store.own_host("pc1", "b-1", 10, above=41) == 42  # a database restored from an older backup
+    assert store.own_host("pc1", "b-1", 10, above=3) == 43  # and never below what the row had
