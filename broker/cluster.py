@@ -9,6 +9,7 @@ import secrets
 import time
 from pathlib import Path
 
+from .config import parse_addr
 
 log = logging.getLogger("shellrent.cluster")
 
@@ -39,12 +40,13 @@ class Clock:
 
 
 class Cluster:
-    def __init__(self, db, store, ident: str, clock: Clock | None, peer_key: str = ""):
+    def __init__(self, db, store, ident: str, clock: Clock | None):
         self._db, self._store, self.id, self._clock = db, store, ident, clock
-        self.peer_key = peer_key
+        self.peer_key = ""  # this broker's peer public key (set by the server with --peer)
         self.addresses = {"ssh": "", "tunnel": "", "peer": ""}
         self.epochs: dict[str, int] = {}  # the hosts this broker drives, with the epoch it took each at
         self.draining = False
+        self.others: set[str] = set()  # the other live brokers' ids, as of the last heartbeat
         self.owners: dict[str, dict] = {}  # with a peer link: who drives each host, as of the last heartbeat
         self.clustered = False
         self.peer_keys: set[str] = set()  # the other live brokers' peer keys, as of the last heartbeat
@@ -74,16 +76,18 @@ class Cluster:
         if self._clock is not None and answered - asked < 1.0:
             self._clock.offset = now - (asked + answered) / 2
         self._beat_ok = time.monotonic()
-        if self.id not in {b["id"] for b in await self.live()}:
+        live = await self.live()
+        self.others = {b["id"] for b in live} - {self.id}
+        if self.id not in {b["id"] for b in live}:
             await self.register()  # its row was dropped or had gone stale: written again
         if self.clustered:
+            self._keep_keys(live)
             counts = {r: n for r, n in self.sessions.items() if n > 0}
             if counts != self._published:  # the rows count while this broker's heartbeat does
                 await self._db(self._store.publish_sessions, self.id, counts)
                 self._published = counts
             self.sessions_elsewhere = await self._db(self._store.sessions_elsewhere, self.id, TTL)
             self.owners = await self._db(self._store.owners)
-            self.peer_keys = {b["peer_key"] for b in await self.live() if b["id"] != self.id and b["peer_key"]}
         lost = set(self.epochs) - owned
         for host in sorted(lost):  # lapsed while the database was away, and nobody took them: kept
             epoch = await self._db(self._store.reclaim_host, host, self.id, TTL)
@@ -124,24 +128,22 @@ class Cluster:
             return []
         out = [self.addresses["tunnel"]]
         out += [b["tunnel"] for b in await self.live() if b["id"] != self.id and not b["draining"]]
-        return [split(a) for a in dict.fromkeys(out) if a]
+        return [list(parse_addr(a)) for a in dict.fromkeys(out) if a]
 
     async def peer_key_known(self, line: str) -> bool:
         """A key not among the last heartbeat's: the brokers table read again, at most once a second
         (a stranger's flood of keys costs the store thread one read a second, not one per key)."""
         if time.monotonic() - self._keys_read < 1.0:
             return False
-        self._keys_read = time.monotonic()
-        self.peer_keys = {b["peer_key"] for b in await self.live() if b["id"] != self.id and b["peer_key"]}
+        self._keep_keys(await self.live())
         return line in self.peer_keys
+
+    def _keep_keys(self, live: list[dict]) -> None:
+        self._keys_read = time.monotonic()
+        self.peer_keys = {b["peer_key"] for b in live if b["id"] != self.id and b["peer_key"]}
 
     async def leave(self) -> None:
         await self._db(self._store.drop_broker, self.id)
-
-
-def split(addr: str) -> list:
-    host, _, port = addr.rpartition(":")
-    return [host.strip("[]"), int(port)]
 
 
 def join(host: str, port: int) -> str:

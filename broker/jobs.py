@@ -33,7 +33,7 @@ class Jobs:
             if not self._cluster.fresh():  # paused or cut off: first learn what this broker still owns
                 await self._cluster.beat()
             live = await self._db(self._store.live_leases)
-            others = {b["id"] for b in await self._cluster.live()} - {self._cluster.id}
+            others = self._cluster.others  # as of the last heartbeat: a broker is gone after 10 s, not 2
             for lease in live:
                 if lease["state"] == "active" and lease["ends_at"] <= now:
                     await end_lease(lease["id"], lease["ends_at"])
@@ -60,7 +60,7 @@ class Jobs:
         not yet settled are settled; what hosts were not told is told when they connect (sync)."""
         await self._db(self._store.close_uptimes, self._cluster.id)
         end_lease = self._settlement.end_lease
-        others = {b["id"] for b in await self._cluster.live()} - {self._cluster.id}
+        others = self._cluster.others
         for lease in await self._db(self._store.to_recover):
             lid = lease["id"]
             if lease["state"] in ("pending", "starting") and lease.get("broker") in others:

@@ -13,6 +13,7 @@ import asyncssh
 from shellrent.common import algorithms, protocol
 from shellrent.keys import material
 
+from .config import parse_addr
 from .errors import BrokerError, Refused, Unavailable
 
 log = logging.getLogger("shellrent.peers")
@@ -80,11 +81,11 @@ class Peers:
             conn = self._conns.get(bid)
             if conn is not None and not conn.is_closed():
                 return conn
-            host, _, port = owner["peer"].rpartition(":")
             try:
+                host, port = parse_addr(owner["peer"])
                 pinned = material.parse_public_key(owner["peer_key"])
                 conn = await asyncio.wait_for(asyncssh.connect(
-                    host.strip("[]"), int(port), **algorithms.tunnel_client(
+                    host, port, **algorithms.tunnel_client(
                         username="peer", client_keys=[self._key], known_hosts=([pinned], [], []),
                         encryption_algs=CIPHERS, keepalive_interval=self._keepalive, keepalive_count_max=2,
                         client_version="shellrent-peer", encoding=None)), 10)

@@ -14,7 +14,7 @@ from shellrent.keys import material
 
 from . import ciphers, cluster as cluster_mod, metrics, proxyproto, relay
 from .admin import AdminServer
-from .config import Config
+from .config import Config, parse_addr
 from .peerlink import CIPHERS as PEER_CIPHERS, Peers
 from .peerserver import PeerServer
 from .quickack import QuickAckListener
@@ -108,7 +108,7 @@ class BrokerServer:
         info = {"pid": os.getpid(), "ssh": [cfg.ssh_addr[0], ssh_port], "tunnel": [cfg.tunnel_addr[0], tunnel_port],
                 "broker": cluster.id}
         if cfg.peer_addr:
-            info["peer"] = cluster_mod.split(cluster.addresses["peer"])
+            info["peer"] = list(parse_addr(cluster.addresses["peer"]))
         if cfg.metrics_addr:
             info["metrics"] = info_metrics
         (cfg.home / "serve.json").write_text(json.dumps(info))
