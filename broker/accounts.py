@@ -37,9 +37,10 @@ def add_renter(store, name: str, key_text: str) -> str:
 
 
 def credit(store, renter: str, amount: int) -> int:
-    """Operator adds credit to a renter; returns the new balance."""
+    """Operator adds credit to a renter (takes it back, when negative); returns the new balance."""
     store.require_renter(renter)
-    store.post(ledger.deposit_key(secrets.token_hex(8)), "deposit", ledger.deposit(renter, amount), renter=renter)
+    entries = ledger.deposit(renter, amount) if amount > 0 else [(ledger.renter(renter), amount), (ledger.WORLD, -amount)]
+    store.post(ledger.deposit_key(secrets.token_hex(8)), "deposit" if amount > 0 else "debit", entries, renter=renter)
     return store.balance(ledger.renter(renter))
 
 
@@ -80,6 +81,20 @@ class Accounts:
 
     async def remove_key(self, renter: str, fingerprint: str):
         return await self._db(self._store.remove_key, renter, fingerprint)
+
+    async def sign_up(self, name: str, key, code_hash: str | None = None) -> None:
+        """A renter made by its own signup, with a signup code when one is needed."""
+        check_name("renter", name)
+        fpr, line = material.fingerprint(key), material.public_line(key)
+        if code_hash:
+            await self._db(self._store.signup_with_code, code_hash, name, fpr, line)
+        else:
+            await self._db(self._store.add_renter, name, fpr, line)
+
+    async def redeem(self, renter: str, code_hash: str, now: float) -> tuple[int, int]:
+        """A voucher's credit, added once: (amount, new balance)."""
+        amount = await self._db(self._store.redeem_voucher, code_hash, renter, now)
+        return amount, await self._db(self._store.balance, ledger.renter(renter))
 
     async def add_credit(self, renter: str, amount: int) -> int:
         return await self._db(credit, self._store, renter, amount)

@@ -4,7 +4,6 @@ import json
 import logging
 import os
 import pwd
-from functools import wraps
 from pathlib import Path
 
 import click
@@ -12,42 +11,13 @@ import click
 from shellrent.common import logs, systemd
 from shellrent.keys import material
 
-from . import accounts, admin, hosts, leases, proxyproto, render, renting
+from . import admin, cli_money, hosts, proxyproto, renting
+from .cli_base import Hours, config_of, db_option, fail_cleanly, json_option, open_store, print_table
 from .config import Config, parse_addr
 from .errors import BrokerError
 from .server import BrokerServer
+from .signup import check_policy
 from .store import opening
-
-
-def _fail_cleanly(fn):
-    @wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except (BrokerError, material.KeyError_, ValueError) as exc:
-            raise click.ClickException(str(exc)) from None
-    return wrapper
-
-
-json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
-
-
-def _print_table(rows: list[dict], cols: list[str]) -> None:
-    click.echo(render.table(rows, cols), nl=False)
-
-
-def _config(ctx) -> Config:
-    return ctx.obj
-
-
-def _store(ctx):
-    cfg = _config(ctx)
-    return opening.open_store(cfg.home, cfg.db_path, cfg.db_url or opening.url_of(cfg.home))
-
-
-db_option = click.option("--db", "db_url", default=None, envvar="BROKER_DB", metavar="URL",
-                         help="A PostgreSQL database (postgresql://...) instead of broker.db in the home; "
-                              "init remembers it (env BROKER_DB).")
 
 
 @click.group(context_settings={"auto_envvar_prefix": "BROKER", "help_option_names": ["-h", "--help"]})
@@ -65,10 +35,10 @@ def main(ctx, home):
               metavar="DIR", help="Another broker of the same database: take its renter-facing host key and "
                                   "the tunnel key hosts pin (this broker gets its own peer key).")
 @click.pass_context
-@_fail_cleanly
+@fail_cleanly
 def init(ctx, db_url, keys_from):
     """Create the state directory, keys and database (idempotent)."""
-    cfg = _config(ctx)
+    cfg = config_of(ctx)
     url = opening.check_url(db_url) if db_url else opening.url_of(cfg.home)
     if db_url:
         opening.check_switch(cfg.home, cfg.db_path, url)
@@ -120,10 +90,10 @@ def _check_keys_from(cfg: Config, keys_from: Path, url: str | None) -> None:
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 @db_option
 @click.pass_context
-@_fail_cleanly
+@fail_cleanly
 def serve(ctx, ssh_addr, tunnel_addr, fee_percent, metrics_addr, peer_addr, advertise, verbose, db_url):
     """Serve renters and hosts until SIGINT/SIGTERM."""
-    cfg = _config(ctx)
+    cfg = config_of(ctx)
     cfg.db_url = opening.url_of(cfg.home, db_url)
     if peer_addr:
         if not cfg.db_url:
@@ -137,8 +107,9 @@ def serve(ctx, ssh_addr, tunnel_addr, fee_percent, metrics_addr, peer_addr, adve
     cfg.metrics_addr = parse_addr(metrics_addr) if metrics_addr else None
     if fee_percent is not None:
         cfg.fee_percent = fee_percent
-    _store(ctx).close()
+    open_store(ctx).close()
     proxyproto.networks(cfg.proxy_from)  # a bad BROKER_PROXY_FROM is one line before anything starts
+    check_policy(cfg.signup)  # and a bad BROKER_SIGNUP
     cfg.ssh_addr, cfg.tunnel_addr = parse_addr(ssh_addr), parse_addr(tunnel_addr)
     logs.setup(verbose)
     logging.getLogger("shellrent.audit").addHandler(logs.audit_handler(cfg.audit_log))
@@ -159,11 +130,11 @@ def service_group():
 @click.option("--unit-dir", type=click.Path(file_okay=False, path_type=Path), default=str(systemd.UNIT_DIR),
               show_default=True, hidden=True)
 @click.pass_context
-@_fail_cleanly
+@fail_cleanly
 def service_install(ctx, ssh_addr, tunnel_addr, fee_percent, metrics_addr, only_print, unit_dir):
     """Write /etc/systemd/system/shellrent-broker.service: `serve` with these addresses, restarted on
     failure, as the owner of the home directory (allowed to bind ports below 1024)."""
-    cfg = _config(ctx)
+    cfg = config_of(ctx)
     if not cfg.host_key_path.exists():
         raise BrokerError(f"{cfg.home} has no broker: run `broker --home {cfg.home} init` first")
     for addr in (ssh_addr, tunnel_addr, *([metrics_addr] if metrics_addr else [])):
@@ -186,99 +157,17 @@ def service_install(ctx, ssh_addr, tunnel_addr, fee_percent, metrics_addr, only_
 @main.command()
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
 @click.pass_context
-@_fail_cleanly
+@fail_cleanly
 def backup(ctx, file):
     """Copy the database to FILE, consistent and safe while the broker serves (see README to restore)."""
     if file.exists():
         raise BrokerError(f"{file} already exists: name a new file")
-    if opening.url_of(_config(ctx).home):
+    if opening.url_of(config_of(ctx).home):
         raise BrokerError("this broker's database is PostgreSQL: back it up with PostgreSQL's own tools "
                           "(pg_dump, or the server's backups); see docs/operator.md")
-    counts = _store(ctx).backup(file)
-    click.echo(f"backed up {_config(ctx).db_path} to {file}: {counts['leases']} leases, {counts['txs']} "
+    counts = open_store(ctx).backup(file)
+    click.echo(f"backed up {config_of(ctx).db_path} to {file}: {counts['leases']} leases, {counts['txs']} "
                f"transactions, {counts['renters']} renters")
-
-
-class _Hours(click.ParamType):
-    """Hours as ctl takes them (2, 1.5, 90m, 1d); NaN, infinity and absurd values are usage errors."""
-    name = "hours"
-
-    def convert(self, value, param, ctx):
-        try:
-            return leases.parse_duration(value) / 3600
-        except BrokerError as exc:
-            self.fail(str(exc), param, ctx)
-
-
-class _Credits(click.ParamType):
-    name = "amount"
-
-    def convert(self, value, param, ctx):
-        try:
-            return leases.parse_credits(value)
-        except BrokerError as exc:
-            self.fail(str(exc), param, ctx)
-
-
-@main.group()
-def renter():
-    """Manage renters."""
-
-
-@renter.command("add")
-@click.argument("name")
-@click.option("--key", "key_file", required=True, type=click.File("r"), help="Public key file ('-' for stdin).")
-@click.pass_context
-@_fail_cleanly
-def renter_add(ctx, name, key_file):
-    """Register renter NAME with the public key in FILE."""
-    fpr = accounts.add_renter(_store(ctx), name, key_file.read())
-    click.echo(f"renter {name} added, key {fpr}")
-
-
-@renter.command("list")
-@json_option
-@click.pass_context
-@_fail_cleanly
-def renter_list(ctx, as_json):
-    """List renters."""
-    rows = _store(ctx).renters()
-    click.echo(json.dumps(rows)) if as_json else _print_table(rows, ["name", "keys", "created"])
-
-
-@renter.command("credit")
-@click.argument("name")
-@click.argument("amount", type=_Credits())
-@click.pass_context
-@_fail_cleanly
-def renter_credit(ctx, name, amount):
-    """Add AMOUNT credits (e.g. 25 or 12.50) to renter NAME."""
-    micro = amount
-    balance = accounts.credit(_store(ctx), name, micro)
-    click.echo(f"renter {name}: +{leases.credits(micro)} credits, balance {leases.credits(balance)}")
-
-
-@main.command("ledger")
-@click.option("--renter", "renter_name", help="Only transactions of this renter.")
-@json_option
-@click.pass_context
-@_fail_cleanly
-def ledger_cmd(ctx, renter_name, as_json):
-    """The double-entry journal and account balances."""
-    store = _store(ctx)
-    if renter_name:
-        store.require_renter(renter_name)
-    txs = store.journal(renter_name)
-    if as_json:
-        click.echo(json.dumps({"transactions": txs, "balances": store.balances()}))
-        return
-    rows = [{"tx": t["id"], "when": t["created"], "kind": t["kind"], "lease": t["lease"],
-             "account": e["account"], "amount": leases.credits(e["amount"]), "memo": t["memo"]}
-            for t in txs for e in t["entries"]]
-    _print_table(rows, ["tx", "when", "kind", "lease", "account", "amount", "memo"])
-    click.echo()
-    _print_table([{"account": a, "balance": leases.credits(v)} for a, v in store.balances().items()],
-                 ["account", "balance"])
 
 
 @main.group()
@@ -289,36 +178,36 @@ def host():
 @host.command("invite")
 @click.argument("name")
 @click.pass_context
-@_fail_cleanly
+@fail_cleanly
 def host_invite(ctx, name):
     """Make a single-use join token for host NAME (valid 24 h); printed alone on the last line."""
-    cfg = _config(ctx)
-    store = _store(ctx)
+    cfg = config_of(ctx)
+    store = open_store(ctx)
     broker_fpr = material.fingerprint(material.load_or_create(cfg.client_key_path))
     token = hosts.invite(store, cfg, name, broker_fpr)
-    click.echo("On the provider's machine, within 24 hours, run: hostd join BROKER:2223 <token below>",
-               err=True)
+    click.echo(f"On the provider's machine, within 24 hours, run: hostd join {hosts.join_address(cfg)} "
+               f"<token below>", err=True)
     click.echo(token)
 
 
 @host.command("list")
 @json_option
 @click.pass_context
-@_fail_cleanly
+@fail_cleanly
 def host_list(ctx, as_json):
     """List hosts (online = connected to the running broker)."""
-    rows = _store(ctx).hosts()
+    rows = open_store(ctx).hosts()
     cols = ["name", "joined", "last_seen", "banned", "inventory_error"]
-    click.echo(json.dumps(rows)) if as_json else _print_table(rows, cols)
+    click.echo(json.dumps(rows)) if as_json else print_table(rows, cols)
 
 
 @host.command("ban")
 @click.argument("name")
 @click.pass_context
-@_fail_cleanly
+@fail_cleanly
 def host_ban(ctx, name):
     """Refuse host NAME from now on (takes effect on its next connection)."""
-    _store(ctx).ban_host(name)
+    open_store(ctx).ban_host(name)
     click.echo(f"host {name} banned")
 
 
@@ -330,14 +219,14 @@ def lease():
 @lease.command("create")
 @click.option("--renter", required=True)
 @click.option("--host", "host_name", required=True)
-@click.option("--hours", required=True, type=_Hours(), help="2, 1.5, 90m, 1d")
+@click.option("--hours", required=True, type=Hours(), help="2, 1.5, 90m, 1d")
 @click.option("--image", default=renting.DEFAULT_IMAGE, show_default=True)
 @json_option
 @click.pass_context
-@_fail_cleanly
+@fail_cleanly
 def lease_create(ctx, renter, host_name, hours, image, as_json):
     """Start a lease's container on a host and print the lease id."""
-    cfg = _config(ctx)
+    cfg = config_of(ctx)
     reply = admin.request(cfg.admin_socket, {"op": "lease.create", "renter": renter, "host": host_name,
                                              "hours": hours, "image": image})
     lease = reply["lease"]
@@ -347,19 +236,23 @@ def lease_create(ctx, renter, host_name, hours, image, as_json):
 @lease.command("list")
 @json_option
 @click.pass_context
-@_fail_cleanly
+@fail_cleanly
 def lease_list(ctx, as_json):
     """List leases."""
-    rows = _store(ctx).leases()
-    click.echo(json.dumps(rows)) if as_json else _print_table(
+    rows = open_store(ctx).leases()
+    click.echo(json.dumps(rows)) if as_json else print_table(
         rows, ["id", "renter", "host", "state", "gpu_name", "image", "ends_at"])
 
 
 @lease.command("stop")
 @click.argument("lease_id")
 @click.pass_context
-@_fail_cleanly
+@fail_cleanly
 def lease_stop(ctx, lease_id):
     """End a lease now (its container stops; /workspace is kept)."""
-    admin.request(_config(ctx).admin_socket, {"op": "lease.stop", "id": lease_id})
+    admin.request(config_of(ctx).admin_socket, {"op": "lease.stop", "id": lease_id})
     click.echo(f"lease {lease_id} stopped")
+
+
+for _group in cli_money.COMMANDS:
+    main.add_command(_group)

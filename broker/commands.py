@@ -3,6 +3,7 @@
 Each command takes the renter and its arguments and returns (exit status, output). Bad input is a
 one-line error and exit status 2; nothing changes.
 """
+import logging
 import shlex
 import time
 from dataclasses import dataclass, field
@@ -11,26 +12,30 @@ from typing import Awaitable, Callable
 from shellrent.common import protocol
 from shellrent.keys import material
 
-from . import ledger, metrics, render
-from .config import public_address
+from . import codes, ledger, metrics, render
+from .config import Where, public_address
 from .errors import BrokerError, KeyTaken, NotFound
 from .leases import credits, format_duration, parse_duration
 from .accounts import one_key
 from .renting import DEFAULT_IMAGE
 from .service import Broker
 
+audit = logging.getLogger("shellrent.audit")
+VOUCHER_PREFIX = "CR"
+
 HELP = """\
-usage: ssh ctl@BROKER COMMAND [ARGS]   (add --json for JSON)
+usage: {ctl} COMMAND [ARGS]   (add --json for JSON)
   offers [QUERY] [-o ORDER] [--all]  what can be rented now (the best 50 unless --all),
                                    e.g. offers 'gpu_ram>=24 dph<=1' -o dph
   rent [QUERY] --hours H [--gpus N] [--image IMG] [--yes]
-                                   rent the best matching offer; then: ssh rent@BROKER
+                                   rent the best matching offer; then: {rent}
   ls                               your leases
   show LEASE                       one lease and its charges
   extend [LEASE] DURATION          more time (90m, 2h, 1h30m, 1d)
   release [LEASE]                  end now; unused time is refunded
   balance                          your credit and what is held for running leases
   history                          your transactions
+  redeem CODE                      add a voucher's credit to your balance
   keys list | keys add (key on stdin) | keys rm FINGERPRINT
   ssh-config                       ~/.ssh/config entries for your leases (ssh shellrent-LEASE, VS Code)
   config [tmux on|off]             your settings; tmux on: every shell attaches to the lease's tmux
@@ -93,24 +98,50 @@ def _gpus(args: Args) -> int:
     return n
 
 
-def _lease_view(lease: dict, now: float) -> dict:
+def _costs(txs: list[dict]) -> dict[str, int]:
+    """What each lease has cost its renter so far (the provider's and the platform's shares of its
+    settlement and corrections), from the renter's journal."""
+    out: dict[str, int] = {}
+    for t in txs:
+        if t["lease"]:
+            paid = sum(e["amount"] for e in t["entries"]
+                       if e["account"].startswith(ledger.PROVIDERS) or e["account"] == ledger.FEES)
+            out[t["lease"]] = out.get(t["lease"], 0) + paid
+    return out
+
+
+def _when(t: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(t)) if t else "-"
+
+
+def _lease_view(lease: dict, now: float, cost: int | None = None) -> dict:
     gpus = lease.get("gpus") or []
     left = lease["ends_at"] - now if lease["state"] == "active" else 0
-    return {"id": lease["id"], "state": lease["state"], "host": lease["host"], "gpus": len(gpus),
+    rate = lease["price"] * len(gpus)
+    view = {"id": lease["id"], "state": lease["state"], "host": lease["host"], "gpus": len(gpus),
             "gpu_name": lease.get("gpu_name"), "image": lease["image"], "ends_at": lease["ends_at"],
             "left": format_duration(left) if left > 0 else "-",
-            "price_per_hour": credits(lease["price"] * len(gpus)), "held": credits(lease["held"])}
+            "price_per_hour": credits(rate), "held": credits(lease["held"]), "held_micro": lease["held"]}
+    if lease["state"] in ("ended", "purged", "failed"):
+        why = protocol.END_REASONS.get(lease.get("reason") or "", "")
+        view.update(ended=lease.get("ended"), ended_at=_when(lease.get("ended")),
+                    reason=why or (lease.get("error") if lease["state"] == "failed" else "") or "-")
+    if cost is not None:
+        view.update(cost=credits(cost), cost_micro=cost,
+                    billed=format_duration(cost * 3600 // rate) if rate and cost else "0s")
+    return view
 
 
 class Commands:
     """One renter's ctl commands."""
 
-    def __init__(self, broker: Broker, renter: str, broker_name: str = "BROKER",
+    def __init__(self, broker: Broker, renter: str, where: Where | None = None,
                  address: tuple[str, int] | None = None):
         self.b = broker
         self.renter = renter
-        self.where = broker_name
-        self.address = address or (broker_name, 22)  # where this renter reached the broker
+        self.address = address or ((where.host, where.port) if where else ("localhost", 22))
+        # where this renter reached the broker, for the commands it is told to type
+        self.where = where or Where.of(getattr(getattr(broker, "config", None), "public_host", ""), self.address)
 
     async def run(self, line: str, stdin: bytes = b"", ask: Ask | None = None, progress=None) -> tuple[int, str]:
         """Run one command line; (exit status, text to print)."""
@@ -119,11 +150,11 @@ class Commands:
         except ValueError as exc:
             return 2, f"ctl: cannot parse the command line: {exc}\n"
         if not tokens or tokens[0] in ("help", "-h", "--help"):
-            return 0, HELP
+            return 0, HELP.format(ctl=self.where.ssh("ctl"), rent=self.where.ssh("rent"))
         name = tokens[0]
         handler = getattr(self, "cmd_" + name.replace("-", "_"), None)  # ssh-config: cmd_ssh_config
         if handler is None:
-            return 2, f"ctl: unknown command {name!r}; try: ssh ctl@{self.where} help\n"
+            return 2, f"ctl: unknown command {protocol.printable(name)[:40]!r}; try: {self.where.ssh('ctl')} help\n"
         started = time.perf_counter()
         try:
             return 0, await handler(parse_args(tokens[1:]), stdin=stdin, ask=ask, progress=progress)
@@ -172,14 +203,19 @@ class Commands:
         lease = await self.b.rent(self.renter, text, seconds, gpus, image, progress)
         view = _lease_view(lease, time.time())
         return self._out(args, view, f"lease {lease['id']} is active: {view['gpus']}x {view['gpu_name']} on "
-                                     f"{view['host']} for {view['left']}\nconnect: ssh rent+{lease['id']}@{self.where}\n")
+                                     f"{view['host']} for {view['left']}\nconnect: {self.where.ssh('rent+' + lease['id'])}\n")
 
     async def cmd_ls(self, args: Args, **_):
-        now = time.time()
-        rows = [_lease_view(lease, now) for lease in await self.b.accounts.leases(self.renter)
+        if args.words:
+            raise Usage("usage: ls [--json]")
+        now, costs = time.time(), _costs(await self.b.history(self.renter))
+        rows = [_lease_view(lease, now, costs.get(lease["id"], 0)) for lease in await self.b.accounts.leases(self.renter)
                 if lease["state"] != "purged" or args.json]
-        return self._out(args, rows, render.table(rows, ["id", "state", "host", "gpus", "gpu_name", "left",
-                                                         "price_per_hour", "image"]))
+        table = [{**r, "end": r.get("reason") or "-"} for r in rows]
+        return self._out(args, rows, render.table(table, ["id", "state", "host", "gpus", "gpu_name", "left",
+                                                          "price_per_hour", "cost", "end"],
+                                                  ["id", "state", "host", "gpus", "gpu", "left", "per_hour", "cost",
+                                                   "ended because"]))
 
     async def cmd_show(self, args: Args, **_):
         if len(args.words) != 1:
@@ -190,10 +226,11 @@ class Commands:
             lease = None
         if lease is None or lease["renter"] != self.renter:  # the same words whether it exists or not
             raise BrokerError(f"no lease {args.words[0]!r} for renter {self.renter}")
-        view = _lease_view(lease, time.time())
         txs = [t for t in await self.b.history(self.renter) if t["lease"] == lease["id"]]
+        view = _lease_view(lease, time.time(), _costs(txs).get(lease["id"], 0))
         view["transactions"] = txs
-        lines = "".join(f"{k:15} {render.cell(v)}\n" for k, v in view.items() if k != "transactions")
+        lines = "".join(f"{k:15} {render.cell(v)}\n" for k, v in view.items()
+                        if k not in ("transactions", "ended") and not k.endswith("_micro"))
         return self._out(args, view, lines + "\n" + self._history_table(txs))
 
     async def cmd_extend(self, args: Args, **_):
@@ -211,8 +248,11 @@ class Commands:
             raise Usage("usage: release [LEASE]")
         lease = await self.b.release(self.renter, args.words[0] if args.words else None)
         refund = await self._refund(lease["id"])
-        return self._out(args, {**_lease_view(lease, time.time()), "refunded": credits(refund)},
-                         f"lease {lease['id']} released; {credits(refund)} credits refunded\n")
+        cost = _costs(await self.b.history(self.renter)).get(lease["id"], 0)
+        view = _lease_view(lease, time.time(), cost)
+        return self._out(args, {**view, "refunded": credits(refund), "refunded_micro": refund},
+                         f"lease {lease['id']} released after {view['billed']} billed: cost {credits(cost)} "
+                         f"credits, {credits(refund)} refunded\n")
 
     async def _refund(self, lid: str) -> int:
         for tx in await self.b.history(self.renter):
@@ -234,7 +274,7 @@ class Commands:
         header = (f"# ~/.ssh/config entries for {self.renter}'s active leases (then: ssh HOST, or pick it in\n"
                   "# VS Code Remote-SSH); Jupyter on the lease's port 8888 appears on localhost:8888.\n\n")
         return self._out(args, entries, header + text if entries else
-                         f"# no active lease: rent one first (ssh ctl@{host} rent --hours 1)\n")
+                         f"# no active lease: rent one first ({self.where.ssh('ctl')} rent --hours 1)\n")
 
     async def cmd_config(self, args: Args, **_):
         if args.words and (len(args.words) != 2 or args.words[0] != "tmux" or args.words[1] not in ("on", "off")):
@@ -264,6 +304,16 @@ class Commands:
     async def cmd_history(self, args: Args, **_):
         txs = await self.b.history(self.renter)
         return self._out(args, txs, self._history_table(txs))
+
+    async def cmd_redeem(self, args: Args, **_):
+        if len(args.words) != 1:
+            raise Usage("usage: redeem CODE")
+        amount, balance = await self.b.accounts.redeem(self.renter, codes.digest(VOUCHER_PREFIX, args.words[0]),
+                                                       time.time())
+        audit.info("redeem renter=%s amount=%s", self.renter, credits(amount))
+        return self._out(args, {"added": credits(amount), "balance": credits(balance), "added_micro": amount,
+                                "balance_micro": balance},
+                         f"voucher redeemed: +{credits(amount)} credits; balance {credits(balance)}\n")
 
     async def cmd_keys(self, args: Args, stdin: bytes = b"", **_):
         sub = args.words[0] if args.words else "list"

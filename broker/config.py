@@ -46,6 +46,12 @@ class Config:
     # Load balancers in front of the renter port that send a PROXY v2 header (addresses or networks,
     # comma-separated; broker.proxyproto). Empty: none, every peer is the client itself.
     proxy_from: str = field(default_factory=lambda: os.environ.get("BROKER_PROXY_FROM", ""))
+    # Who may make an account with `ssh signup@broker NAME [CODE]` (broker.signup): closed (the
+    # operator adds renters), code (with a code from `broker signup-code create`) or open; signups
+    # per source address and hour; whom a person is told to ask for an account.
+    signup: str = field(default_factory=lambda: os.environ.get("BROKER_SIGNUP", "closed"))
+    signups_per_hour: int = field(default_factory=lambda: int(_env_float("BROKER_SIGNUPS_PER_HOUR", 5)))
+    contact: str = field(default_factory=lambda: os.environ.get("BROKER_CONTACT", ""))
     max_skew: float = field(default_factory=lambda: _env_float("BROKER_MAX_SKEW", 30))
     # How long a host may take to start a container (image checks, workspace) and to stop one.
     start_timeout: float = field(default_factory=lambda: _env_float("BROKER_START_TIMEOUT", 330))
@@ -84,6 +90,24 @@ def public_address(public_host: str, here: tuple[str, int]) -> tuple[str, int]:
         return here[0], here[1]
     name, sep, number = public_host.rpartition(":")
     return (name.strip("[]"), int(number)) if sep and number.isdigit() else (public_host, here[1])
+
+
+@dataclass(frozen=True)
+class Where:
+    """Where a renter reaches this broker, for the commands messages tell them to type."""
+
+    host: str
+    port: int = 22
+
+    @classmethod
+    def of(cls, public_host: str, here) -> "Where":
+        return cls(*public_address(public_host, (here[0], here[1])))
+
+    def ssh(self, user: str) -> str:
+        return f"ssh {user}@{self.host}" if self.port == 22 else f"ssh -p {self.port} {user}@{self.host}"
+
+    def sftp(self, user: str) -> str:
+        return f"sftp {user}@{self.host}" if self.port == 22 else f"sftp -P {self.port} {user}@{self.host}"
 
 
 def parse_addr(text: str) -> tuple[str, int]:

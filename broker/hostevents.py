@@ -62,7 +62,7 @@ class HostEvents:
             if lease["host"] != host:
                 self._complain(host, "claimed lease %s of host %s: refused", lid, lease["host"])
             elif kind == "lease.ended":
-                await self.host_ended(host, lid, protocol.timestamp(event.get("at")))
+                await self.host_ended(host, lid, protocol.timestamp(event.get("at")), protocol.end_reason(event.get("why")))
             elif kind == "lease.purged":
                 if lease["state"] == "ended":
                     await self._db(lambda: self._store.update_lease(lid, state="purged"))
@@ -107,7 +107,7 @@ class HostEvents:
         if new and lease["state"] in ("ended", "purged"):
             await self._db(self._settlement.reprice, lease["id"])
 
-    async def host_ended(self, host: str, lid: str, at: float | None) -> None:
+    async def host_ended(self, host: str, lid: str, at: float | None, why: str | None = None) -> None:
         """A host says one of its leases has ended (at `at`): settle it, never past what really
         passed, and free its GPUs. Claims about other hosts' leases are refused."""
         lease = await self._db(self._store.lease, lid)
@@ -115,7 +115,7 @@ class HostEvents:
             log.warning("host %s claimed lease %s of host %s: refused", host, lid, lease["host"])
             return
         if lease["state"] in ("active", "ending"):
-            await self._settlement.end_lease(lid, protocol.timestamp(at) if at is not None else self._now())
+            await self._settlement.end_lease(lid, protocol.timestamp(at) if at is not None else self._now(), why)
         elif lease["state"] in ("ended", "purged") and at is not None \
                 and protocol.timestamp(at) < (lease["ended"] or lease["ends_at"]):
             await self._db(self._settlement.end_earlier, lid, protocol.timestamp(at))  # it stopped before the end

@@ -1,7 +1,9 @@
 """Hosts: invitations, who is behind a tunnel (its pinned key or a join token, and its clock), its
 connects and disconnects, the inventory it offers and the earnings it is told."""
+import json
 import logging
 import math
+import socket
 import time
 
 from shellrent.keys import material, tokens
@@ -19,6 +21,19 @@ def invite(store, config, host: str, broker_fpr: str) -> str:
     secret = tokens.new_secret()
     store.add_token(host, tokens.hash_secret(secret), time.time() + config.token_ttl)
     return tokens.make(secret, broker_fpr)
+
+
+def join_address(config) -> str:
+    """HOST:PORT a provider's `hostd join` dials: BROKER_PUBLIC_HOST's name (else the address the
+    tunnel listens on, else this machine's name) and the tunnel port the running broker serves on."""
+    try:
+        bound, port = json.loads((config.home / "serve.json").read_text())["tunnel"]
+    except (OSError, ValueError, KeyError, TypeError):
+        bound, port = config.tunnel_addr
+    name = config.public_host.rpartition(":")[0].strip("[]") if ":" in config.public_host.lstrip("[").split("]")[-1] \
+        else config.public_host
+    name = name or ("" if bound in ("0.0.0.0", "::", "") else bound) or socket.gethostname()
+    return f"[{name}]:{port}" if ":" in name else f"{name}:{port}"
 
 
 def skew_error(theirs, now: float, max_skew: float) -> str | None:
@@ -56,7 +71,9 @@ class Hosts:
             name = await self._db(self._store.consume_token, tokens.hash_secret(hello["token"]), fpr,
                                   material.public_line(key), now)
         else:
-            raise BrokerError("this host is not registered: run `hostd join BROKER:PORT TOKEN` first")
+            here = conn.get_extra_info("sockname") or ("the broker", "")
+            raise BrokerError(f"this host is not registered: run `hostd join {here[0]}:{here[1]} TOKEN` first, "
+                              f"with a token from the broker's operator (broker host invite NAME)")
         await self._db(self._store.touch_host, name, now)
         return name
 

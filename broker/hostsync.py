@@ -59,7 +59,7 @@ class HostSync:
         elif action.kind == "missing":
             at = await self._db(self._store.last_down, link.name) or self._now()
             log.warning("host %s no longer knows lease %s: ending it at %s", link.name, lid, at)
-            await self._settlement.end_lease(lid, at)
+            await self._settlement.end_lease(lid, at, "host")
 
     # telling hosts what the broker decided: retried until they acknowledge
     def sync(self, host: str | None = None) -> None:
@@ -105,7 +105,8 @@ class HostSync:
                 await link.call(op, id=lid, ends_at=lease["ends_at"])
                 await self._db(self._store.acknowledged_end, lid, lease["ends_at"])
             elif op == "lease.stop":
-                reply = await link.call(op, id=lid, timeout=self._config.stop_timeout)
+                reply = await link.call(op, id=lid, timeout=self._config.stop_timeout,
+                                        **({"why": lease["reason"]} if lease.get("reason") else {}))
                 if reply.get("state") not in ("ended", "purged", "lost", "absent"):
                     return False
                 await self._events.freed(lid)

@@ -25,7 +25,7 @@ class Jobs:
         try:
             for lease in await self._db(self._store.on_banned_hosts):  # banned: its leases end, refunded
                 log.warning("lease %s ends: its host %s was banned", lease["id"], lease["host"])
-                await end_lease(lease["id"], lease["banned_at"] if lease["banned_at"] > 1 else now)
+                await end_lease(lease["id"], lease["banned_at"] if lease["banned_at"] > 1 else now, "banned")
             for name in (await self._db(self._store.banned)) & set(links.links if links else ()):
                 log.warning("host %s is banned: closing its tunnel", name)
                 self._market.changed()
@@ -36,13 +36,13 @@ class Jobs:
             others = self._cluster.others  # as of the last heartbeat: a broker is gone after 10 s, not 2
             for lease in live:
                 if lease["state"] == "active" and lease["ends_at"] <= now:
-                    await end_lease(lease["id"], lease["ends_at"])
+                    await end_lease(lease["id"], lease["ends_at"], "time")
                 elif lease["state"] in ("pending", "starting") and lease["id"] not in self._renting.in_flight \
                         and now - lease["created"] > 5 and lease.get("broker") not in others:
                     await self._db(self._renting.fail, lease["id"], "the broker lost the start (restart or full disk)")
             active = {lease["id"] for lease in live if lease["state"] == "active"}
             for lid in self._channels.leases() & (self._active - active):  # ended by another broker
-                self._channels.close_lease(lid, f"lease {lid} has ended")
+                self._channels.close_lease(lid, f"lease {lid} has ended (on another broker: ssh ctl@ show {lid})")
             self._active = active
             await self._db(self._store.expire_owners)  # hosts whose broker died and that came back nowhere
             if links:

@@ -1,7 +1,7 @@
 """Pure lease rules: durations, the state machine, billing arithmetic, availability windows."""
 import math
 import re
-from decimal import Decimal, InvalidOperation
+from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 
 from .errors import BrokerError
 
@@ -61,6 +61,8 @@ def format_duration(seconds: float) -> str:
 
 def parse_credits(text: str) -> int:
     """Micro-credits from a decimal string ('12.5' -> 12500000); never through a float."""
+    if any(c in str(text) for c in "eE_"):
+        raise BrokerError(f"bad amount {text!r}: write it out, like 12.50 (no exponents)")
     try:
         value = Decimal(str(text).strip())
     except InvalidOperation:
@@ -73,8 +75,9 @@ def parse_credits(text: str) -> int:
 
 
 def credits(micro: int) -> str:
-    """'12.50' for people."""
-    return f"{Decimal(micro) / MICRO:.2f}" if micro % 10_000 == 0 else f"{Decimal(micro) / MICRO:.6f}"
+    """'12.50' for people: two decimals everywhere they read money (rounded half up; --json output
+    carries the exact micro-credits beside it)."""
+    return str((Decimal(micro) / MICRO).quantize(Decimal("0.01"), rounding=ROUND_HALF_UP))
 
 
 def cost(price: int, gpus: int, seconds: float) -> int:

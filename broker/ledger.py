@@ -1,7 +1,8 @@
 """Double-entry bookkeeping rules, pure. The store posts what these return, atomically and once.
 
 Accounts: renter:NAME (spendable credit), hold:NAME (credit held for live leases),
-provider:HOST (earnings), platform:fees, world:deposits (where operator credit comes from).
+provider:HOST (earnings), platform:fees, world:deposits (where operator credit comes from),
+platform:vouchers (where redeemed vouchers' credit comes from).
 Every transaction's entries sum to zero; renter and hold accounts never go below zero.
 """
 from .errors import BrokerError
@@ -28,6 +29,7 @@ def provider(host: str) -> str:
 
 FEES = "platform:fees"
 WORLD = "world:deposits"
+VOUCHERS = "platform:vouchers"
 PROVIDERS = "provider:"  # every provider account starts so
 
 
@@ -58,6 +60,17 @@ def adjust_key(lease: str, charge: int) -> str:
 
 def deposit_key(nonce: str) -> str:
     return f"deposit:{nonce}"
+
+
+def voucher_key(code_hash: str) -> str:
+    return f"voucher:{code_hash}"
+
+
+def voucher(name: str, amount: int) -> Entries:
+    """A voucher redeemed by a renter."""
+    if amount <= 0:
+        raise LedgerError("amount must be more than zero")
+    return [(VOUCHERS, -amount), (renter(name), amount)]
 
 
 def deposit(name: str, amount: int) -> Entries:

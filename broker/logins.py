@@ -7,16 +7,19 @@ from .errors import BrokerError, NotFound, Unavailable
 from .route import Route
 
 
+USERS = "rent, rent+LEASE, ctl or signup"
+
+
 def lease_from_username(username: str) -> tuple[str, str | None]:
-    """('rent'|'ctl', lease or None) from the login name; BrokerError for anything else."""
+    """('rent'|'ctl'|'signup', lease or None) from the login name; BrokerError for anything else."""
     base, _, lease = username.partition("+")
-    if base not in ("rent", "ctl") or (base == "ctl" and lease):
-        raise BrokerError(f"unknown user {username!r}: log in as rent, rent+LEASE or ctl")
+    if base not in ("rent", "ctl", "signup") or (base != "rent" and lease):
+        raise BrokerError(f"unknown user {protocol.printable(username)[:40]!r}: log in as {USERS}")
     return base, lease or None
 
 
 def pick_lease(leases: list[dict], renter: str, wanted: str | None, now: float,
-               files_only: bool = False) -> dict:
+               files_only: bool = False, where=None) -> dict:
     """The lease a login reaches: the one named, or the only active one.
 
     With files_only (sftp), an ended lease whose workspace is still kept may be named too."""
@@ -31,13 +34,15 @@ def pick_lease(leases: list[dict], renter: str, wanted: str | None, now: float,
                                       f"{time.strftime('%H:%M:%S UTC', time.gmtime(lease['ends_at']))}")
                 raise BrokerError(f"lease {wanted} is {lease['state']}, not active"
                                   + ("" if files_only or lease["state"] != "ended"
-                                     else f" (its files stay readable: sftp rent+{wanted}@...)"))
+                                     else f" (its files stay readable: {where.sftp('rent+' + wanted) if where else 'sftp rent+' + wanted + '@...'})"))
         raise NotFound(f"no lease {wanted!r} for renter {renter}")
     if not active:
-        raise NotFound(f"renter {renter} has no active lease; rent one with: ssh ctl@BROKER rent --hours 1")
+        how = f"{where.ssh('ctl')} rent --hours 1, or {where.ssh('rent')} on a terminal" if where else "ctl rent"
+        raise NotFound(f"renter {renter} has no active lease; rent one with: {how}")
     if len(active) > 1:
         ids = " ".join(lease["id"] for lease in active)
-        raise BrokerError(f"several active leases ({ids}): log in as rent+LEASE")
+        raise BrokerError(f"several active leases ({ids}): log in as rent+LEASE, e.g. "
+                          + (where.ssh("rent+" + active[0]["id"]) if where else "rent+" + active[0]["id"]))
     return active[0]
 
 
@@ -50,11 +55,11 @@ class Logins:
         leases = await self._db(self._store.leases, renter, not lease_id)
         return pick_lease(leases, renter, lease_id, self._now())
 
-    async def session_target(self, renter: str, wanted: str | None, files_only: bool = False):
+    async def session_target(self, renter: str, wanted: str | None, files_only: bool = False, where=None):
         """The route to the lease a renter's login reaches (here, or through the broker that holds
         its host's tunnel)."""
         leases = await self._db(self._store.leases, renter, not wanted)
-        lease = pick_lease(leases, renter, wanted, self._now(), files_only)
+        lease = pick_lease(leases, renter, wanted, self._now(), files_only, where)
         route = await self._reach.route(lease["id"], lease["host"], renter)
         if route is None:
             await self._offline(lease)

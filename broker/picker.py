@@ -60,7 +60,7 @@ def _crlf(text: str) -> bytes:
     return text.replace("\n", "\r\n").encode()
 
 
-async def pick_and_rent(broker: Broker, renter: str, write, readline) -> str:
+async def pick_and_rent(broker: Broker, renter: str, write, readline, where) -> str:
     """Interactive rent: returns the new lease's id."""
     offers = (await broker.offers(""))[:15]
     if not offers:
@@ -93,7 +93,7 @@ async def pick_and_rent(broker: Broker, renter: str, write, readline) -> str:
     lease = await broker.rent(renter, f"host_id={offer['host_id']} gpu_name={offer['gpu_name'].replace(' ', '_')}",
                               seconds, gpus, DEFAULT_IMAGE, progress=StartProgress(write, terminal=True))
     write(_crlf(f"lease {lease['id']} ready in {time.monotonic() - started:.1f}s; "
-                f"next time: ssh rent+{lease['id']}@BROKER\n\n"))
+                f"next time: {where.ssh('rent+' + lease['id'])}\n\n"))
     return lease["id"]
 
 

@@ -144,7 +144,7 @@ class Renting:
                 raise BrokerError(f"lease {lid} did not start: {lease['error'] or lease['state']}")
             await asyncio.sleep(0.5)
         raise Unavailable(f"lease {lid}: its start was left to the broker that holds its host ({why}); "
-                          f"see ssh ctl@BROKER ls")
+                          f"see ctl ls")
 
     async def _start_on_host(self, lease: dict, progress, pull: bool = False, closes: float | None = None) -> dict:
         """Active only once its container runs; any failure fails and refunds it in one transaction

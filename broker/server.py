@@ -19,6 +19,7 @@ from .peerlink import CIPHERS as PEER_CIPHERS, Peers
 from .peerserver import PeerServer
 from .quickack import QuickAckListener
 from .service import Broker
+from .signup import SignupLimiter
 from .sshserver import AuthLimiter, RenterServer
 from .startups import Startups
 from .store import opening
@@ -72,10 +73,11 @@ class BrokerServer:
         limiter = AuthLimiter(cfg.auth_fail_limit, cfg.auth_fail_window, cfg.auth_block_for)
         sessions = cluster.sessions = defaultdict(int)  # published with each heartbeat in a cluster
         startups = Startups(cfg.max_startups, cfg.max_startups_per_ip)
+        signups = SignupLimiter()
         ciphers.install()
         flow.mend_windows()
         ssh = await asyncssh.create_server(
-            lambda: RenterServer(self.broker, limiter, sessions, startups), *cfg.ssh_addr,
+            lambda: RenterServer(self.broker, limiter, sessions, startups, signups), *cfg.ssh_addr,
             **algorithms.server(
                 server_host_keys=[host_key], encoding=None, line_editor=False, encryption_algs=RENTER_CIPHERS,
                 login_timeout=cfg.login_timeout, keepalive_interval=cfg.keepalive * 4,

@@ -3,7 +3,7 @@ the same transaction as the end; corrections that only ever refund; the renters'
 import asyncio
 import logging
 
-from shellrent.common import faults
+from shellrent.common import faults, protocol
 
 from . import billing, ledger
 from .errors import BrokerError, changed
@@ -35,10 +35,11 @@ class Settlement:
                 raise BrokerError(f"lease {lease_id} is starting; stop it once it is active")
             if lease["state"] != "active":
                 raise BrokerError(f"lease {lease_id} is already {lease['state']}")
-        return await asyncio.shield(self._tasks.spawn(self._release(lease["id"], self._now())))
+        why = "released" if renter else "stopped"
+        return await asyncio.shield(self._tasks.spawn(self._release(lease["id"], self._now(), why)))
 
-    async def _release(self, lid: str, at: float) -> dict:
-        await self.end_lease(lid, at)
+    async def _release(self, lid: str, at: float, why: str) -> dict:
+        await self.end_lease(lid, at, why)
         await faults.point("release.settled")
         try:
             async with asyncio.timeout(self._config.stop_timeout):
@@ -51,17 +52,18 @@ class Settlement:
             log.warning("lease %s: host has not confirmed the stop yet; it is told until it does", lid)
         return await self._db(self._store.lease, lid)
 
-    async def end_lease(self, lid: str, at: float) -> None:
+    async def end_lease(self, lid: str, at: float, why: str | None = None) -> None:
         """Mark a lease ended at `at` (never before its start nor after now) and settle it, in one
-        transaction; settling twice charges once. The renters' channels to it are closed."""
-        charged = await self._db(self.end, lid, at)
-        self._channels.close_lease(lid, f"lease {lid} has ended")
+        transaction; settling twice charges once. The renters' channels to it are told why
+        (protocol.END_REASONS) and closed."""
+        charged = await self._db(self.end, lid, at, why)
+        self._channels.close_lease(lid, f"lease {lid} has ended" + (f": {protocol.END_REASONS[why]}" if why else ""))
         if charged is not None:
             lease = await self._db(self._store.lease, lid)
             log.info("lease %s ended; charged %s", lid, credits(charged))
             self._tasks.spawn(self._earnings(lease["host"]))
 
-    def end(self, lid: str, at: float) -> int | None:
+    def end(self, lid: str, at: float, why: str | None = None) -> int | None:
         """The end and its settlement, one transaction (store thread); the charge, or None when it
         was settled before."""
         self._market.changed()
@@ -70,7 +72,8 @@ class Settlement:
             lease = store.lease(lid, for_update=True)
             if lease["state"] in ("active", "ending"):
                 end = min(max(at, lease["started"] or lease["created"]), lease["ends_at"], self._now())
-                changed(store.update_lease(lid, expect_state=lease["state"], state="ended", ended=end), f"lease {lid}")
+                changed(store.update_lease(lid, expect_state=lease["state"], state="ended", ended=end,
+                                           reason=why or lease.get("reason")), f"lease {lid}")
             elif lease["state"] in ("ended", "purged"):
                 end = lease["ended"] or lease["ends_at"]
             else:

@@ -1,6 +1,7 @@
 """The renter-facing SSH server: an asyncssh adapter over the broker's use cases (broker.service).
 
-Public-key auth only. Logins: rent (the renter's only active lease), rent+LEASE, ctl.
+Public-key auth only. Logins: rent (the renter's only active lease), rent+LEASE, ctl, and signup
+(any key the broker does not know yet, to make an account: broker.signup).
 """
 import logging
 import time
@@ -13,10 +14,11 @@ from shellrent.keys import material
 
 from . import banner, logins, metrics, service
 from .commands import Commands
-from .config import public_address
+from .config import Where
 from .errors import BrokerError
 from .picker import CtlSession, pick_and_rent
 from .relay import RenterSession, open_tcp
+from .signup import Signup, SignupLimiter
 from .startups import Startups
 
 log = logging.getLogger("shellrent.ssh")
@@ -54,9 +56,12 @@ class AuthLimiter:
 class RenterServer(asyncssh.SSHServer):
     """One renter connection: who they are, which lease they asked for, what they may open."""
 
-    def __init__(self, broker: service.Broker, limiter: AuthLimiter, sessions: dict, startups: Startups):
+    def __init__(self, broker: service.Broker, limiter: AuthLimiter, sessions: dict, startups: Startups,
+                 signups: SignupLimiter):
         self._broker = broker
         self._limiter = limiter
+        self._signups = signups
+        self._signup_key = None
         self._sessions = sessions
         self._startups = startups
         self._fails = 0
@@ -89,9 +94,15 @@ class RenterServer(asyncssh.SSHServer):
             return True
         try:
             self.kind, self.lease = logins.lease_from_username(username)
-        except BrokerError:
+        except BrokerError as exc:
             self.kind = None
+            self._conn.send_auth_banner(f"shellrent: {exc} (e.g. {self.where.ssh('rent')})\r\n")
         return True
+
+    @property
+    def where(self) -> Where:
+        """Where this renter reached the broker (or BROKER_PUBLIC_HOST), for the commands it is told."""
+        return Where.of(self._broker.config.public_host, self._conn.get_extra_info("sockname") or ("localhost", 22))
 
     def password_auth_supported(self):
         return False
@@ -113,6 +124,9 @@ class RenterServer(asyncssh.SSHServer):
             self._conn.send_auth_banner(f"shellrent: {exc}\r\n")
             self._conn.disconnect(asyncssh.DISC_SERVICE_NOT_AVAILABLE, f"shellrent: {exc}")
             return False
+        if not renter and self.kind == "signup":
+            self._checked = (username, fpr, None)
+            return self._sign_up(key, None)
         if not renter:
             self._limiter.failed(self._ip, time.time())
             metrics.FAILED_LOGINS.inc()
@@ -122,30 +136,40 @@ class RenterServer(asyncssh.SSHServer):
                 self._conn.disconnect(asyncssh.DISC_NO_MORE_AUTH_METHODS_AVAILABLE, "too many authentication failures")
             return False
         self._checked = (username, fpr, renter)
+        if self.kind == "signup":
+            return self._sign_up(key, renter)
         if self.renter != renter:
             metrics.LOGINS.inc()
             audit.info("login renter=%s user=%s ip=%s", renter, username, self._ip)
         self.renter = renter
         return True
 
+    def _sign_up(self, key, known: str | None) -> bool:
+        """Any key may log in as signup (its signature proves the person holds it); only a signup
+        session opens, and a key a renter has already is told so."""
+        self._signup_key, self.renter = key, None
+        self._known = known
+        return True
+
     def session_requested(self):
+        if self.kind == "signup":
+            return CtlSession(Signup(self._broker, self._signup_key, self._known, self._ip, self.where,
+                                     self._signups, on_fail=lambda: self._limiter.failed(self._ip, time.time())))
         if self.kind == "ctl":
-            here = self._conn.get_extra_info("sockname") or ("BROKER", 22)
-            return CtlSession(Commands(self._broker, self.renter, address=(here[0], here[1])))
+            return CtlSession(Commands(self._broker, self.renter, self.where))
         self._take_slot()
         picker = None if self.lease else self._pick
         return RenterSession(self._target, self._session_closed, picker, on_open=self._broker.channels.track,
                              banner=self._banner)
 
     async def _banner(self, lease_id: str, env: dict) -> str:
-        where = public_address(self._broker.config.public_host,
-                               self._conn.get_extra_info("sockname") or ("BROKER", 22))
+        where = self.where
         record = self._record if self._record and self._record["id"] == lease_id else None
-        text = banner.text(record or await self._broker.accounts.lease(lease_id), where, env)
+        text = banner.text(record or await self._broker.accounts.lease(lease_id), (where.host, where.port), env)
         return text, (await self._broker.accounts.settings(self.renter))["tmux"]
 
     async def _pick(self, write, readline):
-        return await pick_and_rent(self._broker, self.renter, write, readline)
+        return await pick_and_rent(self._broker, self.renter, write, readline, self.where)
 
     def _take_slot(self) -> None:
         """Sessions and port forwards together are limited per renter (all their connections, on
@@ -165,9 +189,9 @@ class RenterServer(asyncssh.SSHServer):
         self._free_slot()
 
     async def _target(self, files_only: bool = False):
-        if self.kind == "ctl":
-            raise BrokerError("ctl@ takes commands only, e.g. ssh ctl@BROKER offers")
-        route = await self._broker.session_target(self.renter, self.lease, files_only)
+        if self.kind != "rent":
+            raise BrokerError(f"{self.kind}@ takes commands only, e.g. {self.where.ssh('ctl')} offers")
+        route = await self._broker.session_target(self.renter, self.lease, files_only, self.where)
         self._record = getattr(route, "record", None)
         if self.lease != route.lease:
             self.lease = route.lease

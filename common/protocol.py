@@ -45,7 +45,17 @@ SIGNALS = ("ABRT", "ALRM", "FPE", "HUP", "ILL", "INT", "KILL", "PIPE", "QUIT", "
 # Renter environment that may pass into a container; everything else is dropped (at both ends).
 ENV_ALLOWED = ("LANG", "LANGUAGE", "TZ", "COLORTERM", "TERM_PROGRAM", "NO_COLOR")
 _ENV_NAME = re.compile(r"(?:LANG|LANGUAGE|TZ|COLORTERM|TERM_PROGRAM|NO_COLOR|LC_[A-Z_]{1,32})")
+# Why a lease ended: the codes a host's lease.ended event and the broker's lease.stop carry, and the
+# words renters read. Any other value means "not said".
+END_REASONS = {"time": "its time ran out", "released": "it was released", "stopped": "the operator stopped it",
+               "lost": "its container stopped and could not be started again", "disk": "it went over its disk share",
+               "gpu": "its GPU failed", "banned": "the operator removed its host", "host": "its host lost it"}
 MAX_TIME = 4102444800.0  # 2100-01-01: no lease end or event time beyond this is real
+
+
+def end_reason(value) -> str | None:
+    """A lease end's reason code from the wire, or None when it is not one."""
+    return value if isinstance(value, str) and value in END_REASONS else None
 
 
 class WireError(ValueError):

@@ -61,7 +61,7 @@ class Agent:
         kernel_limits.size()
         self.runtime.say_unenforced()
         self.health = GpuHealth(config, settings.gpu_source, self.settings, self.store, self.runtime, self.emit,
-                                self.status, lambda lease_id: self.leases.end(lease_id))
+                                self.status, lambda lease_id: self.leases.end(lease_id, why="gpu"))
         self.inventory = Inventory(settings.gpu_source, self.settings, self.runtime, self.health)
         self.pulls = Pulls(self.runtime.pull, changed=self.inventory.images_changed)
         self.leases = Leases(config, self.runtime, self.store, self.settings, self.emit, self.clock)

@@ -134,7 +134,7 @@ class Control:
         rec = d.store.get(lease_id)
         if not rec:
             return {"ok": True, "state": "absent"}
-        await d.leases.end(lease_id)
+        await d.leases.end(lease_id, why=protocol.end_reason(req.get("why")) or "released")
         rec = d.store.get(lease_id)
         return {"ok": True, "state": rec["state"], "ended_at": rec.get("ended_at")}
 

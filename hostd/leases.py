@@ -134,7 +134,7 @@ class Leases:
                 self.write_info(rec)
                 left = rec["ends_at"] - now
                 if left <= 0:
-                    await self.end(lease_id, cancel_task=False)
+                    await self.end(lease_id, cancel_task=False, why="time")
                     continue
                 due = [w for w in settings_mod.warn_offsets(cfg) if w not in warned and w >= left - 0.5]
                 if due:
@@ -173,12 +173,13 @@ class Leases:
             log.info("lease %s: warning in the container failed: %s", rec["id"], exc or "timed out")
 
     async def end(self, lease_id: str, cancel_task: bool = True, dead_since: float | None = None,
-                  freeze: bool = False) -> None:
+                  freeze: bool = False, why: str | None = None) -> None:
         """End a lease now: SIGTERM to its processes, the engine's kill after the grace; keep the
         workspace. Callers that come while it is ending wait for the same ending. A lease whose
         container died (dead_since) ends at that moment, without a grace. freeze (a lease over its
         disk share): every process is frozen first (the cgroup freezer), so not one more byte is
-        written, and the lease ends at once, without a grace."""
+        written, and the lease ends at once, without a grace. why (protocol.END_REASONS) is told to
+        the lease's sessions first and sent with the lease.ended event."""
         if cancel_task:
             task = self._tasks.pop(lease_id, None)
             if task and task is not asyncio.current_task():
@@ -189,14 +190,23 @@ class Leases:
             if not rec or rec["state"] != "active":
                 return
             self.store.update(lease_id, state="ending")
+            why = why or ("disk" if freeze else "lost" if dead_since else None)
+            self.tell_end(lease_id, why)
             ending = self._ending[lease_id] = asyncio.get_running_loop().create_task(
-                self._stop(lease_id, dead_since, freeze))
+                self._stop(lease_id, dead_since, freeze, why))
             ending.add_done_callback(lambda _: self._ending.pop(lease_id, None))
         await asyncio.shield(ending)
         if cancel_task and lease_id not in self._tasks:
             self.arm(self.store.get(lease_id))
 
-    async def _stop(self, lease_id: str, dead_since: float | None = None, freeze: bool = False) -> None:
+    def tell_end(self, lease_id: str, why: str | None) -> None:
+        """Every open session of the lease hears that it ends, and why, before it closes."""
+        text = f"lease {lease_id} has ended" + (f": {protocol.END_REASONS[why]}" if why else "")
+        for session in list(self.sessions.get(lease_id, ())):
+            session.ended(text)
+
+    async def _stop(self, lease_id: str, dead_since: float | None = None, freeze: bool = False,
+                    why: str | None = None) -> None:
         grace = 0 if dead_since or freeze else self._settings()["grace"]
         if freeze:
             log.info("lease %s: ending (frozen, then removed)", lease_id)
@@ -227,7 +237,7 @@ class Leases:
                           "; trying again" if attempt < 2 else "; it is removed at hostd's next start")
         self.store.update(lease_id, state="ended", ended_at=now)
         self.write_info(self.store.get(lease_id))
-        self._emit({"type": "lease.ended", "id": lease_id, "at": now})
+        self._emit({"type": "lease.ended", "id": lease_id, "at": now, **({"why": why} if why else {})})
         log.info("lease %s ended", lease_id)
 
     async def discard(self, lease_id: str) -> None:

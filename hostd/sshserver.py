@@ -147,6 +147,13 @@ class HostSession(asyncssh.SSHServerSession):
         if self._pty is None and self._subsystem is None:
             self._chan.write_stderr(f"\n{message}\n".encode())
 
+    def ended(self, message: str) -> None:
+        """The lease ends: every session hears it, a terminal too, before its channel closes."""
+        try:
+            self._chan.write_stderr(f"\r\nshellrent: {message}\r\n".encode())
+        except (OSError, asyncssh.Error):
+            pass
+
     def _argv(self, shell: str) -> list[str]:
         if self._subsystem == "sftp":
             return ["/bin/sh", "-c", SFTP]

@@ -120,7 +120,7 @@ class Watch:
                 why = f"its container cannot be started again: {exc or 'timed out'}"
         if why:
             log.error("lease %s: %s; ending it as of %s", lid, why, time.strftime("%H:%M:%S", time.gmtime(since)))
-            await self.leases.end(lid, dead_since=since)
+            await self.leases.end(lid, dead_since=since, why="lost")
             return
         rec = self.store.get(lid)
         self._up(rec)

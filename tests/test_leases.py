@@ -35,7 +35,8 @@ def test_money_is_integer_and_holds_cover_charges():
     assert leases.hold_for(price, 1, 1) == 112  # rounded up
     for s in (1, 59, 3599, 7201):
         assert leases.hold_for(price, 3, s) >= leases.cost(price, 3, s)
-    assert leases.credits(12_500_000) == "12.50" and leases.credits(111) == "0.000111"
+    assert leases.credits(12_500_000) == "12.50" and leases.credits(111) == "0.00"
+    assert leases.credits(5_000) == "0.01" and leases.credits(4_999) == "0.00"  # two decimals, half up
     with pytest.raises(BrokerError):
         leases.parse_credits("0.0000001")
 

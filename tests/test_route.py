@@ -61,6 +61,7 @@ async def test_a_login_takes_two_store_round_trips_direct_or_through_another_bro
     from shellrent.broker.config import Config
     from shellrent.broker.service import Broker
     from shellrent.broker.sshserver import AuthLimiter, RenterServer
+    from shellrent.broker.signup import SignupLimiter
     from shellrent.broker.startups import Startups
     from shellrent.broker.store import Store
     from shellrent.keys import material
@@ -84,7 +85,7 @@ async def test_a_login_takes_two_store_round_trips_direct_or_through_another_bro
         b._db._pool.submit = counted
         for lid, kind in (("ab12cd34", "Route"), ("cd34ab12", "PeerRoute")):
             calls.clear()
-            server = RenterServer(b, AuthLimiter(20, 60, 300), {}, Startups(10, 10))
+            server = RenterServer(b, AuthLimiter(20, 60, 300), {}, Startups(10, 10), SignupLimiter())
             server.connection_made(_Conn())
             server.begin_auth(f"rent+{lid}")
             assert await server.validate_public_key(f"rent+{lid}", key)  # the query

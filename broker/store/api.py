@@ -30,6 +30,15 @@ class RenterStore(Protocol):
     def remove_key(self, renter: str, fingerprint: str) -> None: ...  # never the last one
 
 
+class CodeStore(Protocol):
+    """Single-use codes, stored as hashes (store.sql_codes)."""
+    def add_signup_codes(self, hashes: list[str]) -> None: ...
+    def signup_with_code(self, code_hash: str, name: str, fingerprint: str, key: str) -> None: ...
+    def add_vouchers(self, hashes: list[str], amount: int, expires: float | None) -> None: ...
+    def redeem_voucher(self, code_hash: str, renter: str, now: float) -> int: ...  # once; the amount
+    def vouchers(self) -> list[dict]: ...
+
+
 class HostStore(Protocol):
     def add_token(self, host: str, token_hash: str, expires: float) -> None: ...
     def consume_token(self, token_hash: str, fingerprint: str, key: str, now: float) -> str: ...  # once
@@ -100,7 +109,7 @@ class LedgerStore(Protocol):
     def gauges(self) -> dict: ...
 
 
-class Store(RenterStore, HostStore, ClusterStore, LeaseStore, LedgerStore, Protocol):
+class Store(RenterStore, CodeStore, HostStore, ClusterStore, LeaseStore, LedgerStore, Protocol):
     def tx(self) -> AbstractContextManager: ...  # one transaction; nested use joins the outer one
     def lock(self, *names: str) -> None: ...  # in a transaction: other writers locking a name wait for its end
     def close(self) -> None: ...

@@ -16,6 +16,7 @@ from psycopg.rows import dict_row
 from ..errors import FULL, BrokerError, Unavailable
 from .postgres_schema import MIGRATIONS
 from .sql_cluster import Cluster
+from .sql_codes import Codes
 from .sql_hosts import Hosts
 from .sql_leases import Leases
 from .sql_ledger import Ledger
@@ -41,7 +42,7 @@ def _pg(sql: str) -> str:
     return sql.replace("%", "%%").replace("?", "%s")
 
 
-class Store(SqlBase, Renters, Hosts, Cluster, Leases, Ledger):
+class Store(SqlBase, Renters, Codes, Hosts, Cluster, Leases, Ledger):
     """Renters and their keys, hosts and join tokens, leases, the ledger: one PostgreSQL database."""
 
     LOCK_ROW = " FOR UPDATE"

@@ -50,4 +50,11 @@ MIGRATIONS = [
     CREATE TABLE renter_sessions (broker TEXT NOT NULL, renter TEXT NOT NULL, n BIGINT NOT NULL,
                                   PRIMARY KEY (broker, renter));
     """,
+    """
+    ALTER TABLE leases ADD COLUMN reason TEXT;
+    CREATE TABLE signup_codes (hash TEXT PRIMARY KEY, created DOUBLE PRECISION NOT NULL, used DOUBLE PRECISION,
+                               renter TEXT);
+    CREATE TABLE vouchers (hash TEXT PRIMARY KEY, amount BIGINT NOT NULL, created DOUBLE PRECISION NOT NULL,
+                           expires DOUBLE PRECISION, redeemed DOUBLE PRECISION, renter TEXT);
+    """,
 ]

@@ -26,6 +26,7 @@ class Lease(TypedDict, total=False):
     host_ends_at: float | None  # the end time its host was last told
     banned_at: float  # on_banned_hosts() only: when its host was banned
     broker: str | None  # the broker that opened it (its start is that broker's to finish)
+    reason: str | None  # why it ended (protocol.END_REASONS), once it has
 
 
 class Host(TypedDict, total=False):

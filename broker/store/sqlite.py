@@ -11,6 +11,7 @@ import sqlite_utils
 
 from ..errors import FULL, BrokerError
 from .sql_cluster import Cluster
+from .sql_codes import Codes
 from .sql_hosts import Hosts
 from .sql_leases import Leases
 from .sql_ledger import Ledger
@@ -19,7 +20,7 @@ from .sql_base import SqlBase
 from .sqlite_schema import MIGRATIONS, SCHEMA
 
 
-class Store(SqlBase, Renters, Hosts, Cluster, Leases, Ledger):
+class Store(SqlBase, Renters, Codes, Hosts, Cluster, Leases, Ledger):
     """Renters and their keys, hosts and join tokens, leases, the ledger: one SQLite file."""
 
     LOCK_ROW = ""  # BEGIN IMMEDIATE has locked the whole database for the transaction

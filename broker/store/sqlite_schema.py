@@ -61,4 +61,10 @@ MIGRATIONS = [
     CREATE TABLE renter_sessions (broker TEXT NOT NULL, renter TEXT NOT NULL, n INTEGER NOT NULL,
                                   PRIMARY KEY (broker, renter));
     """,
+    """
+    ALTER TABLE leases ADD COLUMN reason TEXT;
+    CREATE TABLE signup_codes (hash TEXT PRIMARY KEY, created REAL NOT NULL, used REAL, renter TEXT);
+    CREATE TABLE vouchers (hash TEXT PRIMARY KEY, amount INTEGER NOT NULL, created REAL NOT NULL, expires REAL,
+                           redeemed REAL, renter TEXT);
+    """,
 ]
