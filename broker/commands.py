@@ -17,6 +17,7 @@ from .config import Where, public_address
 from .errors import BrokerError, KeyTaken, NotFound
 from .leases import credits, format_duration, parse_duration
 from .accounts import one_key
+from .logins import SeveralLeases
 from .renting import DEFAULT_IMAGE
 from .service import Broker
 
@@ -168,6 +169,8 @@ class Commands:
 
     async def cmd_offers(self, args: Args, **_):
         offers = await self.b.offers(" ".join(args.words), args.opts.get("-o"))
+        if not offers and not args.json:
+            return f"no offer matches: {await self._why_none(' '.join(args.words))}\n"
         if args.json:
             hidden = ("gpus", "images", "price")
             return render.as_json([{k: v for k, v in o.items() if k not in hidden} for o in offers])
@@ -181,6 +184,10 @@ class Commands:
             ["offer", "gpu", "n", "gpu_gb", "cpus", "ram_gb", "disk_gb", "$/h", "tflops", "reliab", "geo"]) + \
             (f"... and {more:,} more: narrow the query, or add --all (or --json)\n" if more else "")
 
+    async def _why_none(self, text: str) -> str:
+        market = getattr(self.b, "market", None)
+        return await market.why_none(text) if market else "none is on offer"
+
     async def cmd_rent(self, args: Args, ask: Ask | None = None, progress=None, **_):
         if "--hours" not in args.opts:
             raise Usage("rent needs --hours H (e.g. --hours 2 or --hours 90m)")
@@ -192,6 +199,14 @@ class Commands:
             raise Usage(f"--image: {protocol.printable(args.opts['--image'])[:80]!r} is not an image reference "
                         f"(e.g. pytorch/pytorch:2.3.1-cuda12.1-cudnn8-runtime)") from None
         text = " ".join(args.words)
+        try:
+            return await self._rent(args, text, seconds, gpus, image, ask, progress)
+        except BrokerError as exc:
+            if not str(exc).startswith("no offer"):
+                raise
+            raise BrokerError(f"{exc} ({await self._why_none(text)})") from None
+
+    async def _rent(self, args: Args, text: str, seconds: float, gpus: int, image: str, ask, progress) -> str:
         if not args.yes:
             offer, amount = await self.b.quote(text, seconds, gpus, image)
             what = (f"{gpus}x {offer['gpu_name']} on {offer['host_id']} for {format_duration(seconds)} "
@@ -238,7 +253,11 @@ class Commands:
             raise Usage("usage: extend [LEASE] DURATION")
         lease_id = args.words[0] if len(args.words) == 2 else None
         seconds = parse_duration(args.words[-1])
-        lease = await self.b.extend(self.renter, lease_id, seconds)
+        try:
+            lease = await self.b.extend(self.renter, lease_id, seconds)
+        except SeveralLeases as exc:
+            raise Usage(f"you have several active leases ({' '.join(exc.ids)}): say which, "
+                        f"e.g. extend {exc.ids[0]} {args.words[-1]}") from None
         view = _lease_view(lease, time.time())
         return self._out(args, view, f"lease {lease['id']} extended by {format_duration(seconds)}; "
                                      f"{view['left']} left\n")
@@ -246,7 +265,11 @@ class Commands:
     async def cmd_release(self, args: Args, **_):
         if len(args.words) > 1:
             raise Usage("usage: release [LEASE]")
-        lease = await self.b.release(self.renter, args.words[0] if args.words else None)
+        try:
+            lease = await self.b.release(self.renter, args.words[0] if args.words else None)
+        except SeveralLeases as exc:
+            raise Usage(f"you have several active leases ({' '.join(exc.ids)}): say which, "
+                        f"e.g. release {exc.ids[0]}") from None
         refund = await self._refund(lease["id"])
         cost = _costs(await self.b.history(self.renter)).get(lease["id"], 0)
         view = _lease_view(lease, time.time(), cost)
@@ -265,16 +288,22 @@ class Commands:
             raise Usage("usage: ssh-config")
         host, port = public_address(getattr(self.b.config, "public_host", ""), self.address)
         leases = [lease for lease in await self.b.accounts.leases(self.renter) if lease["state"] == "active"]
+        leases.sort(key=lambda lease: (lease["created"] if "created" in lease else 0, lease["id"]))
         entries = [{"host": f"shellrent-{lease['id']}", "hostname": host, "port": port, "user": f"rent+{lease['id']}",
-                    "local_forward": "8888 localhost:8888", "lease": lease["id"], "ends_at": lease["ends_at"]}
-                   for lease in leases]
+                    "local_forward": f"{8888 + i} localhost:8888", "jupyter": f"http://localhost:{8888 + i}/",
+                    "lease": lease["id"], "ends_at": lease["ends_at"]}
+                   for i, lease in enumerate(leases)]  # each lease its own local port: they can run side by side
         text = "".join(
             f"Host {e['host']}\n    HostName {e['hostname']}\n    Port {e['port']}\n    User {e['user']}\n"
             f"    LocalForward {e['local_forward']}\n    ServerAliveInterval 30\n\n" for e in entries)
-        header = (f"# ~/.ssh/config entries for {self.renter}'s active leases (then: ssh HOST, or pick it in\n"
-                  "# VS Code Remote-SSH); Jupyter on the lease's port 8888 appears on localhost:8888.\n\n")
-        return self._out(args, entries, header + text if entries else
-                         f"# no active lease: rent one first ({self.where.ssh('ctl')} rent --hours 1)\n")
+        header = (f"# shellrent: {self.renter}'s active leases, for OpenSSH and VS Code Remote-SSH. Keep it in a file\n"
+                  f"# of its own and run this again to refresh it (it replaces the old entries):\n"
+                  f"#   {self.where.ssh('ctl')} ssh-config > ~/.ssh/shellrent.conf\n"
+                  f"# with this line once at the top of ~/.ssh/config:  Include shellrent.conf\n"
+                  f"# then: ssh shellrent-LEASE. Jupyter on a lease's port 8888 appears on the local port its\n"
+                  f"# LocalForward names (the first lease's on localhost:8888).\n\n")
+        return self._out(args, entries, header + (text or f"# no active lease: rent one first "
+                                                           f"({self.where.ssh('ctl')} rent --hours 1)\n"))
 
     async def cmd_config(self, args: Args, **_):
         if args.words and (len(args.words) != 2 or args.words[0] != "tmux" or args.words[1] not in ("on", "off")):
@@ -287,6 +316,8 @@ class Commands:
             if conf["tmux"] else "ssh rent@ opens a plain shell (config tmux on: one that survives a drop)\n"))
 
     async def cmd_balance(self, args: Args, **_):
+        if args.words:
+            raise Usage("usage: balance [--json]")
         b = await self.b.balance(self.renter)
         view = {"renter": self.renter, "balance": credits(b["balance"]), "held": credits(b["held"]),
                 "balance_micro": b["balance"], "held_micro": b["held"]}
@@ -302,6 +333,8 @@ class Commands:
         return render.table(rows, ["when", "kind", "lease", "balance_change", "held_change", "memo"])
 
     async def cmd_history(self, args: Args, **_):
+        if args.words:
+            raise Usage("usage: history [--json]")
         txs = await self.b.history(self.renter)
         return self._out(args, txs, self._history_table(txs))
 

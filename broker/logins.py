@@ -7,6 +7,14 @@ from .errors import BrokerError, NotFound, Unavailable
 from .route import Route
 
 
+class SeveralLeases(BrokerError):
+    """A renter with several active leases named none; .ids are theirs."""
+
+    def __init__(self, text: str, ids: list[str]):
+        super().__init__(text)
+        self.ids = ids
+
+
 USERS = "rent, rent+LEASE, ctl or signup"
 
 
@@ -41,8 +49,9 @@ def pick_lease(leases: list[dict], renter: str, wanted: str | None, now: float,
         raise NotFound(f"renter {renter} has no active lease; rent one with: {how}")
     if len(active) > 1:
         ids = " ".join(lease["id"] for lease in active)
-        raise BrokerError(f"several active leases ({ids}): log in as rent+LEASE, e.g. "
-                          + (where.ssh("rent+" + active[0]["id"]) if where else "rent+" + active[0]["id"]))
+        raise SeveralLeases(f"several active leases ({ids}): log in as rent+LEASE, e.g. "
+                            + (where.ssh("rent+" + active[0]["id"]) if where else "rent+" + active[0]["id"]),
+                            [lease["id"] for lease in active])
     return active[0]
 
 

@@ -49,3 +49,7 @@ class Market:
         if keys:
             return query.select(offers, filters, keys)
         return sorted(query.select(offers, filters), key=offers_mod.schedule_key)
+
+    async def why_none(self, text: str) -> str:
+        """Why `offers text` is empty (query.why_none)."""
+        return query.why_none(await self.current(), text)

@@ -15,7 +15,7 @@ from .commands import Commands
 from .errors import BrokerError
 from .progress import StartProgress
 from .leases import credits, format_duration, hold_for, parse_duration
-from .renting import DEFAULT_IMAGE
+from .renting import DEFAULT_IMAGE, check_length
 from .service import Broker
 
 
@@ -60,6 +60,29 @@ def _crlf(text: str) -> bytes:
     return text.replace("\n", "\r\n").encode()
 
 
+async def _ask(write, readline, prompt: str, default: str, parse):
+    """Ask until the answer parses (a bad one is told why, and asked again)."""
+    while True:
+        try:
+            return parse((await readline(prompt)).strip() or default)
+        except Aborted:
+            raise
+        except BrokerError as exc:
+            write(_crlf(f"{exc}\n"))
+
+
+def _count(text: str, most: int) -> int:
+    if not (text.isascii() and text.isdigit() and len(text) < 4) or not 1 <= int(text) <= most:
+        raise BrokerError(f"please type a number from 1 to {most}")
+    return int(text)
+
+
+def _hours(broker: Broker, text: str) -> float:
+    seconds = parse_duration(text)
+    check_length(broker.config, seconds)
+    return seconds
+
+
 async def pick_and_rent(broker: Broker, renter: str, write, readline, where) -> str:
     """Interactive rent: returns the new lease's id."""
     offers = (await broker.offers(""))[:15]
@@ -79,11 +102,9 @@ async def pick_and_rent(broker: Broker, renter: str, write, readline, where) -> 
         write(b"Please type a number from the list.\r\n")
     gpus = 1
     if offer["num_gpus"] > 1:
-        text = (await readline(f"GPUs [1-{offer['num_gpus']}, default 1]: ")).strip() or "1"
-        if not (text.isascii() and text.isdigit() and len(text) < 4) or not 1 <= int(text) <= offer["num_gpus"]:
-            raise BrokerError(f"bad number of GPUs {text!r}")
-        gpus = int(text)
-    seconds = parse_duration((await readline("Hours (e.g. 2, 90m) [1]: ")).strip() or "1")
+        gpus = await _ask(write, readline, f"GPUs [1-{offer['num_gpus']}, default 1]: ", "1",
+                          lambda text: _count(text, offer["num_gpus"]))
+    seconds = await _ask(write, readline, "Hours (e.g. 2, 90m) [1]: ", "1", lambda text: _hours(broker, text))
     cost = hold_for(offer["price"], gpus, seconds)
     answer = await readline(f"Rent {gpus}x {offer['gpu_name']} on {offer['host_id']} for {format_duration(seconds)}: "
                             f"{credits(cost)} credits held, unused time refunded. OK? [y/N] ")

@@ -2,7 +2,8 @@
 
     gpu_name=RTX_4090 num_gpus>=2 gpu_ram>=24 dph<=2.5 geolocation in [DE,FR] -o 'dph,gpu_ram-'
 
-Space-separated `field op value` comparisons that must all hold. `_` in a string is a space.
+Space-separated `field op value` comparisons that must all hold. `_` in a string is a space;
+gpu_name compares without regard to case.
 `field=any` drops every filter on that field so far, defaults included. Unknown fields, bad operators,
 bad values and leftover text are errors that name the token.
 """
@@ -16,6 +17,7 @@ from .errors import BrokerError
 NUMERIC = {"num_gpus", "gpu_ram", "gpu_total_ram", "cpu_cores", "cpu_ram", "disk_space", "dph",
            "reliability", "cuda_vers", "driver_version", "tflops"}
 TEXT = {"gpu_name", "geolocation", "host_id"}
+CASELESS = {"gpu_name"}  # RTX_4090 = rtx_4090: compared lowercased on both sides
 BOOL = {"verified"}
 FIELDS = NUMERIC | TEXT | BOOL
 DEFAULTS = "reliability>=0.9"
@@ -43,7 +45,24 @@ class Filter:
             return False
         if self.field == "driver_version" and isinstance(have, str):
             have = _version(have)
+        if self.field in CASELESS and isinstance(have, str):
+            have = have.lower()
         return _OPS[self.op](have, self.value)
+
+    def __str__(self) -> str:
+        value = self.value
+        if isinstance(value, frozenset):
+            return f"{self.field} {self.op} [{','.join(sorted(map(_word, value)))}]"
+        return f"{self.field}{self.op}{_word(value)}"
+
+
+def _word(value) -> str:
+    """A value as a query spells it."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value).replace(" ", "_")
 
 
 def _version(text: str) -> float:
@@ -79,7 +98,7 @@ def _value(field: str, raw: str, token: str):
         if raw.lower() not in ("true", "false", "1", "0"):
             raise QueryError(f"bad boolean {raw!r} in {token!r}: use true or false")
         return raw.lower() in ("true", "1")
-    return raw.replace("_", " ")
+    return raw.replace("_", " ").lower() if field in CASELESS else raw.replace("_", " ")
 
 
 def _list(field: str, raw: str, token: str) -> frozenset:
@@ -113,6 +132,10 @@ def parse(text: str, defaults: str = DEFAULTS) -> list[Filter]:
                 continue
             m = _COMPARE.match(tok)
             if not m:
+                before = _COMPARE.match(toks[i - 1]) if i else None
+                if before and before.group(1) in TEXT:
+                    raise QueryError(f"cannot understand {tok!r}: a space inside a value is written _, "
+                                     f"e.g. {toks[i - 1]}_{tok}")
                 raise QueryError(f"cannot understand {tok!r}: expected FIELD OP VALUE, e.g. num_gpus>=2")
             field, op, raw = m.groups()
             _check_field(field, tok)
@@ -126,6 +149,19 @@ def parse(text: str, defaults: str = DEFAULTS) -> list[Filter]:
                 filters.append(Filter(field, op, _value(field, raw, tok)))
             i += 1
     return filters
+
+
+def why_none(offers: list[dict], text: str) -> str:
+    """Why a query matches no offer: how many there are, and the filters that remove them all."""
+    if not offers:
+        return "no GPUs are on offer right now"
+    filters = parse(text)
+    alone = [f for f in filters if not select(offers, [f])]
+    if alone:
+        return (f"{', '.join(map(str, alone))} {'matches' if len(alone) == 1 else 'match'} none of the "
+                f"{len(offers)} offers")
+    return f"each filter matches some of the {len(offers)} offers, but none matches all of: " + \
+        " ".join(map(str, filters))
 
 
 def parse_order(text: str | None) -> list[tuple[str, bool]]:
@@ -157,14 +193,15 @@ def compile_filters(filters: list[Filter]):
     parts = []
     for i, f in enumerate(filters):
         env[f"v{i}"] = f.value
-        have = f"_version(o[{f.field!r}])" if f.field == "driver_version" else f"o[{f.field!r}]"
+        have = f"_version(o[{f.field!r}])" if f.field == "driver_version" else \
+            f"o[{f.field!r}].lower()" if f.field in CASELESS else f"o[{f.field!r}]"
         parts.append(f"{have} {_PYOPS[f.op]} v{i}")
     test = eval("lambda o: " + " and ".join(parts), env)  # noqa: S307 - see docstring
 
     def match(offer: dict) -> bool:
         try:
             return test(offer)
-        except (KeyError, TypeError):  # a missing or empty field matches nothing
+        except (KeyError, TypeError, AttributeError):  # a missing or empty field matches nothing
             return False
     return match
 

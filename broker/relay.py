@@ -172,8 +172,8 @@ class RenterSession(asyncssh.SSHServerSession):
             log.warning("opening session on host failed: %s", exc)
             self._fail(f"could not reach the container: {getattr(exc, 'reason', exc)}")
             return
-        if self._on_open:
-            self._on_open(lease, self)
+        if self._on_open and (getattr(route, "record", None) or {}).get("state", "active") == "active":
+            self._on_open(lease, self)  # a lease's end closes it (an ended lease's files session stays)
         if self._size:
             self._up.change_terminal_size(*self._size)
         for data in self._early:

@@ -120,6 +120,7 @@ class HelperSession:
         self._stdin_full = stdin_full or chan  # paused while the process's stdin pipe is full
         self.done = asyncio.get_running_loop().create_future()
         self.status: int = 255
+        self.lost = False      # it ended without the keeper reporting an exit
         self.seen = 0          # reads of output so far
         self._paused = False   # the channel is full: output waits, it is not quiet
         self._transports: list[asyncio.BaseTransport] = []
@@ -242,6 +243,7 @@ class HelperSession:
                     break
         if self._exit is None:
             await outputs
+            self.lost = True  # no end reported: the helper died with its container, or was killed
         else:
             self.status = self._exit
         if not self.done.done():

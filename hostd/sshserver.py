@@ -33,6 +33,9 @@ SFTP = ("for p in /usr/lib/openssh/sftp-server /usr/libexec/openssh/sftp-server 
 GONE_CHECK = 2.0  # seconds between looks at whether a running session's channel was closed
 
 
+LOST_WAIT = 5  # seconds a session whose process vanished waits to hear whether its lease ended
+
+
 async def _within(fut: asyncio.Future, seconds: float) -> bool:
     """Whether fut is done within seconds (it keeps running either way)."""
     done, _ = await asyncio.wait([fut], timeout=seconds)
@@ -103,6 +106,7 @@ class HostSession(asyncssh.SSHServerSession):
         self._out_paused = False  # the channel is full: the session's output waits (even while it starts)
         self._task = None
         self._lease: str | None = None
+        self._told_end = asyncio.get_running_loop().create_future()  # set when the lease's end is told
 
     def connection_made(self, chan):
         self._chan = chan
@@ -153,6 +157,8 @@ class HostSession(asyncssh.SSHServerSession):
             self._chan.write_stderr(f"\r\nshellrent: {message}\r\n".encode())
         except (OSError, asyncssh.Error):
             pass
+        if not self._told_end.done():
+            self._told_end.set_result(None)
 
     def _argv(self, shell: str) -> list[str]:
         if self._subsystem == "sftp":
@@ -203,6 +209,8 @@ class HostSession(asyncssh.SSHServerSession):
                 self._stream.close()
                 self._chan.abort()
                 return
+        if getattr(self._stream, "lost", False):  # its container may be going: say why, once hostd knows
+            await _within(self._told_end, LOST_WAIT)
         status = self._stream.status
         try:
             self._chan.write_eof()

@@ -6,7 +6,7 @@ import pytest
 from shellrent.broker import accounts, hosts, logins
 from shellrent.broker.accounts import Accounts
 from shellrent.broker.commands import Commands
-from shellrent.broker.config import Config, parse_addr
+from shellrent.broker.config import Config, Where, parse_addr
 from shellrent.broker.errors import BrokerError, NotFound
 from shellrent.broker.sshserver import AuthLimiter
 from shellrent.broker.store import Store
@@ -138,3 +138,21 @@ async def test_ctl_config_tmux_is_per_renter_and_checks_its_words(store, tmp_pat
         assert await bob.run(bad) == (2, "ctl: usage: config | config tmux on|off\n")
     assert store.renter_config("bob") == {"tmux": False}
     assert (await alice.run("config tmux off"))[1].startswith("tmux off: ")
+
+
+async def test_extend_and_release_with_several_leases_name_them():
+    async def several(*_):
+        raise logins.SeveralLeases("several active leases (aa11 bb22): log in as rent+LEASE", ["aa11", "bb22"])
+    broker = SimpleNamespace(extend=several, release=several)
+    code, text = await Commands(broker, "alice").run("extend 30m")
+    assert (code, text) == (2, "ctl: you have several active leases (aa11 bb22): say which, e.g. extend aa11 30m\n")
+    code, text = await Commands(broker, "alice").run("release")
+    assert (code, text) == (2, "ctl: you have several active leases (aa11 bb22): say which, e.g. release aa11\n")
+
+
+def test_a_login_with_several_leases_is_told_the_command_with_the_real_address():
+    now = 1000.0
+    with pytest.raises(logins.SeveralLeases, match=r"e.g. ssh -p 2222 rent\+a@gpu.example.org"):
+        logins.pick_lease([_lease("a"), _lease("b")], "al", None, now, where=Where("gpu.example.org", 2222))
+    with pytest.raises(NotFound, match=r"rent one with: ssh ctl@gpu.example.org rent --hours 1"):
+        logins.pick_lease([], "al", None, now, where=Where("gpu.example.org"))

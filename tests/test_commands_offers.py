@@ -33,3 +33,19 @@ async def test_the_table_shows_the_best_50_and_says_how_many_more():
 async def test_a_short_market_has_no_footer():
     code, text = await Commands(Market(3), "alice").run("offers")
     assert len(text.splitlines()) == 4 and "more" not in text
+
+
+async def test_an_empty_result_says_why_and_leftover_words_are_errors():
+    class Explained(Market):
+        async def offers(self, text="", order=None):
+            return []
+
+        async def why_none(self, text):
+            return f"{text} matches none of the 3 offers"
+    market = Explained(3)
+    market.market = market
+    code, text = await Commands(market, "alice").run("offers gpu_name=a100")
+    assert (code, text) == (0, "no offer matches: gpu_name=a100 matches none of the 3 offers\n")
+    for line in ("balance extra", "history now", "ls all"):
+        code, text = await Commands(market, "alice").run(line)
+        assert code == 2 and text.startswith("ctl: usage: "), line

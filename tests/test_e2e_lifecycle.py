@@ -80,7 +80,8 @@ def test_login_picks_the_lease(fresh_cluster):
     r = c.ssh("true")
     assert r.returncode == 2
     assert r.stderr.decode().strip() == ("shellrent: renter alice has no active lease; "
-                                        "rent one with: ssh ctl@BROKER rent --hours 1")
+                                        f"rent one with: ssh -p {c.ssh_port} ctl@127.0.0.1 rent --hours 1, "
+                                        f"or ssh -p {c.ssh_port} rent@127.0.0.1 on a terminal")
     first = c.create_lease()
     assert c.ssh("hostname", check=True).stdout.decode().strip() == f"rent-{first}"
     second = c.create_lease()

@@ -226,6 +226,11 @@ def test_rent_at_login_with_the_interactive_picker(market):
         term.wait("Please type a number")
         term.type("1")
         term.wait("Hours")
+        term.type("90d")  # over the operator's limit: told so, and asked again
+        term.wait("a lease may last at most 30d on this broker (operator limit BROKER_MAX_LEASE_DAYS=30)")
+        term.wait("Hours (e.g. 2, 90m) [1]:")
+        term.type("soon")
+        term.wait("bad duration 'soon'")
         term.type("2h")
         term.wait("OK? [y/N]")
         assert "0.80 credits held" in term.screen()
@@ -242,7 +247,9 @@ def test_rent_at_login_with_the_interactive_picker(market):
 def test_no_lease_without_a_terminal_names_the_rent_command(market):
     r = market.ssh("true")
     assert r.returncode == 2
-    assert r.stderr.decode().strip().endswith("rent one with: ssh ctl@BROKER rent --hours 1")
+    assert r.stderr.decode().strip().endswith(
+        f"rent one with: ssh -p {market.ssh_port} ctl@127.0.0.1 rent --hours 1, "
+        f"or ssh -p {market.ssh_port} rent@127.0.0.1 on a terminal")
 
 
 def test_hostd_ends_the_lease_while_the_broker_is_down(market):

@@ -92,3 +92,26 @@ def test_ten_thousand_offers_fast_enough_to_matter():
     many = [dict(OFFERS[i % 3], id=str(i)) for i in range(10_000)]
     hits = query.select(many, query.parse("gpu_ram>=24 num_gpus>=2 reliability=any"), query.parse_order("dph"))
     assert len(hits) == 6667 and hits[0]["dph"] == 0.8
+
+
+def test_gpu_name_matches_without_regard_to_case():
+    assert ids("gpu_name=rtx_4090") == ["a"] and ids("gpu_name in [rtx_3060,h100_sxm] reliability=any") == ["b", "c"]
+    assert ids("gpu_name!=rtx_3060") == ["a"]
+    assert ids("geolocation=de") == []  # only gpu_name is caseless
+
+
+def test_a_space_in_a_value_is_told_to_be_written_with_an_underscore():
+    with pytest.raises(QueryError, match=r"cannot understand '4090': a space inside a value is written _, "
+                                         r"e.g. gpu_name=RTX_4090"):
+        query.parse("gpu_name=RTX 4090")
+    with pytest.raises(QueryError, match="expected FIELD OP VALUE"):
+        query.parse("num_gpus>=2 lots")
+
+
+def test_an_empty_result_says_which_filter_removed_every_offer():
+    assert query.why_none(OFFERS, "gpu_name=a100") == "gpu_name=a100 matches none of the 3 offers"
+    assert query.why_none(OFFERS, "gpu_name=a100 dph<0.01") == \
+        "gpu_name=a100, dph<0.01 match none of the 3 offers"
+    assert query.why_none(OFFERS, "gpu_name=h100_sxm") == (
+        "each filter matches some of the 3 offers, but none matches all of: reliability>=0.9 gpu_name=h100_sxm")
+    assert query.why_none([], "") == "no GPUs are on offer right now"
