@@ -15,6 +15,10 @@ class KeyTaken(BrokerError):
     """A public key is already registered (to this renter or another)."""
 
 
+class Banned(BrokerError):
+    """The operator banned this host: it is told so, and ends its leases itself."""
+
+
 class Unavailable(BrokerError):
     """A host is offline or refused the request."""
 

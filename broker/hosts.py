@@ -10,7 +10,7 @@ from shellrent.keys import material, tokens
 
 from . import inventory as inventory_mod, ledger
 from .accounts import check_name
-from .errors import BrokerError, Unavailable
+from .errors import Banned, BrokerError, Unavailable
 
 log = logging.getLogger("shellrent.service")
 
@@ -65,7 +65,7 @@ class Hosts:
         now = self._now()
         if host:
             if host["banned"]:
-                raise BrokerError(f"host {host['name']} is banned")
+                raise Banned(f"host {host['name']} is banned by the broker's operator")
             name = host["name"]
         elif hello.get("token"):
             name = await self._db(self._store.consume_token, tokens.hash_secret(hello["token"]), fpr,

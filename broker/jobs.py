@@ -1,6 +1,7 @@
 """The broker's periodic and start-up jobs: end leases whose time is over or whose host was banned,
 fail starts that lost their caller, tell hosts what they have not acknowledged; after a restart,
 finish every state a crash can leave."""
+import asyncio
 import logging
 
 from .errors import Unavailable
@@ -15,6 +16,7 @@ class Jobs:
         self._renting, self._settlement, self._sync_all, self._now = renting, settlement, sync_all, now
         self._full_logged = False
         self._active: set[str] = set()  # the leases active at the last round
+        self._expelling: set[str] = set()  # banned hosts being told before their tunnel closes
 
     async def housekeeping(self) -> None:
         """End leases whose time is over; fail starts that lost their caller; tell hosts what they
@@ -27,9 +29,10 @@ class Jobs:
                 log.warning("lease %s ends: its host %s was banned", lease["id"], lease["host"])
                 await end_lease(lease["id"], lease["banned_at"] if lease["banned_at"] > 1 else now, "banned")
             for name in (await self._db(self._store.banned)) & set(links.links if links else ()):
-                log.warning("host %s is banned: closing its tunnel", name)
-                self._market.changed()
-                links.links[name].conn.close()
+                if name not in self._expelling:
+                    self._expelling.add(name)
+                    self._market.changed()
+                    asyncio.get_running_loop().create_task(self._expel(links.links[name]))
             if not self._cluster.fresh():  # paused or cut off: first learn what this broker still owns
                 await self._cluster.beat()
             live = await self._db(self._store.live_leases)
@@ -53,6 +56,19 @@ class Jobs:
             if not self._full_logged:
                 log.error("housekeeping: %s", exc)
                 self._full_logged = True
+
+    async def _expel(self, link) -> None:
+        """A banned host is told first (it ends its leases itself: the renters' containers stop),
+        then its tunnel is closed."""
+        log.warning("host %s is banned: telling it, then closing its tunnel", link.name)
+        try:
+            await link.control.call("reject", timeout=10, error=f"host {link.name} is banned by the broker's operator",
+                                    banned=True)
+        except Unavailable as exc:
+            log.warning("host %s did not take its ban: %s", link.name, exc)
+        finally:
+            link.conn.close()
+            self._expelling.discard(link.name)
 
     async def recover(self) -> None:
         """After a restart, every state a crash can leave: leases caught mid-start (by this broker or

@@ -17,7 +17,7 @@ import asyncssh
 from shellrent.common import algorithms, protocol
 from shellrent.keys import material
 
-from .errors import Refused, Unavailable  # noqa: F401 (Refused: raised here, caught by the use cases)
+from .errors import Banned, Refused, Unavailable  # noqa: F401 (Refused: raised here, caught by the use cases)
 from .quickack import QuickAckListener
 from .startups import Startups
 
@@ -218,7 +218,8 @@ class Tunnels:
         except Exception as exc:  # any failure: say why, then drop the connection
             log.warning("host %s (%s) refused: %s", peer, material.fingerprint(key), exc)
             try:
-                await control.call("reject", timeout=10, error=str(exc))
+                await control.call("reject", timeout=10, error=str(exc), **({"banned": True} if isinstance(exc, Banned)
+                                                                          else {}))
             except Unavailable:
                 pass
             conn.close()

@@ -1,6 +1,8 @@
 """hostd's control calls from the broker (hello, welcome, reject, clock, earnings, image.pull and the
 lease calls), each checked at the edge; every call but the first three waits for the welcome."""
+import asyncio
 import json
+import logging
 import time
 
 from shellrent.common import protocol
@@ -8,6 +10,9 @@ from shellrent.common import protocol
 from . import offload
 from .inventory import VERSION
 from .pulls import PullError
+
+
+log = logging.getLogger("shellrent.hostd")
 
 
 class JoinError(Exception):
@@ -100,6 +105,12 @@ class Control:
         self._d.status.set(connected=False, error=error)
         if not self.joined.done():
             self.joined.set_exception(JoinError(error))
+        if req.get("banned") is True and self._d.leases:  # the operator's ban: the renters' containers stop
+            active = [rec["id"] for rec in self._d.store.all() if rec["state"] == "active"]
+            if active:
+                log.warning("banned by the broker: ending %d lease(s)", len(active))
+            for lease_id in active:
+                asyncio.get_running_loop().create_task(self._d.leases.end(lease_id, why="banned"))
         return {"ok": True}
 
     async def _earnings(self, req):

@@ -6,7 +6,7 @@ import subprocess
 
 import pytest
 
-from .cluster import Cluster, run, wait_for
+from .cluster import BIN, Cluster, run, wait_for
 
 pytestmark = pytest.mark.docker
 
@@ -68,3 +68,26 @@ def test_time_up_a_lost_container_and_a_release_are_each_told_with_their_reason(
     ledger = json.loads(c.broker("ledger", "--json").stdout)
     assert sum(ledger["balances"].values()) == 0 and ledger["balances"].get("hold:alice", 0) == 0
     wait_for(lambda: not c.containers(), what="the containers to go")
+
+
+def test_a_ban_stops_the_banned_hosts_containers_whether_it_is_connected_or_comes_back(fresh_cluster):
+    c = fresh_cluster
+    c.add_host("pc1", {"grace": "1s"})
+    c.add_host("pc2", {"grace": "1s"})
+    on1, on2 = c.create_lease("pc1"), c.create_lease("pc2")
+    session = _sessions(c, on1)
+    c.kill("hostd-pc2")  # pc2 is away when it is banned; its container runs on
+    assert c.broker("host", "ban", "pc1").returncode == 0 and c.broker("host", "ban", "pc2").returncode == 0
+    for told in _told(session):
+        assert f"shellrent: lease {on1} has ended: the operator removed its host" in told, told
+    wait_for(lambda: len(c.containers()) == 1, what="the connected banned host to stop its lease's container")
+    status = lambda: json.loads(c.hostd("pc1", "status", "--json").stdout)  # noqa: E731
+    wait_for(lambda: "banned" in (status().get("error") or ""), what="hostd to say it is banned")
+    c._spawn("hostd-pc2", [BIN / "hostd", "--home", c.hostd_homes["pc2"], "run"])  # refused: it ends its lease
+    wait_for(lambda: not c.containers(), what="the banned host to end its lease itself when it comes back")
+    assert "banned" in (json.loads(c.hostd("pc2", "status", "--json").stdout).get("error") or "")
+    rows = {lease["id"]: lease for lease in json.loads(c.broker("lease", "list", "--json").stdout)}
+    assert rows[on1]["state"] == rows[on2]["state"] == "ended"
+    assert rows[on1]["reason"] == rows[on2]["reason"] == "banned"
+    ledger = json.loads(c.broker("ledger", "--json").stdout)
+    assert sum(ledger["balances"].values()) == 0 and ledger["balances"].get("hold:alice", 0) == 0
