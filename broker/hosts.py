@@ -97,6 +97,16 @@ class Hosts:
             log.warning("host %s: inventory refused (%s); its offers are withdrawn", host, error)
         await self._db(self._store.set_inventory, host, inv, error)
         self._market.changed()
+        links = self._links()
+        link = links.get(host) if links else None
+        if link:  # the provider's `hostd status` says why its offers are withdrawn (or that they are not)
+            self._tasks.spawn(self._verdict(link, error))
+
+    async def _verdict(self, link, error: str | None) -> None:
+        try:
+            await link.call("inventory.verdict", timeout=10, error=error)
+        except Unavailable:
+            pass
 
     async def welcome(self, name: str, seen: int = 0) -> dict:
         """What a host is told when it is welcomed here: the epoch this broker drives it at (it

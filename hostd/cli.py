@@ -21,6 +21,7 @@ from shellrent.keys import material
 from . import doctor as doctor_mod, firewall, gpus as gpus_mod, metrics as hostd_metrics, settings as settings_mod
 from .store import Store
 from .runtime import RuntimeError_
+from .runtime_spec import LABEL
 
 
 def _addr(text: str) -> tuple[str, int]:
@@ -111,6 +112,22 @@ async def _run(cfg: Config, pin: dict) -> None:
         agent.status.set(connected=False, error="stopped")
 
 
+def _owner(cfg: Config) -> str:
+    """The label value this hostd's containers carry (as hostd.agent names it)."""
+    return material.fingerprint(material.load_or_create(cfg.key_path)).removeprefix("SHA256:")[:16]
+
+
+def _live_leases(cfg: Config) -> list[dict]:
+    if not cfg.db_path.exists():
+        return []
+    store = Store(cfg.db_path)
+    try:
+        return [{k: rec.get(k) for k in ("id", "state", "renter", "ends_at")} | {"gpus": json.loads(rec.get("gpus") or "[]")}
+                for rec in store.all() if rec["state"] in ("active", "ending")]
+    finally:
+        store.close()
+
+
 @main.command()
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
 @click.pass_obj
@@ -129,7 +146,10 @@ def status(cfg: Config, as_json):
            "paused": settings_mod.load(cfg.home / "settings.json")["paused"],
            "via": st.get("via") if running else None, "since": st.get("since") if running else None,
            "epoch": st.get("epoch") if running else None,
-           "brokers": (pin or {}).get("brokers", [])}
+           "brokers": (pin or {}).get("brokers", []),
+           "inventory_error": st.get("inventory_error") if running else None,
+           "owner_label": f"{LABEL}.hostd={_owner(cfg)}" if cfg.key_path.exists() else None,
+           "leases": _live_leases(cfg)}
     out.update({k: st.get(k) or [] for k in ("gpu_problems", "gpu_kills", "gpu_failures")} if running else {})
     out.update({"images": st.get("images") or {"pulling": [], "failed": {}}} if running else {})
     if as_json:
@@ -155,6 +175,13 @@ def status(cfg: Config, as_json):
     if out["error"] and not out["connected"]:
         click.echo(f"last error: {out['error']}")
     click.echo(f"earnings: {out['earned']} credits" + ("; paused: taking no new rentals" if out["paused"] else ""))
+    if out["inventory_error"]:
+        click.echo(f"the broker refuses this host's offer: {out['inventory_error']}")
+    for lease in out["leases"]:
+        click.echo(f"lease {lease['id']} {lease['state']}: renter {lease['renter']}, {len(lease['gpus'])} GPU(s), "
+                   f"ends {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(lease['ends_at']))}")
+    if out["owner_label"]:
+        click.echo(f"its containers carry the label {out['owner_label']}")
 
 
 @main.command()
@@ -278,7 +305,7 @@ def config_show(cfg: Config, as_json):
         click.echo(json.dumps(values))
         return
     for key, (_, _, help_) in settings_mod.SPEC.items():
-        click.echo(f"{key:13} {str(values[key]):20} {help_}")
+        click.echo(f"{key:13} {settings_mod.shown(key, values[key]) or chr(39) * 2:20}  {help_}")
 
 
 @config.command("set")

@@ -33,7 +33,7 @@ class Control:
                      "clock": self._clock, "earnings": self._earnings, "image.pull": self._image_pull,
                      "lease.start": self._lease_start, "lease.stop": self._lease_stop,
                      "lease.extend": self._lease_extend, "lease.discard": self._lease_discard,
-                     "brokers": self._brokers}
+                     "brokers": self._brokers, "inventory.verdict": self._inventory_verdict}
 
     async def call(self, req: dict, channel=None) -> dict:
         op = req.get("op")
@@ -111,6 +111,12 @@ class Control:
                 log.warning("banned by the broker: ending %d lease(s)", len(active))
             for lease_id in active:
                 asyncio.get_running_loop().create_task(self._d.leases.end(lease_id, why="banned"))
+        return {"ok": True}
+
+    async def _inventory_verdict(self, req):
+        """The broker took this host's inventory (error null), or refused it and says why."""
+        error = req.get("error")
+        self._d.status.set(inventory_error=None if error is None else protocol.printable(str(error))[:300])
         return {"ok": True}
 
     async def _earnings(self, req):

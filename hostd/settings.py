@@ -66,8 +66,9 @@ def _gpus(text: str) -> str:
 
 
 def _window(text: str) -> str:
-    if text != "always" and not re.fullmatch(r"\d{1,2}:\d{2}-\d{1,2}:\d{2}", text):
-        raise ValueError("use HH:MM-HH:MM (UTC), e.g. 22:00-08:00, or always")
+    m = re.fullmatch(r"(\d{1,2}):(\d{2})-(\d{1,2}):(\d{2})", text)
+    if text != "always" and not (m and int(m[1]) < 24 and int(m[3]) < 24 and int(m[2]) < 60 and int(m[4]) < 60):
+        raise ValueError("use HH:MM-HH:MM (UTC, hours 00-23), e.g. 22:00-08:00, or always")
     return text
 
 
@@ -133,6 +134,22 @@ SPEC = {
     "grace": (_duration, 30.0, "SIGTERM to SIGKILL at a lease's end, e.g. 30s"),
     "retention": (_duration, 172800.0, "how long /workspace is kept after a lease ends, e.g. 48h"),
 }
+
+
+def shown(key: str, value) -> str:
+    """A value as `config set` takes it back (30s, 48h, false): show and set round-trip."""
+    if SPEC[key][0] in (_duration, _every):
+        seconds, out = float(value), ""
+        for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+            if seconds >= size and (seconds % size == 0 or unit == "m"):
+                n, seconds = divmod(seconds, size)
+                out += f"{int(n)}{unit}"
+        return out + (f"{seconds:g}s" if seconds or not out else "")
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
 
 
 def defaults() -> dict:

@@ -21,6 +21,9 @@ class Store:
             if name not in table.columns_dict:
                 table.add_column(name, kind)
 
+    def close(self) -> None:
+        self.db.conn.close()
+
     def put(self, lease: dict) -> None:
         self.db["leases"].upsert(lease, pk="id")
 

@@ -1,4 +1,5 @@
 import json
+import re
 import stat
 
 import pytest
@@ -31,6 +32,8 @@ def test_defaults_and_round_trip(tmp_path):
     ("fake_gpus", "RTX 4090", "use MODEL:GB"),
     ("gpus", "first", "use all, or GPU indexes"),
     ("window", "night", "use HH:MM-HH:MM"),
+    ("window", "25:00-08:00", "hours 00-23"),  # what the broker would refuse, refused here first
+    ("window", "22:00-08:60", "use HH:MM-HH:MM"),
     ("grace", "soon", "use e.g. 30s"),
     ("paused", "maybe", "use true or false"),
     ("colour", "red", "unknown setting 'colour'"),
@@ -68,3 +71,22 @@ def test_without_nvml_no_gpus_are_shared():
         assert source.gpus() == []
     else:                      # a GPU machine: real devices, named by UUID
         assert source.gpus() and all(g["uuid"].startswith("GPU-") for g in source.gpus())
+
+
+def test_config_show_prints_what_config_set_takes_back(tmp_path):
+    """Every value `hostd config show` prints, given to `config set`, leaves the settings as they were."""
+    import subprocess
+    from .cluster import BIN
+    home = tmp_path / "h"
+    for key, value in (("retention", "48h"), ("grace", "90s"), ("paused", "yes"), ("fake_gpus", "RTX 4090:24")):
+        subprocess.run([BIN / "hostd", "--home", home, "config", "set", key, value], check=True, capture_output=True)
+    before = settings.load(home / "settings.json")
+    shown = subprocess.run([BIN / "hostd", "--home", home, "config", "show"], check=True, capture_output=True,
+                           text=True).stdout
+    printed = dict(re.match(r"(\S+) +(.*?)  +\S", line).groups() for line in shown.splitlines())
+    assert (printed["retention"], printed["grace"], printed["paused"], printed["watchdog"]) == \
+        ("2d", "1m30s", "true", "5s")
+    for key, text in printed.items():
+        text = "" if text == "''" else text
+        settings.save(home / "settings.json", key, text)
+    assert settings.load(home / "settings.json") == before
