@@ -17,7 +17,7 @@ from pathlib import Path
 from . import gpus as gpus_mod, limits as kernel_limits, procfs, runtime, settings as settings_mod, sizing
 from .config import Config
 
-OK, WARN, FAIL = "ok", "warn", "FAIL"
+OK, INFO, WARN, FAIL = "ok", "info", "warn", "FAIL"  # info: worth knowing, not needed for hosting
 TOOLKIT_CONFIG = Path("/etc/nvidia-container-runtime/config.toml")
 ENVVAR_KEY = "accept-nvidia-visible-devices-envvar-when-unprivileged"
 MOUNTS_KEY = "accept-nvidia-visible-devices-as-volume-mounts"
@@ -83,7 +83,9 @@ def failed(checks: list[Check]) -> bool:
 def line(check: Check) -> str:
     """The check as one printed line; warn and FAIL lines end with the fix."""
     text = f"{check.level:<4}  {check.check}: {check.text}"
-    return text + (f" -- fix: {check.fix}" if check.fix and check.level != OK else "")
+    if not check.fix or check.level == OK:
+        return text
+    return text + (f" -- tip: {check.fix}" if check.level == INFO else f" -- fix: {check.fix}")
 
 
 # Docker and cgroups
@@ -108,12 +110,12 @@ def docker_check(engine=None) -> tuple[Check, dict, dict]:
 
 
 def cgroup_check(info: dict) -> Check:
-    """cgroup v2 (one hierarchy, pressure and memory accounting hostd relies on) or v1 (warn)."""
+    """cgroup v2 (one hierarchy, pressure and memory accounting hostd relies on) or v1 (info: it works)."""
     version = str(info.get("CgroupVersion") or ("2" if Path("/sys/fs/cgroup/cgroup.controllers").exists() else "1"))
     text = f"cgroup v{version}" + (f" (driver {info['CgroupDriver']})" if info.get("CgroupDriver") else "")
     if version == "2":
         return Check("cgroup", OK, text)
-    return Check("cgroup", WARN, text, "providers should use cgroup v2 (systemd.unified_cgroup_hierarchy=1): "
+    return Check("cgroup", INFO, text, "providers should use cgroup v2 (systemd.unified_cgroup_hierarchy=1): "
                  "add it to the kernel command line and reboot")
 
 
@@ -139,7 +141,7 @@ def limits_check(info: dict) -> Check:
 def layer_check(why: str | None) -> Check:
     """Whether a lease's writable layer is sized (a hard limit) or only counted and frozen past its share."""
     return Check("layer", OK, "the engine sizes each lease's writable layer to its disk share") if why is None else \
-        Check("layer", WARN, f"the engine cannot size a lease's writable layer ({why}): hostd counts it and freezes a "
+        Check("layer", INFO, f"the engine cannot size a lease's writable layer ({why}): hostd counts it and freezes a "
               "lease over its share", "for a hard limit, give Docker's root an xfs filesystem mounted with pquota "
               "and use the overlay2 storage driver")
 
@@ -255,12 +257,12 @@ def hook_check(which, required: bool) -> Check:
 
 
 def runtime_check(engine_info: dict) -> Check:
-    """Whether 'nvidia' is a Docker runtime: only a warning, since --gpus uses the hook, not the runtime."""
+    """Whether 'nvidia' is a Docker runtime: info only, since --gpus uses the hook, not the runtime."""
     if not engine_info:
         return Check("docker runtime", WARN, "not checked: Docker engine unreachable")
     if "nvidia" in (engine_info.get("Runtimes") or {}):
         return Check("docker runtime", OK, "nvidia is a registered Docker runtime")
-    return Check("docker runtime", WARN, "nvidia is not a registered Docker runtime (not needed: Docker's "
+    return Check("docker runtime", INFO, "nvidia is not a registered Docker runtime (not needed: Docker's "
                  "--gpus device requests use the hook, not the runtime)",
                  "optional: `nvidia-ctk runtime configure --runtime=docker`, then restart Docker")
 
