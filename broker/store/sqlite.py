@@ -70,14 +70,21 @@ class Store(SqlBase, Renters, Codes, Hosts, Cluster, Leases, Ledger):
         """A consistent copy of the whole database in a new file (SQLite's online backup: safe
         while the broker serves); returns what it holds."""
         tmp = path.with_name(path.name + ".part")
-        dst = sqlite3.connect(str(tmp))
+        if not path.parent.is_dir():
+            raise BrokerError(f"cannot back up to {path}: no directory {path.parent}")
         try:
-            tmp.chmod(0o600)
-            self.db.conn.backup(dst)
-            counts = {t: dst.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in ("leases", "txs", "renters")}
-        finally:
-            dst.close()
-        tmp.rename(path)
+            dst = sqlite3.connect(str(tmp))
+            try:
+                tmp.chmod(0o600)
+                self.db.conn.backup(dst)
+                counts = {t: dst.execute(f"SELECT count(*) FROM {t}").fetchone()[0]
+                          for t in ("leases", "txs", "renters")}
+            finally:
+                dst.close()
+            tmp.rename(path)
+        except (sqlite3.Error, OSError) as exc:
+            tmp.unlink(missing_ok=True)
+            raise BrokerError(f"cannot back up to {path}: {exc}") from None
         return counts
 
     def _begin(self) -> None:

@@ -3,6 +3,7 @@ restored, a banned host's leases, numbers that are not numbers. Real broker, hos
 import json
 import shutil
 import sqlite3
+from pathlib import Path
 
 import pytest
 
@@ -44,6 +45,10 @@ def test_backup_while_serving_and_restore(fresh_cluster, tmp_path):
     assert (tmp_path / "b.db").stat().st_mode & 0o777 == 0o600
     r = c.broker("backup", tmp_path / "b.db", check=False)
     assert r.returncode == 1 and b"already exists" in r.stderr
+    for bad, why in ((tmp_path / "no" / "b.db", f"no directory {tmp_path / 'no'}"),
+                     (Path("/proc/b.db"), "unable to open database file")):
+        r = c.broker("backup", bad, check=False)
+        assert (r.returncode, r.stderr.decode()) == (1, f"Error: cannot back up to {bad}: {why}\n")
     copy = sqlite3.connect(tmp_path / "b.db")
     assert copy.execute("SELECT state FROM leases").fetchall() == [("active",)]
     assert dict(copy.execute("SELECT account, SUM(amount) FROM entries GROUP BY account")) == balances(c)
