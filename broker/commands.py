@@ -4,6 +4,7 @@ Each command takes the renter and its arguments and returns (exit status, output
 one-line error and exit status 2; nothing changes.
 """
 import logging
+import math
 import shlex
 import time
 from dataclasses import dataclass, field
@@ -121,7 +122,7 @@ def _lease_view(lease: dict, now: float, cost: int | None = None) -> dict:
     rate = lease["price"] * len(gpus)
     view = {"id": lease["id"], "state": lease["state"], "host": lease["host"], "gpus": len(gpus),
             "gpu_name": lease.get("gpu_name"), "image": lease["image"], "ends_at": lease["ends_at"],
-            "left": format_duration(left) if left > 0 else "-",
+            "left": format_duration(math.ceil(left)) if left > 0 else "-",
             "price_per_hour": credits(rate), "held": credits(lease["held"]), "held_micro": lease["held"]}
     if lease["state"] in ("ended", "purged", "failed"):
         why = protocol.END_REASONS.get(lease.get("reason") or "", "")
