@@ -197,7 +197,7 @@ def host_invite(ctx, name):
 def host_list(ctx, as_json):
     """List hosts (online = connected to the running broker)."""
     rows = open_store(ctx).hosts()
-    cols = ["name", "joined", "last_seen", "banned", "inventory_error"]
+    cols = ["name", "owner", "joined", "last_seen", "banned", "inventory_error"]
     click.echo(json.dumps(rows)) if as_json else print_table(rows, cols)
 
 

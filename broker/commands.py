@@ -4,7 +4,6 @@ Each command takes the renter and its arguments and returns (exit status, output
 one-line error and exit status 2; nothing changes.
 """
 import logging
-import math
 import shlex
 import time
 from dataclasses import dataclass, field
@@ -13,12 +12,13 @@ from typing import Awaitable, Callable
 from shellrent.common import protocol
 from shellrent.keys import material
 
-from . import codes, ledger, metrics, render
+from . import codes, hosts as hosts_mod, ledger, metrics, render
 from .config import Where, public_address
 from .errors import BrokerError, KeyTaken, NotFound
 from .leases import credits, format_duration, parse_duration
 from .accounts import one_key
 from .logins import SeveralLeases
+from .views import costs, lease_view
 from .renting import DEFAULT_IMAGE
 from .service import Broker
 
@@ -38,6 +38,10 @@ usage: {ctl} COMMAND [ARGS]   (add --json for JSON)
   balance                          your credit and what is held for running leases
   history                          your transactions
   redeem CODE                      add a voucher's credit to your balance
+  hosts | host invite NAME | host payout NAME
+                                   your own GPU machines (where the operator allows it): list
+                                   them, invite one (a join token for hostd), move its earnings
+                                   to your credit
   keys list | keys add (key on stdin) | keys rm FINGERPRINT
   ssh-config                       ~/.ssh/config entries for your leases (ssh shellrent-LEASE, VS Code)
   config [tmux on|off]             your settings; tmux on: every shell attaches to the lease's tmux
@@ -98,40 +102,6 @@ def _gpus(args: Args) -> int:
     if not 1 <= n <= 64:
         raise Usage("--gpus must be from 1 to 64")
     return n
-
-
-def _costs(txs: list[dict]) -> dict[str, int]:
-    """What each lease has cost its renter so far (the provider's and the platform's shares of its
-    settlement and corrections), from the renter's journal."""
-    out: dict[str, int] = {}
-    for t in txs:
-        if t["lease"]:
-            paid = sum(e["amount"] for e in t["entries"]
-                       if e["account"].startswith(ledger.PROVIDERS) or e["account"] == ledger.FEES)
-            out[t["lease"]] = out.get(t["lease"], 0) + paid
-    return out
-
-
-def _when(t: float | None) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(t)) if t else "-"
-
-
-def _lease_view(lease: dict, now: float, cost: int | None = None) -> dict:
-    gpus = lease.get("gpus") or []
-    left = lease["ends_at"] - now if lease["state"] == "active" else 0
-    rate = lease["price"] * len(gpus)
-    view = {"id": lease["id"], "state": lease["state"], "host": lease["host"], "gpus": len(gpus),
-            "gpu_name": lease.get("gpu_name"), "image": lease["image"], "ends_at": lease["ends_at"],
-            "left": format_duration(math.ceil(left)) if left > 0 else "-",
-            "price_per_hour": credits(rate), "held": credits(lease["held"]), "held_micro": lease["held"]}
-    if lease["state"] in ("ended", "purged", "failed"):
-        why = protocol.END_REASONS.get(lease.get("reason") or "", "")
-        view.update(ended=lease.get("ended"), ended_at=_when(lease.get("ended")),
-                    reason=why or (lease.get("error") if lease["state"] == "failed" else "") or "-")
-    if cost is not None:
-        view.update(cost=credits(cost), cost_micro=cost,
-                    billed=format_duration(cost * 3600 // rate) if rate and cost else "0s")
-    return view
 
 
 class Commands:
@@ -217,15 +187,15 @@ class Commands:
             if (await ask(f"Rent {what}? [y/N] ")).strip().lower() not in ("y", "yes"):
                 raise BrokerError("not rented")
         lease = await self.b.rent(self.renter, text, seconds, gpus, image, progress)
-        view = _lease_view(lease, time.time())
+        view = lease_view(lease, time.time())
         return self._out(args, view, f"lease {lease['id']} is active: {view['gpus']}x {view['gpu_name']} on "
                                      f"{view['host']} for {view['left']}\nconnect: {self.where.ssh('rent+' + lease['id'])}\n")
 
     async def cmd_ls(self, args: Args, **_):
         if args.words:
             raise Usage("usage: ls [--json]")
-        now, costs = time.time(), _costs(await self.b.history(self.renter))
-        rows = [_lease_view(lease, now, costs.get(lease["id"], 0)) for lease in await self.b.accounts.leases(self.renter)
+        now, paid = time.time(), costs(await self.b.history(self.renter))
+        rows = [lease_view(lease, now, paid.get(lease["id"], 0)) for lease in await self.b.accounts.leases(self.renter)
                 if lease["state"] != "purged" or args.json]
         table = [{**r, "end": r.get("reason") or "-"} for r in rows]
         return self._out(args, rows, render.table(table, ["id", "state", "host", "gpus", "gpu_name", "left",
@@ -243,7 +213,7 @@ class Commands:
         if lease is None or lease["renter"] != self.renter:  # the same words whether it exists or not
             raise BrokerError(f"no lease {args.words[0]!r} for renter {self.renter}")
         txs = [t for t in await self.b.history(self.renter) if t["lease"] == lease["id"]]
-        view = _lease_view(lease, time.time(), _costs(txs).get(lease["id"], 0))
+        view = lease_view(lease, time.time(), costs(txs).get(lease["id"], 0))
         view["transactions"] = txs
         lines = "".join(f"{k:15} {render.cell(v)}\n" for k, v in view.items()
                         if k not in ("transactions", "ended") and not k.endswith("_micro"))
@@ -259,7 +229,7 @@ class Commands:
         except SeveralLeases as exc:
             raise Usage(f"you have several active leases ({' '.join(exc.ids)}): say which, "
                         f"e.g. extend {exc.ids[0]} {args.words[-1]}") from None
-        view = _lease_view(lease, time.time())
+        view = lease_view(lease, time.time())
         return self._out(args, view, f"lease {lease['id']} extended by {format_duration(seconds)}; "
                                      f"{view['left']} left\n")
 
@@ -272,8 +242,8 @@ class Commands:
             raise Usage(f"you have several active leases ({' '.join(exc.ids)}): say which, "
                         f"e.g. release {exc.ids[0]}") from None
         refund = await self._refund(lease["id"])
-        cost = _costs(await self.b.history(self.renter)).get(lease["id"], 0)
-        view = _lease_view(lease, time.time(), cost)
+        cost = costs(await self.b.history(self.renter)).get(lease["id"], 0)
+        view = lease_view(lease, time.time(), cost)
         return self._out(args, {**view, "refunded": credits(refund), "refunded_micro": refund},
                          f"lease {lease['id']} released after {view['billed']} billed: cost {credits(cost)} "
                          f"credits, {credits(refund)} refunded\n")
@@ -348,6 +318,34 @@ class Commands:
         return self._out(args, {"added": credits(amount), "balance": credits(balance), "added_micro": amount,
                                 "balance_micro": balance},
                          f"voucher redeemed: +{credits(amount)} credits; balance {credits(balance)}\n")
+
+    async def cmd_hosts(self, args: Args, **_):
+        if args.words:
+            raise Usage("usage: hosts [--json]")
+        rows = await self.b.renter_hosts.hosts(self.renter)
+        table = [{**r, "online": "yes" if r["online"] else ("banned" if r["banned"] else "no"),
+                  "earned": credits(r["earned_micro"]), "note": r["refused"] or ("" if r["joined"] else "not joined yet")}
+                 for r in rows]
+        return self._out(args, rows, render.table(table, ["host", "online", "gpus", "leases", "earned", "note"]) if rows
+                         else f"you have no hosts; add one: {self.where.ssh('ctl')} host invite NAME\n")
+
+    async def cmd_host(self, args: Args, **_):
+        sub = args.words[0] if args.words else ""
+        if sub not in ("invite", "payout") or len(args.words) != 2:
+            raise Usage("usage: host invite NAME | host payout NAME")
+        name = args.words[1]
+        if sub == "invite":
+            token = await self.b.renter_hosts.invite(self.renter, name)
+            where = hosts_mod.join_address(self.b.config)
+            audit.info("host-invite renter=%s host=%s", self.renter, name)
+            return self._out(args, {"host": name, "token": token, "join": where},
+                             f"On your GPU machine, within 24 hours, run:\n  hostd join {where} {token}\n"
+                             f"then: hostd run (see {self.where.ssh('ctl')} hosts)\n")
+        amount, balance = await self.b.renter_hosts.pay_out(self.renter, name)
+        audit.info("payout renter=%s host=%s amount=%s", self.renter, name, credits(amount))
+        return self._out(args, {"moved": credits(amount), "moved_micro": amount, "balance": credits(balance),
+                                "balance_micro": balance},
+                         f"moved {credits(amount)} credits of {name}'s earnings to your balance: {credits(balance)}\n")
 
     async def cmd_keys(self, args: Args, stdin: bytes = b"", **_):
         sub = args.words[0] if args.words else "list"

@@ -52,6 +52,8 @@ class Config:
     signup: str = field(default_factory=lambda: os.environ.get("BROKER_SIGNUP", "closed"))
     signups_per_hour: int = field(default_factory=lambda: int(_env_float("BROKER_SIGNUPS_PER_HOUR", 5)))
     contact: str = field(default_factory=lambda: os.environ.get("BROKER_CONTACT", ""))
+    # Whether renters may add hosts of their own (`ssh ctl@broker host invite NAME`): on or off.
+    renter_hosts: str = field(default_factory=lambda: os.environ.get("BROKER_RENTER_HOSTS", "off"))
     max_skew: float = field(default_factory=lambda: _env_float("BROKER_MAX_SKEW", 30))
     # How long a host may take to start a container (image checks, workspace) and to stop one.
     start_timeout: float = field(default_factory=lambda: _env_float("BROKER_START_TIMEOUT", 330))

@@ -19,6 +19,7 @@ from .logins import Logins
 from .market import Market
 from .pullwaits import PullWaits
 from .reach import Reach
+from .renterhosts import RenterHosts
 from .renting import Renting
 from .settlement import Settlement
 from .store import Db, Store
@@ -42,6 +43,7 @@ class Broker:
         if peers is not None:
             self.market.max_age = 2.0  # the other brokers rent and release too
         self.accounts = Accounts(db, store)
+        self.renter_hosts = RenterHosts(config, db, store, links)
         self.logins = Logins(db, store, self.reach, now)
         self.pulls = PullWaits(config, db, store, now)
         self.hosts = Hosts(config, db, store, links, self.market, self.tasks, now,

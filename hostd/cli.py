@@ -19,7 +19,7 @@ from shellrent.common import logs, metrics as common_metrics, systemd
 from shellrent.keys import material
 
 from . import doctor as doctor_mod, firewall, gpus as gpus_mod, metrics as hostd_metrics, settings as settings_mod
-from .store import Store
+from .store import Store, live_leases
 from .runtime import RuntimeError_
 from .runtime_spec import LABEL
 
@@ -118,14 +118,8 @@ def _owner(cfg: Config) -> str:
 
 
 def _live_leases(cfg: Config) -> list[dict]:
-    if not cfg.db_path.exists():
-        return []
-    store = Store(cfg.db_path)
-    try:
-        return [{k: rec.get(k) for k in ("id", "state", "renter", "ends_at")} | {"gpus": json.loads(rec.get("gpus") or "[]")}
-                for rec in store.all() if rec["state"] in ("active", "ending")]
-    finally:
-        store.close()
+    return [{k: rec.get(k) for k in ("id", "state", "renter", "ends_at")} | {"gpus": json.loads(rec.get("gpus") or "[]")}
+            for rec in live_leases(cfg.db_path) if rec["state"] in ("active", "ending")]
 
 
 @main.command()

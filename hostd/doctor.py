@@ -81,11 +81,9 @@ def failed(checks: list[Check]) -> bool:
 
 
 def line(check: Check) -> str:
-    """The check as one printed line; warn and FAIL lines end with the fix."""
+    """The check as one printed line; warn and FAIL lines end with the fix, info ones with a tip."""
     text = f"{check.level:<4}  {check.check}: {check.text}"
-    if not check.fix or check.level == OK:
-        return text
-    return text + (f" -- tip: {check.fix}" if check.level == INFO else f" -- fix: {check.fix}")
+    return text + (f" -- {'tip' if check.level == INFO else 'fix'}: {check.fix}" if check.fix and check.level != OK else "")
 
 
 # Docker and cgroups

@@ -9,6 +9,22 @@ _COLUMNS = {"id": str, "renter": str, "image": str, "ends_at": float, "state": s
             "disk_gb": float, "downs": str, "seen": float}
 
 
+def live_leases(path: Path) -> list[dict]:
+    """The starting, active and ending leases, read-only (for `hostd status` beside a running hostd;
+    [] while there is no record yet or it cannot be read this moment)."""
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=2)
+    except sqlite3.Error:
+        return []
+    try:
+        return list(sqlite_utils.Database(conn)["leases"].rows_where(
+            "state IN ('starting', 'active', 'ending')", order_by="ends_at"))
+    except sqlite3.Error:
+        return []
+    finally:
+        conn.close()
+
+
 class Store:
     """Leases this host serves. States: starting, active, ending, ended, purged, lost."""
 
@@ -20,9 +36,6 @@ class Store:
         for name, kind in _COLUMNS.items():
             if name not in table.columns_dict:
                 table.add_column(name, kind)
-
-    def close(self) -> None:
-        self.db.conn.close()
 
     def put(self, lease: dict) -> None:
         self.db["leases"].upsert(lease, pk="id")

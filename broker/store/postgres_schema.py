@@ -52,6 +52,7 @@ MIGRATIONS = [
     """,
     """
     ALTER TABLE leases ADD COLUMN reason TEXT;
+    ALTER TABLE hosts ADD COLUMN owner TEXT;
     CREATE TABLE signup_codes (hash TEXT PRIMARY KEY, created DOUBLE PRECISION NOT NULL, used DOUBLE PRECISION,
                                renter TEXT);
     CREATE TABLE vouchers (hash TEXT PRIMARY KEY, amount BIGINT NOT NULL, created DOUBLE PRECISION NOT NULL,

@@ -39,6 +39,7 @@ class Host(TypedDict, total=False):
     banned: float  # 0, or when the operator banned it
     inventory: dict | None  # the checked inventory it offers (broker.inventory.check)
     inventory_error: str | None
+    owner: str | None  # the renter whose own host it is (BROKER_RENTER_HOSTS), or None: the operator's
 
 
 class Renter(TypedDict):

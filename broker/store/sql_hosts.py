@@ -2,7 +2,9 @@
 store.sqlite.Store and store.postgres.Store)."""
 import functools
 import json
+import secrets
 
+from .. import ledger
 from ..errors import BrokerError, NotFound
 from .records import Host
 from .sql_leases import lease_record
@@ -58,8 +60,42 @@ class Hosts:
             raise NotFound(f"unknown host {name!r}")
         return host_record(rows[0])
 
+    def invite_own_host(self, host: str, token_hash: str, expires: float, renter: str, most: int) -> None:
+        """A renter invites a host of its own: a new name, or its own that has not joined yet; at most
+        `most` hosts a renter."""
+        with self.tx():
+            self.lock(f"hosts-of:{renter}")
+            row = self._sql("SELECT joined, owner FROM hosts WHERE name = ?", [host]).fetchone()
+            if row and row[1] != renter:
+                raise BrokerError(f"the host name {host!r} is taken: choose another")
+            if row and row[0]:
+                raise BrokerError(f"your host {host!r} has already joined")
+            if not row:
+                if self._count("hosts", "owner = ?", [renter]) >= most:
+                    raise BrokerError(f"you have {most} hosts, the most one renter may")
+                self._insert("hosts", {"name": host, "invited": self.now(), "owner": renter})
+            self._insert("tokens", {"hash": token_hash, "host": host, "expires": expires})
+
+    def owned_hosts(self, renter: str) -> list[Host]:
+        return [host_record(r) for r in self._rows("SELECT * FROM hosts WHERE owner = ? ORDER BY name", [renter])]
+
+    def pay_out(self, host: str, renter: str) -> int:
+        """Move all of a renter's host's earnings to the renter's credit, once: the amount."""
+        with self.tx():
+            self.lock(ledger.provider(host))
+            row = self._sql("SELECT owner FROM hosts WHERE name = ?", [host]).fetchone()
+            if not row or row[0] != renter:
+                raise NotFound(f"you have no host {host!r}")
+            amount = self.balance(ledger.provider(host))
+            if amount <= 0:
+                raise BrokerError(f"host {host} has no earnings to move")
+            self.post(f"payout:{host}:{secrets.token_hex(8)}", "payout",
+                      [(ledger.provider(host), -amount), (ledger.renter(renter), amount)], renter=renter,
+                      memo=f"earnings of host {host}")
+            return amount
+
     def hosts(self) -> list[dict]:
-        return list(self._rows("SELECT name, fingerprint, joined, last_seen, banned, inventory_error FROM hosts "
+        return list(self._rows("SELECT name, owner, fingerprint, joined, last_seen, banned, inventory_error FROM hosts "
                                   "ORDER BY name"))
 
     def touch_host(self, name: str, now: float) -> None:

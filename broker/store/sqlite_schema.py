@@ -63,6 +63,7 @@ MIGRATIONS = [
     """,
     """
     ALTER TABLE leases ADD COLUMN reason TEXT;
+    ALTER TABLE hosts ADD COLUMN owner TEXT;
     CREATE TABLE signup_codes (hash TEXT PRIMARY KEY, created REAL NOT NULL, used REAL, renter TEXT);
     CREATE TABLE vouchers (hash TEXT PRIMARY KEY, amount INTEGER NOT NULL, created REAL NOT NULL, expires REAL,
                            redeemed REAL, renter TEXT);
