@@ -87,8 +87,11 @@ class _Upstream(asyncssh.SSHClientSession):
 
 
 # What an interactive `ssh rent@` runs for a renter with `config tmux on` (a plain login shell when the
-# image has no tmux). hostd runs it as SHELL -c ..., so $0 is that shell.
-TMUX = 'command -v tmux >/dev/null 2>&1 && exec tmux new-session -A -s main; exec "$0" -l'
+# image has no tmux). hostd runs it as SHELL -c ..., so $0 is that shell. tmux covers the banner, so
+# its status line carries the lease and its time left, from the /etc/shellrent/lease hostd keeps.
+TMUX = ('command -v tmux >/dev/null 2>&1 && exec tmux new-session -A -s main \\; set-option status-interval 15 \\; '
+        'set-option status-right-length 60 \\; set-option status-right '
+        '"#(. /etc/shellrent/lease; echo lease \\$SHELLRENT_LEASE_ID: \\$SHELLRENT_REMAINING left)"; exec "$0" -l')
 
 
 class RenterSession(asyncssh.SSHServerSession):

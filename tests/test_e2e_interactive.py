@@ -1,6 +1,7 @@
 """Interactive shells (pty, resize, Ctrl-C), tmux across disconnects, and ssh -L, through the broker."""
 import json
 import os
+import re
 import socket
 import subprocess
 import urllib.request
@@ -149,8 +150,11 @@ def test_config_tmux_on_makes_every_shell_the_leases_tmux_session(cluster, term)
     ctl = cluster.ssh("config", "tmux", "on", user="ctl")
     assert ctl.returncode == 0 and ctl.stdout.startswith(b"tmux on: ")
     try:
+        lid = cluster.ssh("echo $SHELLRENT_LEASE_ID").stdout.decode().strip()
         t = term("-tt")
         t.wait("/workspace#")
+        t.wait(f"lease {lid}: ")  # tmux covers the banner: its status line says which lease, and the time left
+        assert re.search(rf"lease {lid}: \d+h\d+m(\d+s)? left", t.screen()), t.screen()
         t.type("echo in-$(tmux display-message -p '#S')-session; sleep 600")
         t.wait("in-main-session")
         t.close()  # the connection drops; the job lives on in tmux
