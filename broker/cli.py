@@ -159,7 +159,7 @@ def service_install(ctx, ssh_addr, tunnel_addr, fee_percent, metrics_addr, only_
 @click.pass_context
 @fail_cleanly
 def backup(ctx, file):
-    """Copy the database to FILE, consistent and safe while the broker serves (see README to restore)."""
+    """Copy the database to FILE, consistent and safe while the broker serves (docs/operator.md says how to restore)."""
     if file.exists():
         raise BrokerError(f"{file} already exists: name a new file")
     if opening.url_of(config_of(ctx).home):
