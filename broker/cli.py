@@ -9,9 +9,10 @@ from pathlib import Path
 import click
 
 from shellrent.common import logs, systemd
+from shellrent.common.protocol import END_REASONS
 from shellrent.keys import material
 
-from . import admin, cli_money, hosts, proxyproto, renting
+from . import admin, cli_money, hosts, leases, proxyproto, renting
 from .cli_base import Hours, config_of, db_option, fail_cleanly, json_option, open_store, print_table
 from .config import Config, parse_addr
 from .errors import BrokerError
@@ -238,10 +239,15 @@ def lease_create(ctx, renter, host_name, hours, image, as_json):
 @click.pass_context
 @fail_cleanly
 def lease_list(ctx, as_json):
-    """List leases."""
-    rows = open_store(ctx).leases()
-    click.echo(json.dumps(rows)) if as_json else print_table(
-        rows, ["id", "renter", "host", "state", "gpu_name", "image", "ends_at"])
+    """List leases: state, end, why it ended and what it cost."""
+    store = open_store(ctx)
+    rows = [{**lease, "cost_micro": store.charged(lease["id"])} for lease in store.leases()]
+    if as_json:
+        click.echo(json.dumps(rows))
+        return
+    print_table([{**r, "cost": leases.credits(r["cost_micro"]), "why": END_REASONS.get(r.get("reason") or "", "-")
+                  if r["state"] in ("ended", "purged") else "-"} for r in rows],
+                ["id", "renter", "host", "state", "gpu_name", "ends_at", "ended", "why", "cost"])
 
 
 @lease.command("stop")

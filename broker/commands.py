@@ -349,7 +349,7 @@ class Commands:
 
     async def cmd_keys(self, args: Args, stdin: bytes = b"", **_):
         sub = args.words[0] if args.words else "list"
-        if sub == "list":
+        if sub == "list" and len(args.words) <= 1:
             rows = await self.b.accounts.keys(self.renter)
             return self._out(args, rows, render.table(rows, ["fingerprint", "added"]))
         if sub == "add":
