@@ -14,7 +14,7 @@ NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 
 def check_name(kind: str, name: str) -> str:
     """Renter and host names: lowercase letters, digits, - and _, up to 32."""
-    if not NAME_RE.match(name):
+    if not NAME_RE.fullmatch(name):
         raise BrokerError(f"bad {kind} name {name!r}: use lowercase letters, digits, - and _ (max 32)")
     return name
 

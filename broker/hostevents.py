@@ -62,7 +62,7 @@ class HostEvents:
             if lease["host"] != host:
                 self._complain(host, "claimed lease %s of host %s: refused", lid, lease["host"])
             elif kind == "lease.ended":
-                await self.host_ended(host, lid, protocol.timestamp(event.get("at")), protocol.end_reason(event.get("why")))
+                await self.host_ended(host, lid, protocol.timestamp(event.get("at")), protocol.end_reason(event.get("why"), protocol.HOST_REASONS))
             elif kind == "lease.purged":
                 if lease["state"] == "ended":
                     await self._db(lambda: self._store.update_lease(lid, state="purged"))

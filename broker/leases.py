@@ -67,7 +67,9 @@ def parse_credits(text: str) -> int:
         value = Decimal(str(text).strip())
     except InvalidOperation:
         raise BrokerError(f"bad amount {text!r}: expected a number like 12.50") from None
-    if not value.is_finite() or value.as_tuple().exponent < -6:
+    if not value.is_finite():
+        raise BrokerError(f"bad amount {text!r}: expected a number like 12.50")
+    if value.as_tuple().exponent < -6:
         raise BrokerError(f"bad amount {text!r}: at most 6 decimals")
     if abs(value) > 10**9:
         raise BrokerError(f"bad amount {text!r}: at most 1000000000 credits")

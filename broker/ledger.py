@@ -3,7 +3,8 @@
 Accounts: renter:NAME (spendable credit), hold:NAME (credit held for live leases),
 provider:HOST (earnings), platform:fees, world:deposits (where operator credit comes from),
 platform:vouchers (where redeemed vouchers' credit comes from).
-Every transaction's entries sum to zero; renter and hold accounts never go below zero.
+Every transaction's entries sum to zero; renter and hold accounts never go below zero, nor does the
+provider account of a renter's own host (store.sql_ledger).
 """
 from .errors import BrokerError
 

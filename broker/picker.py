@@ -121,8 +121,9 @@ async def pick_and_rent(broker: Broker, renter: str, write, readline, where) -> 
 class CtlSession(asyncssh.SSHServerSession):
     """One `ssh ctl@broker COMMAND`."""
 
-    def __init__(self, commands: Commands):
+    def __init__(self, commands: Commands, stdin: bool = True):
         self._commands = commands
+        self._takes_stdin = stdin  # `keys add` reads a key from stdin; a signup session reads nothing
         self._chan = None
         self._line = "help"
         self._pty = False
@@ -146,7 +147,7 @@ class CtlSession(asyncssh.SSHServerSession):
         return True
 
     def session_started(self):
-        self._collect = self._line.split()[:2] == ["keys", "add"]
+        self._collect = self._takes_stdin and self._line.split()[:2] == ["keys", "add"]
         if self._pty:
             self._reader = LineReader(self._chan.write)
         if not self._collect:

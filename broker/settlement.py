@@ -114,8 +114,11 @@ class Settlement:
             charged = store.charged(lid)
             seconds, charge = self._charge(lease, lease["started"], lease["ended"])
             if billing.correction(charged, charge):
-                store.post(ledger.adjust_key(lid, charge), "refund",
-                           ledger.adjust(lease["renter"], lease["host"], charged, charge, lease["fee_percent"]),
-                           lease=lid, renter=lease["renter"],
-                           memo=f"corrected: {format_duration(seconds)} billed of "
-                                f"{format_duration(lease['ended'] - lease['started'])}")
+                try:
+                    store.post(ledger.adjust_key(lid, charge), "refund",
+                               ledger.adjust(lease["renter"], lease["host"], charged, charge, lease["fee_percent"]),
+                               lease=lid, renter=lease["renter"],
+                               memo=f"corrected: {format_duration(seconds)} billed of "
+                                    f"{format_duration(lease['ended'] - lease['started'])}")
+                except ledger.LedgerError as exc:  # a renter's own host whose earnings were paid out
+                    log.warning("lease %s: correction refused (%s)", lid, exc)

@@ -75,17 +75,18 @@ class Signup:
         name, now = words[0], time.time()
         if not self.limiter.allowed(self.ip, cfg.signups_per_hour, now):
             raise BrokerError("too many signups from your address; try again in an hour")
+        self.limiter.count(self.ip, now)  # before the store is asked: attempts at once count each
         fpr = material.fingerprint(self.key)
         try:
             await self.b.accounts.sign_up(name, self.key, codes.digest(SIGNUP_PREFIX, words[1])
                                           if policy == "code" else None)
         except KeyTaken:
+            audit.info("signup-fail name=%r ip=%s key=%s why=key taken", name[:40], self.ip, fpr)
             raise BrokerError("this key cannot be used for a new account") from None
         except BrokerError as exc:
             audit.info("signup-fail name=%r ip=%s key=%s why=%s", name[:40], self.ip, fpr, exc)
             self.on_fail()
             raise
-        self.limiter.count(self.ip, now)
         audit.info("signup renter=%s ip=%s key=%s policy=%s", name, self.ip, fpr, policy)
         return (f"welcome, {name}: your account is ready and has no credit yet.\n"
                 f"  add credit:  {self.where.ssh('ctl')} redeem VOUCHER\n"

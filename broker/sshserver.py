@@ -62,6 +62,8 @@ class RenterServer(asyncssh.SSHServer):
         self._limiter = limiter
         self._signups = signups
         self._signup_key = None
+        self._told_closed = False
+        self._signup_open = False  # a signup connection gets one session
         self._sessions = sessions
         self._startups = startups
         self._fails = 0
@@ -124,6 +126,13 @@ class RenterServer(asyncssh.SSHServer):
             self._conn.send_auth_banner(f"shellrent: {exc}\r\n")
             self._conn.disconnect(asyncssh.DISC_SERVICE_NOT_AVAILABLE, f"shellrent: {exc}")
             return False
+        if self.kind == "signup" and self._broker.config.signup == "closed":  # nothing to log in for
+            if not self._told_closed:
+                self._told_closed = True
+                contact = self._broker.config.contact or "its operator"
+                self._conn.send_auth_banner(f"shellrent: this broker does not take signups: ask {contact} for "
+                                            f"an account (send your public key, e.g. ~/.ssh/id_ed25519.pub)\r\n")
+            return False
         if not renter and self.kind == "signup":
             self._checked = (username, fpr, None)
             return self._sign_up(key, None)
@@ -153,8 +162,12 @@ class RenterServer(asyncssh.SSHServer):
 
     def session_requested(self):
         if self.kind == "signup":
+            if self._signup_open:
+                raise asyncssh.ChannelOpenError(asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED, "one signup per connection")
+            self._signup_open = True
             return CtlSession(Signup(self._broker, self._signup_key, self._known, self._ip, self.where,
-                                     self._signups, on_fail=lambda: self._limiter.failed(self._ip, time.time())))
+                                     self._signups, on_fail=lambda: self._limiter.failed(self._ip, time.time())),
+                              stdin=False)
         if self.kind == "ctl":
             return CtlSession(Commands(self._broker, self.renter, self.where))
         self._take_slot()

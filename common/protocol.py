@@ -53,9 +53,12 @@ END_REASONS = {"time": "its time ran out", "released": "it was released", "stopp
 MAX_TIME = 4102444800.0  # 2100-01-01: no lease end or event time beyond this is real
 
 
-def end_reason(value) -> str | None:
-    """A lease end's reason code from the wire, or None when it is not one."""
-    return value if isinstance(value, str) and value in END_REASONS else None
+HOST_REASONS = ("time", "lost", "disk", "gpu")  # what a host may say of an end it made itself
+
+
+def end_reason(value, allowed=tuple(END_REASONS)) -> str | None:
+    """A lease end's reason code from the wire, or None when it is not one (of those allowed)."""
+    return value if isinstance(value, str) and value in allowed else None
 
 
 class WireError(ValueError):

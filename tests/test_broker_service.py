@@ -156,3 +156,9 @@ def test_a_login_with_several_leases_is_told_the_command_with_the_real_address()
         logins.pick_lease([_lease("a"), _lease("b")], "al", None, now, where=Where("gpu.example.org", 2222))
     with pytest.raises(NotFound, match=r"rent one with: ssh ctl@gpu.example.org rent --hours 1"):
         logins.pick_lease([], "al", None, now, where=Where("gpu.example.org"))
+
+
+def test_a_name_cannot_end_in_a_newline():
+    for bad in ("bob\n", "bob\nroot", " bob", "Bob"):
+        with pytest.raises(BrokerError, match="bad renter name"):
+            accounts.check_name("renter", bad)

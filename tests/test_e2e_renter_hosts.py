@@ -24,6 +24,8 @@ def test_a_renter_adds_its_own_host_and_moves_its_earnings_to_credit(tmp_path):
         r = c.ssh("host", "invite", "mypc", user="ctl", check=True).stdout.decode()
         assert r.startswith(f"On your GPU machine, within 24 hours, run:\n  hostd join 127.0.0.1:{c.tunnel_port} ")
         token = r.splitlines()[1].split()[-1]
+        squat = c.broker("host", "invite", "mypc", check=False)  # the operator cannot hand her name to another
+        assert squat.returncode == 1 and "is renter alice's own host: choose another name" in squat.stderr.decode()
         for who, name, why in ((bob, "mypc", "the host name 'mypc' is taken"),
                                (c.key, "pc1", "the host name 'pc1' is taken"),
                                (c.key, "My PC", "bad host name")):

@@ -1,12 +1,14 @@
 """Self-serve accounts with OpenSSH against a real broker: `ssh signup@broker NAME [CODE]` under each
 BROKER_SIGNUP policy, credit vouchers redeemed with `ssh ctl@broker redeem CODE`, the hint an unknown
 user gets, and the operator's credit commands refusing what they should in one line."""
+import asyncio
 import json
 import sqlite3
 import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+import asyncssh
 import pytest
 
 from .cluster import Cluster
@@ -28,7 +30,7 @@ def _balances(c: Cluster) -> dict:
     return json.loads(c.broker("ledger", "--json").stdout)["balances"]
 
 
-@pytest.mark.parametrize("broker", [{"BROKER_SIGNUP": "code"}], indirect=True)
+@pytest.mark.parametrize("broker", [{"BROKER_SIGNUP": "code", "BROKER_SIGNUPS_PER_HOUR": "50"}], indirect=True)
 def test_a_signup_code_makes_one_account_once(broker):
     c = broker
     codes = c.broker("signup-code", "create", "--count", "2").stdout.decode().split()
@@ -64,7 +66,7 @@ def test_a_signup_code_makes_one_account_once(broker):
     db.close()
 
 
-@pytest.mark.parametrize("broker", [{"BROKER_SIGNUP": "code"}], indirect=True)
+@pytest.mark.parametrize("broker", [{"BROKER_SIGNUP": "code", "BROKER_SIGNUPS_PER_HOUR": "50"}], indirect=True)
 def test_two_people_racing_for_one_code_make_one_account(broker):
     c = broker
     code = c.broker("signup-code", "create").stdout.decode().strip()
@@ -79,17 +81,12 @@ def test_signup_is_closed_unless_the_operator_opens_it(tmp_path):
     c = Cluster(tmp_path, env={"BROKER_CONTACT": "ops@example.org"})
     try:
         c.start_broker()
-        r = c.ssh("dave", user="signup", key=c.new_key("dave"))
-        assert r.returncode == 2
-        assert r.stderr.decode() == ("signup: this broker does not take signups: ask ops@example.org for an account "
-                                     "(send your public key, e.g. ~/.ssh/id_ed25519.pub)\n")
+        r = subprocess.run(["ssh", "-p", str(c.ssh_port), "-o", "LogLevel=INFO", *c.ssh_opts(c.new_key("dave")),
+                            "signup@127.0.0.1", "dave"], capture_output=True, timeout=60)
+        assert r.returncode == 255  # closed: no login at all, only the banner that says whom to ask
+        assert ("shellrent: this broker does not take signups: ask ops@example.org for an account "
+                "(send your public key, e.g. ~/.ssh/id_ed25519.pub)") in r.stderr.decode()
         assert _renters(c) == ["alice"]
-        # a signup login is nothing more: no shell, no forward, no files
-        sftp = subprocess.run(["sftp", "-P", str(c.ssh_port), *c.ssh_opts(c.new_key("dave")), "signup@127.0.0.1"],
-                              input=b"ls\n", capture_output=True, timeout=60)
-        assert sftp.returncode != 0 and b"subsystem request failed" in sftp.stderr
-        fwd = c.ssh(user="signup", key=c.new_key("dave"), opts=["-W", "localhost:22"])
-        assert fwd.returncode == 255 and b"forwarding failed" in fwd.stderr
     finally:
         c.close()
 
@@ -104,6 +101,26 @@ def test_open_signup_is_limited_per_address(broker):
     third = c.ssh("gina", user="signup", key=c.new_key("gina"))
     assert third.returncode == 2 and "too many signups from your address" in third.stderr.decode()
     assert _renters(c) == ["alice", "erin", "frank"]
+    # a signup login is nothing more: no files, no forward, one session per connection
+    sftp = subprocess.run(["sftp", "-P", str(c.ssh_port), *c.ssh_opts(c.new_key("hal")), "signup@127.0.0.1"],
+                          input=b"ls\n", capture_output=True, timeout=60)
+    assert sftp.returncode != 0 and b"subsystem request failed" in sftp.stderr
+    fwd = c.ssh(user="signup", key=c.new_key("hal"), opts=["-W", "localhost:22"])
+    assert fwd.returncode == 255 and b"forwarding failed" in fwd.stderr
+    assert asyncio.run(_two_sessions(c, c.new_key("hal"))) == "one signup per connection"
+
+
+async def _two_sessions(c: Cluster, key) -> str:
+    async with asyncssh.connect("127.0.0.1", c.ssh_port, username="signup", client_keys=[str(key)],
+                                known_hosts=None) as conn:
+        first = await conn.create_process("help")
+        try:
+            await conn.create_process("help")
+        except asyncssh.ChannelOpenError as exc:
+            return exc.reason
+        finally:
+            first.close()
+    return "a second session opened"
 
 
 def test_a_voucher_adds_its_credit_once(broker):

@@ -29,9 +29,11 @@ class Hosts:
     def add_token(self, host: str, token_hash: str, expires: float) -> None:
         """Invite a host by name (a new name, or one that never joined)."""
         with self.tx():
-            row = self._sql("SELECT joined FROM hosts WHERE name = ?", [host]).fetchone()
+            row = self._sql("SELECT joined, owner FROM hosts WHERE name = ?", [host]).fetchone()
             if row and row[0]:
                 raise BrokerError(f"host {host!r} has already joined")
+            if row and row[1]:
+                raise BrokerError(f"host name {host!r} is renter {row[1]}'s own host: choose another name")
             if not row:
                 self._insert("hosts", {"name": host, "invited": self.now()})
             self._insert("tokens", {"hash": token_hash, "host": host, "expires": expires})
@@ -74,6 +76,7 @@ class Hosts:
                 if self._count("hosts", "owner = ?", [renter]) >= most:
                     raise BrokerError(f"you have {most} hosts, the most one renter may")
                 self._insert("hosts", {"name": host, "invited": self.now(), "owner": renter})
+            self._sql("DELETE FROM tokens WHERE host = ? AND used IS NULL", [host])  # the newest token only
             self._insert("tokens", {"hash": token_hash, "host": host, "expires": expires})
 
     def owned_hosts(self, renter: str) -> list[Host]:

@@ -38,11 +38,13 @@ class Ledger:
         """Post one balanced transaction once: False (and nothing changes) if key was posted before."""
         ledger.check(entries)
         with self.tx():
-            self.lock(*sorted(a for a, _ in entries if a.startswith(ledger.NON_NEGATIVE)))  # balances checked
+            guarded = {a for a, v in entries if a.startswith(ledger.NON_NEGATIVE)
+                       or (v < 0 and a.startswith(ledger.PROVIDERS) and self._owned(a))}
+            self.lock(*sorted(guarded))  # balances checked
             if self._sql("SELECT 1 FROM txs WHERE key = ?", [key]).fetchone():
                 return False
             for account, amount in entries:
-                if account.startswith(ledger.NON_NEGATIVE) and amount < 0:
+                if account in guarded and amount < 0:
                     if self.balance(account) + amount < 0:
                         raise ledger.LedgerError(
                             f"not enough credit: {ledger.credits_needed(self.balance(account), -amount)}")
@@ -54,6 +56,12 @@ class Ledger:
             tx = row[0][0]
             self._many("INSERT INTO entries (tx, account, amount) VALUES (?, ?, ?)", [(tx, a, v) for a, v in entries])
         return True
+
+    def _owned(self, account: str) -> bool:
+        """Whether a provider account is a renter's own host's: its earnings become credit (a payout),
+        so it never goes below zero (a correction after a payout would make credit from nothing)."""
+        row = self._sql("SELECT owner FROM hosts WHERE name = ?", [account[len(ledger.PROVIDERS):]]).fetchone()
+        return bool(row and row[0])
 
     def unbalanced(self) -> list[str]:
         """Keys of transactions whose entries do not sum to zero (there are none: each is checked)."""

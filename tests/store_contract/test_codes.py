@@ -58,3 +58,24 @@ def test_two_stores_racing_for_one_voucher_credit_it_once(opener, clock):
         t.join(30)
     assert sorted(map(str, results)) == ["1000000"] + ["that voucher was redeemed already"] * 3
     assert first.balance(ledger.renter("alice")) == 1_000_000
+
+
+def test_a_renters_own_host_never_pays_out_what_a_later_correction_takes_back(store):
+    """Its earnings become credit: a refund after the payout would make credit from nothing."""
+    from shellrent.broker import ledger as L
+    store.add_renter("alice", "SHA256:a", "ssh-ed25519 A")
+    store.invite_own_host("mypc", "t1", 2e9, "alice", 20)
+    store.add_token("pc1", "t2", 2e9)  # the operator's
+    with pytest.raises(BrokerError, match="renter alice's own host"):
+        store.add_token("mypc", "t3", 2e9)
+    with pytest.raises(BrokerError, match="is taken"):
+        store.invite_own_host("pc1", "t4", 2e9, "alice", 20)
+    for host in ("mypc", "pc1"):
+        store.post(f"earn:{host}", "settle", [(L.WORLD, -1_000_000), (L.provider(host), 1_000_000)])
+    assert store.pay_out("mypc", "alice") == 1_000_000
+    with pytest.raises(BrokerError, match="you have no host 'pc1'"):
+        store.pay_out("pc1", "alice")
+    with pytest.raises(L.LedgerError, match="not enough credit"):
+        store.post("adjust:x", "refund", [(L.provider("mypc"), -500_000), (L.renter("alice"), 500_000)])
+    store.post("adjust:y", "refund", [(L.provider("pc1"), -1_500_000), (L.WORLD, 1_500_000)])  # the operator's own
+    assert store.balance(L.provider("mypc")) == 0 and store.balance(L.provider("pc1")) == -500_000
