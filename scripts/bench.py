@@ -128,7 +128,7 @@ def scale(work: Path, n: int) -> dict:
     c = Cluster(work / "scale", env=bench_scale.ENV)
     try:
         c.start_broker()
-        c.broker("renter", "credit", "alice", "100000")
+        c.broker("renter", "credit", "alice", "100000", "--yes")
         got = asyncio.run(bench_scale.measure(c, c.procs["broker"].pid, n))
     finally:
         c.close()

@@ -128,7 +128,7 @@ def scale(pg: PgServer, work: Path, n: int) -> dict:
             cs.append(Cluster(work / f"s{i}", env={"BROKER_DB": url, **bench_scale.ENV}, **extra))
             cs[-1].key = cs[0].key
             cs[-1].start_broker("--peer", "127.0.0.1:0")
-        cs[0].broker("renter", "credit", "alice", "1000000")
+        cs[0].broker("renter", "credit", "alice", "1000000", "--yes")
 
         async def measure() -> dict:
             scales = []

@@ -266,7 +266,7 @@ if __name__ == "__main__":
     c = Cluster(work, env=ENV)
     try:
         c.start_broker()
-        c.broker("renter", "credit", "alice", "100000")
+        c.broker("renter", "credit", "alice", "100000", "--yes")
         print(json.dumps(asyncio.run(measure(c, c.procs["broker"].pid, n)), indent=1))
     finally:
         if os.environ.get("SCALE_LOG"):

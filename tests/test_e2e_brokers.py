@@ -126,7 +126,7 @@ def test_a_renter_through_one_broker_works_on_the_others_host_and_the_host_moves
     assert _ctl_json(b, "ls")[0]["state"] == "active"
 
     out = b.ssh("release", lease["id"], user="ctl", check=True)
-    assert out.stdout.decode().startswith(f"lease {lease['id']} released; ")
+    assert out.stdout.decode().startswith(f"lease {lease['id']} released after ")
     wait_for(lambda: not a.containers(), what="the host to remove the container")
     kinds = [t["kind"] for t in _ledger(b)["transactions"] if t["lease"] == lease["id"]]
     assert sorted(kinds) == ["hold", "hold", "settle"]  # the rent, the extension, one settlement

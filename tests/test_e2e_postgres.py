@@ -53,7 +53,7 @@ def test_a_broker_on_postgresql_rents_settles_and_survives_kill_9(pg_cluster):
     assert [row["id"] for row in _ctl_json(c, "ls")] == [lease["id"]]
 
     out = c.ssh("release", lease["id"], user="ctl", check=True)
-    assert out.stdout.decode().startswith(f"lease {lease['id']} released; ")
+    assert out.stdout.decode().startswith(f"lease {lease['id']} released after ")
     assert _ctl_json(c, "ls")[0]["state"] in ("ended", "purged")
     ledger = json.loads(c.broker("ledger", "--json").stdout)
     assert sum(ledger["balances"].values()) == 0
