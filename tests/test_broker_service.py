@@ -162,3 +162,14 @@ def test_a_name_cannot_end_in_a_newline():
     for bad in ("bob\n", "bob\nroot", " bob", "Bob"):
         with pytest.raises(BrokerError, match="bad renter name"):
             accounts.check_name("renter", bad)
+
+
+async def test_help_and_the_files_hint_name_the_broker_as_the_renter_reached_it():
+    where = Where("gpu.example.org", 2222)
+    code, text = await Commands(SimpleNamespace(), "alice", where).run("help")
+    assert code == 0 and text.startswith("usage: ssh -p 2222 ctl@gpu.example.org COMMAND [ARGS]")
+    assert "then: ssh -p 2222 rent@gpu.example.org" in text and "BROKER" not in text
+    code, text = await Commands(SimpleNamespace(), "alice", Where("gpu.example.org")).run("nosuch")
+    assert text == "ctl: unknown command 'nosuch'; try: ssh ctl@gpu.example.org help\n"
+    with pytest.raises(BrokerError, match=r"its files stay readable: sftp -P 2222 rent\+a@gpu.example.org"):
+        logins.pick_lease([_lease("a", "ended")], "al", "a", 1000.0, where=where)

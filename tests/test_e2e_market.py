@@ -235,6 +235,7 @@ def test_rent_at_login_with_the_interactive_picker(market):
         term.wait("OK? [y/N]")
         assert "0.80 credits held" in term.screen()
         term.type("y")
+        term.wait(f"next time: ssh -p {c.ssh_port} rent+")              # the broker as reached, no placeholder
         term.wait("/workspace#", timeout=60)                            # straight into the new lease's shell
         term.type("echo in-$SHELLRENT_LEASE_ID")
         lid = ctl_json(c, "ls")[0]["id"]
