@@ -33,6 +33,8 @@ class Config:
     sessions_per_renter: int = field(default_factory=lambda: int(_env_float("BROKER_SESSIONS_PER_RENTER", 64)))
     fee_percent: int = field(default_factory=lambda: int(_env_float("BROKER_FEE_PERCENT", 10)))
     offline_grace: float = field(default_factory=lambda: _env_float("BROKER_OFFLINE_GRACE", 300))
+    # A lease whose host has been offline this long ends at the moment the host went (its hold freed).
+    host_lost: float = field(default_factory=lambda: _env_float("BROKER_HOST_LOST", 3600))
     housekeeping: float = field(default_factory=lambda: _env_float("BROKER_HOUSEKEEPING", 2))
     # The highest price per GPU-hour a host may ask, in credits; an inventory above it is refused.
     max_price: float = field(default_factory=lambda: _env_float("BROKER_MAX_PRICE", 100))

@@ -10,8 +10,8 @@ log = logging.getLogger("shellrent.service")
 
 
 class Jobs:
-    def __init__(self, db, store, links, market, renting, settlement, sync_all, now, cluster, channels):
-        self._db, self._store, self._links, self._market = db, store, links, market
+    def __init__(self, db, store, links, market, renting, settlement, sync_all, now, cluster, channels, config):
+        self._db, self._store, self._links, self._market, self._config = db, store, links, market, config
         self._cluster, self._channels = cluster, channels
         self._renting, self._settlement, self._sync_all, self._now = renting, settlement, sync_all, now
         self._full_logged = False
@@ -36,6 +36,7 @@ class Jobs:
             if not self._cluster.fresh():  # paused or cut off: first learn what this broker still owns
                 await self._cluster.beat()
             live = await self._db(self._store.live_leases)
+            await self._end_lost(live, links, now)
             others = self._cluster.others  # as of the last heartbeat: a broker is gone after 10 s, not 2
             for lease in live:
                 if lease["state"] == "active" and lease["ends_at"] <= now:
@@ -56,6 +57,19 @@ class Jobs:
             if not self._full_logged:
                 log.error("housekeeping: %s", exc)
                 self._full_logged = True
+
+    async def _end_lost(self, live: list[dict], links, now: float) -> None:
+        """Active leases whose host has been offline longer than BROKER_HOST_LOST end at the moment it
+        went: the renter's hold is freed. A host that comes back is told to stop them."""
+        hosts = {lease["host"] for lease in live if lease["state"] == "active"} - set(links.links if links else ())
+        if not hosts:
+            return
+        lost = await self._db(self._store.lost_hosts, sorted(hosts), now - self._config.host_lost)
+        for lease in live:
+            went = lost.get(lease["host"])
+            if lease["state"] == "active" and went is not None and lease["host"] in hosts:
+                log.warning("lease %s ends: its host %s has been offline since %.0f", lease["id"], lease["host"], went)
+                await self._settlement.end_lease(lease["id"], went, "offline")
 
     async def _expel(self, link) -> None:
         """A banned host is told first (it ends its leases itself: the renters' containers stop),

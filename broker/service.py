@@ -58,7 +58,7 @@ class Broker:
         self.hostsync = HostSync(config, db, store, links, self.events, self.settlement, self.renting.in_flight,
                                  self.tasks, now)
         self.jobs = Jobs(db, store, links, self.market, self.renting, self.settlement, self.hostsync.sync_all, now,
-                         self.cluster, self.channels)
+                         self.cluster, self.channels, config)
         # the entry points the adapters call
         self.db = db
         self.renter_for_key, self.session_target = self.accounts.renter_for_key, self.logins.session_target

@@ -35,6 +35,8 @@ def lease_view(lease: dict, now: float, cost: int | None = None) -> dict:
             "price_per_hour": credits(rate), "held": credits(lease["held"]), "held_micro": lease["held"]}
     if lease["state"] in ("ended", "purged", "failed"):
         why = protocol.END_REASONS.get(lease.get("reason") or "", "")
+        if lease.get("reason") == "offline":
+            why = f"its host went offline at {when(lease.get('ended'))} and did not come back"
         view.update(ended=lease.get("ended"), ended_at=when(lease.get("ended")),
                     reason=why or (lease.get("error") if lease["state"] == "failed" else "") or "-")
     if cost is not None:

@@ -49,7 +49,8 @@ _ENV_NAME = re.compile(r"(?:LANG|LANGUAGE|TZ|COLORTERM|TERM_PROGRAM|NO_COLOR|LC_
 # words renters read. Any other value means "not said".
 END_REASONS = {"time": "its time ran out", "released": "it was released", "stopped": "the operator stopped it",
                "lost": "its container stopped and could not be started again", "disk": "it went over its disk share",
-               "gpu": "its GPU failed", "banned": "the operator removed its host", "host": "its host lost it"}
+               "gpu": "its GPU failed", "banned": "the operator removed its host", "host": "its host lost it",
+               "offline": "its host went offline and did not come back"}
 MAX_TIME = 4102444800.0  # 2100-01-01: no lease end or event time beyond this is real
 
 

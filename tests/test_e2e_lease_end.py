@@ -3,6 +3,7 @@
 OpenSSH."""
 import json
 import subprocess
+import time
 
 import pytest
 
@@ -91,3 +92,34 @@ def test_a_ban_stops_the_banned_hosts_containers_whether_it_is_connected_or_come
     assert rows[on1]["reason"] == rows[on2]["reason"] == "banned"
     ledger = json.loads(c.broker("ledger", "--json").stdout)
     assert sum(ledger["balances"].values()) == 0 and ledger["balances"].get("hold:alice", 0) == 0
+
+
+def test_a_lease_whose_host_stays_away_ends_when_the_host_went_and_frees_the_hold(tmp_path):
+    c = Cluster(tmp_path, env={"BROKER_HOST_LOST": "4"})
+    try:
+        c.start_broker()
+        c.add_host("pc1", {"fake_gpus": "RTX 4090:24", "grace": "1s"})
+        c.broker("renter", "credit", "alice", "10")
+        wait_for(lambda: c.ssh("offers", "--json", user="ctl", check=True).stdout != b"[]\n", what="the offer")
+        lid = json.loads(c.ssh("rent", "--hours", "2", "--yes", "--json", user="ctl", check=True).stdout)["id"]
+        c.ssh("echo kept > /workspace/f", check=True)
+        c.kill("hostd-pc1")  # -9: the host goes, its container runs on
+        went = time.time()
+        wait_for(lambda: _ls(c)[lid]["state"] == "ended", timeout=30, what="the lease to end once its host is lost")
+        row = _ls(c)[lid]
+        assert time.time() - went >= 4 and row["ended"] <= went + 1
+        assert row["reason"].startswith("its host went offline at ") and row["reason"].endswith("did not come back")
+        balance = json.loads(c.ssh("balance", "--json", user="ctl", check=True).stdout)
+        assert balance["held_micro"] == 0 and balance["balance_micro"] == 10_000_000 - row["cost_micro"]
+        assert row["cost_micro"] < 10_000  # a few seconds at 0.40 an hour: billed to the moment it went
+        assert len(c.containers()) == 1
+        c.start_hostd("pc1")  # it comes back: told to stop the lease; the workspace stays for its retention
+        wait_for(lambda: not c.containers(), what="the returned host to stop the ended lease's container")
+        got = subprocess.run(["sftp", "-P", str(c.ssh_port), *c.ssh_opts(), f"rent+{lid}@127.0.0.1"],
+                             input=b"get /workspace/f " + str(tmp_path / "f").encode() + b"\n",
+                             capture_output=True, timeout=60)
+        assert got.returncode == 0 and (tmp_path / "f").read_text() == "kept\n", got.stderr
+        ledger = json.loads(c.broker("ledger", "--json").stdout)["balances"]
+        assert sum(ledger.values()) == 0 and ledger.get("hold:alice", 0) == 0
+    finally:
+        c.close()

@@ -140,5 +140,13 @@ class Hosts:
             out.setdefault(host, []).append((up, down))
         return out
 
+    def lost_hosts(self, hosts: list[str], before: float) -> dict[str, float]:
+        """Those of `hosts` offline since before `before` (no open connected interval): when each went."""
+        if not hosts:
+            return {}
+        return dict(self._sql(f"SELECT host, MAX(down) FROM uptime WHERE host IN ({','.join('?' * len(hosts))}) "
+                              "GROUP BY host HAVING SUM(CASE WHEN down IS NULL THEN 1 ELSE 0 END) = 0 AND MAX(down) < ?",
+                              [*hosts, before]).fetchall())
+
     def touch_hosts(self, names: list[str], now: float) -> None:
         self._many("UPDATE hosts SET last_seen = ? WHERE name = ?", [(now, n) for n in names])

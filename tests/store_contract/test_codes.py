@@ -79,3 +79,14 @@ def test_a_renters_own_host_never_pays_out_what_a_later_correction_takes_back(st
         store.post("adjust:x", "refund", [(L.provider("mypc"), -500_000), (L.renter("alice"), 500_000)])
     store.post("adjust:y", "refund", [(L.provider("pc1"), -1_500_000), (L.WORLD, 1_500_000)])  # the operator's own
     assert store.balance(L.provider("mypc")) == 0 and store.balance(L.provider("pc1")) == -500_000
+
+
+def test_a_host_is_lost_only_once_every_connected_interval_is_closed_before_the_cutoff(store):
+    store.host_up("pc1", 100.0)
+    store.host_down("pc1", 200.0)
+    store.host_up("pc2", 100.0)  # still connected
+    store.host_up("pc3", 100.0)
+    store.host_down("pc3", 900.0)  # went too recently
+    assert store.lost_hosts(["pc1", "pc2", "pc3", "pc4"], 500.0) == {"pc1": 200.0}
+    store.host_up("pc1", 600.0)  # back
+    assert store.lost_hosts(["pc1"], 500.0) == {} and store.lost_hosts([], 500.0) == {}
