@@ -13,8 +13,8 @@ from shellrent.common import protocol
 from shellrent.keys import material
 
 from . import codes, hosts as hosts_mod, ledger, metrics, render
-from .config import Where, public_address
-from .errors import BrokerError, KeyTaken, NotFound
+from .config import Where
+from .errors import BrokerError, KeyTaken, NoOffer, NotFound
 from .leases import credits, format_duration, parse_duration
 from .accounts import one_key
 from .logins import SeveralLeases
@@ -111,9 +111,9 @@ class Commands:
                  address: tuple[str, int] | None = None):
         self.b = broker
         self.renter = renter
-        self.address = address or ((where.host, where.port) if where else ("localhost", 22))
-        # where this renter reached the broker, for the commands it is told to type
-        self.where = where or Where.of(getattr(getattr(broker, "config", None), "public_host", ""), self.address)
+        # where this renter reached the broker (or BROKER_PUBLIC_HOST), for the commands it is told to type
+        self.where = where or Where.of(getattr(getattr(broker, "config", None), "public_host", ""),
+                                       address or ("localhost", 22))
 
     async def run(self, line: str, stdin: bytes = b"", ask: Ask | None = None, progress=None) -> tuple[int, str]:
         """Run one command line; (exit status, text to print)."""
@@ -172,9 +172,7 @@ class Commands:
         text = " ".join(args.words)
         try:
             return await self._rent(args, text, seconds, gpus, image, ask, progress)
-        except BrokerError as exc:
-            if not str(exc).startswith("no offer"):
-                raise
+        except NoOffer as exc:
             raise BrokerError(f"{exc} ({await self._why_none(text)})") from None
 
     async def _rent(self, args: Args, text: str, seconds: float, gpus: int, image: str, ask, progress) -> str:
@@ -241,15 +239,15 @@ class Commands:
         except SeveralLeases as exc:
             raise Usage(f"you have several active leases ({' '.join(exc.ids)}): say which, "
                         f"e.g. release {exc.ids[0]}") from None
-        refund = await self._refund(lease["id"])
-        cost = costs(await self.b.history(self.renter)).get(lease["id"], 0)
+        txs = await self.b.history(self.renter)  # read once: the refund and the cost
+        refund, cost = self._refund(txs, lease["id"]), costs(txs).get(lease["id"], 0)
         view = lease_view(lease, time.time(), cost)
         return self._out(args, {**view, "refunded": credits(refund), "refunded_micro": refund},
                          f"lease {lease['id']} released after {view['billed']} billed: cost {credits(cost)} "
                          f"credits, {credits(refund)} refunded\n")
 
-    async def _refund(self, lid: str) -> int:
-        for tx in await self.b.history(self.renter):
+    def _refund(self, txs: list[dict], lid: str) -> int:
+        for tx in txs:
             if tx["key"] == ledger.settle_key(lid):
                 return sum(e["amount"] for e in tx["entries"] if e["account"] == ledger.renter(self.renter))
         return 0
@@ -257,7 +255,7 @@ class Commands:
     async def cmd_ssh_config(self, args: Args, **_):
         if args.words:
             raise Usage("usage: ssh-config")
-        host, port = public_address(getattr(self.b.config, "public_host", ""), self.address)
+        host, port = self.where.host, self.where.port
         leases = [lease for lease in await self.b.accounts.leases(self.renter) if lease["state"] == "active"]
         leases.sort(key=lambda lease: (lease["created"] if "created" in lease else 0, lease["id"]))
         entries = [{"host": f"shellrent-{lease['id']}", "hostname": host, "port": port, "user": f"rent+{lease['id']}",

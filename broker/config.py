@@ -93,7 +93,9 @@ def public_address(public_host: str, here: tuple[str, int]) -> tuple[str, int]:
     if not public_host:
         return here[0], here[1]
     name, sep, number = public_host.rpartition(":")
-    return (name.strip("[]"), int(number)) if sep and number.isdigit() else (public_host, here[1])
+    if public_host.count(":") > 1 and not public_host.startswith("["):  # a bare IPv6 address: no port
+        return public_host, here[1]
+    return (name.strip("[]"), int(number)) if sep and number.isdigit() else (public_host.strip("[]"), here[1])
 
 
 @dataclass(frozen=True)

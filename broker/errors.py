@@ -15,6 +15,10 @@ class KeyTaken(BrokerError):
     """A public key is already registered (to this renter or another)."""
 
 
+class NoOffer(BrokerError):
+    """No offer matches a rent (the caller may say why: query.why_none)."""
+
+
 class Banned(BrokerError):
     """The operator banned this host: it is told so, and ends its leases itself."""
 

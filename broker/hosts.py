@@ -10,6 +10,7 @@ from shellrent.keys import material, tokens
 
 from . import inventory as inventory_mod, ledger
 from .accounts import check_name
+from .config import public_address
 from .errors import Banned, BrokerError, Unavailable
 
 log = logging.getLogger("shellrent.service")
@@ -30,9 +31,7 @@ def join_address(config) -> str:
         bound, port = json.loads((config.home / "serve.json").read_text())["tunnel"]
     except (OSError, ValueError, KeyError, TypeError):
         bound, port = config.tunnel_addr
-    name = config.public_host.rpartition(":")[0].strip("[]") if ":" in config.public_host.lstrip("[").split("]")[-1] \
-        else config.public_host
-    name = name or ("" if bound in ("0.0.0.0", "::", "") else bound) or socket.gethostname()
+    name = public_address(config.public_host, ("", port))[0] or ("" if bound in ("0.0.0.0", "::", "") else bound) or socket.gethostname()
     return f"[{name}]:{port}" if ":" in name else f"{name}:{port}"
 
 

@@ -61,7 +61,8 @@ class Jobs:
     async def _end_lost(self, live: list[dict], links, now: float) -> None:
         """Active leases whose host has been offline longer than BROKER_HOST_LOST end at the moment it
         went: the renter's hold is freed. A host that comes back is told to stop them."""
-        hosts = {lease["host"] for lease in live if lease["state"] == "active"} - set(links.links if links else ())
+        hosts = {lease["host"] for lease in live if lease["state"] == "active"} \
+            - set(links.links if links else ()) - set(self._cluster.owners)  # driven here, or elsewhere
         if not hosts:
             return
         lost = await self._db(self._store.lost_hosts, sorted(hosts), now - self._config.host_lost)

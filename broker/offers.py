@@ -5,7 +5,7 @@ all. dph is the price per hour of the whole offer, in credits.
 """
 
 from . import query
-from .errors import BrokerError
+from .errors import BrokerError, NoOffer
 from .leases import MICRO, parse_window, window_end
 
 
@@ -82,6 +82,6 @@ def choose(offers: list[dict], text: str, gpus: int) -> dict:
     filters = query.parse(text)
     fits = [o for o in query.select(offers, filters) if o["num_gpus"] >= gpus]
     if not fits:
-        raise BrokerError(f"no offer matches {text!r} with {gpus} free GPU(s)" if text.strip()
-                          else f"no offer has {gpus} free GPU(s) right now")
+        raise NoOffer(f"no offer matches {text!r} with {gpus} free GPU(s)" if text.strip()
+                      else f"no offer has {gpus} free GPU(s) right now")
     return min(fits, key=schedule_key)

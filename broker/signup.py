@@ -22,6 +22,11 @@ def check_policy(policy: str) -> str:
     return policy
 
 
+def closed_message(contact: str) -> str:
+    return (f"this broker does not take signups: ask {contact or 'its operator'} for an account "
+            f"(send your public key, e.g. ~/.ssh/id_ed25519.pub)")
+
+
 class SignupLimiter:
     """Signups per source address in the last hour."""
 
@@ -60,9 +65,8 @@ class Signup:
         usage = f"usage: {self.where.ssh('signup')} NAME" + (" CODE" if policy == "code" else "")
         if self.known:
             raise BrokerError(f"this key already belongs to renter {self.known}: {self.where.ssh('ctl')} help")
-        if policy == "closed":
-            raise BrokerError(f"this broker does not take signups: ask {cfg.contact or 'its operator'} for an "
-                              f"account (send your public key, e.g. ~/.ssh/id_ed25519.pub)")
+        if policy == "closed":  # refused at the login already (sshserver): a second line of defence
+            raise BrokerError(closed_message(cfg.contact))
         try:
             words = shlex.split(line)
         except ValueError:

@@ -18,7 +18,7 @@ from .config import Where
 from .errors import BrokerError
 from .picker import CtlSession, pick_and_rent
 from .relay import RenterSession, open_tcp
-from .signup import Signup, SignupLimiter
+from .signup import Signup, SignupLimiter, closed_message
 from .startups import Startups
 
 log = logging.getLogger("shellrent.ssh")
@@ -129,9 +129,7 @@ class RenterServer(asyncssh.SSHServer):
         if self.kind == "signup" and self._broker.config.signup == "closed":  # nothing to log in for
             if not self._told_closed:
                 self._told_closed = True
-                contact = self._broker.config.contact or "its operator"
-                self._conn.send_auth_banner(f"shellrent: this broker does not take signups: ask {contact} for "
-                                            f"an account (send your public key, e.g. ~/.ssh/id_ed25519.pub)\r\n")
+                self._conn.send_auth_banner(f"shellrent: {closed_message(self._broker.config.contact)}\r\n")
             return False
         if not renter and self.kind == "signup":
             self._checked = (username, fpr, None)

@@ -18,6 +18,7 @@ from .leases import Leases
 from .outbox import Outbox
 from .pulls import Pulls
 from .runtime import Runtime
+from .runtime_spec import owner_of
 from .sessionhost import SessionHost
 from .settingswatch import SettingsWatch
 from .sizing import default_limits
@@ -37,7 +38,7 @@ class Agent:
         self.config = config
         self.key = material.load_or_create(config.key_path)
         self.broker_fingerprint = broker_fingerprint
-        self.owner = material.fingerprint(self.key).removeprefix("SHA256:")[:16]
+        self.owner = owner_of(self.key)
         self.clock = Clock(config.home / "clock.json")  # the broker's time, as the broker measured it
         self.settings_watch = SettingsWatch(
             config.home / "settings.json",

@@ -21,7 +21,7 @@ from shellrent.keys import material
 from . import doctor as doctor_mod, firewall, gpus as gpus_mod, metrics as hostd_metrics, settings as settings_mod
 from .store import Store, live_leases
 from .runtime import RuntimeError_
-from .runtime_spec import LABEL
+from .runtime_spec import LABEL, owner_of
 
 
 def _addr(text: str) -> tuple[str, int]:
@@ -113,8 +113,7 @@ async def _run(cfg: Config, pin: dict) -> None:
 
 
 def _owner(cfg: Config) -> str:
-    """The label value this hostd's containers carry (as hostd.agent names it)."""
-    return material.fingerprint(material.load_or_create(cfg.key_path)).removeprefix("SHA256:")[:16]
+    return owner_of(material.load_or_create(cfg.key_path))
 
 
 def _live_leases(cfg: Config) -> list[dict]:

@@ -9,6 +9,8 @@ import time
 import docker
 from docker.errors import APIError, NotFound
 
+from shellrent.keys import material
+
 log = logging.getLogger("shellrent.runtime")
 
 
@@ -33,6 +35,11 @@ BROADCAST = ('for t in /dev/pts/[0-9]*; do printf "\\r\\n%s\\r\\n" "$1" > "$t" 2
 # POSIX message queues are counted per user, and every lease's root is the host's root: each lease's
 # limit is the kernel's default (800 KiB for all of uid 0's queues), whatever the engine inherited.
 MSGQUEUE = docker.types.Ulimit(name="msgqueue", soft=819200, hard=819200)
+
+
+def owner_of(key) -> str:
+    """What this hostd's containers carry as LABEL.hostd: its key's fingerprint, shortened."""
+    return material.fingerprint(key).removeprefix("SHA256:")[:16]
 
 
 def labels(owner: str, lease: dict) -> dict:
