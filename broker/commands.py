@@ -14,6 +14,7 @@ from shellrent.keys import material
 
 from . import codes, hosts as hosts_mod, ledger, metrics, render
 from .config import Where
+from .continuity import Continuity
 from .errors import BrokerError, KeyTaken, NoOffer, NotFound
 from .leases import credits, format_duration, parse_duration
 from .accounts import one_key
@@ -29,11 +30,17 @@ HELP = """\
 usage: {ctl} COMMAND [ARGS]   (add --json for JSON)
   offers [QUERY] [-o ORDER] [--all]  what can be rented now (the best 50 unless --all),
                                    e.g. offers 'gpu_ram>=24 dph<=1' -o dph
-  rent [QUERY] --hours H [--gpus N] [--image IMG] [--yes]
+  rent [QUERY] --hours H [--gpus N] [--image IMG] [--auto-extend] [--yes]
                                    rent the best matching offer; then: {rent}
+                                   --auto-extend: more time by itself before each end (an hour, or
+                                   the lease's length if shorter) while your credit lasts
+  rent --workspace LEASE --hours H [--gpus N] [--yes]
+                                   a new lease with an ended lease's /workspace (on its host)
+  workspaces                       your ended leases' kept workspaces, and until when
   ls                               your leases
   show LEASE                       one lease and its charges
   extend [LEASE] DURATION          more time (90m, 2h, 1h30m, 1d)
+  extend [LEASE] --auto on|off     auto-extend on or off
   release [LEASE]                  end now; unused time is refunded
   balance                          your credit and what is held for running leases
   history                          your transactions
@@ -49,8 +56,8 @@ usage: {ctl} COMMAND [ARGS]   (add --json for JSON)
 query fields: gpu_name num_gpus gpu_ram gpu_total_ram cpu_cores cpu_ram disk_space dph reliability
   cuda_vers driver_version geolocation host_id verified tflops; ops < <= = != >= > in notin; _ is a space
 """
-_VALUE_OPTS = {"--hours", "--gpus", "--image", "-o"}
-_FLAGS = {"--json", "--yes", "-y", "--all"}
+_VALUE_OPTS = {"--hours", "--gpus", "--image", "-o", "--workspace", "--auto"}
+_FLAGS = {"--json", "--yes", "-y", "--all", "--auto-extend"}
 SHOWN = 50  # offers in the table unless --all: the best ones, then a line saying how many more
 
 Ask = Callable[[str], Awaitable[str]]
@@ -67,6 +74,7 @@ class Args:
     json: bool = False
     yes: bool = False
     all: bool = False
+    auto_extend: bool = False
 
 
 def parse_args(tokens: list[str]) -> Args:
@@ -86,6 +94,7 @@ def parse_args(tokens: list[str]) -> Args:
             args.json = args.json or t == "--json"
             args.yes = args.yes or t in ("--yes", "-y")
             args.all = args.all or t == "--all"
+            args.auto_extend = args.auto_extend or t == "--auto-extend"
         elif t.startswith("--"):
             raise Usage(f"unknown option {t}")
         else:
@@ -104,7 +113,7 @@ def _gpus(args: Args) -> int:
     return n
 
 
-class Commands:
+class Commands(Continuity):
     """One renter's ctl commands."""
 
     def __init__(self, broker: Broker, renter: str, where: Where | None = None,
@@ -164,30 +173,40 @@ class Commands:
             raise Usage("rent needs --hours H (e.g. --hours 2 or --hours 90m)")
         seconds = parse_duration(args.opts["--hours"])
         gpus = _gpus(args)
+        host = await self.workspace_host(args) if "--workspace" in args.opts else None
         try:
             image = protocol.image(args.opts.get("--image", DEFAULT_IMAGE))
         except protocol.WireError:
             raise Usage(f"--image: {protocol.printable(args.opts['--image'])[:80]!r} is not an image reference "
                         f"(e.g. pytorch/pytorch:2.3.1-cuda12.1-cudnn8-runtime)") from None
-        text = " ".join(args.words)
+        text = f"host_id={host}" if host else " ".join(args.words)
         try:
             return await self._rent(args, text, seconds, gpus, image, ask, progress)
         except NoOffer as exc:
+            if host:
+                raise await self.no_room(args, host, gpus, exc) from None
             raise BrokerError(f"{exc} ({await self._why_none(text)})") from None
 
     async def _rent(self, args: Args, text: str, seconds: float, gpus: int, image: str, ask, progress) -> str:
         if not args.yes:
             offer, amount = await self.b.quote(text, seconds, gpus, image)
             what = (f"{gpus}x {offer['gpu_name']} on {offer['host_id']} for {format_duration(seconds)} "
-                    f"at {credits(offer['price'] * gpus)}/h: {credits(amount)} credits held, unused time refunded")
+                    f"at {credits(offer['price'] * gpus)}/h: {credits(amount)} credits held, unused time refunded"
+                    + (", auto-extended while your credit lasts" if args.auto_extend else "")
+                    + (f", with the workspace of lease {args.opts['--workspace']}" if "--workspace" in args.opts
+                       else ""))
             if ask is None:
                 raise Usage(f"{what}; add --yes to rent")
             if (await ask(f"Rent {what}? [y/N] ")).strip().lower() not in ("y", "yes"):
                 raise BrokerError("not rented")
-        lease = await self.b.rent(self.renter, text, seconds, gpus, image, progress)
+        lease = await self.b.rent(self.renter, text, seconds, gpus, image, progress, auto=args.auto_extend,
+                                  workspace=args.opts.get("--workspace"))
         view = lease_view(lease, time.time())
+        auto = f" (auto-extend {view['auto_extend']})" if lease.get("auto") else ""
+        files = f"\n/workspace holds the files of lease {lease['workspace']}" if lease.get("workspace") else ""
         return self._out(args, view, f"lease {lease['id']} is active: {view['gpus']}x {view['gpu_name']} on "
-                                     f"{view['host']} for {view['left']}\nconnect: {self.where.ssh('rent+' + lease['id'])}\n")
+                                     f"{view['host']} for {view['left']}{auto}{files}\n"
+                                     f"connect: {self.where.ssh('rent+' + lease['id'])}\n")
 
     async def cmd_ls(self, args: Args, **_):
         if args.words:
@@ -195,11 +214,11 @@ class Commands:
         now, paid = time.time(), costs(await self.b.history(self.renter))
         rows = [lease_view(lease, now, paid.get(lease["id"], 0)) for lease in await self.b.accounts.leases(self.renter)
                 if lease["state"] != "purged" or args.json]
-        table = [{**r, "end": r.get("reason") or "-"} for r in rows]
+        table = [{**r, "end": r.get("reason") or "-", "auto": r.get("auto_extend", "-")} for r in rows]
         return self._out(args, rows, render.table(table, ["id", "state", "host", "gpus", "gpu_name", "left",
-                                                          "price_per_hour", "cost", "end"],
-                                                  ["id", "state", "host", "gpus", "gpu", "left", "per_hour", "cost",
-                                                   "ended because"]))
+                                                          "auto", "price_per_hour", "cost", "end"],
+                                                  ["id", "state", "host", "gpus", "gpu", "left", "auto-extend",
+                                                   "per_hour", "cost", "ended because"]))
 
     async def cmd_show(self, args: Args, **_):
         if len(args.words) != 1:
@@ -218,6 +237,8 @@ class Commands:
         return self._out(args, view, lines + "\n" + self._history_table(txs))
 
     async def cmd_extend(self, args: Args, **_):
+        if "--auto" in args.opts:
+            return await self.auto(args)
         if len(args.words) not in (1, 2):
             raise Usage("usage: extend [LEASE] DURATION")
         lease_id = args.words[0] if len(args.words) == 2 else None

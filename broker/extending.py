@@ -7,8 +7,8 @@ import time
 from shellrent.common import faults
 
 from . import ledger
-from .errors import BrokerError, Refused, Unavailable, changed
-from .leases import format_duration, hold_for, parse_window, window_end
+from .errors import BrokerError, Changed, Refused, Unavailable, changed
+from .leases import auto_step, format_duration, hold_for, parse_window, window_end
 from .renting import check_length
 
 log = logging.getLogger("shellrent.service")
@@ -48,13 +48,36 @@ class Extending:
         await self._db(self._store.acknowledged_end, lid, lease["ends_at"])
         return await self._db(self._store.lease, lid)
 
-    def add_time(self, lid: str, seconds: int, closes: float | None = None) -> tuple[int, int]:
+    async def auto(self, lease: dict, link) -> None:
+        """Auto-extend: one step more on a lease that still ends when lease says (so that two
+        brokers, or a retry after a cut, never add it twice). BrokerError says why it cannot."""
+        host = await self._db(self._store.host, lease["host"])
+        closes = window_end(self._now(), parse_window((host.get("inventory") or {}).get("window", "always")))
+        added, n = await self._db(self.add_time, lease["id"], lease["auto"], closes, lease["ends_at"])
+        await asyncio.shield(self._tasks.spawn(self._tell(link, lease["id"], lease["auto"], added, n)))
+
+    async def set_auto(self, renter: str, lease_id: str | None, on: bool) -> dict:
+        """ctl extend LEASE --auto on|off: the step is an hour, or the lease's length if shorter."""
+        lease = await self._logins.own_lease(renter, lease_id)
+        step = auto_step(lease["ends_at"] - (lease["started"] or lease["created"])) if on else 0
+        changed(await self._db(lambda: self._store.update_lease(lease["id"], expect_state="active", auto=step,
+                                                                auto_note=None)), f"lease {lease['id']}")
+        link = await self._reach.link(lease["host"])
+        if link:
+            await tell_auto(link, lease["id"], step, None)
+        return await self._db(self._store.lease, lease["id"])
+
+    def add_time(self, lid: str, seconds: int, closes: float | None = None,
+                 expect_end: float | None = None) -> tuple[int, int]:
         """Hold credit for more time and move the end (store thread); returns the amount held and
         the extension's number. The limits are checked again here, on the row as it is now, so that
-        concurrent extensions cannot pass them together."""
+        concurrent extensions cannot pass them together. expect_end: only if it still ends then
+        (Changed otherwise)."""
         store = self._store
         with store.tx():
             lease = store.lease(lid, for_update=True)
+            if expect_end is not None and lease["ends_at"] != expect_end:
+                raise Changed(f"lease {lid} was extended meanwhile")
             if lease["state"] != "active":
                 raise BrokerError(f"lease {lid} is {lease['state']}; only active leases can be extended")
             check_length(self._config, lease["ends_at"] + seconds - (lease["started"] or lease["created"]))
@@ -84,3 +107,12 @@ class Extending:
                 return  # undone before
             changed(store.update_lease(lid, expect_state="active", ends_at=lease["ends_at"] - seconds,
                                        held=lease["held"] - amount, host_ends_at=None), f"lease {lid}")
+
+
+async def tell_auto(link, lid: str, step: int, note: str | None) -> None:
+    """Tell the host whether the lease auto-extends and, when it cannot, why: its warnings say so. A
+    host that does not know the call (an older hostd) warns as before."""
+    try:
+        await link.call("lease.auto", id=lid, auto=bool(step), note=note or "")
+    except Unavailable as exc:
+        log.info("lease %s: the host was not told of auto-extend (%s)", lid, exc)

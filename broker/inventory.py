@@ -20,6 +20,9 @@ class InventoryError(BrokerError):
     """An inventory field is missing or invalid; str() names it."""
 
 
+RETENTION = 172800.0  # hostd's default retention
+
+
 def _num(inv: dict, key: str, lo: float, hi: float, integer: bool = False):
     v = inv.get(key)
     if not protocol.number_in(v, lo, hi, integer):
@@ -107,4 +110,6 @@ def check(inv, max_price: int) -> dict:
         "geolocation": _text(inv, "geolocation", 32, ""), "images": images,
         "ready": _ready(inv, images),
         "version": _text(inv, "version", 32, ""),
+        # how long an ended lease's /workspace is kept (a host that does not say: hostd's default)
+        "retention": _num({"retention": inv.get("retention", RETENTION)}, "retention", 0, 366 * 86400),
     }

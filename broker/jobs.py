@@ -10,10 +10,12 @@ log = logging.getLogger("shellrent.service")
 
 
 class Jobs:
-    def __init__(self, db, store, links, market, renting, settlement, sync_all, now, cluster, channels, config):
+    def __init__(self, db, store, links, market, renting, settlement, sync_all, now, cluster, channels, config,
+                 auto=None):
         self._db, self._store, self._links, self._market, self._config = db, store, links, market, config
         self._cluster, self._channels = cluster, channels
         self._renting, self._settlement, self._sync_all, self._now = renting, settlement, sync_all, now
+        self._auto = auto  # broker.autoextend: more time before the end of auto-extended leases
         self._full_logged = False
         self._active: set[str] = set()  # the leases active at the last round
         self._expelling: set[str] = set()  # banned hosts being told before their tunnel closes
@@ -37,6 +39,8 @@ class Jobs:
                 await self._cluster.beat()
             live = await self._db(self._store.live_leases)
             await self._end_lost(live, links, now)
+            if self._auto and await self._auto.run(live, links, now):
+                live = await self._db(self._store.live_leases)  # with the ends moved
             others = self._cluster.others  # as of the last heartbeat: a broker is gone after 10 s, not 2
             for lease in live:
                 if lease["state"] == "active" and lease["ends_at"] <= now:

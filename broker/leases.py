@@ -173,3 +173,8 @@ def offline_gaps(ups: list[tuple[float, float | None]], start: float, end: float
     if cursor < end:
         gaps.append((cursor, end))
     return [(a, b) for a, b in gaps if b > a]
+
+
+def auto_step(seconds: float) -> int:
+    """How much auto-extend adds before each end: an hour, or the lease's length if shorter."""
+    return int(min(3600, seconds))

@@ -8,7 +8,8 @@ from shellrent.common import faults, protocol
 
 from . import ledger, offers as offers_mod
 from .errors import BrokerError, GpusTaken, Unavailable, changed
-from .leases import advance, format_duration, hold_for
+from .workspaces import check_kept
+from .leases import auto_step, advance, format_duration, hold_for
 
 DEFAULT_IMAGE = "shellrent-base:bookworm"
 
@@ -55,6 +56,8 @@ class Renting:
             if taken:
                 raise GpusTaken(f"the GPU(s) of that offer on {host} were just rented by someone else; "
                                 f"nothing was charged: try again")
+            if lease.get("workspace"):
+                check_kept(store, lease)
             live = store.live_count(renter)
             if live >= self._config.max_leases:
                 raise BrokerError(f"you have {live} live leases, the most this broker allows per renter "
@@ -165,7 +168,8 @@ class Renting:
             say(f"starting the container on {lease['host']}...")
             reply = await link.call("lease.start", timeout=self._config.start_timeout, lease={
                 "id": lid, "renter": lease["renter"], "image": lease["image"], "ends_at": lease["ends_at"],
-                "gpus": lease["gpus"]})
+                "gpus": lease["gpus"], "auto": bool(lease.get("auto")),
+                **({"workspace": lease["workspace"]} if lease.get("workspace") else {})})
             try:
                 container = protocol.container_id(reply.get("container"))
             except protocol.WireError:
@@ -174,6 +178,9 @@ class Renting:
             changed(await self._db(lambda: self._store.update_lease(
                 lid, expect_state="starting", state="active", container=container, started=self._now(),
                 host_ends_at=lease["ends_at"])), f"lease {lid}")
+            if lease.get("workspace"):  # the files are the new lease's now: the old one's files view ends
+                await self._db(lambda: self._store.update_lease(lease["workspace"], expect_state="ended",
+                                                                state="purged"))
         except BaseException as exc:
             error = str(exc) or type(exc).__name__
             try:
@@ -218,8 +225,11 @@ class Renting:
         listed = image in protocol.image_list(inv.get("images", ""))
         return await self.launch(lease, pull=listed and image not in inv.get("ready", [image]))
 
-    async def rent(self, renter: str, text: str, seconds: int, gpus: int, image: str, progress=None) -> dict:
-        """Pick an offer, hold the credit, start the container; all or nothing."""
+    async def rent(self, renter: str, text: str, seconds: int, gpus: int, image: str, progress=None,
+                   auto: bool = False, workspace: str | None = None) -> dict:
+        """Pick an offer, hold the credit, start the container; all or nothing. auto: extend it by a
+        step before each end while credit and limits allow; workspace: the renter's ended lease
+        whose /workspace it takes (the query then names that lease's host)."""
         if gpus < 1:
             raise BrokerError("--gpus must be at least 1")
         check_length(self._config, seconds)
@@ -229,6 +239,7 @@ class Renting:
                 self._check_fit(offer, seconds)
                 lease = self.new_lease(renter, offer["host_id"], image, seconds, offer["gpus"][:gpus],
                                        offer["gpu_name"], offer["price"])
+                lease.update(auto=auto_step(seconds) if auto else 0, workspace=workspace)
                 try:
                     await self._db(self.open_lease, lease)
                     break

@@ -10,6 +10,7 @@ from .accounts import Accounts
 from .channels import ChannelRegistry
 from .cluster import Clock, Cluster, broker_id
 from .config import Config
+from .autoextend import AutoExtend
 from .extending import Extending
 from .hostevents import HostEvents
 from .hosts import Hosts
@@ -58,13 +59,14 @@ class Broker:
         self.hostsync = HostSync(config, db, store, links, self.events, self.settlement, self.renting.in_flight,
                                  self.tasks, now)
         self.jobs = Jobs(db, store, links, self.market, self.renting, self.settlement, self.hostsync.sync_all, now,
-                         self.cluster, self.channels, config)
+                         self.cluster, self.channels, config, AutoExtend(db, store, self.extending))
         # the entry points the adapters call
         self.db = db
         self.renter_for_key, self.session_target = self.accounts.renter_for_key, self.logins.session_target
         self.balance, self.history = self.accounts.balance, self.accounts.history
         self.offers, self.quote, self.rent = self.market.offers, self.renting.quote, self.renting.rent
         self.create_lease, self.extend = self.renting.create_lease, self.extending.extend
+        self.set_auto = self.extending.set_auto
         self.release, self.end_lease = self.settlement.release, self.settlement.end_lease
         self.identify_host, self.host_connected = self.hosts.identify, self.hosts.connected
         self.host_disconnected, self.event = self.hosts.disconnected, self.events.event

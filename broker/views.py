@@ -25,6 +25,14 @@ def when(t: float | None) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(t)) if t else "-"
 
 
+def auto_text(lease: dict) -> str:
+    """Auto-extend as ctl shows it: off, on (by its step), or on but stopping, and why."""
+    if not lease.get("auto"):
+        return "off"
+    step = f"on, by {format_duration(lease['auto'])}"
+    return f"{step}; not extending: {lease['auto_note']}" if lease.get("auto_note") else step
+
+
 def lease_view(lease: dict, now: float, cost: int | None = None) -> dict:
     gpus = lease.get("gpus") or []
     left = lease["ends_at"] - now if lease["state"] == "active" else 0
@@ -33,6 +41,8 @@ def lease_view(lease: dict, now: float, cost: int | None = None) -> dict:
             "gpu_name": lease.get("gpu_name"), "image": lease["image"], "ends_at": lease["ends_at"],
             "left": format_duration(math.ceil(left)) if left > 0 else "-",
             "price_per_hour": credits(rate), "held": credits(lease["held"]), "held_micro": lease["held"]}
+    if lease["state"] in ("pending", "starting", "active"):
+        view["auto_extend"] = auto_text(lease)
     if lease["state"] in ("ended", "purged", "failed"):
         why = protocol.END_REASONS.get(lease.get("reason") or "", "")
         if lease.get("reason") == "offline":

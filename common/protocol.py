@@ -163,15 +163,21 @@ def timestamp(value, kind: str = "time") -> float:
 
 
 def lease_start(lease) -> dict:
-    """The checked lease of a lease.start call: id, renter, image, ends_at, gpus."""
+    """The checked lease of a lease.start call: id, renter, image, ends_at, gpus; workspace (the
+    ended lease whose /workspace it takes) and auto (auto-extend on) where given."""
     if not isinstance(lease, dict):
         raise WireError("lease.start needs a lease object")
     gpus = lease.get("gpus") or []
     if not isinstance(gpus, list) or len(gpus) > 64:
         raise WireError("bad GPU list")
-    return {"id": lease_id(lease.get("id")), "renter": name(lease.get("renter"), "renter name"),
-            "image": image(lease.get("image")), "ends_at": timestamp(lease.get("ends_at"), "end time"),
-            "gpus": [gpu_uuid(g) for g in gpus]}
+    checked = {"id": lease_id(lease.get("id")), "renter": name(lease.get("renter"), "renter name"),
+               "image": image(lease.get("image")), "ends_at": timestamp(lease.get("ends_at"), "end time"),
+               "gpus": [gpu_uuid(g) for g in gpus], "auto": lease.get("auto") is True}
+    if lease.get("workspace") is not None:
+        checked["workspace"] = lease_id(lease["workspace"])
+        if checked["workspace"] == checked["id"]:
+            raise WireError("a lease cannot take its own workspace")
+    return checked
 
 
 def filter_env(env: dict) -> dict:

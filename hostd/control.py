@@ -32,7 +32,7 @@ class Control:
         self._ops = {"hello": self._hello, "welcome": self._welcome, "reject": self._reject,
                      "clock": self._clock, "earnings": self._earnings, "image.pull": self._image_pull,
                      "lease.start": self._lease_start, "lease.stop": self._lease_stop,
-                     "lease.extend": self._lease_extend, "lease.discard": self._lease_discard,
+                     "lease.extend": self._lease_extend, "lease.auto": self._lease_auto, "lease.discard": self._lease_discard,
                      "brokers": self._brokers, "inventory.verdict": self._inventory_verdict}
 
     async def call(self, req: dict, channel=None) -> dict:
@@ -159,6 +159,15 @@ class Control:
         try:
             self._d.leases.extend(protocol.lease_id(req.get("id")),
                                   protocol.timestamp(req.get("ends_at"), "end time"))
+        except ValueError as exc:
+            return {"ok": False, "error": str(exc)}
+        return {"ok": True}
+
+    async def _lease_auto(self, req):
+        """Whether the broker auto-extends the lease, and why it cannot when it cannot (the warnings say it)."""
+        note = protocol.printable(str(req.get("note") or ""))[:300]
+        try:
+            self._d.leases.set_auto(protocol.lease_id(req.get("id")), req.get("auto") is True, note)
         except ValueError as exc:
             return {"ok": False, "error": str(exc)}
         return {"ok": True}

@@ -86,6 +86,27 @@ class Workspaces:
             _run("mount", "-o", "loop,nodev,nosuid", str(img), str(mnt))
         return str(mnt)
 
+    def move(self, old: str, new: str, size_bytes: int) -> None:
+        """Give lease old's workspace to lease new (renamed, not copied), grown to size_bytes when it is
+        smaller. Its mount must not be busy (the files view stopped first)."""
+        src, src_mnt = self._paths(old)
+        dst, dst_mnt = self._paths(new)
+        if not src.exists():
+            raise DiskError(f"lease {old} has no workspace on this host any more")
+        if dst.exists():
+            raise DiskError(f"lease {new} has a workspace already")
+        if os.path.ismount(src_mnt):
+            _run("umount", str(src_mnt))
+        if src_mnt.exists():
+            src_mnt.rmdir()
+        os.rename(src, dst)
+        if size_bytes > dst.stat().st_size:
+            os.truncate(dst, size_bytes)
+            proc = subprocess.run(["e2fsck", "-f", "-p", str(dst)], capture_output=True, text=True, timeout=600)
+            if proc.returncode > 1:  # 1: errors corrected
+                raise DiskError(f"e2fsck: {proc.stderr.strip() or f'exit {proc.returncode}'}")
+            _run("resize2fs", str(dst))
+
     def exists(self, lease_id: str) -> bool:
         return self._paths(lease_id)[0].exists()
 

@@ -30,7 +30,8 @@ def build(s: dict, gpus: list[dict], driver: dict, *, failing: bool, withdrawn, 
             "ram_per_gpu": s["ram_per_gpu"] or round(ram_gb * 0.8 / n, 1),
             "disk_per_gpu": s["disk_per_gpu"] or round(disk_gb / n),
             "price": int(round(s["price"] * 1_000_000)), "window": s["window"], "paused": s["paused"],
-            "geolocation": s["geolocation"], "images": s["images"], "ready": ready, "version": VERSION}
+            "geolocation": s["geolocation"], "images": s["images"], "ready": ready, "version": VERSION,
+            "retention": s["retention"]}
 
 
 class Inventory:

@@ -162,8 +162,13 @@ class Leases:
                 return
 
     async def warn(self, rec: dict, left: float) -> None:
-        msg = (f"*** shellrent: lease {rec['id']} ends in {_fmt(left)} (at {_utc(rec['ends_at'])}). "
-               f"Save your work to /workspace. ***")
+        ends = f"*** shellrent: lease {rec['id']} ends in {_fmt(left)} (at {_utc(rec['ends_at'])})"
+        if rec.get("auto") and rec.get("auto_note"):
+            msg = f"{ends} and will NOT be extended: {rec['auto_note']}. Save your work to /workspace. ***"
+        elif rec.get("auto"):
+            msg = f"{ends} unless auto-extend extends it first (it is on). ***"
+        else:
+            msg = f"{ends}. Save your work to /workspace. ***"
         log.info("lease %s: warning, %s left", rec["id"], _fmt(left))
         for session in list(self.sessions.get(rec["id"], ())):
             session.warn(msg)
@@ -248,12 +253,41 @@ class Leases:
         if (self.store.get(lease_id) or {}).get("state") == "active":
             self.store.update(lease_id, state="ending")  # its container goes on purpose: not revived
         try:
+            if (self.store.get(lease_id) or {}).get("ws_from"):  # the workspace it took goes back first
+                await offload.call(self.runtime.stop, lease_id, 0, timeout=offload.STOP)
+                await self.give_back(lease_id)
             await offload.call(self.runtime.purge, lease_id, timeout=offload.STOP)
         except (RuntimeError_, asyncio.TimeoutError, OSError) as exc:
             log.warning("lease %s: discard failed: %s", lease_id, exc or "timed out")
             raise
         if self.store.get(lease_id):
             self.store.update(lease_id, state="purged")
+
+    async def give_back(self, lease_id: str) -> None:
+        """A lease that took an ended lease's workspace and did not become the renter's (its start
+        failed, or the broker discards it): the workspace goes back to the ended lease, kept as before."""
+        old = (self.store.get(lease_id) or {}).get("ws_from")
+        if not old or not self.store.get(old):
+            return
+        try:
+            await offload.call(self.runtime.move_workspace, lease_id, old, 0, timeout=offload.STOP)
+        except (RuntimeError_, asyncio.TimeoutError, OSError) as exc:
+            log.warning("lease %s: giving the workspace back to lease %s failed: %s", lease_id, old, exc or "timed out")
+            return
+        self.store.update(lease_id, ws_from=None)
+        self.store.update(old, state="ended")
+        self.arm(self.store.get(old))
+        log.info("lease %s: the workspace went back to lease %s", lease_id, old)
+
+    def set_auto(self, lease_id: str, auto: bool, note: str) -> None:
+        """The broker's word on auto-extend; a new reason it cannot extend is told at once."""
+        rec = self.store.get(lease_id)
+        if not rec or rec["state"] != "active":
+            raise ValueError(f"lease {lease_id} is not active on this host")
+        self.store.update(lease_id, auto=int(auto), auto_note=note or None)
+        if auto and note and note != rec.get("auto_note"):
+            rec = self.store.get(lease_id)
+            asyncio.get_running_loop().create_task(self.warn(rec, rec["ends_at"] - self.clock.now()))
 
     def extend(self, lease_id: str, ends_at: float) -> None:
         rec = self.store.get(lease_id)

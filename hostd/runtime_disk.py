@@ -20,6 +20,21 @@ class DiskUse:
             return self.workspaces.mount(lease_id)
         return f"shellrent-ws-{lease_id}"
 
+    def move_workspace(self, old: str, new: str, size_bytes: int) -> None:
+        """Lease old's kept workspace becomes lease new's (its files view stops first)."""
+        if not self.workspaces:
+            raise RuntimeError_("this host keeps /workspace as engine volumes, which cannot move to a new lease")
+        try:
+            self.client.containers.get(f"shellrent-{old}-files").remove(force=True)
+        except NotFound:
+            pass
+        except (APIError, DockerException) as exc:
+            raise RuntimeError_(f"stopping the files view of lease {old}: {exc}") from None
+        try:
+            self.workspaces.move(old, new, size_bytes)
+        except (DiskError, OSError) as exc:
+            raise RuntimeError_(f"moving the workspace of lease {old}: {exc}") from None
+
     def _drop_workspace(self, lease_id: str) -> None:
         try:
             self.workspaces.remove(lease_id)

@@ -98,8 +98,11 @@ class Starts:
             return {"ok": False, "error": why}
         # Recorded before the container is made, so that a broker that loses the reply (a cut
         # connection, a restart) hears of it at the next hello and can have it discarded.
+        why = lease.get("workspace") and self._kept(lease["workspace"], lease["renter"])
+        if why:
+            return {"ok": False, "error": why}
         rec = {**{k: lease[k] for k in ("id", "renter", "image", "ends_at")}, "state": "starting",
-               "gpus": json.dumps(lease["gpus"])}
+               "gpus": json.dumps(lease["gpus"]), "auto": int(lease["auto"]), "ws_from": lease.get("workspace")}
         self._store.put(rec)
         done = self.under_way[lease["id"]] = asyncio.get_running_loop().create_future()
         reply = {"ok": False, "error": "the start was interrupted"}
@@ -127,12 +130,23 @@ class Starts:
             rec["cpuset"] = limits["cpuset"] = pick_cores(limits["cpus"], sorted(os.sched_getaffinity(0)),
                                                           [r.get("cpuset") for r in store.holding()])
         store.update(lease["id"], cpuset=rec.get("cpuset"), disk_gb=rec["disk_gb"])
+        if rec["ws_from"]:
+            try:
+                await offload.call(self._runtime.move_workspace, rec["ws_from"], lease["id"], int(limits["disk"]),
+                                   timeout=offload.STOP)
+            except (RuntimeError_, asyncio.TimeoutError) as exc:
+                store.update(lease["id"], state="purged", ws_from=None)
+                return {"ok": False, "error": str(exc) or "moving the workspace did not finish in time"}
+            store.update(rec["ws_from"], state="purged")  # its files view ends; the new lease holds the files
+            log.info("lease %s takes the workspace of lease %s", lease["id"], rec["ws_from"])
         try:
             container, shell = await offload.call(
                 self._runtime.start, lease, self._settings.gpus.device_ids(gpus), str(leases.lease_dir(lease["id"])),
                 limits, timeout=offload.START)
         except (RuntimeError_, asyncio.TimeoutError) as exc:
             store.update(lease["id"], state="purged")
+            if rec["ws_from"] and not isinstance(exc, asyncio.TimeoutError):
+                await self._leases.give_back(lease["id"])
             if isinstance(exc, asyncio.TimeoutError):
                 # The engine may still make it: remove whatever it made once it answers again.
                 asyncio.get_running_loop().create_task(self._clean_up(lease["id"]))
@@ -146,6 +160,21 @@ class Starts:
         log.info("lease %s started for %s (container %s, %d GPU)", lease["id"], lease["renter"], container[:12],
                  len(gpus))
         return {"ok": True, "container": container}
+
+    def _kept(self, old: str, renter: str) -> str | None:
+        """Why lease old's workspace cannot be taken by a new lease of renter (None when it can)."""
+        rec = self._store.get(old)
+        if not rec or rec["renter"] != renter:  # the same words whether it exists or not
+            return f"this host keeps no workspace of lease {old} for {renter}"
+        if rec["state"] != "ended":
+            return f"lease {old} is {rec['state']} on this host: its workspace cannot be taken"
+        if rec["ended_at"] + self._settings.values["retention"] <= self._clock.now():
+            return f"the workspace of lease {old} is past its retention"
+        taken = [r["id"] for r in self._store.all() if r.get("ws_from") == old and r["state"] in
+                 ("starting", "active", "ending")]
+        if taken:
+            return f"the workspace of lease {old} is being taken by lease {taken[0]}"
+        return None
 
     async def _clean_up(self, lease_id: str) -> None:
         try:

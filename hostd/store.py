@@ -6,7 +6,8 @@ import sqlite_utils
 
 _COLUMNS = {"id": str, "renter": str, "image": str, "ends_at": float, "state": str, "container": str,
             "shell": str, "gpus": str, "ended_at": float, "cpuset": str,
-            "disk_gb": float, "downs": str, "seen": float}
+            "disk_gb": float, "downs": str, "seen": float,
+            "ws_from": str, "auto": int, "auto_note": str}
 
 
 def live_leases(path: Path) -> list[dict]:

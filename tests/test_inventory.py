@@ -10,7 +10,8 @@ GOOD = {"gpus": [{"index": 0, "uuid": GPU, "name": "RTX 4090", "memory_gb": 24.0
         "checked": {GPU: 150.0},
         "gpu_source": "fake", "driver_version": "fake", "cuda_version": 12.2, "cpu_cores": 8, "ram_gb": 32.0,
         "disk_gb": 100, "cpu_per_gpu": 4, "ram_per_gpu": 16.0, "disk_per_gpu": 50, "price": 400_000,
-        "window": "22:00-08:00", "paused": False, "geolocation": "DE", "images": "*", "ready": [], "version": "0.2.0"}
+        "window": "22:00-08:00", "paused": False, "geolocation": "DE", "images": "*", "ready": [], "version": "0.2.0",
+        "retention": 3600.0}
 CEILING = 100_000_000
 
 

@@ -58,4 +58,9 @@ MIGRATIONS = [
     CREATE TABLE vouchers (hash TEXT PRIMARY KEY, amount BIGINT NOT NULL, created DOUBLE PRECISION NOT NULL,
                            expires DOUBLE PRECISION, redeemed DOUBLE PRECISION, renter TEXT);
     """,
+    """
+    ALTER TABLE leases ADD COLUMN auto BIGINT NOT NULL DEFAULT 0;
+    ALTER TABLE leases ADD COLUMN auto_note TEXT;
+    ALTER TABLE leases ADD COLUMN workspace TEXT;
+    """,
 ]

@@ -27,6 +27,9 @@ class Lease(TypedDict, total=False):
     banned_at: float  # on_banned_hosts() only: when its host was banned
     broker: str | None  # the broker that opened it (its start is that broker's to finish)
     reason: str | None  # why it ended (protocol.END_REASONS), once it has
+    auto: int  # auto-extend: the step in seconds (0: off)
+    auto_note: str | None  # why auto-extend cannot extend it now (credit, window, limit), or None
+    workspace: str | None  # the ended lease whose /workspace it took (ctl rent --workspace)
 
 
 class Host(TypedDict, total=False):

@@ -68,4 +68,9 @@ MIGRATIONS = [
     CREATE TABLE vouchers (hash TEXT PRIMARY KEY, amount INTEGER NOT NULL, created REAL NOT NULL, expires REAL,
                            redeemed REAL, renter TEXT);
     """,
+    """
+    ALTER TABLE leases ADD COLUMN auto INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE leases ADD COLUMN auto_note TEXT;
+    ALTER TABLE leases ADD COLUMN workspace TEXT;
+    """,
 ]
