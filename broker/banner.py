@@ -26,7 +26,7 @@ def text(lease: dict, broker: tuple[str, int], env: dict, now: float | None = No
     bold, off = ("", "") if plain else ("\x1b[1m", "\x1b[0m")
     lines = [f"{bold}shellrent lease {lease['id']}{off}: {what} on {protocol.printable(lease['host'])[:32]}",
              f"time left {format_duration(left) if left else 'none'}, ends {ends}; more: {ctl} extend 1h",
-             *([f"auto-extend {auto_text(lease)} (off: {ctl} extend {lease['id']} --auto off)"]
+             *([f"auto-extend {protocol.printable(auto_text(lease))[:200]} (off: {ctl} extend {lease['id']} --auto off)"]
                if lease.get("auto") else []),
              "jobs that must outlive this connection: tmux new -A -s main (tmux sessions survive a drop)",
              ""]

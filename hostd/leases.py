@@ -267,17 +267,20 @@ class Leases:
         """A lease that took an ended lease's workspace and did not become the renter's (its start
         failed, or the broker discards it): the workspace goes back to the ended lease, kept as before."""
         old = (self.store.get(lease_id) or {}).get("ws_from")
-        if not old or not self.store.get(old):
+        if not old:
             return
-        try:
-            await offload.call(self.runtime.move_workspace, lease_id, old, 0, timeout=offload.STOP)
-        except (RuntimeError_, asyncio.TimeoutError, OSError) as exc:
-            log.warning("lease %s: giving the workspace back to lease %s failed: %s", lease_id, old, exc or "timed out")
-            return
+        ws = self.runtime.workspaces
+        if ws and ws.exists(lease_id) and not ws.exists(old):  # moved (not when it failed before the move)
+            try:
+                await offload.call(self.runtime.move_workspace, lease_id, old, 0, timeout=offload.STOP)
+            except (RuntimeError_, asyncio.TimeoutError, OSError) as exc:
+                log.warning("lease %s: giving the workspace back to lease %s failed: %s", lease_id, old,
+                            exc or "timed out")
+                return
+            log.info("lease %s: the workspace went back to lease %s", lease_id, old)
         self.store.update(lease_id, ws_from=None)
-        self.store.update(old, state="ended")
-        self.arm(self.store.get(old))
-        log.info("lease %s: the workspace went back to lease %s", lease_id, old)
+        if (self.store.get(old) or {}).get("ws_to") == lease_id:
+            self.store.update(old, ws_to=None)
 
     def set_auto(self, lease_id: str, auto: bool, note: str) -> None:
         """The broker's word on auto-extend; a new reason it cannot extend is told at once."""

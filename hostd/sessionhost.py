@@ -35,6 +35,8 @@ class SessionHost:
             rec = self._store.get(lease_id)
         if rec and rec["state"] == "active":
             return rec
+        if rec and rec["state"] == "ended" and rec.get("ws_to"):
+            raise SessionError(f"the files of lease {lease_id} moved to lease {rec['ws_to']}")
         if rec and rec["state"] == "ended" and files_only:
             try:
                 container = await offload.call(self._runtime.files_container, rec, timeout=offload.START)

@@ -70,6 +70,7 @@ class Starts:
         self._settings = settings  # hostd.settingswatch: the settings and the GPU source
         self._clock = clock
         self.under_way: dict[str, asyncio.Future] = {}  # lease id -> done when its start call ends
+        self._cleaning: set[str] = set()  # starts that timed out: removed once the engine answers
 
     async def wait(self, lease_id: str) -> None:
         """Until the start of this lease under way, if any, has ended (a stop or discard then acts)."""
@@ -104,12 +105,16 @@ class Starts:
         rec = {**{k: lease[k] for k in ("id", "renter", "image", "ends_at")}, "state": "starting",
                "gpus": json.dumps(lease["gpus"]), "auto": int(lease["auto"]), "ws_from": lease.get("workspace")}
         self._store.put(rec)
+        if rec["ws_from"]:
+            self._store.update(rec["ws_from"], ws_to=lease["id"])  # claimed: no other start takes it
         done = self.under_way[lease["id"]] = asyncio.get_running_loop().create_future()
         reply = {"ok": False, "error": "the start was interrupted"}
         try:
             reply = await self._start(lease, rec)
             return reply
         finally:
+            if not reply.get("ok") and rec["ws_from"] and lease["id"] not in self._cleaning:
+                await self._leases.give_back(lease["id"])  # the workspace stays the ended lease's
             self.under_way.pop(lease["id"], None)
             done.set_result(reply)
 
@@ -135,9 +140,8 @@ class Starts:
                 await offload.call(self._runtime.move_workspace, rec["ws_from"], lease["id"], int(limits["disk"]),
                                    timeout=offload.STOP)
             except (RuntimeError_, asyncio.TimeoutError) as exc:
-                store.update(lease["id"], state="purged", ws_from=None)
+                store.update(lease["id"], state="purged")
                 return {"ok": False, "error": str(exc) or "moving the workspace did not finish in time"}
-            store.update(rec["ws_from"], state="purged")  # its files view ends; the new lease holds the files
             log.info("lease %s takes the workspace of lease %s", lease["id"], rec["ws_from"])
         try:
             container, shell = await offload.call(
@@ -145,10 +149,9 @@ class Starts:
                 limits, timeout=offload.START)
         except (RuntimeError_, asyncio.TimeoutError) as exc:
             store.update(lease["id"], state="purged")
-            if rec["ws_from"] and not isinstance(exc, asyncio.TimeoutError):
-                await self._leases.give_back(lease["id"])
             if isinstance(exc, asyncio.TimeoutError):
                 # The engine may still make it: remove whatever it made once it answers again.
+                self._cleaning.add(lease["id"])
                 asyncio.get_running_loop().create_task(self._clean_up(lease["id"]))
             return {"ok": False, "error": str(exc) or "the Docker engine did not answer in time"}
         await faults.point("hostd.start.created")
@@ -168,16 +171,19 @@ class Starts:
             return f"this host keeps no workspace of lease {old} for {renter}"
         if rec["state"] != "ended":
             return f"lease {old} is {rec['state']} on this host: its workspace cannot be taken"
+        if rec.get("ws_to"):
+            return f"the workspace of lease {old} moved to lease {rec['ws_to']}"
         if rec["ended_at"] + self._settings.values["retention"] <= self._clock.now():
             return f"the workspace of lease {old} is past its retention"
-        taken = [r["id"] for r in self._store.all() if r.get("ws_from") == old and r["state"] in
-                 ("starting", "active", "ending")]
-        if taken:
-            return f"the workspace of lease {old} is being taken by lease {taken[0]}"
         return None
 
     async def _clean_up(self, lease_id: str) -> None:
         try:
+            if (self._store.get(lease_id) or {}).get("ws_from"):
+                await offload.call(self._runtime.stop, lease_id, 0, timeout=offload.START)
+                await self._leases.give_back(lease_id)
             await offload.call(self._runtime.purge, lease_id, timeout=offload.START)
         except (RuntimeError_, asyncio.TimeoutError, OSError) as exc:
             log.warning("lease %s: cleaning up a start that timed out failed: %s", lease_id, exc)
+        finally:
+            self._cleaning.discard(lease_id)

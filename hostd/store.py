@@ -7,7 +7,7 @@ import sqlite_utils
 _COLUMNS = {"id": str, "renter": str, "image": str, "ends_at": float, "state": str, "container": str,
             "shell": str, "gpus": str, "ended_at": float, "cpuset": str,
             "disk_gb": float, "downs": str, "seen": float,
-            "ws_from": str, "auto": int, "auto_note": str}
+            "ws_from": str, "ws_to": str, "auto": int, "auto_note": str}
 
 
 def live_leases(path: Path) -> list[dict]:

@@ -22,3 +22,12 @@ def test_bold_only_for_a_colour_terminal_and_host_text_made_printable():
     assert "\x1b[1m" not in banner.text(LEASE, ("b", 22), {"TERM": "dumb"}, now=0)
     assert "\x1b[1m" in banner.text(LEASE, ("b", 22), {"NO_COLOR": ""}, now=0)  # set but empty: colour
     assert "time left none" in banner.text(LEASE, ("b", 22), {}, now=2e9)
+
+
+def test_the_banner_says_auto_extend_and_why_it_stops():
+    lease = {**LEASE, "auto": 3600}
+    lines = banner.text(lease, ("b", 22), {"NO_COLOR": "1"}, now=0).split("\r\n")
+    assert lines[2] == "auto-extend on, by 1h (off: ssh ctl@b extend a1b2c3d4 --auto off)"
+    stopped = banner.text({**lease, "auto_note": "not enough credit\x1b[2J"}, ("b", 22), {}, now=0)
+    assert "auto-extend on, by 1h; not extending: not enough credit\\x1b[2J (off:" in stopped
+    assert "auto-extend" not in banner.text(LEASE, ("b", 22), {}, now=0)

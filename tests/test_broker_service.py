@@ -173,3 +173,23 @@ async def test_help_and_the_files_hint_name_the_broker_as_the_renter_reached_it(
     assert text == "ctl: unknown command 'nosuch'; try: ssh ctl@gpu.example.org help\n"
     with pytest.raises(BrokerError, match=r"its files stay readable: sftp -P 2222 rent\+a@gpu.example.org"):
         logins.pick_lease([_lease("a", "ended")], "al", "a", 1000.0, where=where)
+
+
+async def test_auto_extend_and_workspace_options_are_checked_before_anything_is_asked():
+    calls = []
+
+    async def set_auto(renter, lid, on):
+        calls.append((renter, lid, on))
+        return {"id": "aa11", "state": "active", "host": "pc1", "gpus": [], "image": "i", "ends_at": time.time() + 60,
+                "price": 0, "held": 0, "auto": 60 if on else 0}
+    ctl = Commands(SimpleNamespace(set_auto=set_auto), "alice")
+    for bad in ("extend --auto maybe", "extend a b --auto on", "extend --auto"):
+        code, text = await ctl.run(bad)
+        assert code == 2 and text.count("\n") == 1, text
+    assert calls == []
+    code, text = await ctl.run("extend aa11 --auto on")
+    assert code == 0 and text.startswith("lease aa11: auto-extend on, by 1m; ") and calls == [("alice", "aa11", True)]
+    assert (await ctl.run("extend --auto off"))[1].startswith("lease aa11: auto-extend off; ")
+    assert calls[-1] == ("alice", None, False)
+    code, text = await ctl.run("rent gpu_name=x --workspace aa11 --hours 1")
+    assert (code, text) == (2, "ctl: rent --workspace takes no query: the lease's host is the one that keeps it\n")

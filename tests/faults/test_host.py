@@ -203,3 +203,25 @@ def test_a_container_that_died_while_hostd_was_away_is_not_billed_after_it_died(
     wait_for(lambda: charged(c, lid) <= (ran + 1) * PRICE // 3600, timeout=20, what="the refund")
     assert charged(c, lid) >= (ran - 1) * PRICE // 3600
     assert ctl_json(c, "balance")["held_micro"] == 0 and running(c) == {}
+
+
+def test_hostd_killed_after_it_moved_a_workspace_gives_it_back(fresh_cluster):
+    c = fresh_cluster
+    market(c)
+    old = ctl_json(c, "rent", "--hours", "1h", "--yes")["id"]
+    c.ssh("echo kept > /workspace/file", check=True)
+    ctl_json(c, "release", old)
+    wait_for(lambda: host_leases(c)[old]["state"] == "ended", what="the lease to end on the host")
+    c.kill("hostd-pc1")
+    _restart_hostd(c, "hostd.start.created=kill")  # the workspace is moved, the container made: then -9
+    r = ctl(c, "rent", "--workspace", old, "--hours", "1h", "--yes")
+    assert r.returncode == 2 and b"did not answer lease.start" in r.stderr
+    _restart_hostd(c)
+    wait_agree(c)
+    failed = next(lid for lid, lease in broker_leases(c).items() if lid != old)
+    assert broker_leases(c)[failed]["state"] == "failed" and running(c) == {}
+    assert host_leases(c)[old]["state"] == "ended" and host_leases(c)[failed]["state"] == "purged"
+    assert [w["lease"] for w in ctl_json(c, "workspaces")] == [old]  # kept as before, and taken again
+    new = ctl_json(c, "rent", "--workspace", old, "--hours", "1h", "--yes")["id"]
+    assert c.ssh("cat /workspace/file", user=f"rent+{new}", check=True).stdout == b"kept\n"
+    assert ctl_json(c, "balance")["held_micro"] == broker_leases(c)[new]["held"]
