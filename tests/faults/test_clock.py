@@ -21,7 +21,7 @@ def test_a_skewed_host_clock_moves_no_end_and_no_charge(fresh_cluster, skew):
     c.kill("hostd-pc1")
     c.env["SHELLRENT_FAULTS"] = f"clock={skew}"
     c.start_hostd("pc1")
-    lid = ctl_json(c, "rent", "--hours", "40s", "--yes")["id"]
+    lid = ctl_json(c, "rent", "--hours", "25s", "--yes")["id"]
     lease = broker_leases(c)[lid]
     # A down, stamped by the engine, is recorded in the broker's time (inside the lease, not before it).
     time.sleep(3)
