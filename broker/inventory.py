@@ -13,6 +13,7 @@ from .leases import parse_window
 
 MAX_GPUS = 64
 MAX_TFLOPS = 100_000
+MAX_RATE = 10 ** 12  # bits per second
 _TEXT = re.compile(r"[\x20-\x7e]*")
 
 
@@ -107,4 +108,8 @@ def check(inv, max_price: int) -> dict:
         "geolocation": _text(inv, "geolocation", 32, ""), "images": images,
         "ready": _ready(inv, images),
         "version": _text(inv, "version", 32, ""),
+        # bits per second per lease and for all leases together; 0 (and a host that does not say): no cap
+        "bandwidth": _num({"bandwidth": inv.get("bandwidth", 0)}, "bandwidth", 0, MAX_RATE, integer=True),
+        "bandwidth_total": _num({"bandwidth_total": inv.get("bandwidth_total", 0)}, "bandwidth_total", 0,
+                                MAX_RATE, integer=True),
     }

@@ -298,7 +298,7 @@ def config_show(cfg: Config, as_json):
         click.echo(json.dumps(values))
         return
     for key, (_, _, help_) in settings_mod.SPEC.items():
-        click.echo(f"{key:13} {settings_mod.shown(key, values[key]) or chr(39) * 2:20}  {help_}")
+        click.echo(f"{key:15} {settings_mod.shown(key, values[key]) or chr(39) * 2:20}  {help_}")
 
 
 @config.command("set")
@@ -314,7 +314,8 @@ def config_set(cfg: Config, key, value):
         values = settings_mod.save(cfg.home / "settings.json", key, value)
     except settings_mod.SettingsError as exc:
         raise click.ClickException(str(exc)) from None
-    click.echo(f"{key} = {values[key]}")
+    shown = settings_mod.shown(key, values[key]) if key.startswith("bandwidth") else values[key]
+    click.echo(f"{key} = {shown}")
 
 
 def _power_in_range(cfg: Config, watts: int) -> None:
