@@ -1,9 +1,10 @@
 """The bandwidth caps in force: each active lease's bridge shaped (hostd.shaping) and its relayed
 sessions paced (hostd.pacing) at the rate the settings give it (settings.lease_rate: `bandwidth`,
-and no more than an even share of `bandwidth_total`). A lease is capped before its container
-starts, and a start whose cap cannot be applied fails; once a second the caps follow the settings
-and the number of leases, and every CHECK_EVERY turns they are checked and put back where another
-tool took them off (a failure is logged, shown in `hostd status` and tried again the next turn)."""
+and no more than an even share of `bandwidth_total`). A lease is capped as its container starts,
+before the start returns, and a start whose cap cannot be applied fails (the container is removed
+before anyone used it); once a second the caps follow the settings and the number of leases, and
+every CHECK_EVERY turns they are checked and put back where another tool, or a restart of the
+container (a new veth), took them off (a failure is logged, shown in `hostd status` and tried again the next turn)."""
 import asyncio
 import logging
 import threading
@@ -32,8 +33,8 @@ class Caps:
         return settings_mod.lease_rate(self._settings(), len(self._store.active()) + extra)
 
     def before_start(self, lease_id: str) -> None:
-        """Cap a new lease's bridge (called once its network exists, before its container starts);
-        RuntimeError_ when it cannot be (the start then fails: no lease runs uncapped)."""
+        """Cap a new lease's bridge (called once its container runs, before the start returns and
+        before any session); RuntimeError_ when it cannot be (the start then fails)."""
         rate = self.rate(extra=1)
         if not rate:
             return

@@ -75,8 +75,9 @@ class Runtime(Processes, DiskUse, SideContainers):
     def start(self, lease: dict, device_ids: list[str], lease_dir: str, limits: dict | None = None,
               prepare=None) -> tuple[str, str]:
         """Create and start a lease's container; returns (container id, login shell). prepare(lease id)
-        runs once the lease's network (its bridge) exists, before the container does; a RuntimeError_
-        from it fails the start (hostd.caps: the bandwidth cap).
+        runs once the container runs on its network (its bridge and port exist), before the start
+        returns; a RuntimeError_ from it fails the start and removes the container (hostd.caps: the
+        bandwidth cap, so no renter session ever sees the lease uncapped).
 
         On any failure nothing of this lease is left behind but a workspace that existed before.
         """
@@ -99,11 +100,11 @@ class Runtime(Processes, DiskUse, SideContainers):
             net = self.client.networks.create(name, driver="bridge", labels=tags,
                                               options={"com.docker.network.bridge.name": bridge_name(lease["id"])})
             made.append(net)
-            if prepare:
-                prepare(lease["id"])
             container = self.create(lease, device_ids, workspace, lease_dir, net.name, lim)
             made.append(container)
             container.start()
+            if prepare:
+                prepare(lease["id"])
             code, _ = container.exec_run(["test", "-x", "/bin/bash"])
             return container.id, "/bin/bash" if code == 0 else "/bin/sh"
         except (APIError, DockerException, DiskError, RuntimeError_) as exc:

@@ -4,9 +4,12 @@ Every lease network's bridge (hostd.firewall.bridge_name) carries only that leas
 cap per lease is a pair of HTB trees, one for each direction, matching every packet (IPv4, IPv6,
 ARP: the classes take all, `default`):
 - towards the container (the lease's downloads): the bridge's own egress, HTB at the rate;
-- from the container (its uploads): the bridge's ingress redirects every packet (u32 matching all,
-  `mirred`) to an IFB device of the lease's own (IFB_PREFIX + lease id), whose egress is HTB at the
-  rate. HTB queues and delays, so TCP backs off smoothly (a policer would drop, and this kernel may
+- from the container (its uploads): the ingress of each port of the bridge (the container's veth,
+  host side) redirects every packet (u32 matching all, `mirred`) to an IFB device of the lease's own
+  (IFB_PREFIX + lease id), whose egress is HTB at the rate. (A redirect from the bridge's own
+  ingress loses the packets it hands back: the ports are where the kernel takes them back whole.)
+  The ports exist once the container runs, and a restarted container has a new one: hostd.caps
+  checks and puts the caps back. HTB queues and delays, so TCP backs off smoothly (a policer would drop, and this kernel may
   not even have one).
 A renter cannot lift a cap: the qdiscs sit on host-side devices, outside the container's network
 namespace, and the container has no CAP_NET_ADMIN (hostd.runtime_spec.CAPS). The bridge's qdiscs go
@@ -45,14 +48,23 @@ def htb(dev: str, rate: int, rooted: bool = False) -> list[list[str]]:
         ["qdisc", "replace", "dev", dev, "parent", "1:10", "handle", "10:", "pfifo", "limit", LIMIT]]
 
 
-def commands(bridge: str, ifb: str, rate: int, rooted: tuple[bool, bool] = (False, False)) -> list[list[str]]:
-    """The tc lines (pure) that cap a lease's bridge at rate bit/s each way; the IFB must exist and be
-    up; rooted: whether the bridge and the IFB have hostd's HTB root already."""
-    return htb(bridge, rate, rooted[0]) + [
-        ["qdisc", "replace", "dev", bridge, "handle", "ffff:", "ingress"],
-        ["filter", "replace", "dev", bridge, "parent", "ffff:", "protocol", "all", "prio", "1", "handle", "800::1",
-         "u32", "match", "u32", "0", "0", "action", "mirred", "egress", "redirect", "dev", ifb],
-    ] + htb(ifb, rate, rooted[1])
+def commands(bridge: str, ports: list[str], ifb: str, rate: int,
+             rooted: tuple[bool, bool] = (False, False)) -> list[list[str]]:
+    """The tc lines (pure) that cap a lease's bridge (with its ports) at rate bit/s each way; the IFB
+    must exist and be up; rooted: whether the bridge and the IFB have hostd's HTB root already."""
+    redirects = [line for port in ports for line in (
+        ["qdisc", "replace", "dev", port, "handle", "ffff:", "ingress"],
+        ["filter", "replace", "dev", port, "parent", "ffff:", "protocol", "all", "prio", "1", "handle", "800::1",
+         "u32", "match", "u32", "0", "0", "action", "mirred", "egress", "redirect", "dev", ifb])]
+    return htb(bridge, rate, rooted[0]) + redirects + htb(ifb, rate, rooted[1])
+
+
+def ports(bridge: str) -> list[str]:
+    """The devices attached to a bridge (a lease's: its container's veth)."""
+    proc = _run(["ip", "-o", "link", "show", "master", bridge])
+    if proc.returncode:
+        raise ShapingError(f"cannot list the ports of {bridge}: {_first_line(proc)}")
+    return [line.split(":")[1].strip().split("@")[0] for line in proc.stdout.splitlines() if line.count(":") >= 2]
 
 
 def _run(argv: list[str], stdin: str | None = None) -> subprocess.CompletedProcess:
@@ -105,7 +117,7 @@ def apply(bridge: str, ifb: str, rate: int) -> None:
         raise ShapingError(why)
     _ifb_up(ifb)
     rooted = tuple("qdisc htb 1:" in _run(["tc", "qdisc", "show", "dev", dev]).stdout for dev in (bridge, ifb))
-    text = "".join(" ".join(line) + "\n" for line in commands(bridge, ifb, rate, rooted))
+    text = "".join(" ".join(line) + "\n" for line in commands(bridge, ports(bridge), ifb, rate, rooted))
     proc = _run(["tc", "-batch", "-"], text)
     if proc.returncode:
         raise ShapingError(f"tc on {bridge}: {_first_line(proc)}")
@@ -116,20 +128,22 @@ def clear(bridge: str | None, ifb: str) -> None:
     if not shutil.which("tc"):
         return
     if bridge:
-        for where in ("root", "ingress"):
-            _run(["tc", "qdisc", "del", "dev", bridge, where])
+        _run(["tc", "qdisc", "del", "dev", bridge, "root"])
+        for port in ports(bridge) if _run(["ip", "link", "show", "dev", bridge]).returncode == 0 else []:
+            _run(["tc", "qdisc", "del", "dev", port, "ingress"])
     _run(["ip", "link", "del", "dev", ifb])
 
 
 def in_place(bridge: str, ifb: str) -> str | None:
     """What of a lease's caps is missing now (another tool may flush qdiscs), or None."""
-    for dev, want in ((bridge, "qdisc htb 1:"), (bridge, "qdisc ingress ffff:"), (ifb, "qdisc htb 1:")):
+    for dev in (bridge, ifb):
         proc = _run(["tc", "qdisc", "show", "dev", dev])
-        if proc.returncode or want not in proc.stdout:
-            return f"no {want.split()[1]} qdisc on {dev}"
-    proc = _run(["tc", "filter", "show", "dev", bridge, "parent", "ffff:"])
-    if proc.returncode or f"Redirect to device {ifb})" not in proc.stdout:
-        return f"no redirect from {bridge} to {ifb}"
+        if proc.returncode or "qdisc htb 1:" not in proc.stdout:
+            return f"no htb qdisc on {dev}"
+    for port in ports(bridge):
+        proc = _run(["tc", "filter", "show", "dev", port, "parent", "ffff:"])
+        if proc.returncode or f"Redirect to device {ifb})" not in proc.stdout:
+            return f"no redirect from {port} to {ifb}"
     return None
 
 
