@@ -8,7 +8,6 @@ The namespace is tied to this host by a veth pair; its address (45.0.22.1, stand
 internet) is routed into it, and the route is checked before anything is sent."""
 import json
 import os
-import re
 import subprocess
 import time
 import uuid
