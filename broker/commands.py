@@ -54,7 +54,7 @@ usage: {ctl} COMMAND [ARGS]   (add --json for JSON)
   config [tmux on|off]             your settings; tmux on: every shell attaches to the lease's tmux
   help                             this text
 query fields: gpu_name num_gpus gpu_ram gpu_total_ram cpu_cores cpu_ram disk_space dph reliability
-  cuda_vers driver_version geolocation host_id verified tflops; ops < <= = != >= > in notin; _ is a space
+  cuda_vers driver_version geolocation host_id verified tflops inet_down inet_up; ops < <= = != >= > in notin; _ is a space
 """
 _VALUE_OPTS = {"--hours", "--gpus", "--image", "-o", "--workspace", "--auto"}
 _FLAGS = {"--json", "--yes", "-y", "--all", "--auto-extend"}
@@ -156,12 +156,13 @@ class Commands(Continuity):
             return render.as_json([{k: v for k, v in o.items() if k not in hidden} for o in offers])
         shown = offers if args.all else offers[:SHOWN]
         rows = [{**o, "dph": f"{o['dph']:.2f}", "reliability": f"{o['reliability']:.3f}",
-                 "tflops": f"{o['tflops']:g}" if o["verified"] else "-"} for o in shown]
+                 "tflops": f"{o['tflops']:g}" if o["verified"] else "-",
+                 "inet_down": "-" if o.get("inet_down") is None else f"{o['inet_down']:g}"} for o in shown]
         more = len(offers) - len(shown)
         return render.table(
             rows, ["id", "gpu_name", "num_gpus", "gpu_ram", "cpu_cores", "cpu_ram", "disk_space", "dph",
-                   "tflops", "reliability", "geolocation"],
-            ["offer", "gpu", "n", "gpu_gb", "cpus", "ram_gb", "disk_gb", "$/h", "tflops", "reliab", "geo"]) + \
+                   "tflops", "inet_down", "reliability", "geolocation"],
+            ["offer", "gpu", "n", "gpu_gb", "cpus", "ram_gb", "disk_gb", "$/h", "tflops", "mbit/s", "reliab", "geo"]) + \
             (f"... and {more:,} more: narrow the query, or add --all (or --json)\n" if more else "")
 
     async def _why_none(self, text: str) -> str:

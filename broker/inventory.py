@@ -13,6 +13,7 @@ from .leases import parse_window
 
 MAX_GPUS = 64
 MAX_TFLOPS = 100_000
+MAX_RATE = 10 ** 12  # bits per second
 _TEXT = re.compile(r"[\x20-\x7e]*")
 
 
@@ -112,4 +113,8 @@ def check(inv, max_price: int) -> dict:
         "version": _text(inv, "version", 32, ""),
         # how long an ended lease's /workspace is kept (a host that does not say: hostd's default)
         "retention": _num({"retention": inv.get("retention", RETENTION)}, "retention", 0, 366 * 86400),
+        # bits per second per lease and for all leases together; 0 (and a host that does not say): no cap
+        "bandwidth": _num({"bandwidth": inv.get("bandwidth", 0)}, "bandwidth", 0, MAX_RATE, integer=True),
+        "bandwidth_total": _num({"bandwidth_total": inv.get("bandwidth_total", 0)}, "bandwidth_total", 0,
+                                MAX_RATE, integer=True),
     }

@@ -9,8 +9,18 @@ from .errors import BrokerError, NoOffer
 from .leases import MICRO, parse_window, window_end
 
 
-def host_offers(name: str, inv: dict, used: set[str], reliability: float, now: float) -> list[dict]:
-    """The offers of one connected host (empty when paused, outside its window, or full)."""
+def inet_mbit(inv: dict, leases: int) -> float | None:
+    """The Mbit/s a new lease on this host may use each way (its `bandwidth`, and no more than an even
+    share of `bandwidth_total` with `leases` others running); None: no cap."""
+    caps = [inv["bandwidth"]] if inv.get("bandwidth") else []
+    if inv.get("bandwidth_total"):
+        caps.append(inv["bandwidth_total"] // (leases + 1))
+    return round(min(caps) / 1e6, 3) if caps else None
+
+
+def host_offers(name: str, inv: dict, used: set[str], reliability: float, now: float, leases: int = 0) -> list[dict]:
+    """The offers of one connected host (empty when paused, outside its window, or full); leases: how
+    many run on it now (bandwidth_total is shared among them)."""
     if inv.get("paused"):
         return []
     try:
@@ -24,6 +34,7 @@ def host_offers(name: str, inv: dict, used: set[str], reliability: float, now: f
             groups.setdefault((g["name"], g["memory_gb"]), []).append(g["uuid"])
     out = []
     checked = inv.get("checked") or {}
+    inet = inet_mbit(inv, leases)
     for (model, mem), uuids in sorted(groups.items()):
         n = len(uuids)
         # Verified: every GPU of the offer passed the host's self-check; tflops: the slowest of them.
@@ -37,7 +48,7 @@ def host_offers(name: str, inv: dict, used: set[str], reliability: float, now: f
             "cuda_vers": float(inv.get("cuda_version") or 0), "driver_version": str(inv.get("driver_version", "")),
             "geolocation": inv.get("geolocation", ""), "verified": verified, "tflops": tflops, "gpus": uuids,
             "window_end": closes, "images": inv.get("images", "*"),
-            "ready": inv.get("ready", [])})
+            "ready": inv.get("ready", []), "inet_down": inet, "inet_up": inet})
     return out
 
 
@@ -49,22 +60,24 @@ def build(hosts: list[dict], online: set[str], live: list[dict], reliabilities: 
     whose inventory, used GPUs and reliability are unchanged and whose window is always open gets
     the same offers without parsing or building them again."""
     used: dict[str, set] = {}
+    running: dict[str, int] = {}
     for lease in live:
         used.setdefault(lease["host"], set()).update(lease.get("gpus") or ())
+        running[lease["host"]] = running.get(lease["host"], 0) + 1
     memo = {} if memo is None else memo
     out = []
     for h in hosts:
         name, inv = h["name"], h.get("inventory")
         if name not in online or not inv:
             continue
-        taken, rel = frozenset(used.get(name, ())), reliabilities.get(name, 1.0)
+        taken, rel, n = frozenset(used.get(name, ())), reliabilities.get(name, 1.0), running.get(name, 0)
         hit = memo.get(name)
         if hit and (hit["inv"] is inv or hit["inv"] == inv) and hit["taken"] == taken and hit["rel"] == rel \
-                and hit["always"]:
+                and hit["n"] == n and hit["always"]:
             out += hit["offers"]
             continue
-        offers = host_offers(name, inv, taken, rel, now)
-        memo[name] = {"inv": inv, "taken": taken, "rel": rel, "offers": offers,
+        offers = host_offers(name, inv, taken, rel, now, n)
+        memo[name] = {"inv": inv, "taken": taken, "rel": rel, "n": n, "offers": offers,
                       "always": inv.get("window", "always") == "always"}  # a window's offers depend on now
         out += offers
     for name in memo.keys() - online:

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from .errors import BrokerError
 
 NUMERIC = {"num_gpus", "gpu_ram", "gpu_total_ram", "cpu_cores", "cpu_ram", "disk_space", "dph",
-           "reliability", "cuda_vers", "driver_version", "tflops"}
+           "reliability", "cuda_vers", "driver_version", "tflops", "inet_down", "inet_up"}
+UNCAPPED = {"inet_down", "inet_up"}  # None: no cap, compared as infinitely fast
 TEXT = {"gpu_name", "geolocation", "host_id"}
 CASELESS = {"gpu_name"}  # RTX_4090 = rtx_4090: compared lowercased on both sides
 BOOL = {"verified"}
@@ -41,6 +42,8 @@ class Filter:
 
     def __call__(self, offer: dict) -> bool:
         have = offer.get(self.field)
+        if have is None and self.field in UNCAPPED:
+            have = math.inf
         if have is None:
             return False
         if self.field == "driver_version" and isinstance(have, str):
@@ -69,6 +72,11 @@ def _version(text: str) -> float:
     """'550.54.14' -> 550.54 (what comparisons on driver_version use)."""
     parts = text.split(".")
     return float(".".join(parts[:2])) if parts[0].isdigit() else 0.0
+
+
+def _cap(value):
+    """A bandwidth field: None (no cap) compares as unlimited."""
+    return math.inf if value is None else value
 
 
 def _tokens(text: str) -> list[str]:
@@ -189,12 +197,13 @@ def compile_filters(filters: list[Filter]):
     Field names are checked identifiers and values are bound as names, never pasted into the source."""
     if not filters:
         return lambda o: True
-    env: dict = {"__builtins__": {}, "_version": _version}
+    env: dict = {"__builtins__": {}, "_version": _version, "_cap": _cap}
     parts = []
     for i, f in enumerate(filters):
         env[f"v{i}"] = f.value
         have = f"_version(o[{f.field!r}])" if f.field == "driver_version" else \
-            f"o[{f.field!r}].lower()" if f.field in CASELESS else f"o[{f.field!r}]"
+            f"o[{f.field!r}].lower()" if f.field in CASELESS else \
+            f"_cap(o.get({f.field!r}))" if f.field in UNCAPPED else f"o[{f.field!r}]"
         parts.append(f"{have} {_PYOPS[f.op]} v{i}")
     test = eval("lambda o: " + " and ".join(parts), env)  # noqa: S307 - see docstring
 

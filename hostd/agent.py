@@ -11,11 +11,13 @@ from .config import Config
 from .control import Control
 from .disk import Workspaces
 from .diskwatch import DiskWatch
+from .caps import Caps
 from .egress import EgressGuard
 from .gpuhealth import GpuHealth
 from .inventory import Inventory
 from .leases import Leases
 from .outbox import Outbox
+from .pacing import Pacing
 from .pulls import Pulls
 from .runtime import Runtime
 from .runtime_spec import owner_of
@@ -50,7 +52,7 @@ class Agent:
         self.egress = EgressGuard(self.settings)
         self.control = Control(self, token)
         self.store = self.runtime = self.leases = self.pulls = self.inventory = None
-        self.health = self.sessionhost = self.starts = None
+        self.health = self.sessionhost = self.starts = self.caps = None
 
     def open_runtime(self) -> None:
         """Settings, GPUs, Docker and the lease record; then reconcile and arm every lease."""
@@ -67,10 +69,12 @@ class Agent:
         self.pulls = Pulls(self.runtime.pull, changed=self.inventory.images_changed)
         self.leases = Leases(config, self.runtime, self.store, self.settings, self.emit, self.clock)
         sessions = spawn.Sessions(self.runtime, self.leases.lease_dir)
+        self.caps = Caps(self.settings, self.store, Pacing(), self.status)
         self.outbox.subscribe(lambda event: self._heard(event, sessions))
-        self.sessionhost = SessionHost(self.store, self.runtime, self.leases, sessions, self.settings)
+        self.sessionhost = SessionHost(self.store, self.runtime, self.leases, sessions, self.settings,
+                                       self.caps.pacing)
         self.starts = Starts(self.store, self.runtime, self.leases, sessions, self.egress, self.health,
-                             self.inventory, settings, self.clock)
+                             self.inventory, settings, self.clock, self.caps)
         self.leases.reconcile()
 
     def _heard(self, event: dict, sessions: spawn.Sessions) -> None:
@@ -89,7 +93,7 @@ class Agent:
     async def run_forever(self, host: str, port: int) -> None:
         """The loops (upkeep, disk and container watches, GPU health) and the tunnel, until cancelled."""
         upkeep = Upkeep(self.settings_watch, self.egress, self.health, self.inventory, self.pulls, self.status,
-                        self.emit, lambda: self.control.host_name is not None)
+                        self.emit, lambda: self.control.host_name is not None, self.caps)
         loops = [self.loop.create_task(c) for c in (
             upkeep.run(), self.health.run(),
             DiskWatch(self.runtime, self.store, self.leases, self.config.disk_check).run(),

@@ -133,10 +133,15 @@ def status(cfg: Config, as_json):
         st = {}
     running = doctor_mod.pid_alive(st.get("pid"))
     earned = st.get("earned", 0)
+    values = settings_mod.load(cfg.home / "settings.json")
+    caps = st.get("bandwidth") if running else None
+    bandwidth = {"bandwidth": values["bandwidth"], "bandwidth_total": values["bandwidth_total"],
+                 "lease_rate": caps["lease_rate"] if caps else settings_mod.lease_rate(values, 1),
+                 "error": (caps or {}).get("error")}
     out = {"joined": bool(pin), "host": (pin or {}).get("host"), "broker": (pin or {}).get("addr"),
            "running": running, "connected": bool(running and st.get("connected")), "error": st.get("error"),
            "earned_micro": earned, "earned": f"{earned / 1e6:.2f}",
-           "paused": settings_mod.load(cfg.home / "settings.json")["paused"],
+           "paused": values["paused"], "bandwidth": bandwidth,
            "via": st.get("via") if running else None, "since": st.get("since") if running else None,
            "epoch": st.get("epoch") if running else None,
            "brokers": (pin or {}).get("brokers", []),
@@ -170,11 +175,23 @@ def status(cfg: Config, as_json):
     click.echo(f"earnings: {out['earned']} credits" + ("; paused: taking no new rentals" if out["paused"] else ""))
     if out["inventory_error"]:
         click.echo(f"the broker refuses this host's offer: {out['inventory_error']}")
+    click.echo(_bandwidth_line(bandwidth))
     for lease in out["leases"]:
         click.echo(f"lease {lease['id']} {lease['state']}: renter {lease['renter']}, {len(lease['gpus'])} GPU(s), "
                    f"ends {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(lease['ends_at']))}")
     if out["owner_label"]:
         click.echo(f"its containers carry the label {out['owner_label']}")
+
+
+def _bandwidth_line(bw: dict) -> str:
+    """`hostd status`'s line on the caps: the rate each lease gets now, and the settings behind it."""
+    if bw["error"]:
+        return f"bandwidth caps NOT in force (tried again every second): {bw['error']}"
+    if not bw["lease_rate"]:
+        return "bandwidth: not capped"
+    rate = settings_mod.shown_rate
+    return (f"bandwidth: each lease at most {bw['lease_rate'] / 1e6:g} Mbit/s each way (bandwidth "
+            f"{rate(bw['bandwidth'])}, bandwidth_total {rate(bw['bandwidth_total'])})")
 
 
 @main.command()
@@ -298,7 +315,7 @@ def config_show(cfg: Config, as_json):
         click.echo(json.dumps(values))
         return
     for key, (_, _, help_) in settings_mod.SPEC.items():
-        click.echo(f"{key:13} {settings_mod.shown(key, values[key]) or chr(39) * 2:20}  {help_}")
+        click.echo(f"{key:15} {settings_mod.shown(key, values[key]) or chr(39) * 2:20}  {help_}")
 
 
 @config.command("set")
@@ -314,7 +331,8 @@ def config_set(cfg: Config, key, value):
         values = settings_mod.save(cfg.home / "settings.json", key, value)
     except settings_mod.SettingsError as exc:
         raise click.ClickException(str(exc)) from None
-    click.echo(f"{key} = {values[key]}")
+    shown = settings_mod.shown(key, values[key]) if key.startswith("bandwidth") else values[key]
+    click.echo(f"{key} = {shown}")
 
 
 def _power_in_range(cfg: Config, watts: int) -> None:

@@ -14,7 +14,7 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import gpus as gpus_mod, limits as kernel_limits, procfs, runtime, settings as settings_mod, sizing
+from . import gpus as gpus_mod, limits as kernel_limits, procfs, runtime, settings as settings_mod, shaping, sizing
 from .config import Config
 
 OK, INFO, WARN, FAIL = "ok", "info", "warn", "FAIL"  # info: worth knowing, not needed for hosting
@@ -49,18 +49,18 @@ def run_checks(home: Path, *, source=None, engine=None, which=shutil.which,
     home = Path(home)
     checks = []
     try:
-        fake_spec = settings_mod.load(home / "settings.json")["fake_gpus"]
+        values = settings_mod.load(home / "settings.json")
     except settings_mod.SettingsError as exc:
         checks.append(Check("settings", FAIL, str(exc), "fix it with `hostd config set KEY VALUE`", True))
-        fake_spec = ""
+        values = settings_mod.defaults()
     docker, version, info = docker_check(engine)
     checks += [docker, cgroup_check(info), limits_check(info),
                layer_check(layer() if info else "not probed: Docker engine unreachable")]
     if source is None:
-        source = _open_source(fake_spec)
-    checks += nvidia_checks(source, info, which, toolkit_config, fake_set=bool(fake_spec))
+        source = _open_source(values["fake_gpus"])
+    checks += nvidia_checks(source, info, which, toolkit_config, fake_set=bool(values["fake_gpus"]))
     checks.append(pids_check(procfs.pid_max(), _gpu_count(source)))
-    checks.append(per_user_check(kernel_limits.read()))
+    checks += [per_user_check(kernel_limits.read()), Check("bandwidth", *shaping.finding(values, which))]
     checks += disk_checks(info.get("DockerRootDir") or "/", home)
     checks += broker_checks(Config(home=home))
     return checks

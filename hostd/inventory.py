@@ -1,5 +1,5 @@
-"""What hostd offers the broker: its GPUs that pass every check, the shares per GPU, price, window and
-images. `build` is the rule; `Inventory` reads this machine, its GPU source and its engine for it."""
+"""What hostd offers the broker: its GPUs that pass every check, the shares per GPU, price, window,
+images and bandwidth caps. `build` is the rule; `Inventory` reads this machine, its GPU source and its engine for it."""
 import logging
 import os
 import time
@@ -31,7 +31,7 @@ def build(s: dict, gpus: list[dict], driver: dict, *, failing: bool, withdrawn, 
             "disk_per_gpu": s["disk_per_gpu"] or round(disk_gb / n),
             "price": int(round(s["price"] * 1_000_000)), "window": s["window"], "paused": s["paused"],
             "geolocation": s["geolocation"], "images": s["images"], "ready": ready, "version": VERSION,
-            "retention": s["retention"]}
+            "retention": s["retention"], "bandwidth": s["bandwidth"], "bandwidth_total": s["bandwidth_total"]}
 
 
 class Inventory:

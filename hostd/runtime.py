@@ -72,8 +72,12 @@ class Runtime(Processes, DiskUse, SideContainers):
         missing = [what for key, what in checks.items() if key in info and not info[key]]
         return missing + [w for w in info.get("Warnings") or [] if "limit" in w.lower()]
 
-    def start(self, lease: dict, device_ids: list[str], lease_dir: str, limits: dict | None = None) -> tuple[str, str]:
-        """Create and start a lease's container; returns (container id, login shell).
+    def start(self, lease: dict, device_ids: list[str], lease_dir: str, limits: dict | None = None,
+              prepare=None) -> tuple[str, str]:
+        """Create and start a lease's container; returns (container id, login shell). prepare(lease id)
+        runs once the container runs on its network (its bridge and port exist), before the start
+        returns; a RuntimeError_ from it fails the start and removes the container (hostd.caps: the
+        bandwidth cap, so no renter session ever sees the lease uncapped).
 
         On any failure nothing of this lease is left behind but a workspace that existed before.
         """
@@ -99,9 +103,11 @@ class Runtime(Processes, DiskUse, SideContainers):
             container = self.create(lease, device_ids, workspace, lease_dir, net.name, lim)
             made.append(container)
             container.start()
+            if prepare:
+                prepare(lease["id"])
             code, _ = container.exec_run(["test", "-x", "/bin/bash"])
             return container.id, "/bin/bash" if code == 0 else "/bin/sh"
-        except (APIError, DockerException, DiskError) as exc:
+        except (APIError, DockerException, DiskError, RuntimeError_) as exc:
             for thing in reversed(made):
                 remove(thing)
             if new_ws:

@@ -6,6 +6,7 @@ import time
 from shellrent.common import protocol
 
 from . import offload, spawn
+from .pacing import Pacing
 from .runtime import RuntimeError_
 
 MAX_SESSIONS = 256  # open sessions per lease (the broker allows a renter 64 in all; this backs it up)
@@ -16,12 +17,13 @@ class SessionError(Exception):
 
 
 class SessionHost:
-    def __init__(self, store, runtime, leases, sessions: spawn.Sessions, settings):
+    def __init__(self, store, runtime, leases, sessions: spawn.Sessions, settings, pacing=None):
         self._store = store
         self._runtime = runtime
         self._leases = leases
         self._sessions = sessions
         self._settings = settings
+        self.pacing = pacing or Pacing()  # hostd.pacing: the relayed traffic's per-lease buckets
 
     async def lease(self, lease_id: str | None, files_only: bool = False) -> dict:
         """The lease record a session runs in; an ended lease serves its files during retention."""

@@ -107,6 +107,36 @@ def _image(text: str) -> str:
     return text.strip()
 
 
+RATE_UNITS = {"kbit": 1_000, "mbit": 1_000_000, "gbit": 1_000_000_000}
+RATE_MIN, RATE_MAX = 100_000, 100_000_000_000  # 100kbit (below it an SSH session stalls) to 100gbit
+
+
+def _rate(text: str) -> int:
+    """Bits per second from '0' (no cap), '800kbit', '50mbit', '1.5gbit'. Only bit units: tc reads
+    'mbps' as megaBYTES per second, so the byte spellings are refused rather than guessed."""
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([a-z/]*)", text.strip().lower())
+    if m and m[2] == "" and float(m[1]) == 0:
+        return 0
+    if not m or m[2] not in RATE_UNITS:
+        hint = " (bps is bytes in tc's units: use kbit, mbit or gbit)" if m and m[2].endswith(("bps", "b/s")) else ""
+        raise ValueError(f"use e.g. 50mbit, 800kbit, 1gbit, or 0 for no cap{hint}")
+    bits = int(round(float(m[1]) * RATE_UNITS[m[2]]))
+    if not RATE_MIN <= bits <= RATE_MAX:
+        raise ValueError("from 100kbit to 100gbit, or 0 for no cap")
+    return bits
+
+
+def shown_rate(bits: int) -> str:
+    """Bits per second as `config set` takes them (50mbit); 0 is no cap."""
+    if not bits:
+        return "0"
+    if bits % 1_000_000_000 == 0:
+        return f"{bits // 1_000_000_000}gbit"
+    if bits % 1_000_000 == 0:
+        return f"{bits // 1_000_000}mbit"
+    return f"{bits / 1000:.3f}".rstrip("0").rstrip(".") + "kbit"
+
+
 def _schedule(text: str) -> str:
     for part in text.split(","):
         _duration(part)
@@ -129,6 +159,8 @@ SPEC = {
     "images": (_images, "shellrent-base:bookworm",
                "comma-separated lease images allowed (pulled when missing), or * for any image on this machine"),
     "egress_allow": (_egress, "", "what lease containers may reach besides the internet: IP[:PORT],CIDR[:PORT]"),
+    "bandwidth": (_rate, 0, "each lease's traffic, each way, e.g. 50mbit (0: no cap)"),
+    "bandwidth_total": (_rate, 0, "all leases' traffic together, each way, e.g. 200mbit (0: no cap)"),
     "geolocation": (_label, "", "where the machine is, e.g. DE"),
     "warnings": (_schedule, "15m,5m,1m", "when to warn before a lease ends"),
     "grace": (_duration, 30.0, "SIGTERM to SIGKILL at a lease's end, e.g. 30s"),
@@ -145,6 +177,8 @@ def shown(key: str, value) -> str:
                 n, seconds = divmod(seconds, size)
                 out += f"{int(n)}{unit}"
         return out + (f"{seconds:g}s" if seconds or not out else "")
+    if SPEC[key][0] is _rate:
+        return shown_rate(int(value))
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, float):
@@ -193,6 +227,15 @@ def save(path: Path, key: str, text: str) -> dict:
     raw[key] = str(text)
     write_private(path, json.dumps(raw, indent=1, sort_keys=True))
     return load(path)
+
+
+def lease_rate(values: dict, leases: int) -> int:
+    """Bits per second each lease may use, each way, with `leases` running (0: no cap): `bandwidth`,
+    and no more than an even share of `bandwidth_total`."""
+    caps = [values["bandwidth"]] if values["bandwidth"] else []
+    if values["bandwidth_total"]:
+        caps.append(values["bandwidth_total"] // max(1, leases))
+    return min(caps) if caps else 0
 
 
 def warn_offsets(values: dict) -> list[float]:

@@ -85,6 +85,21 @@ class HostServer(asyncssh.SSHServer):
         return False
 
 
+class PacedChannel:
+    """A renter channel as a session's output sees it: every write is spent from the lease's bucket
+    (hostd.pacing), which pauses the output's reading while the lease is over its rate."""
+
+    def __init__(self, chan, throttle):
+        self._chan, self._throttle = chan, throttle
+
+    def write(self, data, datatype=None):
+        self._chan.write(data, datatype)
+        self._throttle.spend(len(data))
+
+    def __getattr__(self, name):
+        return getattr(self._chan, name)
+
+
 class HostSession(asyncssh.SSHServerSession):
     """One channel from the broker: the connection's control channel, or a renter's session."""
 
@@ -101,9 +116,10 @@ class HostSession(asyncssh.SSHServerSession):
         self._size: tuple | None = None
         self._early: list[bytes] = []  # renter stdin that came before the exec stream was open (a packet)
         self._in = Gate()  # reading the channel: held while starting and while the process's stdin is full
+        self._out = Gate()  # reading the session's output: held while the channel is full, and by the pacing
         self._early_eof = False
         self._stream: spawn.HelperSession | spawn.ExecSession | None = None
-        self._out_paused = False  # the channel is full: the session's output waits (even while it starts)
+        self._paced: list = []  # the lease's pacing of this channel (hostd.pacing), once its lease is known
         self._task = None
         self._lease: str | None = None
         self._told_end = asyncio.get_running_loop().create_future()  # set when the lease's end is told
@@ -185,15 +201,17 @@ class HostSession(asyncssh.SSHServerSession):
             if tty:
                 env["TERM"] = self._pty[0] or "xterm"
             argv, size = self._argv(rec["shell"]), self._size[:2] if tty and self._size else None
-            self._stream = await self._host.open(rec, self._chan, argv, env, tty, size, self._in.valve("stdin full"))
+            pacing = self._host.pacing
+            self._paced = [pacing.throttle(rec["id"], "in", self._in), pacing.throttle(rec["id"], "out", self._out)]
+            chan = PacedChannel(self._chan, self._paced[1])
+            self._stream = await self._host.open(rec, chan, argv, env, tty, size, self._in.valve("stdin full"))
         except Exception as exc:  # one line to the renter, whatever it was; never a session left hanging
             if not isinstance(exc, (SessionError, engine.EngineError, OSError, asyncio.TimeoutError)):
                 log.exception("session in lease %s failed to start", self._lease)
             self._chan.write_stderr(f"shellrent: {exc or type(exc).__name__}\r\n".encode())
             self._chan.exit(2)
             return
-        if self._out_paused:  # asyncssh said so once, while the session was starting
-            self._stream.pause_reading()
+        self._out.attach(self._stream)  # paused at once if asyncssh said so while the session was starting
         if tty and self._size and self._size[:2] != size:
             await self._stream.resize(*self._size[:2])  # resized while it started
         for data in self._early:
@@ -227,6 +245,8 @@ class HostSession(asyncssh.SSHServerSession):
             self._control.data(data)
             return
         self._in.check()
+        if self._paced:
+            self._paced[0].spend(len(data))
         if self._stream:
             self._stream.write(data)
         else:
@@ -242,14 +262,10 @@ class HostSession(asyncssh.SSHServerSession):
         return True
 
     def pause_writing(self):
-        self._out_paused = True
-        if self._stream:
-            self._stream.pause_reading()
+        self._out.hold("channel full")
 
     def resume_writing(self):
-        self._out_paused = False
-        if self._stream:
-            self._stream.resume_reading()
+        self._out.release("channel full")
 
     def terminal_size_changed(self, width, height, pixwidth, pixheight):
         self._size = (width, height)
@@ -267,6 +283,8 @@ class HostSession(asyncssh.SSHServerSession):
         if self._control:
             self._control.closed()
             return
+        for throttle in self._paced:
+            throttle.close()
         if self._lease:
             self._host.leave(self._lease, self)
         if self._stream:

@@ -59,7 +59,7 @@ def pick_cores(cpus: float, mine: list[int], taken: list[str]) -> str:
 class Starts:
     """The starts of one hostd, with the parts they drive given in the constructor."""
 
-    def __init__(self, store, runtime, leases, sessions, egress, health, inventory, settings, clock):
+    def __init__(self, store, runtime, leases, sessions, egress, health, inventory, settings, clock, caps=None):
         self._store = store
         self._runtime = runtime
         self._leases = leases
@@ -69,6 +69,7 @@ class Starts:
         self._inventory = inventory
         self._settings = settings  # hostd.settingswatch: the settings and the GPU source
         self._clock = clock
+        self._caps = caps  # hostd.caps: a lease's bandwidth cap, in place before its container starts
         self.under_way: dict[str, asyncio.Future] = {}  # lease id -> done when its start call ends
         self._cleaning: set[str] = set()  # starts that timed out: removed once the engine answers
 
@@ -146,7 +147,7 @@ class Starts:
         try:
             container, shell = await offload.call(
                 self._runtime.start, lease, self._settings.gpus.device_ids(gpus), str(leases.lease_dir(lease["id"])),
-                limits, timeout=offload.START)
+                limits, self._caps and self._caps.before_start, timeout=offload.START)
         except (RuntimeError_, asyncio.TimeoutError) as exc:
             store.update(lease["id"], state="purged")
             if isinstance(exc, asyncio.TimeoutError):

@@ -1,5 +1,6 @@
 """hostd's port forwards: a direct-tcpip channel from the broker bridged to a loopback port inside a
-lease container's network namespace (hostd.netns), with flow control both ways."""
+lease container's network namespace (hostd.netns), with flow control both ways, paced at the
+lease's bandwidth cap (hostd.pacing) both ways."""
 import asyncio
 
 import asyncssh
@@ -19,6 +20,7 @@ async def forward(host, lease: str, addr: str, port: int) -> "TcpBridge":
         raise asyncssh.ChannelOpenError(asyncssh.OPEN_CONNECT_FAILED,
                                         f"cannot connect to {addr}:{port} in the container: {exc}") from None
     bridge = TcpBridge()
+    bridge.paced = [host.pacing.throttle(lease, "in", bridge.inp), host.pacing.throttle(lease, "out", bridge.out)]
     await asyncio.get_running_loop().create_connection(lambda: _Sock(bridge), sock=sock)
     return bridge
 
@@ -34,6 +36,8 @@ class _Sock(asyncio.Protocol):
 
     def data_received(self, data):
         self._b.chan.write(data)
+        if self._b.paced:
+            self._b.paced[1].spend(len(data))
 
     def eof_received(self):
         self._b.chan.write_eof()
@@ -58,6 +62,7 @@ class TcpBridge(asyncssh.SSHTCPSession):
         self.transport = None
         self.inp = Gate()  # reading the channel
         self.out = Gate()  # reading the socket
+        self.paced: list = []  # the lease's pacing: (to the container, from it)
 
     def connection_made(self, chan):
         self.chan = chan
@@ -67,6 +72,8 @@ class TcpBridge(asyncssh.SSHTCPSession):
     def data_received(self, data, datatype):
         self.inp.check()
         self.transport.write(data)
+        if self.paced:
+            self.paced[0].spend(len(data))
 
     def eof_received(self):
         if self.transport.can_write_eof():
@@ -80,4 +87,6 @@ class TcpBridge(asyncssh.SSHTCPSession):
         self.out.release("channel full")
 
     def connection_lost(self, exc):
+        for throttle in self.paced:
+            throttle.close()
         self.transport.close()

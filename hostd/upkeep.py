@@ -1,4 +1,4 @@
-"""hostd's once-a-second upkeep: settings reread, the egress policy kept in force, the required GPU
+"""hostd's once-a-second upkeep: settings reread, the egress policy and the bandwidth caps kept in force, the required GPU
 checks retried, the inventory reported when it changes, listed images pulled, the GPU self-check
 started when due."""
 import asyncio
@@ -14,7 +14,7 @@ CHECKS_EVERY = 60  # turns between runs of the required GPU checks
 
 
 class Upkeep:
-    def __init__(self, settings, egress, health, inventory, pulls, status, emit, welcomed):
+    def __init__(self, settings, egress, health, inventory, pulls, status, emit, welcomed, caps=None):
         self._settings = settings  # hostd.settingswatch
         self._egress = egress
         self._health = health
@@ -23,6 +23,7 @@ class Upkeep:
         self._status = status
         self._emit = emit
         self._welcomed = welcomed  # () -> whether the broker has welcomed this host
+        self._caps = caps  # hostd.caps
 
     async def run(self) -> None:
         tick = 0
@@ -39,6 +40,11 @@ class Upkeep:
                 await offload.call(self._egress.install if changed else self._egress.in_force, timeout=60)
             except asyncio.TimeoutError:
                 log.error("egress policy: iptables did not answer in time")
+        if self._caps:
+            try:
+                await self._caps.turn()
+            except Exception:  # never the end of this loop
+                log.exception("bandwidth caps")
         if tick % CHECKS_EVERY == CHECKS_EVERY - 1:
             await self._health.recheck()
         try:

@@ -90,3 +90,47 @@ def test_config_show_prints_what_config_set_takes_back(tmp_path):
         text = "" if text == "''" else text
         settings.save(home / "settings.json", key, text)
     assert settings.load(home / "settings.json") == before
+
+
+@pytest.mark.parametrize("text, bits", [
+    ("0", 0), ("00", 0), ("800kbit", 800_000), ("50mbit", 50_000_000), ("50MBIT", 50_000_000),
+    ("1.5mbit", 1_500_000), ("1gbit", 1_000_000_000), ("40 mbit", 40_000_000), ("100gbit", 100_000_000_000)],
+    ids=lambda v: str(v))
+def test_a_rate_is_bits_per_second_and_shows_as_config_set_takes_it(text, bits):
+    assert settings.parse("bandwidth", text) == bits
+    assert settings.parse("bandwidth", settings.shown("bandwidth", bits)) == bits
+
+
+@pytest.mark.parametrize("text, message", [
+    ("fast", "use e.g. 50mbit"), ("50", "use e.g. 50mbit"), ("-5mbit", "use e.g. 50mbit"),
+    ("10mbps", "bps is bytes in tc's units"), ("10kbps", "bps is bytes"), ("50kbit", "from 100kbit to 100gbit"),
+    ("0.00001kbit", "from 100kbit"), ("101gbit", "from 100kbit"), ("nan mbit", "use e.g."), ("", "use e.g.")])
+def test_a_bad_rate_names_the_setting_and_the_units(text, message):
+    with pytest.raises(SettingsError, match=re.escape(message)) as err:
+        settings.parse("bandwidth_total", text)
+    assert str(err.value).startswith(f"bad value {text!r} for bandwidth_total")
+
+
+def test_config_set_bandwidth_refuses_a_bad_rate_in_one_line_and_changes_nothing(tmp_path):
+    import subprocess
+    from .cluster import BIN
+    home = tmp_path / "h"
+    hostd = [BIN / "hostd", "--home", home, "config"]
+    ok = subprocess.run([*hostd, "set", "bandwidth", "40mbit"], capture_output=True, text=True)
+    assert (ok.returncode, ok.stdout) == (0, "bandwidth = 40mbit\n")
+    before = (home / "settings.json").read_bytes()
+    bad = subprocess.run([*hostd, "set", "bandwidth", "fast"], capture_output=True, text=True)
+    assert bad.returncode != 0 and len(bad.stderr.strip().splitlines()) == 1, bad.stderr
+    assert "bad value 'fast' for bandwidth" in bad.stderr
+    assert (home / "settings.json").read_bytes() == before
+    shown = subprocess.run([*hostd, "show"], capture_output=True, text=True, check=True).stdout
+    assert re.search(r"^bandwidth +40mbit +each lease", shown, re.M)
+    assert re.search(r"^bandwidth_total +0 +all leases", shown, re.M)
+
+
+@pytest.mark.parametrize("bandwidth, total, leases, rate", [
+    (0, 0, 3, 0), (40, 0, 3, 40), (0, 100, 1, 100), (0, 100, 4, 25), (40, 100, 2, 40), (40, 100, 4, 25),
+    (0, 100, 0, 100)])
+def test_each_lease_gets_its_cap_and_no_more_than_an_even_share_of_the_total(bandwidth, total, leases, rate):
+    values = {"bandwidth": bandwidth * 10 ** 6, "bandwidth_total": total * 10 ** 6}
+    assert settings.lease_rate(values, leases) == rate * 10 ** 6

@@ -84,3 +84,19 @@ def test_an_offer_is_verified_when_every_gpu_passed_the_self_check_and_shows_the
     assert offers.choose(list(left.values()), "verified=true tflops>=660", 1)["host_id"] == "b"
     with pytest.raises(BrokerError):
         offers.choose(list(got.values()), "verified=true tflops>=660", 1)
+
+
+def test_offers_show_the_bandwidth_a_new_lease_gets_in_mbit_and_none_when_uncapped():
+    hosts = [{"name": "capped", "inventory": inv([("RTX 4090", 24)] * 4, bandwidth=40_000_000)},
+             {"name": "shared", "inventory": inv([("RTX 4090", 24)] * 4, bandwidth_total=300_000_000)},
+             {"name": "free", "inventory": inv([("RTX 4090", 24)] * 4)}]
+    live = [{"host": "shared", "gpus": ["U0"]}, {"host": "shared", "gpus": ["U1"]}]
+    got = {o["host_id"]: o for o in offers.build(hosts, {"capped", "shared", "free"}, live, {}, 0)}
+    assert (got["capped"]["inet_down"], got["capped"]["inet_up"]) == (40.0, 40.0)
+    assert got["shared"]["inet_down"] == 100.0  # a third of the total: two leases run there already
+    assert (got["free"]["inet_down"], got["free"]["inet_up"]) == (None, None)
+    from shellrent.broker import query
+    assert {o["host_id"] for o in query.select(list(got.values()), query.parse("inet_down>=100"))} == \
+        {"shared", "free"}  # no cap is as fast as any
+    assert [o["host_id"] for o in query.select(list(got.values()), [], query.parse_order("inet_down-"))] == \
+        ["free", "shared", "capped"]

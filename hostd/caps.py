@@ -1,0 +1,100 @@
+"""The bandwidth caps in force: each active lease's bridge shaped (hostd.shaping) and its relayed
+sessions paced (hostd.pacing) at the rate the settings give it (settings.lease_rate: `bandwidth`,
+and no more than an even share of `bandwidth_total`). A lease is capped as its container starts,
+before the start returns, and a start whose cap cannot be applied fails (the container is removed
+before anyone used it); once a second the caps follow the settings and the number of leases, and
+every CHECK_EVERY turns they are checked and put back where another tool, or a restart of the
+container (a new veth), took them off (a failure is logged, shown in `hostd status` and tried again the next turn)."""
+import asyncio
+import logging
+import threading
+
+from . import offload, settings as settings_mod, shaping
+from .firewall import bridge_name
+from .runtime import RuntimeError_
+
+log = logging.getLogger("shellrent.caps")
+CHECK_EVERY = 10  # turns between checks that the caps are still in place
+
+
+class Caps:
+    def __init__(self, settings, store, pacing, status):
+        self._settings = settings  # () -> the settings in force
+        self._store = store
+        self.pacing = pacing  # hostd.pacing.Pacing
+        self._status = status
+        self._applied: dict[str, int] = {}  # lease id -> rate its bridge has (bit/s)
+        self._lock = threading.Lock()  # starts (in engine threads) and sync (in another) both apply
+        self.error: str | None = None
+        self._turn = 0
+
+    def rate(self, extra: int = 0) -> int:
+        """Bits per second each lease gets now, with `extra` leases about to start."""
+        return settings_mod.lease_rate(self._settings(), len(self._store.active()) + extra)
+
+    def before_start(self, lease_id: str) -> None:
+        """Cap a new lease's bridge (called once its container runs, before the start returns and
+        before any session); RuntimeError_ when it cannot be (the start then fails)."""
+        rate = self.rate(extra=1)
+        if not rate:
+            return
+        try:
+            with self._lock:
+                shaping.apply(bridge_name(lease_id), shaping.ifb_name(lease_id), rate)
+                self._applied[lease_id] = rate
+        except shaping.ShapingError as exc:
+            raise RuntimeError_(f"this host cannot cap the lease's bandwidth: {exc}") from None
+
+    async def turn(self) -> None:
+        """The pacing at the current rate (in the event loop, where the channels spend), then the
+        bridges' caps (in a thread: tc and ip are processes)."""
+        active = [r["id"] for r in self._store.active()]
+        rate = settings_mod.lease_rate(self._settings(), len(active))
+        self.pacing.set_rate(rate / 8)
+        try:
+            gone = await offload.call(self.sync, active, rate, timeout=60)
+        except asyncio.TimeoutError:
+            log.error("bandwidth caps: tc did not answer in time")
+            return
+        for lease_id in gone:
+            self.pacing.forget(lease_id)
+        shown = {"lease_rate": rate, "leases": len(active), "error": self.error}
+        if self._status.get("bandwidth") != shown:
+            self._status.set(bandwidth=shown)
+
+    def sync(self, active: list[str], rate: int) -> list[str]:
+        """Every active lease at rate, caps of ended leases gone (returned); checked every
+        CHECK_EVERY turns."""
+        check, self._turn = self._turn % CHECK_EVERY == 0, self._turn + 1
+        errors, gone = [], []
+        with self._lock:
+            for lease_id in active:
+                bridge, ifb = bridge_name(lease_id), shaping.ifb_name(lease_id)
+                try:
+                    missing = rate and check and shaping.in_place(bridge, ifb)
+                    if self._applied.get(lease_id, 0) != rate or missing:
+                        if missing:
+                            log.warning("lease %s: its bandwidth cap was not in place (%s): applying it again",
+                                        lease_id, missing)
+                        shaping.apply(bridge, ifb, rate)
+                        self._applied[lease_id] = rate
+                        log.info("lease %s: bandwidth %s each way", lease_id,
+                                 f"at most {rate / 1e6:g} Mbit/s" if rate else "not capped")
+                except shaping.ShapingError as exc:
+                    self._applied.pop(lease_id, None)  # tried again next turn
+                    errors.append(f"lease {lease_id}: {exc}")
+            for lease_id in set(self._applied) - set(active):
+                self._applied.pop(lease_id, None)
+                shaping.clear(None, shaping.ifb_name(lease_id))  # the bridge's qdiscs went with its network
+                gone.append(lease_id)
+            if check and shaping.available() is None:
+                try:
+                    for ifb in shaping.stray_ifbs({shaping.ifb_name(i) for i in active}):
+                        shaping.clear(None, ifb)
+                except shaping.ShapingError as exc:
+                    log.warning("bandwidth caps: cannot list the IFB devices left over: %s", exc)
+        error = "; ".join(errors) or None
+        if error and error != self.error:
+            log.error("bandwidth caps not in force: %s", error)
+        self.error = error
+        return gone
