@@ -97,7 +97,8 @@ class Agent:
         loops = [self.loop.create_task(c) for c in (
             upkeep.run(), self.health.run(),
             DiskWatch(self.runtime, self.store, self.leases, self.config.disk_check).run(),
-            Watch(self.runtime, self.store, self.leases, self.emit, self.config.container_check).run())]
+            Watch(self.runtime, self.store, self.leases, self.emit, self.config.container_check,
+                  self.caps.revived).run())]
         try:
             await tunnel.stay_connected(self, host, port)
         finally:

@@ -3,8 +3,8 @@ sessions paced (hostd.pacing) at the rate the settings give it (settings.lease_r
 and no more than an even share of `bandwidth_total`). A lease is capped as its container starts,
 before the start returns, and a start whose cap cannot be applied fails (the container is removed
 before anyone used it); once a second the caps follow the settings and the number of leases, and
-every CHECK_EVERY turns they are checked and put back where another tool, or a restart of the
-container (a new veth), took them off (a failure is logged, shown in `hostd status` and tried again the next turn)."""
+a container started again gets them on its new veth at once; every CHECK_EVERY turns they are
+checked and put back where another tool took them off (a failure is logged, shown in `hostd status` and tried again the next turn)."""
 import asyncio
 import logging
 import threading
@@ -44,6 +44,25 @@ class Caps:
                 self._applied[lease_id] = rate
         except shaping.ShapingError as exc:
             raise RuntimeError_(f"this host cannot cap the lease's bandwidth: {exc}") from None
+
+    async def revived(self, lease_id: str) -> None:
+        """A lease's container started again (hostd.watch): its new veth gets the upload cap now,
+        not at the next check."""
+        rate = self.rate()
+        if rate:
+            try:
+                await offload.call(self._reapply, lease_id, rate, timeout=60)
+            except asyncio.TimeoutError:
+                log.error("lease %s: tc did not answer in time; its cap is put back at the next check", lease_id)
+
+    def _reapply(self, lease_id: str, rate: int) -> None:
+        with self._lock:
+            try:
+                shaping.apply(bridge_name(lease_id), shaping.ifb_name(lease_id), rate)
+                self._applied[lease_id] = rate
+            except shaping.ShapingError as exc:
+                self._applied.pop(lease_id, None)  # tried again next turn
+                log.error("lease %s: its bandwidth cap after a restart: %s; tried again in a second", lease_id, exc)
 
     async def turn(self) -> None:
         """The pacing at the current rate (in the event loop, where the channels spend), then the

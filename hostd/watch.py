@@ -47,12 +47,13 @@ def open_down(store, rec: dict, state: dict | None, now: float) -> list | None:
 
 
 class Watch:
-    def __init__(self, runtime, store, leases, emit, interval: float = 5.0):
+    def __init__(self, runtime, store, leases, emit, interval: float = 5.0, revived=None):
         self.runtime = runtime
         self.clock = leases.clock
         self.store = store
         self.leases = leases
         self._emit = emit
+        self._revived = revived  # async (lease id): hostd.caps puts the cap on the new veth
         self.interval = interval
         self._wake = asyncio.Event()
 
@@ -122,5 +123,7 @@ class Watch:
             log.error("lease %s: %s; ending it as of %s", lid, why, time.strftime("%H:%M:%S", time.gmtime(since)))
             await self.leases.end(lid, dead_since=since, why="lost")
             return
+        if self._revived:
+            await self._revived(lid)
         rec = self.store.get(lid)
         self._up(rec)

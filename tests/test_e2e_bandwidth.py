@@ -101,6 +101,11 @@ def _timings(c, lease: str, tmp_path, name: str) -> dict[str, float]:
     return got
 
 
+def _ports(lease: str) -> list[str]:
+    out = run("ip", "-o", "link", "show", "master", f"srl-{lease}"[:15], check=False).stdout.decode()
+    return [line.split(":")[1].strip().split("@")[0] for line in out.splitlines()]
+
+
 def _bridge_qdiscs(lease: str) -> str:
     return run("tc", "qdisc", "show", "dev", f"srl-{lease}"[:15]).stdout.decode()
 
@@ -125,6 +130,13 @@ def test_a_capped_lease_takes_the_time_its_cap_allows_and_an_uncapped_one_does_n
     capped = _timings(c, lease, tmp_path, "capped")
     for what, seconds in capped.items():
         assert seconds >= 0.8 * CAPPED_S, f"{what} took {seconds:.1f}s, under 80% of the {CAPPED_S:.1f}s the cap allows"
+
+    # A container killed and started again by hostd has a new veth: its uploads are redirected too.
+    run("docker", "kill", f"shellrent-{lease}")
+    wait_for(lambda: _ports(lease) and _ports(lease) != [port.strip()], timeout=30, what="the container back")
+    wait_for(lambda: f"Redirect to device sri-{lease}"[:34] in run(
+        "tc", "filter", "show", "dev", _ports(lease)[0], "parent", "ffff:").stdout.decode(), timeout=15,
+        what="the upload cap on the new veth")
 
     # The same host with no cap (changed live): the same lease is not slowed.
     c.hostd("pc1", "config", "set", "bandwidth", "0")
