@@ -108,7 +108,8 @@ class Caps:
                 gone.append(lease_id)
             if check and shaping.available() is None:
                 try:
-                    for ifb in shaping.stray_ifbs({shaping.ifb_name(i) for i in active}):
+                    over = {shaping.ifb_name(r["id"]) for r in self._store.all() if r["state"] != "active"}
+                    for ifb in shaping.stray_ifbs(over - {shaping.ifb_name(i) for i in active}):
                         shaping.clear(None, ifb)
                 except shaping.ShapingError as exc:
                     log.warning("bandwidth caps: cannot list the IFB devices left over: %s", exc)

@@ -147,8 +147,9 @@ def in_place(bridge: str, ifb: str) -> str | None:
     return None
 
 
-def stray_ifbs(keep: set[str]) -> list[str]:
-    """hostd's IFB devices that belong to no lease in keep (their lease ended, or hostd was away)."""
+def stray_ifbs(ours: set[str]) -> list[str]:
+    """The IFB devices left of this hostd's leases that are no longer active (ours: their names; the
+    lease ended while hostd was away). Another hostd's on the same machine are not ours to remove."""
     proc = _run(["ip", "-o", "link", "show", "type", "ifb"])
     names = [line.split(":")[1].strip().split("@")[0] for line in proc.stdout.splitlines() if line.count(":") >= 2]
-    return [n for n in names if n.startswith(IFB_PREFIX) and n not in keep]
+    return [n for n in names if n in ours]

@@ -1,6 +1,7 @@
 """Bandwidth caps end to end: a capped lease's download from, and upload to, a server in a network
 namespace of the test's own (through its bridge, shaped with tc), and a 30 MB scp into and out of it
-through the broker (paced by hostd), each take at least the time the cap allows; with the cap taken
+through the broker (paced by hostd), each take at least the time the cap allows, also two leases'
+downloads at once (each has a cap of its own); with the cap taken
 off (`bandwidth 0`, the same host and lease, live) the same transfers are clearly faster. Offers show
 the cap, and an uncapped host matches `inet_down>=100`.
 
@@ -11,6 +12,7 @@ import os
 import subprocess
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -22,16 +24,17 @@ MB = 30
 CAP_MBIT = 32                       # 30 MB at 32 Mbit/s: 7.5 s
 CAPPED_S = MB * 8 / CAP_MBIT
 HOST_IP, NS_IP, INET = "10.213.22.1", "10.213.22.2", "45.0.22.1"
-SERVER = ("import socket, sys\n"
+SERVER = ("import socket, sys, threading\n"
           "srv = socket.create_server((sys.argv[1], 8000)); chunk = b'x' * 65536\n"
-          "while True:\n"
-          "    conn, _ = srv.accept()\n"
+          "def serve(conn):\n"
           "    if conn.recv(1) == b'g':\n"                 # get: send MB megabytes
           f"        for _ in range({MB * 16}): conn.sendall(chunk)\n"
           "    else:\n"                                    # put: read to the end, then say so
           "        while conn.recv(65536): pass\n"
           "        conn.sendall(b'k')\n"
-          "    conn.close()\n")
+          "    conn.close()\n"
+          "while True:\n"                                  # one thread a connection: leases at once
+          "    threading.Thread(target=serve, args=(srv.accept()[0],), daemon=True).start()\n")
 CLIENT = ("import socket, sys, time\n"
           f"s = socket.create_connection(('{INET}', 8000), 10); t = time.monotonic(); n = 0\n"
           "if sys.argv[1] == 'get':\n"
@@ -130,6 +133,14 @@ def test_a_capped_lease_takes_the_time_its_cap_allows_and_an_uncapped_one_does_n
     capped = _timings(c, lease, tmp_path, "capped")
     for what, seconds in capped.items():
         assert seconds >= 0.8 * CAPPED_S, f"{what} took {seconds:.1f}s, under 80% of the {CAPPED_S:.1f}s the cap allows"
+
+    # Each lease has a cap of its own: two leases downloading at once each get the whole rate.
+    other = c.create_lease()
+    with ThreadPoolExecutor(2) as pool:
+        both = list(pool.map(lambda lid: _through_bridge(c, lid, "get"), [lease, other]))
+    print("two leases at once", [round(t, 2) for t in both])
+    assert all(0.8 * CAPPED_S <= t < 1.5 * CAPPED_S for t in both), both
+    c.broker("lease", "stop", other)
 
     # A container killed and started again by hostd has a new veth: its uploads are redirected too.
     run("docker", "kill", f"shellrent-{lease}")
