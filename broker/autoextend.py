@@ -4,13 +4,14 @@ operator's limits and the host's window allow. When it cannot, the renter is tol
 banner, the warnings in the container) and it is tried again until the end."""
 import logging
 
-from .errors import BrokerError, Changed, Unavailable
+from .errors import BrokerError, Changed, Refused, Unavailable
 from .extending import tell_auto
 
 log = logging.getLogger("shellrent.service")
 
 LEAD = 960.0  # seconds before the end: before hostd's first warning (15 minutes before)
 RETRY = 15.0  # seconds between tries that failed
+REFUSED_RETRY = 300.0  # after the host refused one (its records disagree): not every round
 
 
 def lead(step: float) -> float:
@@ -21,7 +22,7 @@ def lead(step: float) -> float:
 class AutoExtend:
     def __init__(self, db, store, extending):
         self._db, self._store, self._extending = db, store, extending
-        self._tried: dict[str, float] = {}  # lease -> when this broker last tried
+        self._next: dict[str, float] = {}  # lease -> when this broker tries again
 
     async def run(self, live: list[dict], links, now: float) -> bool:
         """One round over the live leases (housekeeping): those due are extended, or told why not;
@@ -29,14 +30,15 @@ class AutoExtend:
         here = links.links if links else {}
         due = [lease for lease in live if lease["state"] == "active" and lease.get("auto")
                and lease["host"] in here and lease["ends_at"] - now <= lead(lease["auto"])
-               and now - self._tried.get(lease["id"], 0) >= RETRY]
-        self._tried = {lid: t for lid, t in self._tried.items() if any(lid == lease["id"] for lease in live)}
+               and now >= self._next.get(lease["id"], 0)]
+        ids = {lease["id"] for lease in live}
+        self._next = {lid: t for lid, t in self._next.items() if lid in ids}
         for lease in due:
-            self._tried[lease["id"]] = now
-            await self._one(lease, here[lease["host"]])
+            self._next[lease["id"]] = now + RETRY
+            await self._one(lease, here[lease["host"]], now)
         return bool(due)
 
-    async def _one(self, lease: dict, link) -> None:
+    async def _one(self, lease: dict, link, now: float) -> None:
         lid = lease["id"]
         try:
             await self._extending.auto(lease, link)
@@ -44,6 +46,9 @@ class AutoExtend:
             log.info("lease %s auto-extended by %ds", lid, lease["auto"])
         except Changed:
             return  # extended meanwhile (by the renter, or another broker)
+        except Refused as exc:  # undone already; the host would refuse it again at once
+            note = f"its host refused the extension ({exc})"
+            self._next[lid] = now + REFUSED_RETRY
         except Unavailable as exc:
             log.warning("lease %s: auto-extend: %s; trying again", lid, exc)
             return

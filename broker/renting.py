@@ -175,12 +175,7 @@ class Renting:
             except protocol.WireError:
                 raise Unavailable(f"host {lease['host']} answered lease.start without a container id") from None
             await faults.point("rent.started")
-            changed(await self._db(lambda: self._store.update_lease(
-                lid, expect_state="starting", state="active", container=container, started=self._now(),
-                host_ends_at=lease["ends_at"])), f"lease {lid}")
-            if lease.get("workspace"):  # the files are the new lease's now: the old one's files view ends
-                await self._db(lambda: self._store.update_lease(lease["workspace"], expect_state="ended",
-                                                                state="purged"))
+            await self._db(self._activate, lease, container)
         except BaseException as exc:
             error = str(exc) or type(exc).__name__
             try:
@@ -191,6 +186,15 @@ class Renting:
             raise
         self._market.changed()
         return await self._db(self._store.lease, lid)
+
+    def _activate(self, lease: dict, container: str) -> None:
+        """The lease runs (store thread); one that took an ended lease's workspace ends that lease's
+        files view in the same transaction (the files are the new lease's now)."""
+        with self._store.tx():
+            changed(self._store.update_lease(lease["id"], expect_state="starting", state="active", container=container,
+                                             started=self._now(), host_ends_at=lease["ends_at"]), f"lease {lease['id']}")
+            if lease.get("workspace"):
+                self._store.update_lease(lease["workspace"], expect_state="ended", state="purged")
 
     def fail(self, lid: str, error: str) -> None:
         """Fail a lease that did not start and refund all it held, in one transaction (store thread);

@@ -9,6 +9,7 @@ import logging
 import os
 import subprocess
 import tempfile
+import threading
 from pathlib import Path
 
 from shellrent.common import protocol
@@ -21,7 +22,10 @@ class DiskError(Exception):
 
 
 def _run(*argv: str) -> None:
-    proc = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    try:
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    except subprocess.TimeoutExpired:
+        raise DiskError(f"{argv[0]} did not finish in 2 minutes") from None
     if proc.returncode:
         raise DiskError(f"{argv[0]}: {proc.stderr.strip() or f'exit {proc.returncode}'}")
 
@@ -31,6 +35,12 @@ class Workspaces:
 
     def __init__(self, root: Path):
         self.root = root
+        self._locks: dict[str, threading.Lock] = {}  # per lease: mount and move never interleave
+        self._guard = threading.Lock()
+
+    def _lock(self, lease_id: str) -> threading.Lock:
+        with self._guard:
+            return self._locks.setdefault(lease_id, threading.Lock())
 
     @staticmethod
     def check(root: Path) -> str | None:
@@ -79,33 +89,40 @@ class Workspaces:
     def mount(self, lease_id: str) -> str:
         """Mount an existing workspace (again, e.g. after a reboot); returns the mount point."""
         img, mnt = self._paths(lease_id)
-        if not img.exists():
-            raise DiskError(f"lease {lease_id} has no workspace image")
-        mnt.mkdir(mode=0o755, exist_ok=True)
-        if not os.path.ismount(mnt):
-            _run("mount", "-o", "loop,nodev,nosuid", str(img), str(mnt))
+        with self._lock(lease_id):
+            if not img.exists():
+                raise DiskError(f"lease {lease_id} has no workspace image")
+            mnt.mkdir(mode=0o755, exist_ok=True)
+            if not os.path.ismount(mnt):
+                _run("mount", "-o", "loop,nodev,nosuid", str(img), str(mnt))
         return str(mnt)
 
-    def move(self, old: str, new: str, size_bytes: int) -> None:
+    def move(self, old: str, new: str, size_bytes: int) -> int:
         """Give lease old's workspace to lease new (renamed, not copied), grown to size_bytes when it is
-        smaller. Its mount must not be busy (the files view stopped first)."""
+        smaller; returns its size. Its mount must not be busy (the files view stopped first)."""
         src, src_mnt = self._paths(old)
-        dst, dst_mnt = self._paths(new)
-        if not src.exists():
-            raise DiskError(f"lease {old} has no workspace on this host any more")
-        if dst.exists():
-            raise DiskError(f"lease {new} has a workspace already")
-        if os.path.ismount(src_mnt):
-            _run("umount", str(src_mnt))
-        if src_mnt.exists():
-            src_mnt.rmdir()
-        os.rename(src, dst)
+        dst, _ = self._paths(new)
+        first, second = sorted((old, new))
+        with self._lock(first), self._lock(second):
+            if not src.exists():
+                raise DiskError(f"lease {old} has no workspace on this host any more")
+            if dst.exists():
+                raise DiskError(f"lease {new} has a workspace already")
+            if os.path.ismount(src_mnt):
+                _run("umount", str(src_mnt))
+            if src_mnt.exists():
+                src_mnt.rmdir()
+            os.rename(src, dst)
         if size_bytes > dst.stat().st_size:
             os.truncate(dst, size_bytes)
-            proc = subprocess.run(["e2fsck", "-f", "-p", str(dst)], capture_output=True, text=True, timeout=600)
+            try:
+                proc = subprocess.run(["e2fsck", "-f", "-p", str(dst)], capture_output=True, text=True, timeout=600)
+            except subprocess.TimeoutExpired:
+                raise DiskError("e2fsck did not finish in 10 minutes") from None
             if proc.returncode > 1:  # 1: errors corrected
                 raise DiskError(f"e2fsck: {proc.stderr.strip() or f'exit {proc.returncode}'}")
             _run("resize2fs", str(dst))
+        return dst.stat().st_size
 
     def exists(self, lease_id: str) -> bool:
         return self._paths(lease_id)[0].exists()

@@ -18,6 +18,7 @@ from shellrent.common import faults, protocol
 
 from . import offload, settings as settings_mod
 from .clock import Clock
+from .disk import DiskError
 from .config import Config
 from .runtime import Runtime, RuntimeError_
 from .store import Store
@@ -146,6 +147,9 @@ class Leases:
                 await asyncio.sleep(min([left, 30.0, *upcoming]))
             elif rec["state"] == "ended":
                 left = rec["ended_at"] + cfg["retention"] - now
+                if rec.get("ws_to"):  # a start is taking its workspace: it decides (gone, or given back)
+                    await asyncio.sleep(30)
+                    continue
                 if left <= 0:
                     try:
                         await offload.call(self.runtime.purge, lease_id, timeout=offload.STOP)
@@ -206,7 +210,9 @@ class Leases:
 
     def tell_end(self, lease_id: str, why: str | None) -> None:
         """Every open session of the lease hears that it ends, and why, before it closes."""
-        text = f"lease {lease_id} has ended" + (f": {protocol.END_REASONS[why]}" if why else "")
+        self.tell(lease_id, f"lease {lease_id} has ended" + (f": {protocol.END_REASONS[why]}" if why else ""))
+
+    def tell(self, lease_id: str, text: str) -> None:
         for session in list(self.sessions.get(lease_id, ())):
             session.ended(text)
 
@@ -269,15 +275,20 @@ class Leases:
         old = (self.store.get(lease_id) or {}).get("ws_from")
         if not old:
             return
-        ws = self.runtime.workspaces
+        ws, was = self.runtime.workspaces, self.store.get(old) or {}
+        kept = was.get("state") == "ended" and was["ended_at"] + self._settings()["retention"] > self.clock.now()
         if ws and ws.exists(lease_id) and not ws.exists(old):  # moved (not when it failed before the move)
             try:
-                await offload.call(self.runtime.move_workspace, lease_id, old, 0, timeout=offload.STOP)
-            except (RuntimeError_, asyncio.TimeoutError, OSError) as exc:
+                if kept:
+                    await offload.call(self.runtime.move_workspace, lease_id, old, 0, timeout=offload.MOVE)
+                else:  # its retention passed meanwhile: purged, as it would have been
+                    await offload.call(ws.remove, lease_id, timeout=offload.STOP)
+            except (RuntimeError_, asyncio.TimeoutError, OSError, DiskError) as exc:
                 log.warning("lease %s: giving the workspace back to lease %s failed: %s", lease_id, old,
                             exc or "timed out")
                 return
-            log.info("lease %s: the workspace went back to lease %s", lease_id, old)
+            log.info("lease %s: the workspace %s lease %s", lease_id,
+                     "went back to" if kept else "was purged: past the retention of", old)
         self.store.update(lease_id, ws_from=None)
         if (self.store.get(old) or {}).get("ws_to") == lease_id:
             self.store.update(old, ws_to=None)

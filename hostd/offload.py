@@ -11,6 +11,7 @@ import threading
 QUICK = 15.0   # inspect, signal, list
 STOP = 60.0    # stop and remove a container
 START = 300.0  # create and start a container (may unpack a large image)
+MOVE = 1200.0  # a workspace moved to another lease: never given up before its own steps' limits are
 
 
 async def call(fn, *args, timeout: float):

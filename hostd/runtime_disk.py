@@ -15,13 +15,22 @@ log = logging.getLogger("shellrent.runtime")
 
 class DiskUse:
     def _workspace(self, lease_id: str) -> str:
-        """What to mount as /workspace: the sized filesystem (mounted again if need be) or the volume."""
+        """What to mount as /workspace: the sized filesystem (mounted again if need be) or the volume
+        (one the engine has: a workspace moved to another lease is not made again, empty)."""
         if self.workspaces and self.workspaces.exists(lease_id):
             return self.workspaces.mount(lease_id)
-        return f"shellrent-ws-{lease_id}"
+        volume = f"shellrent-ws-{lease_id}"
+        if self.workspaces:
+            try:
+                self.client.volumes.get(volume)
+            except NotFound:
+                raise DiskError(f"lease {lease_id} has no workspace on this host any more") from None
+            except (APIError, DockerException) as exc:
+                raise DiskError(f"lease {lease_id}: {exc}") from None
+        return volume
 
-    def move_workspace(self, old: str, new: str, size_bytes: int) -> None:
-        """Lease old's kept workspace becomes lease new's (its files view stops first)."""
+    def move_workspace(self, old: str, new: str, size_bytes: int) -> int:
+        """Lease old's kept workspace becomes lease new's (its files view stops first); its size."""
         if not self.workspaces:
             raise RuntimeError_("this host keeps /workspace as engine volumes, which cannot move to a new lease")
         try:
@@ -31,7 +40,7 @@ class DiskUse:
         except (APIError, DockerException) as exc:
             raise RuntimeError_(f"stopping the files view of lease {old}: {exc}") from None
         try:
-            self.workspaces.move(old, new, size_bytes)
+            return self.workspaces.move(old, new, size_bytes)
         except (DiskError, OSError) as exc:
             raise RuntimeError_(f"moving the workspace of lease {old}: {exc}") from None
 

@@ -135,15 +135,12 @@ class Starts:
         if gpus:
             rec["cpuset"] = limits["cpuset"] = pick_cores(limits["cpus"], sorted(os.sched_getaffinity(0)),
                                                           [r.get("cpuset") for r in store.holding()])
-        store.update(lease["id"], cpuset=rec.get("cpuset"), disk_gb=rec["disk_gb"])
         if rec["ws_from"]:
-            try:
-                await offload.call(self._runtime.move_workspace, rec["ws_from"], lease["id"], int(limits["disk"]),
-                                   timeout=offload.STOP)
-            except (RuntimeError_, asyncio.TimeoutError) as exc:
+            why = await self._take(rec, limits)
+            if why:
                 store.update(lease["id"], state="purged")
-                return {"ok": False, "error": str(exc) or "moving the workspace did not finish in time"}
-            log.info("lease %s takes the workspace of lease %s", lease["id"], rec["ws_from"])
+                return {"ok": False, "error": why}
+        store.update(lease["id"], cpuset=rec.get("cpuset"), disk_gb=rec["disk_gb"])
         try:
             container, shell = await offload.call(
                 self._runtime.start, lease, self._settings.gpus.device_ids(gpus), str(leases.lease_dir(lease["id"])),
@@ -164,6 +161,22 @@ class Starts:
         log.info("lease %s started for %s (container %s, %d GPU)", lease["id"], lease["renter"], container[:12],
                  len(gpus))
         return {"ok": True, "container": container}
+
+    async def _take(self, rec: dict, limits: dict) -> str | None:
+        """Move the ended lease's workspace to this one (why not, or None). The lease's disk share is
+        then the workspace's size where that is larger: its size share as before. The move is never
+        given up half way (each of its steps has a limit of its own)."""
+        old = rec["ws_from"]
+        self._leases.tell(old, f"the files of lease {old} moved to lease {rec['id']}")  # its open files view
+        try:
+            size = await offload.call(self._runtime.move_workspace, old, rec["id"], int(limits["disk"]),
+                                      timeout=offload.MOVE)
+        except (RuntimeError_, asyncio.TimeoutError) as exc:
+            return str(exc) or "moving the workspace did not finish in time"
+        if size > limits["disk"]:
+            limits["disk"], rec["disk_gb"] = size, size / 1e9
+        log.info("lease %s takes the workspace of lease %s (%.1f GB)", rec["id"], old, size / 1e9)
+        return None
 
     def _kept(self, old: str, renter: str) -> str | None:
         """Why lease old's workspace cannot be taken by a new lease of renter (None when it can)."""

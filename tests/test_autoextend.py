@@ -2,8 +2,8 @@
 after a pause, and an extension made meanwhile elsewhere left alone."""
 from types import SimpleNamespace
 
-from shellrent.broker.autoextend import LEAD, RETRY, AutoExtend, lead
-from shellrent.broker.errors import BrokerError, Changed, Unavailable
+from shellrent.broker.autoextend import LEAD, REFUSED_RETRY, RETRY, AutoExtend, lead
+from shellrent.broker.errors import BrokerError, Changed, Refused, Unavailable
 
 
 class FakeStore:
@@ -77,3 +77,21 @@ async def test_an_extension_made_meanwhile_or_a_host_that_does_not_answer_is_not
         await AutoExtend(_db, store, SimpleNamespace(auto=auto)).run(
             [_lease("a", 100)], SimpleNamespace(links={"pc1": link}), 1000.0)
         assert store.notes == {} and link.calls == []
+
+
+async def test_a_host_that_refuses_is_noted_and_not_asked_every_round():
+    tries = []
+
+    async def auto(lease, link):
+        tries.append(lease["id"])
+        raise Refused("host pc1 refused lease.extend: lease a is not active on this host")
+    store, link = FakeStore(), FakeLink()
+    job = AutoExtend(_db, store, SimpleNamespace(auto=auto))
+    links = SimpleNamespace(links={"pc1": link})
+    await job.run([_lease("a", 100)], links, 1000.0)
+    assert store.notes["a"].startswith("its host refused the extension (host pc1 refused")
+    for later in (RETRY, 2 * RETRY, REFUSED_RETRY - 1):
+        await job.run([_lease("a", 100, note=store.notes["a"])], links, 1000.0 + later)
+    assert tries == ["a"]
+    await job.run([_lease("a", 100, note=store.notes["a"])], links, 1000.0 + REFUSED_RETRY)
+    assert tries == ["a", "a"]

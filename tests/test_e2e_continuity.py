@@ -7,6 +7,7 @@ import subprocess
 import pytest
 
 from .cluster import Cluster, run, wait_for
+from .faults.records import host_leases
 
 pytestmark = pytest.mark.docker
 
@@ -80,11 +81,19 @@ def test_a_new_lease_takes_an_ended_leases_workspace_and_no_one_else_can(fresh_c
     assert json.loads(_ctl(c, "balance", "--json").stdout)["held_micro"] == 0
     _ctl(c, "release", taken, key=bob)
 
+    # taken again with one GPU: the workspace keeps its size, and the lease its larger share
+    wait_for(lambda: _ctl(c, "offers", "--json").stdout != b"[]\n", what="the GPUs back on offer")
+    third = _rent(c, "--workspace", second["id"], "--hours", "1")["id"]
+    size = c.ssh("df -k --output=size /workspace | tail -1", user=f"rent+{third}", check=True).stdout
+    assert int(size) > 1.5 * 1024 * 1024
+    assert host_leases(c)[third]["disk_gb"] > 1.5
+    _ctl(c, "release", third)
+    wait_for(lambda: _ls(c)[third]["state"] == "ended", what="the third lease to end")
+
     # the host offline: one line that says so
     c.kill("hostd-pc1")
     wait_for(lambda: _ctl(c, "offers", "--json").stdout == b"[]\n", what="the host to go")
-    _refused(_ctl(c, "rent", "--workspace", second["id"], "--hours", "1", "--yes", check=False),
-             "offline")
+    _refused(_ctl(c, "rent", "--workspace", third, "--hours", "1", "--yes", check=False), "offline")
     ledger = json.loads(c.broker("ledger", "--json").stdout)
     assert sum(ledger["balances"].values()) == 0 and ledger["balances"].get("hold:alice", 0) == 0
 
