@@ -174,8 +174,9 @@ class Renting:
                 container = protocol.container_id(reply.get("container"))
             except protocol.WireError:
                 raise Unavailable(f"host {lease['host']} answered lease.start without a container id") from None
+            disk = reply.get("disk_gb", 0)  # its disk share there (a taken workspace keeps its size)
             await faults.point("rent.started")
-            await self._db(self._activate, lease, container)
+            await self._db(self._activate, lease, container, disk if protocol.number_in(disk, 0, 1 << 30) else 0)
         except BaseException as exc:
             error = str(exc) or type(exc).__name__
             try:
@@ -187,12 +188,13 @@ class Renting:
         self._market.changed()
         return await self._db(self._store.lease, lid)
 
-    def _activate(self, lease: dict, container: str) -> None:
+    def _activate(self, lease: dict, container: str, disk_gb: float = 0) -> None:
         """The lease runs (store thread); one that took an ended lease's workspace ends that lease's
         files view in the same transaction (the files are the new lease's now)."""
         with self._store.tx():
             changed(self._store.update_lease(lease["id"], expect_state="starting", state="active", container=container,
-                                             started=self._now(), host_ends_at=lease["ends_at"]), f"lease {lease['id']}")
+                                             started=self._now(), host_ends_at=lease["ends_at"], disk_gb=disk_gb),
+                    f"lease {lease['id']}")
             if lease.get("workspace"):
                 self._store.update_lease(lease["workspace"], expect_state="ended", state="purged")
 

@@ -12,15 +12,15 @@ def until(lease: dict, host: dict | None) -> float:
 
 def kept(leases: list[dict], hosts: dict[str, dict], now: float) -> list[dict]:
     """The ended leases among leases whose workspace is still kept, oldest first: what `ctl
-    workspaces` lists (size: the lease's disk share, from its host's share per GPU)."""
+    workspaces` lists (size: the lease's disk share, as its host said, or its host's share per GPU)."""
     rows = []
     for lease in leases:
         host = hosts.get(lease["host"])
         if lease["state"] != "ended" or until(lease, host) <= now:
             continue
-        inv = (host or {}).get("inventory") or {}
+        per_gpu = ((host or {}).get("inventory") or {}).get("disk_per_gpu", 0)
         rows.append({"lease": lease["id"], "host": lease["host"], "gpu_name": lease["gpu_name"],
-                     "size_gb": round(inv.get("disk_per_gpu", 0) * max(1, len(lease["gpus"]))),
+                     "size_gb": round(lease.get("disk_gb") or per_gpu * max(1, len(lease["gpus"])), 1),
                      "ended": lease["ended"], "until": until(lease, host)})
     return sorted(rows, key=lambda r: r["until"])
 

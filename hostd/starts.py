@@ -85,7 +85,7 @@ class Starts:
             return await asyncio.shield(self.under_way[lease["id"]])
         rec = self._store.get(lease["id"])
         if rec and rec["state"] == "active":
-            return {"ok": True, "container": rec["container"]}
+            return {"ok": True, "container": rec["container"], "disk_gb": rec.get("disk_gb") or 0}
         if rec:
             return {"ok": False, "error": f"lease {lease['id']} is {rec['state']} on this host"}
         images = self._settings.values["images"]
@@ -160,7 +160,7 @@ class Starts:
         self._health.wake()  # the power limit on its GPUs now
         log.info("lease %s started for %s (container %s, %d GPU)", lease["id"], lease["renter"], container[:12],
                  len(gpus))
-        return {"ok": True, "container": container}
+        return {"ok": True, "container": container, "disk_gb": rec["disk_gb"]}
 
     async def _take(self, rec: dict, limits: dict) -> str | None:
         """Move the ended lease's workspace to this one (why not, or None). The lease's disk share is

@@ -89,6 +89,8 @@ def test_a_new_lease_takes_an_ended_leases_workspace_and_no_one_else_can(fresh_c
     assert host_leases(c)[third]["disk_gb"] > 1.5
     _ctl(c, "release", third)
     wait_for(lambda: _ls(c)[third]["state"] == "ended", what="the third lease to end")
+    (kept,) = json.loads(_ctl(c, "workspaces", "--json").stdout)
+    assert kept["lease"] == third and kept["size_gb"] == pytest.approx(2, abs=0.1) and kept["until"] > kept["ended"]
 
     # the host offline: one line that says so
     c.kill("hostd-pc1")

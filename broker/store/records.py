@@ -30,6 +30,7 @@ class Lease(TypedDict, total=False):
     auto: int  # auto-extend: the step in seconds (0: off)
     auto_note: str | None  # why auto-extend cannot extend it now (credit, window, limit), or None
     workspace: str | None  # the ended lease whose /workspace it took (ctl rent --workspace)
+    disk_gb: float  # its disk share on its host, as the host said at the start (0: not said)
 
 
 class Host(TypedDict, total=False):

@@ -72,5 +72,6 @@ MIGRATIONS = [
     ALTER TABLE leases ADD COLUMN auto INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE leases ADD COLUMN auto_note TEXT;
     ALTER TABLE leases ADD COLUMN workspace TEXT;
+    ALTER TABLE leases ADD COLUMN disk_gb REAL NOT NULL DEFAULT 0;
     """,
 ]
