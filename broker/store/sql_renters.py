@@ -7,8 +7,10 @@ class Renters:
     """Renters and their public keys."""
 
     def add_renter(self, name: str, fingerprint: str, key: str) -> None:
-        """Create a renter with one public key."""
+        """Create a renter with one public key. The name and the key are locked first: two brokers
+        making the same renter (two signups at once) make it once, and the other is told it exists."""
         with self.tx():
+            self.lock(*sorted((f"renter-name:{name}", f"renter-key:{fingerprint}")))
             if self._count("renters", "name = ?", [name]):
                 raise BrokerError(f"renter {name!r} already exists")
             self._check_key_free(fingerprint)
@@ -53,6 +55,7 @@ class Renters:
 
     def add_key(self, renter: str, fingerprint: str, key: str) -> None:
         with self.tx():
+            self.lock(f"renter-key:{fingerprint}")  # one key added by two renters at once: one has it
             self._check_key_free(fingerprint)
             self._insert("renter_keys", {"fingerprint": fingerprint, "renter": renter, "key": key,
                                          "added": self.now()})

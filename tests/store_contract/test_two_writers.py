@@ -161,3 +161,22 @@ def test_two_brokers_renting_the_last_gpu_one_wins_and_the_other_pays_nothing(op
     assert stores[2].busy_gpus("pc1") == {"GPU-last"}
     held = {n: stores[3].balance(ledger.hold_account(n)) for n in ("alice", "bob", "carol", "dave")}
     assert held == {n: 400_000 if n == winner["renter"] else 0 for n in held} and stores[0].unbalanced() == []
+
+
+def test_the_same_renter_made_by_two_writers_at_once_is_made_once(opener):
+    stores = [opener() for _ in range(4)]
+    start = threading.Barrier(4)
+
+    def make(i):
+        start.wait(10)
+        try:
+            stores[i].add_renter("alice", f"SHA256:k{i}" if i % 2 else "SHA256:same", f"ssh-ed25519 K{i}")
+            return "made"
+        except Exception as exc:  # the one line a signup is told
+            return str(exc)
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(make, range(4)))
+    assert results.count("made") == 1, results
+    assert all(r == "made" or r == "renter 'alice' already exists" or "already belongs to renter" in r
+               for r in results), results
+    assert [r["name"] for r in stores[0].renters()] == ["alice"]
