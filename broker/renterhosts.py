@@ -12,8 +12,9 @@ MOST = 20  # hosts one renter may have
 
 
 class RenterHosts:
-    def __init__(self, config, db, store, links):
+    def __init__(self, config, db, store, links, earnings=None):
         self._config, self._db, self._store, self._links = config, db, store, links
+        self._earnings = earnings  # async (host): tell a connected host its earnings now (hosts.send_earnings)
         self._fingerprint: str | None = None
 
     def _allowed(self) -> None:
@@ -52,4 +53,6 @@ class RenterHosts:
         """A host's earnings moved to its renter's credit: (amount, new balance)."""
         self._allowed()
         amount = await self._db(self._store.pay_out, host, renter)
+        if self._earnings:
+            await self._earnings(host)  # `hostd status` shows what is left: nothing
         return amount, await self._db(self._store.balance, ledger.renter(renter))

@@ -44,7 +44,7 @@ class Broker:
         if peers is not None:
             self.market.max_age = 2.0  # the other brokers rent and release too
         self.accounts = Accounts(db, store)
-        self.renter_hosts = RenterHosts(config, db, store, links)
+        self.renter_hosts = RenterHosts(config, db, store, links, earnings=lambda host: self.hosts.send_earnings(host))
         self.logins = Logins(db, store, self.reach, now)
         self.pulls = PullWaits(config, db, store, now)
         self.hosts = Hosts(config, db, store, links, self.market, self.tasks, now,

@@ -49,8 +49,11 @@ def test_a_renter_adds_its_own_host_and_moves_its_earnings_to_credit(tmp_path):
         c.ssh("release", lid, user="ctl", key=bob, check=True)
         wait_for(lambda: hosts()[0]["earned_micro"] > 0, what="the earnings")
         earned = hosts()[0]["earned_micro"]
+        status = lambda: json.loads(c.hostd("mypc", "status", "--json").stdout)  # noqa: E731
+        wait_for(lambda: status()["earned_micro"] == earned, what="hostd to show the earnings")
         moved = json.loads(c.ssh("host", "payout", "mypc", "--json", user="ctl", check=True).stdout)
         assert moved["moved_micro"] == earned == moved["balance_micro"]
+        wait_for(lambda: status()["earned_micro"] == 0, timeout=5, what="hostd to show the payout")
         again = c.ssh("host", "payout", "mypc", user="ctl")
         assert again.returncode == 2 and "has no earnings to move" in again.stderr.decode()
         balances = json.loads(c.broker("ledger", "--json").stdout)["balances"]
