@@ -105,7 +105,9 @@ class Control:
         self._d.status.set(connected=False, error=error)
         if not self.joined.done():
             self.joined.set_exception(JoinError(error))
-        if req.get("banned") is True and self._d.leases:  # the operator's ban: the renters' containers stop
+        if req.get("banned") is True and self.epoch and req.get("epoch") is None:
+            log.warning("a ban without an epoch from a broker of this host's cluster: its leases run on")
+        elif req.get("banned") is True and self._d.leases:  # the operator's ban: the renters' containers stop
             active = [rec["id"] for rec in self._d.store.all() if rec["state"] == "active"]
             if active:
                 log.warning("banned by the broker: ending %d lease(s)", len(active))

@@ -60,3 +60,19 @@ async def test_a_call_below_the_highest_epoch_welcomed_is_refused():
     assert (await control.call({"op": "clock", "epoch": 5}))["ok"] and control.epoch == 5  # the owner took it again
     assert not (await control.call({"op": "clock", "epoch": 4}))["ok"]
     assert not (await control.call({"op": "clock", "epoch": 1 << 63}))["ok"]
+
+
+async def test_a_ban_from_a_stale_broker_or_without_an_epoch_stops_nothing():
+    d = _Daemon()
+    ended = []
+    d.store = SimpleNamespace(all=lambda: [{"id": "ab12cd34", "state": "active"}])
+    d.leases = SimpleNamespace(end=lambda lid, why: ended.append((lid, why)) or asyncio.sleep(0))
+    control = Control(d, None)
+    assert (await control.call({"op": "welcome", "host": "pc1", "epoch": 3}))["ok"]
+    for stale in ({"epoch": 2}, {}):
+        await control.call({"op": "reject", "error": "banned", "banned": True, **stale})
+    await asyncio.sleep(0)
+    assert ended == []
+    await control.call({"op": "reject", "error": "banned", "banned": True, "epoch": 3})
+    await asyncio.sleep(0)
+    assert ended == [("ab12cd34", "banned")]
