@@ -68,6 +68,8 @@ def test_workspace_and_writable_layer_are_held_to_the_disk_share(fresh_cluster):
              timeout=60, what="the lease to end over its share")
     wait_for(lambda: not c.containers(), what="its container to go")
     assert "over its 0.2 GB share" in c.log("hostd-pc1")
+    (row,) = json.loads(c.ssh("ls", "--json", user="ctl", check=True).stdout)
+    assert row["reason"] == "it went over its disk share"  # the renter is told why
 
 
 # Makes POSIX message queues of 10 x 8 KiB (the most a queue may be without CAP_SYS_RESOURCE) until the
