@@ -115,12 +115,15 @@ def signup_code():
 
 @signup_code.command("create")
 @_count_option
+@click.option("--expires", type=Hours(), default=None, metavar="DURATION",
+              help="Valid for this long (e.g. 7d, 12h); default: until used.")
 @click.pass_context
 @fail_cleanly
-def signup_code_create(ctx, count):
+def signup_code_create(ctx, count, expires):
     """Make COUNT single-use signup codes, one per line (only their hashes are kept)."""
     made = [codes.new(SIGNUP_PREFIX) for _ in range(count)]
-    open_store(ctx).add_signup_codes([codes.digest(SIGNUP_PREFIX, c) for c in made])
+    until = time.time() + expires * 3600 if expires else None
+    open_store(ctx).add_signup_codes([codes.digest(SIGNUP_PREFIX, c) for c in made], until)
     if os.environ.get("BROKER_SIGNUP", "closed") != "code":
         click.echo("note: the broker takes these only with BROKER_SIGNUP=code", err=True)
     click.echo("\n".join(made))

@@ -63,5 +63,6 @@ MIGRATIONS = [
     ALTER TABLE leases ADD COLUMN auto_note TEXT;
     ALTER TABLE leases ADD COLUMN workspace TEXT;
     ALTER TABLE leases ADD COLUMN disk_gb DOUBLE PRECISION NOT NULL DEFAULT 0;
+    ALTER TABLE signup_codes ADD COLUMN expires DOUBLE PRECISION;
     """,
 ]

@@ -7,20 +7,23 @@ from ..errors import BrokerError
 class Codes:
     """Signup codes (one renter each) and vouchers (one credit each)."""
 
-    def add_signup_codes(self, hashes: list[str]) -> None:
+    def add_signup_codes(self, hashes: list[str], expires: float | None = None) -> None:
         with self.tx():
             for h in hashes:
-                self._insert("signup_codes", {"hash": h, "created": self.now()})
+                self._insert("signup_codes", {"hash": h, "created": self.now(), "expires": expires})
 
     def signup_with_code(self, code_hash: str, name: str, fingerprint: str, key: str) -> None:
         """Create a renter with a signup code, in one transaction: the code is used only if the
         renter is made, and only once however many sign up with it at the same moment."""
         with self.tx():
+            now = self.now()
             used = self._sql("UPDATE signup_codes SET used = ?, renter = ? WHERE hash = ? AND used IS NULL "
-                             "RETURNING hash", [self.now(), name, code_hash]).fetchall()
+                             "AND (expires IS NULL OR expires > ?) RETURNING hash",
+                             [now, name, code_hash, now]).fetchall()
             if not used:
                 row = self._sql("SELECT used FROM signup_codes WHERE hash = ?", [code_hash]).fetchone()
-                raise BrokerError("that signup code was used already" if row else "unknown signup code")
+                raise BrokerError("unknown signup code" if not row else "that signup code was used already"
+                                  if row[0] is not None else "that signup code has expired")
             self.add_renter(name, fingerprint, key)
 
     def add_vouchers(self, hashes: list[str], amount: int, expires: float | None) -> None:

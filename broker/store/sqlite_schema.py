@@ -73,5 +73,6 @@ MIGRATIONS = [
     ALTER TABLE leases ADD COLUMN auto_note TEXT;
     ALTER TABLE leases ADD COLUMN workspace TEXT;
     ALTER TABLE leases ADD COLUMN disk_gb REAL NOT NULL DEFAULT 0;
+    ALTER TABLE signup_codes ADD COLUMN expires REAL;
     """,
 ]

@@ -90,3 +90,14 @@ def test_a_host_is_lost_only_once_every_connected_interval_is_closed_before_the_
     assert store.lost_hosts(["pc1", "pc2", "pc3", "pc4"], 500.0) == {"pc1": 200.0}
     store.host_up("pc1", 600.0)  # back
     assert store.lost_hosts(["pc1"], 500.0) == {} and store.lost_hosts([], 500.0) == {}
+
+
+def test_an_expired_signup_code_makes_no_renter(store, clock):
+    store.add_signup_codes(["h1"], expires=clock.t + 60)
+    store.add_signup_codes(["h2"], expires=clock.t - 1)
+    with pytest.raises(BrokerError, match="that signup code has expired"):
+        store.signup_with_code("h2", "alice", "SHA256:a", "ssh-ed25519 A")
+    clock.t += 61
+    with pytest.raises(BrokerError, match="that signup code has expired"):
+        store.signup_with_code("h1", "alice", "SHA256:a", "ssh-ed25519 A")
+    assert store.renters() == []
