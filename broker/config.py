@@ -31,6 +31,9 @@ class Config:
     max_startups_per_ip: int = field(default_factory=lambda: int(_env_float("BROKER_MAX_STARTUPS_PER_IP", 10)))
     max_auth_tries: int = field(default_factory=lambda: int(_env_float("BROKER_MAX_AUTH_TRIES", 6)))
     sessions_per_renter: int = field(default_factory=lambda: int(_env_float("BROKER_SESSIONS_PER_RENTER", 64)))
+    # Logged-in connections per renter at once, on this broker (each costs memory before any session).
+    connections_per_renter: int = field(
+        default_factory=lambda: int(_env_float("BROKER_CONNECTIONS_PER_RENTER", 64)))
     fee_percent: int = field(default_factory=lambda: int(_env_float("BROKER_FEE_PERCENT", 10)))
     offline_grace: float = field(default_factory=lambda: _env_float("BROKER_OFFLINE_GRACE", 300))
     # A lease whose host has been offline this long ends at the moment the host went (its hold freed).

@@ -74,10 +74,11 @@ class BrokerServer:
         sessions = cluster.sessions = defaultdict(int)  # published with each heartbeat in a cluster
         startups = Startups(cfg.max_startups, cfg.max_startups_per_ip)
         signups = SignupLimiter()
+        connections = defaultdict(int)  # logged-in connections per renter
         ciphers.install()
         flow.mend_windows()
         ssh = await asyncssh.create_server(
-            lambda: RenterServer(self.broker, limiter, sessions, startups, signups), *cfg.ssh_addr,
+            lambda: RenterServer(self.broker, limiter, sessions, startups, signups, connections), *cfg.ssh_addr,
             **algorithms.server(
                 server_host_keys=[host_key], encoding=None, line_editor=False, encryption_algs=RENTER_CIPHERS,
                 login_timeout=cfg.login_timeout, keepalive_interval=cfg.keepalive * 4,

@@ -57,8 +57,10 @@ class RenterServer(asyncssh.SSHServer):
     """One renter connection: who they are, which lease they asked for, what they may open."""
 
     def __init__(self, broker: service.Broker, limiter: AuthLimiter, sessions: dict, startups: Startups,
-                 signups: SignupLimiter):
+                 signups: SignupLimiter, connections: dict | None = None):
         self._broker = broker
+        self._connections = connections if connections is not None else defaultdict(int)
+        self._counted: str | None = None  # the renter this connection counts against
         self._limiter = limiter
         self._signups = signups
         self._signup_key = None
@@ -82,9 +84,28 @@ class RenterServer(asyncssh.SSHServer):
 
     def auth_completed(self):
         self._startups.done(self._conn)
+        if self.renter:
+            if self._full(self.renter):  # others logged in while this one authenticated
+                self._conn.disconnect(asyncssh.DISC_TOO_MANY_CONNECTIONS, self._full(self.renter))
+                return
+            self._counted = self.renter
+            self._connections[self.renter] += 1
+
+    def _full(self, renter: str) -> str | None:
+        """Why renter may not log in once more (too many connections of its own open here), or None."""
+        most = self._broker.config.connections_per_renter
+        if self._connections.get(renter, 0) < most:
+            return None
+        return (f"shellrent: you have {most} connections open to this broker, the most it allows "
+                f"(BROKER_CONNECTIONS_PER_RENTER); close some, or share one (ssh -o ControlMaster=auto)")
 
     def connection_lost(self, exc):
         self._startups.done(self._conn)
+        if self._counted:
+            self._connections[self._counted] -= 1
+            if not self._connections[self._counted]:
+                del self._connections[self._counted]
+            self._counted = None
         if self.renter:
             audit.info("disconnect renter=%s ip=%s lease=%s reason=%s", self.renter, self._ip,
                        self.lease or "-", exc or "closed")
@@ -145,6 +166,10 @@ class RenterServer(asyncssh.SSHServer):
         self._checked = (username, fpr, renter)
         if self.kind == "signup":
             return self._sign_up(key, renter)
+        if self._full(renter):
+            self._conn.send_auth_banner(self._full(renter) + "\r\n")
+            self._conn.disconnect(asyncssh.DISC_TOO_MANY_CONNECTIONS, self._full(renter))
+            return False
         if self.renter != renter:
             metrics.LOGINS.inc()
             audit.info("login renter=%s user=%s ip=%s", renter, username, self._ip)

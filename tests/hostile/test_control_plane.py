@@ -174,3 +174,28 @@ async def test_sessions_and_forwards_share_one_limit_per_renter(tmp_path):
                 writer.close()
     finally:
         await asyncio.to_thread(c.close)
+
+
+async def test_a_renter_may_hold_only_so_many_connections_logged_in(tmp_path):
+    c = Cluster(tmp_path / "c", env={"BROKER_CONNECTIONS_PER_RENTER": "3"})
+    try:
+        await asyncio.to_thread(c.start_broker)
+        key = asyncssh.read_private_key(str(c.key))
+        connect = lambda: asyncssh.connect("127.0.0.1", c.ssh_port, username="ctl", client_keys=[key],  # noqa: E731
+                                           known_hosts=str(c.root / "known_hosts"))
+        held = [await connect() for _ in range(3)]  # logged in, no session: each costs the broker memory
+        refused = await asyncio.to_thread(c.ssh, "balance", user="ctl")
+        assert refused.returncode == 255 and b"you have 3 connections open to this broker" in refused.stderr
+        with pytest.raises((asyncssh.DisconnectError, asyncssh.PermissionDenied)):
+            await connect()
+        held.pop().close()
+        await asyncio.sleep(0.5)
+        ok = await asyncio.to_thread(c.ssh, "balance", user="ctl")  # a closed one gives its place back
+        assert ok.returncode == 0, ok.stderr
+        other = c.new_key("bob")
+        await asyncio.to_thread(c.broker, "renter", "add", "bob", "--key", f"{other}.pub")
+        assert (await asyncio.to_thread(c.ssh, "balance", user="ctl", key=other)).returncode == 0  # others unaffected
+        for conn in held:
+            conn.close()
+    finally:
+        await asyncio.to_thread(c.close)
