@@ -4,7 +4,8 @@ and no more than an even share of `bandwidth_total`). A lease is capped as its c
 before the start returns, and a start whose cap cannot be applied fails (the container is removed
 before anyone used it); once a second the caps follow the settings and the number of leases, and
 a container started again gets them on its new veth at once; every CHECK_EVERY turns they are
-checked and put back where another tool took them off (a failure is logged, shown in `hostd status` and tried again the next turn)."""
+checked and put back where another tool took them off, and taken off where no setting asks for
+them any more (a failure is logged, shown in `hostd status` and tried again the next turn)."""
 import asyncio
 import logging
 import threading
@@ -37,6 +38,8 @@ class Caps:
         before any session); RuntimeError_ when it cannot be (the start then fails)."""
         rate = self.rate(extra=1)
         if not rate:
+            with self._lock:
+                self._applied[lease_id] = 0  # a new bridge has no cap to take off
             return
         try:
             with self._lock:
@@ -91,7 +94,9 @@ class Caps:
                 bridge, ifb = bridge_name(lease_id), shaping.ifb_name(lease_id)
                 try:
                     missing = rate and check and shaping.in_place(bridge, ifb)
-                    if self._applied.get(lease_id, 0) != rate or missing:
+                    # unknown (None: after a restart) is not "uncapped": a cap left on meanwhile goes
+                    stray = not rate and check and shaping.capped(bridge)
+                    if self._applied.get(lease_id) != rate or missing or stray:
                         if missing:
                             log.warning("lease %s: its bandwidth cap was not in place (%s): applying it again",
                                         lease_id, missing)

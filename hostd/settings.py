@@ -231,10 +231,10 @@ def save(path: Path, key: str, text: str) -> dict:
 
 def lease_rate(values: dict, leases: int) -> int:
     """Bits per second each lease may use, each way, with `leases` running (0: no cap): `bandwidth`,
-    and no more than an even share of `bandwidth_total`."""
+    and no more than an even share of `bandwidth_total` (but at least 100kbit)."""
     caps = [values["bandwidth"]] if values["bandwidth"] else []
-    if values["bandwidth_total"]:
-        caps.append(values["bandwidth_total"] // max(1, leases))
+    if values["bandwidth_total"]:  # not below the smallest rate an SSH session keeps working at
+        caps.append(max(RATE_MIN, values["bandwidth_total"] // max(1, leases)))
     return min(caps) if caps else 0
 
 

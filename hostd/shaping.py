@@ -9,8 +9,8 @@ ARP: the classes take all, `default`):
   (IFB_PREFIX + lease id), whose egress is HTB at the rate. (A redirect from the bridge's own
   ingress loses the packets it hands back: the ports are where the kernel takes them back whole.)
   The ports exist once the container runs, and a restarted container has a new one: hostd.caps
-  checks and puts the caps back. HTB queues and delays, so TCP backs off smoothly (a policer would drop, and this kernel may
-  not even have one).
+  checks and puts the caps back. HTB queues and delays, so TCP backs off smoothly (a policer would
+  drop, and this kernel may not even have one).
 A renter cannot lift a cap: the qdiscs sit on host-side devices, outside the container's network
 namespace, and the container has no CAP_NET_ADMIN (hostd.runtime_spec.CAPS). The bridge's qdiscs go
 with the bridge when Docker removes the network; the IFB device is hostd's to delete (`clear`).
@@ -132,6 +132,11 @@ def clear(bridge: str | None, ifb: str) -> None:
         for port in ports(bridge) if _run(["ip", "link", "show", "dev", bridge]).returncode == 0 else []:
             _run(["tc", "qdisc", "del", "dev", port, "ingress"])
     _run(["ip", "link", "del", "dev", ifb])
+
+
+def capped(bridge: str) -> bool:
+    """Whether a bridge has hostd's cap on it (a cap no setting asks for any more is taken off)."""
+    return bool(shutil.which("tc")) and "qdisc htb 1:" in _run(["tc", "qdisc", "show", "dev", bridge]).stdout
 
 
 def in_place(bridge: str, ifb: str) -> str | None:

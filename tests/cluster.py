@@ -41,6 +41,21 @@ def run(*args, check=True, **kw) -> subprocess.CompletedProcess:
     return proc
 
 
+def _lease_ids(home: Path) -> list[str]:
+    """The leases a hostd home's store knows."""
+    import sqlite3
+    try:
+        conn = sqlite3.connect(f"file:{home / 'hostd.db'}?mode=ro", uri=True)
+    except sqlite3.Error:
+        return []
+    try:
+        return [row[0] for row in conn.execute("SELECT id FROM leases")]
+    except sqlite3.Error:
+        return []
+    finally:
+        conn.close()
+
+
 class Cluster:
     """Broker home, one renter key, a broker process and (optionally) hostd processes."""
 
@@ -149,6 +164,8 @@ class Cluster:
                 proc.kill()
                 proc.wait()  # reaped here, never left for the garbage collector to find running
         for home in self.hostd_homes.values():
+            for lid in _lease_ids(home):  # a capped lease's IFB device (hostd.shaping) outlives its bridge
+                run("ip", "link", "del", f"sri-{lid}"[:15], check=False)
             for mount in (home / "workspaces").glob("*"):
                 if os.path.ismount(mount):  # a lease's sized /workspace (hostd.disk)
                     run("umount", "-l", mount, check=False)

@@ -130,7 +130,8 @@ def test_config_set_bandwidth_refuses_a_bad_rate_in_one_line_and_changes_nothing
 
 @pytest.mark.parametrize("bandwidth, total, leases, rate", [
     (0, 0, 3, 0), (40, 0, 3, 40), (0, 100, 1, 100), (0, 100, 4, 25), (40, 100, 2, 40), (40, 100, 4, 25),
-    (0, 100, 0, 100)])
+    (0, 100, 0, 100), (0, 0.1, 2, 0.1), (0, 1, 20, 0.1)])
 def test_each_lease_gets_its_cap_and_no_more_than_an_even_share_of_the_total(bandwidth, total, leases, rate):
-    values = {"bandwidth": bandwidth * 10 ** 6, "bandwidth_total": total * 10 ** 6}
-    assert settings.lease_rate(values, leases) == rate * 10 ** 6
+    """... but never less than 100kbit, the smallest rate a setting takes (an SSH session stalls below)."""
+    values = {"bandwidth": int(bandwidth * 10 ** 6), "bandwidth_total": int(total * 10 ** 6)}
+    assert settings.lease_rate(values, leases) == int(rate * 10 ** 6)

@@ -73,3 +73,21 @@ def test_doctor_fails_a_set_cap_without_tc():
     assert shaping.finding(values, lambda tool: None)[0] == "FAIL"
     assert shaping.finding({**values, "bandwidth": 0}, lambda tool: None)[0] == "info"
     assert shaping.finding(values, lambda tool: f"/usr/sbin/{tool}")[0] == "ok"
+
+
+def test_after_a_restart_a_cap_lifted_meanwhile_comes_off_and_a_new_uncapped_lease_is_left_alone(monkeypatch):
+    from types import SimpleNamespace
+
+    from shellrent.hostd import caps as caps_mod, shaping
+    applied = []
+    monkeypatch.setattr(shaping, "apply", lambda bridge, ifb, rate: applied.append((bridge, rate)))
+    monkeypatch.setattr(shaping, "capped", lambda bridge: bridge == "srl-aa11bb22")
+    monkeypatch.setattr(shaping, "available", lambda: "no tc here")  # no stray IFB listing
+    store = SimpleNamespace(active=lambda: [], all=lambda: [])
+    caps = caps_mod.Caps(lambda: {"bandwidth": 0, "bandwidth_total": 0}, store, None, None)
+    caps.sync(["aa11bb22"], 0)  # hostd restarted: the lease's old cap is taken off
+    assert applied == [("srl-aa11bb22", 0)]
+    caps.before_start("cc33dd44")  # uncapped: nothing to do, now or at the next turns
+    for _ in range(caps_mod.CHECK_EVERY + 1):
+        caps.sync(["aa11bb22", "cc33dd44"], 0)
+    assert applied == [("srl-aa11bb22", 0), ("srl-aa11bb22", 0)]  # the check finds the (faked) cap again
