@@ -43,6 +43,7 @@ class AutoExtend:
         try:
             await self._extending.auto(lease, link)
             note = None
+            self._next.pop(lid, None)  # its end moved: due again before that end, however short the step
             log.info("lease %s auto-extended by %ds", lid, lease["auto"])
         except Changed:
             return  # extended meanwhile (by the renter, or another broker)

@@ -41,12 +41,13 @@ async def test_due_leases_on_this_brokers_hosts_are_extended_the_others_left():
 
     async def auto(lease, link):
         tried.append(lease["id"])
+        raise BrokerError("not enough credit")
     job = AutoExtend(_db, FakeStore(), SimpleNamespace(auto=auto))
     links = SimpleNamespace(links={"pc1": FakeLink()})
     live = [_lease("a", 100), _lease("b", LEAD + 100), _lease("c", 100, auto=0), _lease("d", 100, host="pc2"),
             {**_lease("e", 100), "state": "starting"}]
     assert await job.run(live, links, 1000.0) and tried == ["a"]
-    assert not await job.run(live, links, 1000.0 + RETRY - 1)  # not again so soon
+    assert not await job.run(live, links, 1000.0 + RETRY - 1)  # a refusal is not tried again so soon
     assert not await job.run([], None, 1000.0)
 
 
@@ -95,3 +96,15 @@ async def test_a_host_that_refuses_is_noted_and_not_asked_every_round():
     assert tries == ["a"]
     await job.run([_lease("a", 100, note=store.notes["a"])], links, 1000.0 + REFUSED_RETRY)
     assert tries == ["a", "a"]
+
+
+async def test_after_an_extension_the_lease_is_due_again_before_its_new_end_however_short_the_step():
+    tries = []
+
+    async def auto(lease, link):
+        tries.append(lease["ends_at"])
+    job = AutoExtend(_db, FakeStore(), SimpleNamespace(auto=auto))
+    links = SimpleNamespace(links={"pc1": FakeLink()})
+    await job.run([_lease("a", 5, auto=10)], links, 1000.0)
+    await job.run([_lease("a", 5, auto=10)], links, 1000.0 + 10)  # 10 s later: due again, under RETRY
+    assert len(tries) == 2

@@ -21,7 +21,7 @@ from .cluster import run, wait_for
 pytestmark = pytest.mark.docker
 
 MB = 30
-CAP_MBIT = 32                       # 30 MB at 32 Mbit/s: 7.5 s
+CAP_MBIT = 48                       # 30 MB at 48 Mbit/s: 5 s
 CAPPED_S = MB * 8 / CAP_MBIT
 HOST_IP, NS_IP, INET = "10.213.22.1", "10.213.22.2", "45.0.22.1"
 SERVER = ("import socket, sys, threading\n"

@@ -102,18 +102,18 @@ def test_a_new_lease_takes_an_ended_leases_workspace_and_no_one_else_can(fresh_c
 
 def test_an_auto_extended_lease_runs_past_its_end_until_the_credit_runs_out(fresh_cluster):
     c = fresh_cluster
-    # 36 credits per GPU-hour: 0.01 a second; 0.5 credits pay for two 20 s steps, not three
+    # 36 credits per GPU-hour: 0.01 a second; 0.25 credits pay for two 10 s steps, not three
     c.add_host("pc1", {"fake_gpus": "RTX 4090:24", "price": "36", "grace": "1s"})
-    c.broker("renter", "credit", "alice", "0.5")
+    c.broker("renter", "credit", "alice", "0.25")
     wait_for(lambda: _ctl(c, "offers", "--json").stdout != b"[]\n", what="the offer")
-    lease = _rent(c, "--hours", "20s", "--auto-extend")
+    lease = _rent(c, "--hours", "10s", "--auto-extend")
     lid = lease["id"]
-    assert lease["auto_extend"] == "on, by 20s"
+    assert lease["auto_extend"] == "on, by 10s"
     session = subprocess.Popen(c.ssh_cmd(f"rent+{lid}") + ["sleep 300"], stdin=subprocess.PIPE,
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     first_end = lease["ends_at"]
     wait_for(lambda: _ls(c)[lid]["ends_at"] > first_end, timeout=30, what="the first auto-extension")
-    assert "AUTO-EXTEND" in (table := _ctl(c, "ls").stdout.decode()) and "on, by 20s" in table
+    assert "AUTO-EXTEND" in (table := _ctl(c, "ls").stdout.decode()) and "on, by 10s" in table
     wait_for(lambda: "not extending: not enough credit" in _ls(c)[lid].get("auto_extend", ""), timeout=40,
              what="auto-extend to stop for the credit")
     told = session.communicate(timeout=60)[1].decode(errors="replace")
@@ -123,8 +123,8 @@ def test_an_auto_extended_lease_runs_past_its_end_until_the_credit_runs_out(fres
     assert told.index("will NOT be extended") < told.index("has ended")
     row = wait_for(lambda: _ls(c)[lid]["state"] == "ended" and _ls(c)[lid], what="the end")
     assert row["reason"] == "its time ran out"
-    assert row["ends_at"] == pytest.approx(first_end + 20, abs=0.01)  # one step added, not two
-    assert row["billed"] in ("39s", "40s") and row["cost_micro"] == pytest.approx(10_000 * 40, abs=10_000), row
+    assert row["ends_at"] == pytest.approx(first_end + 10, abs=0.01)  # one step added, not two
+    assert row["billed"] in ("19s", "20s") and row["cost_micro"] == pytest.approx(10_000 * 20, abs=10_000), row
     balance = json.loads(_ctl(c, "balance", "--json").stdout)
-    assert balance["held_micro"] == 0 and balance["balance_micro"] == 500_000 - row["cost_micro"]
+    assert balance["held_micro"] == 0 and balance["balance_micro"] == 250_000 - row["cost_micro"]
     wait_for(lambda: not c.containers(), what="the container to go")
