@@ -34,7 +34,7 @@ usage: {ctl} COMMAND [ARGS]   (add --json for JSON)
                                    rent the best matching offer; then: {rent}
                                    --auto-extend: more time by itself before each end (an hour, or
                                    the lease's length if shorter) while your credit lasts
-  rent --workspace LEASE --hours H [--gpus N] [--yes]
+  rent --workspace LEASE --hours H [--gpus N] [--image IMG] [--auto-extend] [--yes]
                                    a new lease with an ended lease's /workspace (on its host)
   workspaces                       your ended leases' kept workspaces, and until when
   ls                               your leases

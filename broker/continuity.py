@@ -5,6 +5,7 @@ import time
 
 from . import render
 from .errors import BrokerError, NoOffer, NotFound
+from .logins import SeveralLeases
 from .views import lease_view, when
 from .workspaces import kept, usable
 
@@ -67,7 +68,11 @@ class Continuity:
         value = args.opts["--auto"]
         if value not in ("on", "off") or len(args.words) > 1:
             raise BrokerError("usage: extend [LEASE] --auto on|off")
-        lease = await self.b.set_auto(self.renter, args.words[0] if args.words else None, value == "on")
+        try:
+            lease = await self.b.set_auto(self.renter, args.words[0] if args.words else None, value == "on")
+        except SeveralLeases as exc:
+            raise BrokerError(f"you have several active leases ({' '.join(exc.ids)}): say which, "
+                              f"e.g. extend {exc.ids[0]} --auto {value}") from None
         view = lease_view(lease, time.time())
         return self._out(args, view, f"lease {lease['id']}: auto-extend {view['auto_extend']}; "
                                      f"{view['left']} left\n")

@@ -59,7 +59,8 @@ class Extending:
     async def set_auto(self, renter: str, lease_id: str | None, on: bool) -> dict:
         """ctl extend LEASE --auto on|off: the step is an hour, or the lease's length if shorter."""
         lease = await self._logins.own_lease(renter, lease_id)
-        step = auto_step(lease["ends_at"] - (lease["started"] or lease["created"])) if on else 0
+        length = lease["ends_at"] - (lease["started"] or lease["created"])
+        step = auto_step(round(length / 60) * 60 if length >= 60 else length) if on else 0  # 1h, not 59m59s
         changed(await self._db(lambda: self._store.update_lease(lease["id"], expect_state="active", auto=step,
                                                                 auto_note=None)), f"lease {lease['id']}")
         link = await self._reach.link(lease["host"])

@@ -113,6 +113,8 @@ def adjust(name: str, host: str, charged: int, charge: int, fee_percent: int) ->
 
 def credits_needed(have: int, need: int) -> str:
     from .leases import credits
+    if credits(need) == credits(have):  # two decimals would read the same: say them exactly
+        return f"this needs {need / 1e6:.6f} credits and the balance is {have / 1e6:.6f}"
     return f"this needs {credits(need)} credits and the balance is {credits(have)}"
 
 

@@ -193,3 +193,14 @@ async def test_auto_extend_and_workspace_options_are_checked_before_anything_is_
     assert calls[-1] == ("alice", None, False)
     code, text = await ctl.run("rent gpu_name=x --workspace aa11 --hours 1")
     assert (code, text) == (2, "ctl: rent --workspace takes no query: the lease's host is the one that keeps it\n")
+
+
+async def test_auto_with_several_leases_names_them_and_credit_too_close_to_round_is_exact():
+    from shellrent.broker.ledger import credits_needed
+
+    async def several(*_):
+        raise logins.SeveralLeases("several", ["aa11", "bb22"])
+    code, text = await Commands(SimpleNamespace(set_auto=several), "alice").run("extend --auto off")
+    assert (code, text) == (2, "ctl: you have several active leases (aa11 bb22): say which, e.g. extend aa11 --auto off\n")
+    assert credits_needed(6_400, 13_300) == "this needs 0.013300 credits and the balance is 0.006400"
+    assert credits_needed(100_000, 2_000_000) == "this needs 2.00 credits and the balance is 0.10"
