@@ -247,8 +247,7 @@ class Commands(Continuity):
         try:
             lease = await self.b.extend(self.renter, lease_id, seconds)
         except SeveralLeases as exc:
-            raise Usage(f"you have several active leases ({' '.join(exc.ids)}): say which, "
-                        f"e.g. extend {exc.ids[0]} {args.words[-1]}") from None
+            raise Usage(exc.say_which(f"extend {{}} {args.words[-1]}")) from None
         view = lease_view(lease, time.time())
         return self._out(args, view, f"lease {lease['id']} extended by {format_duration(seconds)}; "
                                      f"{view['left']} left\n")
@@ -259,8 +258,7 @@ class Commands(Continuity):
         try:
             lease = await self.b.release(self.renter, args.words[0] if args.words else None)
         except SeveralLeases as exc:
-            raise Usage(f"you have several active leases ({' '.join(exc.ids)}): say which, "
-                        f"e.g. release {exc.ids[0]}") from None
+            raise Usage(exc.say_which("release {}")) from None
         txs = await self.b.history(self.renter)  # read once: the refund and the cost
         refund, cost = self._refund(txs, lease["id"]), costs(txs).get(lease["id"], 0)
         view = lease_view(lease, time.time(), cost)

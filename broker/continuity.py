@@ -71,8 +71,7 @@ class Continuity:
         try:
             lease = await self.b.set_auto(self.renter, args.words[0] if args.words else None, value == "on")
         except SeveralLeases as exc:
-            raise BrokerError(f"you have several active leases ({' '.join(exc.ids)}): say which, "
-                              f"e.g. extend {exc.ids[0]} --auto {value}") from None
+            raise BrokerError(exc.say_which(f"extend {{}} --auto {value}")) from None
         view = lease_view(lease, time.time())
         return self._out(args, view, f"lease {lease['id']}: auto-extend {view['auto_extend']}; "
                                      f"{view['left']} left\n")

@@ -14,6 +14,10 @@ class SeveralLeases(BrokerError):
         super().__init__(text)
         self.ids = ids
 
+    def say_which(self, command: str) -> str:
+        """What ctl tells: name one, e.g. command with the first lease ({} in command)."""
+        return f"you have several active leases ({' '.join(self.ids)}): say which, e.g. {command.format(self.ids[0])}"
+
 
 USERS = "rent, rent+LEASE, ctl or signup"
 

@@ -78,6 +78,8 @@ class Throttle:
         self._timer: asyncio.TimerHandle | None = None
 
     def spend(self, n: int) -> None:
+        if not self._bucket.rate:  # uncapped: nothing to count (every relayed write comes here)
+            return
         wait = self._bucket.take(n, self._pacing._clock())
         if wait > 0 and self._timer is None:
             self._gate.hold(self._why)

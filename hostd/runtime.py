@@ -207,10 +207,7 @@ class Runtime(Processes, DiskUse, SideContainers):
         """Remove everything left of a lease: containers, network and its workspace volume."""
         self.stop(lease_id, 0)
         try:
-            try:
-                self.client.containers.get(f"shellrent-{lease_id}-files").remove(force=True)
-            except NotFound:
-                pass
+            self._drop_files_view(lease_id)
             try:
                 self.client.volumes.get(f"shellrent-ws-{lease_id}").remove(force=True)
             except NotFound:

@@ -34,15 +34,20 @@ class DiskUse:
         if not self.workspaces:
             raise RuntimeError_("this host keeps /workspace as engine volumes, which cannot move to a new lease")
         try:
-            self.client.containers.get(f"shellrent-{old}-files").remove(force=True)
-        except NotFound:
-            pass
+            self._drop_files_view(old)
         except (APIError, DockerException) as exc:
             raise RuntimeError_(f"stopping the files view of lease {old}: {exc}") from None
         try:
             return self.workspaces.move(old, new, size_bytes)
         except (DiskError, OSError) as exc:
             raise RuntimeError_(f"moving the workspace of lease {old}: {exc}") from None
+
+    def _drop_files_view(self, lease_id: str) -> None:
+        """Remove an ended lease's files container, if any (the engine's errors go to the caller)."""
+        try:
+            self.client.containers.get(f"shellrent-{lease_id}-files").remove(force=True)
+        except NotFound:
+            pass
 
     def _drop_workspace(self, lease_id: str) -> None:
         try:
